@@ -1,0 +1,143 @@
+//! Command line: the subcommands operators and automation use. `main.rs` only calls `run`.
+mod probe;
+mod render;
+mod state;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, ConfigError, Environment, DEFAULT_CONFIG_PATH};
+
+/// Exit code for configuration errors (EX_USAGE), so units and scripts can tell them apart.
+pub const EXIT_CONFIG: u8 = 64;
+/// Exit code when a check ran and failed.
+pub const EXIT_FAILED: u8 = 1;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bao-kms-provider",
+    version,
+    about = "Kubernetes KMS v2 provider backed by OpenBao Transit",
+    long_about = "Kubernetes KMS v2 provider backed by OpenBao Transit.\n\n\
+kube-apiserver calls this provider over a unix socket (gRPC KMS v2) to encrypt and decrypt the \
+seeds that protect Secrets in etcd; every key operation happens in OpenBao Transit. Normally run \
+by systemd (bao-kms-provider.socket / .service); the other subcommands check and operate it."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConfigArg {
+    /// Configuration file (TOML).
+    #[arg(long, short = 'c', env = "BAO_KMS_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve the KMS v2 API on the unix socket (socket from systemd, or bound from the config).
+    ///
+    /// Starts answering Status at once (healthz not ok until OpenBao has been proven), tells
+    /// systemd READY=1 after login, key metadata and an encrypt/decrypt probe succeeded, and
+    /// drains in-flight calls on SIGTERM. SIGHUP re-reads credentials and TLS files.
+    Serve(ConfigArg),
+    /// Validate a config file and print the effective configuration (secrets are never printed).
+    ///
+    /// Exit 0 when valid, 64 with a message naming the field when not. Does not contact OpenBao.
+    CheckConfig(ConfigArg),
+    /// Act like kube-apiserver against a running provider: Status, Encrypt of 32 random bytes,
+    /// Decrypt, compare.
+    ///
+    /// Prints version, healthz, key_id and latencies; exits 0 only if healthz is ok, the API
+    /// version is v2, Encrypt returns Status's key_id and Decrypt returns the same bytes.
+    Probe(probe::ProbeArgs),
+    /// Print the least-privilege OpenBao policy (HCL) for this configuration.
+    ///
+    /// The policy allows reading the key and its mount, encrypt, decrypt and token self-upkeep;
+    /// it never allows creating, rotating, exporting, backing up or deleting keys.
+    Policy(ConfigArg),
+    /// Print the kube-apiserver EncryptionConfiguration (YAML) for this provider.
+    ///
+    /// KMS v2 first, identity last (so objects written before the rollout stay readable until
+    /// they are migrated). Install it where --encryption-provider-config points.
+    EncryptionConfig(render::EncryptionConfigArgs),
+    /// Inspect the key registry under state_dir (every Transit version and its key_id).
+    #[command(subcommand)]
+    State(state::StateCommand),
+}
+
+/// Parses arguments and runs the chosen subcommand; returns the process exit code.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(a) => serve(&a),
+        Command::CheckConfig(a) => check_config(&a),
+        Command::Probe(a) => probe::run(a),
+        Command::Policy(a) => load(&a).map(|s| {
+            print!("{}", render::policy(&s));
+            ExitCode::SUCCESS
+        }),
+        Command::EncryptionConfig(a) => render::encryption_config(&a),
+        Command::State(c) => state::run(c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("bao-kms-provider: {e:#}");
+            if e.downcast_ref::<ConfigError>().is_some() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::from(EXIT_FAILED)
+            }
+        }
+    }
+}
+
+pub(crate) fn load(arg: &ConfigArg) -> Result<config::Settings> {
+    Ok(config::load(&arg.config, &Environment::from_process())?)
+}
+
+fn serve(arg: &ConfigArg) -> Result<ExitCode> {
+    let settings = load(arg)?;
+    crate::telemetry::logging::init(settings.log.level, settings.log.format);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(crate::daemon::run(settings, arg.config.clone()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check_config(arg: &ConfigArg) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(&arg.config).map_err(|source| ConfigError::Read {
+        path: arg.config.clone(),
+        source,
+    })?;
+    let raw = config::parse(&text, &arg.config)?;
+    let settings = config::validate(&raw, &Environment::from_process())?;
+    println!("# {}: valid", arg.config.display());
+    println!(
+        "# auth method: {}; socket: {}",
+        settings.auth.method_name(),
+        settings.server.socket_path.display()
+    );
+    if let config::AuthSettings::Jwt { jwt_file: p, .. }
+    | config::AuthSettings::Token { token_file: p } = &settings.auth
+    {
+        if crate::daemon::world_readable(p) {
+            println!("# warning: {} is readable by every user", p.display());
+        }
+    }
+    print!("{}", config::render_effective(&raw));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration such as \"3s\": {e}"))
+}

@@ -1,0 +1,397 @@
+//! Pure checks from the raw file to typed settings: no I/O, nothing started.
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::error::ConfigError;
+use super::raw::{AuthMethodName, RawConfig};
+use super::settings::*;
+
+/// Facts from the environment that validation may use (kept out of it so it stays pure).
+#[derive(Debug, Clone, Default)]
+pub struct Environment {
+    /// `$CREDENTIALS_DIRECTORY`, set by systemd for `LoadCredential=`.
+    pub credentials_directory: Option<PathBuf>,
+}
+
+impl Environment {
+    pub fn from_process() -> Self {
+        Self {
+            credentials_directory: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, ConfigError>;
+
+pub fn validate(raw: &RawConfig, env: &Environment) -> Result<Settings> {
+    let server = ServerSettings {
+        socket_path: absolute_path("server.socket_path", &raw.server.socket_path, env)?,
+        socket_mode: socket_mode(&raw.server.socket_mode)?,
+        state_dir: absolute_path("server.state_dir", &raw.server.state_dir, env)?,
+        drain_timeout: duration(
+            "server.drain_timeout",
+            &raw.server.drain_timeout,
+            ms(100),
+            secs(300),
+        )?,
+    };
+    let openbao = openbao(raw, env)?;
+    let auth = auth(raw, env)?;
+    let transit = transit(raw)?;
+    let status = status(raw)?;
+    let rotation = RotationSettings {
+        stable_observations: NonZeroU32::new(raw.rotation.stable_observations).ok_or_else(
+            || ConfigError::invalid("rotation.stable_observations", "must be at least 1"),
+        )?,
+        activation_delay: duration(
+            "rotation.activation_delay",
+            &raw.rotation.activation_delay,
+            Duration::ZERO,
+            secs(7 * 86400),
+        )?,
+    };
+    let telemetry = TelemetrySettings {
+        metrics_address: listen_address(
+            "telemetry.metrics_address",
+            &raw.telemetry.metrics_address,
+        )?,
+        health_address: listen_address("telemetry.health_address", &raw.telemetry.health_address)?,
+    };
+    Ok(Settings {
+        server,
+        openbao,
+        auth,
+        transit,
+        status,
+        rotation,
+        log: LogSettings {
+            level: raw.log.level,
+            format: raw.log.format,
+        },
+        telemetry,
+    })
+}
+
+fn openbao(raw: &RawConfig, env: &Environment) -> Result<OpenBaoSettings> {
+    let o = &raw.openbao;
+    if o.address.trim().is_empty() {
+        return Err(ConfigError::invalid(
+            "openbao.address",
+            "is required (e.g. \"https://openbao.example.internal:8200\")",
+        ));
+    }
+    let address = reqwest::Url::parse(o.address.trim()).map_err(|e| {
+        ConfigError::invalid(
+            "openbao.address",
+            format!("{:?} is not a URL: {e}", o.address),
+        )
+    })?;
+    if !address.username().is_empty() || address.password().is_some() || address.query().is_some() {
+        return Err(ConfigError::invalid(
+            "openbao.address",
+            "must not carry credentials or a query",
+        ));
+    }
+    if !matches!(address.path(), "" | "/") {
+        return Err(ConfigError::invalid(
+            "openbao.address",
+            "must not have a path (the provider adds /v1/...)",
+        ));
+    }
+    let host = address.host_str().unwrap_or_default();
+    match address.scheme() {
+        "https" => {}
+        "http" if is_loopback(host) => {}
+        "http" => {
+            return Err(ConfigError::invalid(
+                "openbao.address",
+                format!(
+                    "http:// is only allowed to a loopback address, not {host:?}; use https://"
+                ),
+            ))
+        }
+        other => {
+            return Err(ConfigError::invalid(
+                "openbao.address",
+                format!("scheme {other:?} is not http or https"),
+            ))
+        }
+    }
+    let ca_file = optional(&o.ca_file)
+        .map(|p| absolute_path("openbao.ca_file", p, env))
+        .transpose()?;
+    if address.scheme() == "https" && ca_file.is_none() {
+        return Err(ConfigError::invalid(
+            "openbao.ca_file",
+            "is required with an https:// address (it is the only trust root)",
+        ));
+    }
+    let tls_server_name = optional(&o.tls_server_name).map(str::to_owned);
+    if let Some(name) = &tls_server_name {
+        if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+            return Err(ConfigError::invalid(
+                "openbao.tls_server_name",
+                format!("{name:?} is not a DNS name or IP address"),
+            ));
+        }
+    }
+    let namespace = optional(&o.namespace).map(|n| n.trim_matches('/').to_owned());
+    let instance_id = required("openbao.instance_id", &o.instance_id)?;
+    Ok(OpenBaoSettings {
+        address,
+        ca_file,
+        tls_server_name,
+        namespace,
+        timeout: duration("openbao.timeout", &o.timeout, ms(100), secs(60))?,
+        instance_id,
+    })
+}
+
+fn auth(raw: &RawConfig, env: &Environment) -> Result<AuthSettings> {
+    let a = &raw.auth;
+    Ok(match a.method {
+        AuthMethodName::Jwt => AuthSettings::Jwt {
+            mount_path: mount_path("auth.jwt.mount_path", &a.jwt.mount_path)?,
+            role: required("auth.jwt.role", &a.jwt.role)?,
+            jwt_file: absolute_path("auth.jwt.jwt_file", &a.jwt.jwt_file, env)?,
+        },
+        AuthMethodName::Cert => AuthSettings::Cert {
+            mount_path: mount_path("auth.cert.mount_path", &a.cert.mount_path)?,
+            name: optional(&a.cert.name).map(str::to_owned),
+            cert_file: absolute_path("auth.cert.cert_file", &a.cert.cert_file, env)?,
+            key_file: absolute_path("auth.cert.key_file", &a.cert.key_file, env)?,
+        },
+        AuthMethodName::Token => AuthSettings::Token {
+            token_file: absolute_path("auth.token.token_file", &a.token.token_file, env)?,
+        },
+    })
+}
+
+fn transit(raw: &RawConfig) -> Result<TransitSettings> {
+    let t = &raw.transit;
+    let s = &t.key_id_scope;
+    let key_name = required("transit.key_name", &t.key_name)?;
+    if !key_name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(ConfigError::invalid(
+            "transit.key_name",
+            "may only contain letters, digits, '-', '_' and '.'",
+        ));
+    }
+    let provider_name = required("transit.key_id_scope.provider_name", &s.provider_name)?;
+    if provider_name.contains(':') {
+        return Err(ConfigError::invalid(
+            "transit.key_id_scope.provider_name",
+            "must not contain ':' (it is part of the etcd prefix k8s:enc:kms:v2:<name>:)",
+        ));
+    }
+    if !provider_name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(ConfigError::invalid(
+            "transit.key_id_scope.provider_name",
+            "may only contain letters, digits, '-', '_' and '.' and must equal the EncryptionConfiguration name",
+        ));
+    }
+    Ok(TransitSettings {
+        mount_path: mount_path("transit.mount_path", &t.mount_path)?,
+        key_name,
+        key_id_scope: KeyIdScope {
+            provider_name,
+            cluster_id: required("transit.key_id_scope.cluster_id", &s.cluster_id)?,
+            transit_mount_id: required(
+                "transit.key_id_scope.transit_mount_id",
+                &s.transit_mount_id,
+            )?,
+            key_lineage_id: required("transit.key_id_scope.key_lineage_id", &s.key_lineage_id)?,
+        },
+    })
+}
+
+fn status(raw: &RawConfig) -> Result<StatusSettings> {
+    let s = &raw.status;
+    let probe_interval = duration(
+        "status.probe_interval",
+        &s.probe_interval,
+        ms(200),
+        secs(3600),
+    )?;
+    let deep_probe_interval = duration(
+        "status.deep_probe_interval",
+        &s.deep_probe_interval,
+        ms(200),
+        secs(86400),
+    )?;
+    let max_staleness = duration(
+        "status.max_staleness",
+        &s.max_staleness,
+        ms(500),
+        secs(86400),
+    )?;
+    if deep_probe_interval < probe_interval {
+        return Err(ConfigError::invalid(
+            "status.deep_probe_interval",
+            "must not be shorter than status.probe_interval",
+        ));
+    }
+    if max_staleness <= probe_interval {
+        return Err(ConfigError::invalid(
+            "status.max_staleness",
+            "must be longer than status.probe_interval, or every snapshot would be stale",
+        ));
+    }
+    Ok(StatusSettings {
+        probe_interval,
+        deep_probe_interval,
+        max_staleness,
+    })
+}
+
+const fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+const fn ms(m: u64) -> Duration {
+    Duration::from_millis(m)
+}
+
+fn optional(value: &str) -> Option<&str> {
+    let v = value.trim();
+    (!v.is_empty()).then_some(v)
+}
+
+fn required(field: &'static str, value: &str) -> Result<String> {
+    let v = value.trim();
+    if v.is_empty() {
+        return Err(ConfigError::invalid(
+            field,
+            "is required and must not be empty",
+        ));
+    }
+    if v.len() > 256 || v.chars().any(char::is_control) {
+        return Err(ConfigError::invalid(
+            field,
+            "must be at most 256 printable characters",
+        ));
+    }
+    Ok(v.to_owned())
+}
+
+fn duration(field: &'static str, value: &str, min: Duration, max: Duration) -> Result<Duration> {
+    let d = humantime::parse_duration(value.trim()).map_err(|e| {
+        ConfigError::invalid(
+            field,
+            format!("{value:?} is not a duration with a unit such as \"2s\" or \"5m\": {e}"),
+        )
+    })?;
+    if d < min || d > max {
+        return Err(ConfigError::invalid(
+            field,
+            format!(
+                "{value:?} is out of range ({} to {})",
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ),
+        ));
+    }
+    Ok(d)
+}
+
+/// `%d/NAME` means NAME in systemd's `$CREDENTIALS_DIRECTORY`, like the `%d` unit specifier.
+fn absolute_path(field: &'static str, value: &str, env: &Environment) -> Result<PathBuf> {
+    let v = value.trim();
+    if v.is_empty() {
+        return Err(ConfigError::invalid(field, "is required: an absolute path"));
+    }
+    if let Some(name) = v.strip_prefix("%d/") {
+        let dir = env.credentials_directory.as_ref().ok_or_else(|| {
+            ConfigError::invalid(field, format!("{v:?} uses %d/ but $CREDENTIALS_DIRECTORY is not set (LoadCredential= in the unit)"))
+        })?;
+        if name.is_empty() || name.contains('/') {
+            return Err(ConfigError::invalid(
+                field,
+                format!("{v:?}: %d/ must be followed by a credential name"),
+            ));
+        }
+        return Ok(dir.join(name));
+    }
+    let p = Path::new(v);
+    if !p.is_absolute() {
+        return Err(ConfigError::invalid(
+            field,
+            format!("{v:?} is not an absolute path"),
+        ));
+    }
+    Ok(p.to_path_buf())
+}
+
+fn socket_mode(value: &str) -> Result<u32> {
+    let field = "server.socket_mode";
+    let v = value.trim();
+    let mode = u32::from_str_radix(v.strip_prefix("0o").unwrap_or(v), 8).map_err(|_| {
+        ConfigError::invalid(
+            field,
+            format!("{value:?} is not an octal mode such as \"0600\""),
+        )
+    })?;
+    if mode > 0o777 {
+        return Err(ConfigError::invalid(
+            field,
+            format!("{value:?} is larger than 0777"),
+        ));
+    }
+    if mode & 0o007 != 0 {
+        return Err(ConfigError::invalid(
+            field,
+            format!("{value:?} gives other users access to the KMS socket"),
+        ));
+    }
+    if mode & 0o600 != 0o600 {
+        return Err(ConfigError::invalid(
+            field,
+            format!("{value:?} must give the owner read and write (0600)"),
+        ));
+    }
+    Ok(mode)
+}
+
+fn mount_path(field: &'static str, value: &str) -> Result<String> {
+    let v = required(field, value)?;
+    let v = v.trim_matches('/').to_owned();
+    if v.is_empty()
+        || !v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+        || v.contains("//")
+        || v.split('/').any(|s| s == "..")
+    {
+        return Err(ConfigError::invalid(
+            field,
+            format!("{value:?} is not a mount path such as \"transit\""),
+        ));
+    }
+    Ok(v)
+}
+
+fn listen_address(field: &'static str, value: &str) -> Result<Option<SocketAddr>> {
+    optional(value)
+        .map(|v| {
+            v.parse::<SocketAddr>().map_err(|_| {
+                ConfigError::invalid(
+                    field,
+                    format!("{v:?} is not an address such as \"127.0.0.1:8081\" (empty disables)"),
+                )
+            })
+        })
+        .transpose()
+}
+
+fn is_loopback(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case("localhost") || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}

@@ -1,0 +1,265 @@
+//! `serve`: wires the provider, the KMS socket, the probe loop, telemetry and systemd together,
+//! and handles signals (SIGTERM: drain and exit 0; SIGHUP: reload credentials and config).
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+use crate::config::{self, Settings};
+use crate::kms;
+use crate::openbao;
+use crate::provider::Provider;
+use crate::systemd;
+use crate::telemetry::{self, http::HealthSource};
+
+/// Liveness as seen by the watchdog and /livez: when the probe loop and the gRPC server last
+/// proved themselves.
+struct Liveness {
+    started: Instant,
+    probe_beat_ms: AtomicU64,
+    grpc_beat_ms: AtomicU64,
+    probe_limit: Duration,
+}
+
+impl Liveness {
+    fn beat(&self, which: &AtomicU64) {
+        which.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn since(&self, which: &AtomicU64) -> Duration {
+        self.started
+            .elapsed()
+            .saturating_sub(Duration::from_millis(which.load(Ordering::Relaxed)))
+    }
+}
+
+struct Health {
+    provider: Arc<Provider>,
+    liveness: Arc<Liveness>,
+}
+
+impl HealthSource for Health {
+    fn live(&self) -> Result<(), String> {
+        let l = &self.liveness;
+        let probe = l.since(&l.probe_beat_ms);
+        if probe > l.probe_limit {
+            return Err(format!("probe loop silent for {}s", probe.as_secs()));
+        }
+        Ok(())
+    }
+
+    fn ready(&self) -> Result<(), Vec<String>> {
+        let mut reasons = Vec::new();
+        if let Err(r) = self.live() {
+            reasons.push(r);
+        }
+        if let Err(r) = self.provider.health() {
+            reasons.push(r);
+        }
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons)
+        }
+    }
+
+    fn refresh_metrics(&self) {
+        telemetry::metrics::snapshot_age(self.provider.snapshot().age());
+        telemetry::metrics::healthy(self.provider.health().is_ok());
+    }
+}
+
+/// One-line state for `systemctl status`.
+fn status_line(provider: &Provider) -> String {
+    let snap = provider.snapshot();
+    let key_id = snap
+        .active
+        .as_ref()
+        .map(|(_, k)| k.as_str())
+        .unwrap_or("none");
+    match snap.health(provider.max_staleness()) {
+        Ok(()) => format!("serving key_id={key_id} healthz=ok"),
+        Err(reason) => format!("serving key_id={key_id} healthz=not-ok: {reason}"),
+    }
+}
+
+fn listener(settings: &Settings) -> Result<(tokio::net::UnixListener, PathBuf, bool)> {
+    if let Some(l) = systemd::take_listener().context("taking the socket passed by systemd")? {
+        let path = l
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+            .unwrap_or_else(|| settings.server.socket_path.clone());
+        let l =
+            tokio::net::UnixListener::from_std(l).context("using the socket passed by systemd")?;
+        return Ok((l, path, true));
+    }
+    let l = kms::bind_unix_socket(&settings.server.socket_path, settings.server.socket_mode)?;
+    Ok((l, settings.server.socket_path.clone(), false))
+}
+
+/// Runs until SIGTERM/SIGINT. Errors here are start-up failures (exit non-zero).
+pub async fn run(settings: Settings, config_path: PathBuf) -> Result<()> {
+    let client = Arc::new(
+        openbao::Client::new(&settings.openbao, &settings.auth, &settings.transit)
+            .context("setting up the OpenBao client")?,
+    );
+    let provider = Arc::new(Provider::new(&settings, client.clone())?);
+    let (socket, socket_path, activated) = listener(&settings)?;
+    tracing::info!(socket = %socket_path.display(), socket_activated = activated, openbao = %settings.openbao.address, "starting bao-kms-provider");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = {
+        let rx = stop_rx.clone();
+        move || {
+            let mut rx = rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        }
+    };
+
+    let liveness = Arc::new(Liveness {
+        started: Instant::now(),
+        probe_beat_ms: AtomicU64::new(0),
+        grpc_beat_ms: AtomicU64::new(0),
+        probe_limit: settings.status.probe_interval * 2
+            + settings.openbao.timeout * 6
+            + Duration::from_secs(5),
+    });
+
+    let grpc = tokio::spawn(kms::serve(
+        socket,
+        provider.clone(),
+        stopped(),
+        settings.server.drain_timeout,
+    ));
+
+    let probes = {
+        let (p, l) = (provider.clone(), liveness.clone());
+        tokio::spawn(p.run_probes(stopped(), move || l.beat(&l.probe_beat_ms)))
+    };
+
+    let health: Arc<dyn HealthSource> = Arc::new(Health {
+        provider: provider.clone(),
+        liveness: liveness.clone(),
+    });
+    let routes = telemetry::http::routes(
+        settings.telemetry.metrics_address,
+        settings.telemetry.health_address,
+        health,
+    );
+    let http_tasks = telemetry::http::serve(routes, &stopped)
+        .await
+        .context("binding the metrics/health address")?;
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut snapshots = provider.subscribe();
+    let watchdog_every = systemd::watchdog_interval().map(|d| d / 3);
+    let mut tick = tokio::time::interval(
+        watchdog_every
+            .unwrap_or(Duration::from_secs(5))
+            .max(Duration::from_millis(200)),
+    );
+    let mut ready_sent = false;
+    let mut last_status = String::new();
+    let self_client = kms::client::connect_lazy(&socket_path);
+
+    loop {
+        if !ready_sent {
+            if provider.health().is_ok() {
+                systemd::ready(&status_line(&provider));
+                ready_sent = true;
+                tracing::info!(
+                    key_id = provider.status_key_id(),
+                    "ready: login, key metadata and encrypt/decrypt probe succeeded"
+                );
+            } else {
+                let line = format!(
+                    "waiting for OpenBao: {}",
+                    provider.health().err().unwrap_or_default()
+                );
+                systemd::status(&line);
+                systemd::extend_timeout(Duration::from_secs(30));
+            }
+        } else {
+            let line = status_line(&provider);
+            if line != last_status {
+                systemd::status(&line);
+                last_status = line;
+            }
+        }
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            _ = sighup.recv() => {
+                systemd::reloading();
+                match reload(&config_path, &client).await {
+                    Ok(()) => tracing::info!(config = %config_path.display(), "reloaded credentials and configuration"),
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "reload failed; keeping the previous configuration"),
+                }
+                systemd::ready(&status_line(&provider));
+            }
+            _ = snapshots.changed() => {}
+            _ = tick.tick() => {
+                // Prove the gRPC server answers on its own socket before telling the watchdog.
+                let mut c = self_client.clone();
+                let answered = tokio::time::timeout(Duration::from_secs(2), c.status(crate::pb::StatusRequest {})).await;
+                if matches!(answered, Ok(Ok(_))) {
+                    liveness.beat(&liveness.grpc_beat_ms);
+                }
+                let grpc_ok = liveness.since(&liveness.grpc_beat_ms) < Duration::from_secs(30) && !grpc.is_finished();
+                let probe_ok = liveness.since(&liveness.probe_beat_ms) < liveness.probe_limit && !probes.is_finished();
+                if grpc_ok && probe_ok {
+                    systemd::watchdog();
+                } else {
+                    tracing::error!(grpc_ok, probe_ok, "liveness check failed; withholding the watchdog ping");
+                }
+                if grpc.is_finished() {
+                    break;
+                }
+            }
+        }
+    }
+
+    tracing::info!("stopping: draining in-flight KMS calls");
+    systemd::stopping();
+    let _ = stop_tx.send(true);
+    let served = grpc.await.context("gRPC server task")?;
+    let _ = probes.await;
+    for t in http_tasks {
+        let _ = t.await;
+    }
+    if !activated {
+        // Leave no stale socket behind; with socket activation systemd owns the file.
+        let _ = std::fs::remove_file(&socket_path);
+    }
+    served.context("serving the KMS socket")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGHUP: re-read the config; apply credentials and TLS files. Identity-bearing settings
+/// (key scope, socket, state_dir) need a restart and are reported, not applied.
+async fn reload(config_path: &Path, client: &openbao::Client) -> Result<()> {
+    let settings = config::load(config_path, &config::Environment::from_process())?;
+    client.reload(&settings.openbao, &settings.auth).await?;
+    client
+        .login()
+        .await
+        .context("logging in with the reloaded credentials")?;
+    Ok(())
+}
+
+/// Permissions check used by `check-config`: a warning, not an error, since the unit may load
+/// credentials differently.
+pub fn world_readable(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o004 != 0)
+}

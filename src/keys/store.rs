@@ -1,0 +1,268 @@
+//! The key registry on disk. It is part of the storage contract (it maps every key_id ever
+//! written to etcd to a Transit version), so it is written atomically, locked against a second
+//! writer, and checked on load: a truncated, edited or rolled-back file is reported, never replaced.
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::registry::Registry;
+
+pub const REGISTRY_FILE: &str = "key-registry.json";
+const WITNESS_FILE: &str = "key-registry.generation";
+const LOCK_FILE: &str = "key-registry.lock";
+const FORMAT: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state directory {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("key registry {} is locked by another process ({holder}); only one provider may use a state_dir", path.display())]
+    Locked { path: PathBuf, holder: String },
+    #[error("key registry {} is damaged ({reason}); it was left untouched for inspection — restore it from backup", path.display())]
+    Damaged { path: PathBuf, reason: String },
+    #[error("key registry {} was rolled back: it holds generation {found} but generation {expected} was written last; restore the newest copy", path.display())]
+    RolledBack {
+        path: PathBuf,
+        found: u64,
+        expected: u64,
+    },
+    #[error("key registry {} is missing but generation {expected} was written before; restore it from backup (it maps stored key_ids to Transit versions)", path.display())]
+    Missing { path: PathBuf, expected: u64 },
+    #[error("key registry {} belongs to another key scope (config changed provider_name, cluster, instance, mount or key); refusing to mix them", path.display())]
+    ScopeMismatch { path: PathBuf },
+}
+
+/// The file: the body fields plus `sha256` over the body's canonical JSON.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Envelope {
+    format: u32,
+    generation: u64,
+    scope: String,
+    registry: Registry,
+    sha256: String,
+}
+
+#[derive(Serialize)]
+struct BodyRef {
+    format: u32,
+    generation: u64,
+    scope: String,
+    registry: Registry,
+}
+
+/// Result of `verify`, for `state verify`.
+#[derive(Debug)]
+pub struct Verified {
+    pub generation: u64,
+    pub registry: Registry,
+}
+
+pub struct Store {
+    dir: PathBuf,
+    scope: String,
+    generation: std::sync::atomic::AtomicU64,
+    _lock: Option<File>,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Store {
+    /// Opens the state directory and takes the exclusive lock (for `serve`).
+    pub fn open(dir: &Path, scope: &str) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let mut lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        // SAFETY: flock on a file descriptor we own; no memory is shared.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let holder = std::fs::read_to_string(&lock_path).unwrap_or_default();
+            let holder = match holder.trim() {
+                "" => "unknown pid".to_owned(),
+                pid => format!("pid {pid}"),
+            };
+            return Err(StoreError::Locked {
+                path: dir.join(REGISTRY_FILE),
+                holder,
+            });
+        }
+        lock.set_len(0).map_err(io(&lock_path))?;
+        writeln!(lock, "{}", std::process::id()).map_err(io(&lock_path))?;
+        Ok(Self::unlocked(dir, scope, Some(lock)))
+    }
+
+    /// Read-only access without the lock (`state show` / `state verify` next to a running service).
+    pub fn open_readonly(dir: &Path, scope: &str) -> Self {
+        Self::unlocked(dir, scope, None)
+    }
+
+    fn unlocked(dir: &Path, scope: &str, lock: Option<File>) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            scope: scope.to_owned(),
+            generation: std::sync::atomic::AtomicU64::new(0),
+            _lock: lock,
+        }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(REGISTRY_FILE)
+    }
+
+    /// Loads and checks the registry; an absent file (first start) is an empty registry.
+    pub fn load(&self) -> Result<Registry, StoreError> {
+        let v = self.verify()?;
+        self.generation
+            .store(v.generation, std::sync::atomic::Ordering::SeqCst);
+        Ok(v.registry)
+    }
+
+    pub fn verify(&self) -> Result<Verified, StoreError> {
+        let path = self.path();
+        let witness = self.read_witness()?;
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return match witness {
+                    Some(expected) if expected > 0 => Err(StoreError::Missing { path, expected }),
+                    _ => Ok(Verified {
+                        generation: 0,
+                        registry: Registry::default(),
+                    }),
+                };
+            }
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let damaged = |reason: String| StoreError::Damaged {
+            path: path.clone(),
+            reason,
+        };
+        let env: Envelope = serde_json::from_slice(&text)
+            .map_err(|e| damaged(format!("not a valid registry file (truncated?): {e}")))?;
+        if env.format != FORMAT {
+            return Err(damaged(format!(
+                "format {} is not the supported format {FORMAT}",
+                env.format
+            )));
+        }
+        let body = BodyRef {
+            format: env.format,
+            generation: env.generation,
+            scope: env.scope,
+            registry: env.registry,
+        };
+        if hash(&body)? != env.sha256 {
+            return Err(damaged(
+                "content hash does not match: the file was edited or partly written".into(),
+            ));
+        }
+        if body.scope != self.scope {
+            return Err(StoreError::ScopeMismatch { path });
+        }
+        if let Some(expected) = witness {
+            if body.generation < expected {
+                return Err(StoreError::RolledBack {
+                    path,
+                    found: body.generation,
+                    expected,
+                });
+            }
+        }
+        Ok(Verified {
+            generation: body.generation,
+            registry: body.registry,
+        })
+    }
+
+    /// Writes a new generation: temp file, fsync, rename, fsync dir; then the generation witness.
+    pub fn save(&self, registry: &Registry) -> Result<(), StoreError> {
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst) + 1;
+        let body = BodyRef {
+            format: FORMAT,
+            generation,
+            scope: self.scope.clone(),
+            registry: registry.clone(),
+        };
+        let sha256 = hash(&body)?;
+        let env = Envelope {
+            format: body.format,
+            generation: body.generation,
+            scope: body.scope,
+            registry: body.registry,
+            sha256,
+        };
+        let text = serde_json::to_vec_pretty(&env).map_err(|e| StoreError::Damaged {
+            path: self.path(),
+            reason: e.to_string(),
+        })?;
+        self.write_atomic(REGISTRY_FILE, &text)?;
+        self.write_atomic(WITNESS_FILE, format!("{generation}\n").as_bytes())?;
+        self.generation
+            .store(generation, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn read_witness(&self) -> Result<Option<u64>, StoreError> {
+        let path = self.dir.join(WITNESS_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(t) => t.trim().parse().map(Some).map_err(|_| StoreError::Damaged {
+                path,
+                reason: "generation witness is not a number".into(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
+    fn write_atomic(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
+        let target = self.dir.join(name);
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
+        f.write_all(data).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        drop(f);
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &target).map_err(io(&target))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.dir))?;
+        Ok(())
+    }
+}
+
+fn hash(body: &BodyRef) -> Result<String, StoreError> {
+    let bytes = serde_json::to_vec(body).map_err(|e| StoreError::Damaged {
+        path: PathBuf::new(),
+        reason: e.to_string(),
+    })?;
+    Ok(Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}

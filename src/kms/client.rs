@@ -1,0 +1,34 @@
+//! A KMS v2 client over the unix socket, as kube-apiserver dials it (h2c, authority localhost).
+use std::path::{Path, PathBuf};
+
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::pb::key_management_service_client::KeyManagementServiceClient;
+
+pub type KmsClient = KeyManagementServiceClient<Channel>;
+
+pub async fn connect(path: &Path) -> Result<KmsClient, tonic::transport::Error> {
+    let path: PathBuf = path.to_path_buf();
+    let channel = Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move { UnixStream::connect(path).await.map(TokioIo::new) }
+        }))
+        .await?;
+    Ok(KeyManagementServiceClient::new(channel))
+}
+
+/// Connects lazily: each call dials again if the connection broke, like kube-apiserver's
+/// `WaitForReady` client does across provider restarts.
+pub fn connect_lazy(path: &Path) -> KmsClient {
+    let path: PathBuf = path.to_path_buf();
+    let channel = Endpoint::from_static("http://localhost").connect_with_connector_lazy(
+        tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move { UnixStream::connect(path).await.map(TokioIo::new) }
+        }),
+    );
+    KeyManagementServiceClient::new(channel)
+}

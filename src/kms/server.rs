@@ -1,0 +1,98 @@
+//! Serving the gRPC API on a unix socket, and binding that socket safely when systemd did not.
+use std::future::Future;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use super::{KeyService, KmsAdapter};
+use crate::pb::key_management_service_server::KeyManagementServiceServer;
+
+/// Requests larger than this are refused by the transport before any handler runs.
+const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    #[error("socket path {}: a provider is already serving there", .0.display())]
+    InUse(PathBuf),
+    #[error("socket path {} exists and is not a socket; refusing to remove it", .0.display())]
+    NotASocket(PathBuf),
+    #[error("socket path {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("gRPC server failed: {0}")]
+    Serve(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SocketError + '_ {
+    move |source| SocketError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Binds `path` ourselves (no socket from systemd). A leftover socket file is removed only when
+/// nothing accepts on it; a live peer or a non-socket file is an error.
+pub fn bind_unix_socket(path: &Path, mode: u32) -> Result<UnixListener, SocketError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(SocketError::NotASocket(path.to_path_buf()))
+        }
+        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => return Err(SocketError::InUse(path.to_path_buf())),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                std::fs::remove_file(path).map_err(io_err(path))?;
+            }
+            Err(e) => return Err(io_err(path)(e)),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(path)(e)),
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    }
+    let listener = UnixListener::bind(path).map_err(io_err(path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err(path))?;
+    Ok(listener)
+}
+
+/// Serves until `shutdown` resolves, then lets in-flight calls finish for at most `drain`.
+pub async fn serve<S: KeyService>(
+    listener: UnixListener,
+    service: Arc<S>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    drain: Duration,
+) -> Result<(), SocketError> {
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        let _ = drain_tx.send(());
+    };
+    let svc = KeyManagementServiceServer::new(KmsAdapter::new(service))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let server = tonic::transport::Server::builder()
+        .add_service(svc)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), signal);
+    tokio::pin!(server);
+    tokio::select! {
+        res = &mut server => return res.map_err(|e| SocketError::Serve(e.to_string())),
+        _ = drain_rx => {}
+    }
+    match tokio::time::timeout(drain, &mut server).await {
+        Ok(res) => res.map_err(|e| SocketError::Serve(e.to_string())),
+        Err(_) => {
+            tracing::warn!(
+                drain_seconds = drain.as_secs_f64(),
+                "in-flight KMS calls did not finish in time; exiting anyway"
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! The provider itself: ties the OpenBao client and the key registry together, keeps the Status
+//! snapshot fresh from a background probe loop, and implements `kms::KeyService`.
+mod probe;
+mod snapshot;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Mutex};
+use zeroize::Zeroizing;
+
+pub use snapshot::{KnownKey, Snapshot};
+
+use crate::config::{RotationSettings, Settings, StatusSettings};
+use crate::keys::{associated_data, KeyIdentity, Registry};
+use crate::keys::{Store, StoreError};
+use crate::kms::{self, DecryptInput, EncryptReply, KeyService, KmsError, StatusReply};
+use crate::openbao;
+
+pub struct Provider {
+    client: Arc<openbao::Client>,
+    identity: KeyIdentity,
+    rotation: RotationSettings,
+    status: StatusSettings,
+    registry: Mutex<Registry>,
+    store: Store,
+    snapshot: watch::Sender<Arc<Snapshot>>,
+}
+
+impl Provider {
+    /// Opens (and locks) the key registry under `state_dir`; fails if it is damaged or in use.
+    pub fn new(settings: &Settings, client: Arc<openbao::Client>) -> Result<Self, StoreError> {
+        let identity = KeyIdentity::from_settings(settings);
+        let store = Store::open(&settings.server.state_dir, &identity.fingerprint())?;
+        let registry = store.load()?;
+        let provider = Self {
+            client,
+            identity,
+            rotation: settings.rotation.clone(),
+            status: settings.status.clone(),
+            registry: Mutex::new(registry.clone()),
+            store,
+            snapshot: watch::channel(Arc::new(Snapshot::default())).0,
+        };
+        // Known key_ids decrypt from the first request on, even before OpenBao answers a probe.
+        provider.snapshot.send_modify(|s| {
+            let mut fresh = (**s).clone();
+            fresh.known = known_keys(&registry);
+            *s = Arc::new(fresh);
+        });
+        Ok(provider)
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshot.subscribe()
+    }
+
+    pub fn health(&self) -> Result<(), String> {
+        self.snapshot().health(self.status.max_staleness)
+    }
+
+    pub fn max_staleness(&self) -> Duration {
+        self.status.max_staleness
+    }
+
+    pub fn client(&self) -> &Arc<openbao::Client> {
+        &self.client
+    }
+
+    pub async fn registry(&self) -> Registry {
+        self.registry.lock().await.clone()
+    }
+}
+
+fn known_keys(registry: &Registry) -> HashMap<String, KnownKey> {
+    registry
+        .records
+        .values()
+        .map(|r| {
+            (
+                r.key_id.clone(),
+                KnownKey {
+                    version: r.version,
+                    state: r.state,
+                },
+            )
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl KeyService for Provider {
+    fn status(&self) -> StatusReply {
+        let snap = self.snapshot();
+        StatusReply {
+            healthz: match snap.health(self.status.max_staleness) {
+                Ok(()) => "ok".to_owned(),
+                Err(reason) => reason,
+            },
+            key_id: snap
+                .active
+                .as_ref()
+                .map(|(_, id)| id.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    async fn encrypt(&self, plaintext: &[u8]) -> Result<EncryptReply, KmsError> {
+        if plaintext.is_empty() || plaintext.len() > kms::MAX_PLAINTEXT_BYTES {
+            return Err(KmsError::InvalidArgument(format!(
+                "plaintext must be 1 to {} bytes, got {}",
+                kms::MAX_PLAINTEXT_BYTES,
+                plaintext.len()
+            )));
+        }
+        let snap = self.snapshot();
+        let (version, key_id) = snap
+            .active
+            .clone()
+            .ok_or_else(|| KmsError::FailedPrecondition("no active key yet".into()))?;
+        match snap.age() {
+            Some(age) if age <= self.status.max_staleness => {}
+            Some(age) => {
+                return Err(KmsError::FailedPrecondition(format!(
+                    "key metadata is stale ({}s old); refusing to encrypt with a key that may have changed",
+                    age.as_secs()
+                )))
+            }
+            None => return Err(KmsError::FailedPrecondition("no key metadata yet".into())),
+        }
+        let out = self
+            .client
+            .encrypt(plaintext, &associated_data(&key_id), version)
+            .await?;
+        if out.ciphertext.len() > kms::MAX_CIPHERTEXT_BYTES {
+            return Err(KmsError::Internal(
+                "Transit ciphertext exceeds the 1 KiB KMS limit".into(),
+            ));
+        }
+        Ok(EncryptReply {
+            ciphertext: out.ciphertext.into_bytes(),
+            key_id,
+            annotations: HashMap::from([(
+                kms::ANNOTATION_KEY_VERSION.to_owned(),
+                version.to_string().into_bytes(),
+            )]),
+        })
+    }
+
+    async fn decrypt(&self, input: DecryptInput) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+        let invalid = |m: String| Err(KmsError::InvalidArgument(m));
+        if input.ciphertext.is_empty() || input.ciphertext.len() > kms::MAX_CIPHERTEXT_BYTES {
+            return invalid(format!(
+                "ciphertext must be 1 to {} bytes, got {}",
+                kms::MAX_CIPHERTEXT_BYTES,
+                input.ciphertext.len()
+            ));
+        }
+        if input.key_id.is_empty() || input.key_id.len() > kms::MAX_KEY_ID_BYTES {
+            return invalid(format!(
+                "key_id must be 1 to {} bytes",
+                kms::MAX_KEY_ID_BYTES
+            ));
+        }
+        let annotation_bytes: usize = input
+            .annotations
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum();
+        if annotation_bytes > kms::MAX_ANNOTATIONS_BYTES {
+            return invalid(format!(
+                "annotations exceed {} bytes",
+                kms::MAX_ANNOTATIONS_BYTES
+            ));
+        }
+        let known = self
+            .snapshot()
+            .known
+            .get(&input.key_id)
+            .cloned()
+            .ok_or(KmsError::UnknownKeyId)?;
+        if let Some(k) = input
+            .annotations
+            .keys()
+            .find(|k| k.as_str() != kms::ANNOTATION_KEY_VERSION)
+        {
+            return invalid(format!("unexpected annotation {k:?}"));
+        }
+        let claimed = input
+            .annotations
+            .get(kms::ANNOTATION_KEY_VERSION)
+            .ok_or_else(|| {
+                KmsError::InvalidArgument(format!(
+                    "annotation {} is missing",
+                    kms::ANNOTATION_KEY_VERSION
+                ))
+            })?;
+        if std::str::from_utf8(claimed)
+            .ok()
+            .and_then(|s| s.parse::<u32>().ok())
+            != Some(known.version)
+        {
+            return invalid(format!(
+                "annotation {} does not match the key_id",
+                kms::ANNOTATION_KEY_VERSION
+            ));
+        }
+        let ciphertext = std::str::from_utf8(&input.ciphertext).map_err(|_| {
+            KmsError::InvalidArgument("ciphertext is not a Transit ciphertext".into())
+        })?;
+        if openbao::ciphertext_version(ciphertext) != Some(known.version) {
+            return invalid(
+                "ciphertext is not a Transit ciphertext of the key_id's version".into(),
+            );
+        }
+        Ok(self
+            .client
+            .decrypt(ciphertext, &associated_data(&input.key_id))
+            .await?)
+    }
+}
+
+impl Provider {
+    /// The key_id Status currently reports (empty before the first probe).
+    pub fn status_key_id(&self) -> String {
+        self.snapshot()
+            .active
+            .as_ref()
+            .map(|(_, k)| k.clone())
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,76 @@
+//! Logging setup: native journald fields when running under systemd's journal, else text or JSON
+//! on stderr. Field names like `kms_method` become journald's `KMS_METHOD`.
+use std::os::unix::fs::MetadataExt;
+
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::{fmt, EnvFilter};
+
+use crate::config::{LogFormat, LogLevel};
+
+fn level_name(level: LogLevel) -> &'static str {
+    match level {
+        LogLevel::Error => "error",
+        LogLevel::Warn => "warn",
+        LogLevel::Info => "info",
+        LogLevel::Debug => "debug",
+    }
+}
+
+/// True when stderr is connected to the journal (systemd sets `JOURNAL_STREAM=dev:inode`).
+pub fn stderr_is_journal() -> bool {
+    let Ok(stream) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.split_once(':') else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    dev.parse::<u64>().is_ok_and(|d| d == meta.dev())
+        && ino.parse::<u64>().is_ok_and(|i| i == meta.ino())
+}
+
+/// Installs the global subscriber. `RUST_LOG` overrides the configured level for debugging.
+pub fn init(level: LogLevel, format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!(
+            "{},h2=warn,hyper=warn,tower=warn,reqwest=warn,rustls=warn",
+            level_name(level)
+        ))
+    });
+    let format = match format {
+        LogFormat::Auto if stderr_is_journal() => LogFormat::Journald,
+        LogFormat::Auto => LogFormat::Text,
+        f => f,
+    };
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = match format {
+        LogFormat::Journald => match tracing_journald::layer() {
+            Ok(layer) => registry
+                .with(layer.with_syslog_identifier("bao-kms-provider".into()))
+                .try_init(),
+            Err(e) => {
+                let r = registry
+                    .with(fmt::layer().with_writer(std::io::stderr))
+                    .try_init();
+                tracing::warn!(error = %e, "journald is not reachable; logging to stderr instead");
+                r
+            }
+        },
+        LogFormat::Json => registry
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+        _ => registry
+            .with(fmt::layer().with_writer(std::io::stderr))
+            .try_init(),
+    };
+    // A second init (tests) keeps the first subscriber.
+    let _ = result;
+}

@@ -1,0 +1,4 @@
+//! Logging, metrics and health endpoints.
+pub mod http;
+pub mod logging;
+pub mod metrics;

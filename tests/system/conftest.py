@@ -1,0 +1,125 @@
+"""pytest configuration for system tests (tests/system).
+
+Sections are owned by different people; keep additions in their own
+clearly marked section.
+"""
+
+# =========================================================================
+# BEGIN nspawn harness section (systemd-in-nspawn containers)
+# See docs/testing-systemd.md. Fixtures:
+#   nspawn_rootfs   (session)  Path of the cached Debian rootfs (built once)
+#   container       (function) a booted nspawn.Container, stopped afterwards
+#   make_container  (function) factory: make_container(**Container kwargs)
+# Environment knobs:
+#   BAO_ROOTFS=/path       use this rootfs dir (default build/cache/rootfs-bookworm)
+#   BAO_NSPAWN_WORKDIR=/p  where per-test container dirs go (default build/nspawn)
+#   BAO_NSPAWN_KEEP=1      keep per-test container dirs (upper layer + nspawn.log)
+# Missing host prerequisites FAIL the tests (never skip).
+# =========================================================================
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from nspawn import Container, ContainerError, check_host_prerequisites  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ROOTFS_SCRIPT = REPO_ROOT / "scripts" / "rootfs.sh"
+ROOTFS_BUILD_TIMEOUT = 1800  # first debootstrap takes ~1.5 min here
+
+
+def _nspawn_workdir() -> Path:
+    return Path(os.environ.get("BAO_NSPAWN_WORKDIR", REPO_ROOT / "build" / "nspawn"))
+
+
+@pytest.fixture(scope="session")
+def nspawn_rootfs() -> Path:
+    """Ensure the cached rootfs exists (scripts/rootfs.sh is idempotent and
+    takes a lock, so this is cheap and safe under pytest-xdist)."""
+    problems = check_host_prerequisites()
+    if problems:
+        pytest.fail("systemd-nspawn harness cannot run on this host:\n  - "
+                    + "\n  - ".join(problems), pytrace=False)
+    rootfs = Path(os.environ.get("BAO_ROOTFS", REPO_ROOT / "build" / "cache" / "rootfs-bookworm"))
+    t0 = time.monotonic()
+    try:
+        r = subprocess.run([str(ROOTFS_SCRIPT), str(rootfs)], capture_output=True, text=True,
+                           timeout=ROOTFS_BUILD_TIMEOUT)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"{ROOTFS_SCRIPT} timed out after {ROOTFS_BUILD_TIMEOUT}s\n{e.stderr or ''}",
+                    pytrace=False)
+    if r.returncode != 0:
+        pytest.fail(f"{ROOTFS_SCRIPT} {rootfs} failed with rc={r.returncode}\n"
+                    f"--- stdout ---\n{r.stdout}\n--- stderr ---\n{r.stderr}", pytrace=False)
+    elapsed = time.monotonic() - t0
+    if elapsed > 5:
+        print(f"[nspawn] built rootfs {rootfs} in {elapsed:.1f}s", file=sys.stderr)
+    return rootfs
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    # Make the phase reports available to fixtures (item.rep_setup/rep_call)
+    # so container teardown can dump diagnostics for failed tests.
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, f"rep_{rep.when}", rep)
+
+
+def _dump_diagnostics(c: Container) -> None:
+    print(f"\n===== nspawn diagnostics for failed test: {c!r} =====")
+    if c.running:
+        for cmd in (["systemctl", "--no-pager", "--failed"],
+                    ["journalctl", "-b", "--no-pager", "-n", "200", "-o", "short-monotonic"]):
+            try:
+                r = c.run(cmd, check=False, timeout=15)
+                print(f"--- {' '.join(cmd)} ---\n{r.stdout}{r.stderr}")
+            except Exception as e:  # noqa: BLE001 - diagnostics only
+                print(f"--- {' '.join(cmd)} failed: {e}")
+    out = c.nspawn_output().splitlines()
+    print(f"--- nspawn output (last 80 lines of {c.log_path}) ---")
+    print("\n".join(out[-80:]))
+
+
+@pytest.fixture
+def make_container(request, nspawn_rootfs):
+    """Factory for booted containers with custom options, e.g.
+    ``make_container(init_args=["systemd.log_level=debug"])``.  All
+    containers are stopped (and their copies removed) at test teardown."""
+    made: list[Container] = []
+
+    def factory(**kwargs) -> Container:
+        kwargs.setdefault("workdir", _nspawn_workdir())
+        c = Container(nspawn_rootfs, **kwargs)
+        made.append(c)
+        return c.start()
+
+    yield factory
+
+    failed = any(getattr(getattr(request.node, f"rep_{w}", None), "failed", False)
+                 for w in ("setup", "call"))
+    errors = []
+    for c in made:
+        if failed and c.log_path is not None and c.log_path.exists():
+            _dump_diagnostics(c)
+        try:
+            c.stop()
+        except ContainerError as e:
+            errors.append(str(e))
+    if errors:
+        pytest.fail("container teardown failed:\n" + "\n".join(errors), pytrace=False)
+
+
+@pytest.fixture
+def container(make_container) -> Container:
+    """A freshly booted container (systemd is PID 1 and the system reached
+    running/degraded).  Per-test overlay copy; discarded afterwards."""
+    return make_container()
+
+# =========================================================================
+# END nspawn harness section
+# =========================================================================
