@@ -68,7 +68,8 @@ health_address = ""
 TOML
 
 step "checking the config and generating the least-privilege policy from it"
-"$bin" check-config --config "$work/config.toml" | head -2
+"$bin" check-config --config "$work/config.toml" > "$work/effective-config.toml"
+head -n 2 "$work/effective-config.toml"
 "$bin" policy --config "$work/config.toml" > "$work/policy.hcl"
 sed 's/^/    /' "$work/policy.hcl"
 

@@ -35,6 +35,7 @@ USAGE
 }
 
 bao_bin() {
+  if [[ -n "${BAO_BIN:-}" ]]; then echo "$BAO_BIN"; return; fi
   if [[ -x "$BUILD_DIR/venv/bin/bao" ]]; then echo "$BUILD_DIR/venv/bin/bao"; return; fi
   command -v bao || die "bao is not installed; run: $0 install"
 }

@@ -75,6 +75,14 @@ pub enum Command {
 /// Parses arguments and runs the chosen subcommand; returns the process exit code.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        // Tools piped into `head` should end quietly, not panic on EPIPE. The daemon keeps
+        // Rust's default (SIGPIPE ignored) so a closed log stream can never kill it.
+        // SAFETY: setting a signal disposition before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         Command::Serve(a) => serve(&a),
         Command::CheckConfig(a) => check_config(&a),

@@ -18,7 +18,9 @@ pub struct TlsFiles<'a> {
     pub client_cert: Option<(&'a Path, &'a Path)>,
 }
 
+/// ring, also installed as the process default so no later client can panic for lack of one.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     Arc::new(rustls::crypto::ring::default_provider())
 }
 

@@ -44,6 +44,7 @@ pub fn init(level: LogLevel, format: LogFormat) {
         LogFormat::Auto => LogFormat::Text,
         f => f,
     };
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
         LogFormat::Journald => match tracing_journald::layer() {
@@ -52,7 +53,7 @@ pub fn init(level: LogLevel, format: LogFormat) {
                 .try_init(),
             Err(e) => {
                 let r = registry
-                    .with(fmt::layer().with_writer(std::io::stderr))
+                    .with(fmt::layer().with_ansi(ansi).with_writer(std::io::stderr))
                     .try_init();
                 tracing::warn!(error = %e, "journald is not reachable; logging to stderr instead");
                 r
@@ -68,7 +69,7 @@ pub fn init(level: LogLevel, format: LogFormat) {
             )
             .try_init(),
         _ => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(fmt::layer().with_ansi(ansi).with_writer(std::io::stderr))
             .try_init(),
     };
     // A second init (tests) keeps the first subscriber.

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from nspawn import Container, ContainerError, check_host_prerequisites  # noqa: E402
+from nspawn import Container, ContainerError, check_host_prerequisites, cleanup_stale  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ROOTFS_SCRIPT = REPO_ROOT / "scripts" / "rootfs.sh"
@@ -85,8 +85,16 @@ def _dump_diagnostics(c: Container) -> None:
     print("\n".join(out[-80:]))
 
 
+@pytest.fixture(scope="session")
+def _nspawn_stale_cleanup():
+    """Once per session: clean up after earlier runs that were killed."""
+    cleaned = cleanup_stale(_nspawn_workdir(), keep_dirs=os.environ.get("BAO_NSPAWN_KEEP") == "1")
+    if cleaned:
+        print(f"[nspawn] cleaned up stale containers: {', '.join(cleaned)}", file=sys.stderr)
+
+
 @pytest.fixture
-def make_container(request, nspawn_rootfs):
+def make_container(request, nspawn_rootfs, _nspawn_stale_cleanup):
     """Factory for booted containers with custom options, e.g.
     ``make_container(init_args=["systemd.log_level=debug"])``.  All
     containers are stopped (and their copies removed) at test teardown."""

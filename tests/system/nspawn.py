@@ -45,7 +45,7 @@ import uuid
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-__all__ = ["Container", "ContainerError", "check_host_prerequisites"]
+__all__ = ["Container", "ContainerError", "check_host_prerequisites", "cleanup_stale"]
 
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_ENV = {"PATH": CONTAINER_PATH, "LANG": "C.UTF-8", "HOME": "/root", "TERM": "dumb",
@@ -66,6 +66,19 @@ DEFAULT_NSPAWN_ENV = {"SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1", "SYSTEMD_SECCOMP"
 
 class ContainerError(RuntimeError):
     """Raised for any harness failure; the message includes nspawn's output."""
+
+
+class _GroupPopen(subprocess.Popen):
+    """Popen (started with start_new_session=True) whose signals go to its
+    process group: nsenter forks the real command, which shares the pgid."""
+
+    def send_signal(self, sig: int) -> None:
+        self.poll()
+        if self.returncode is None:
+            try:
+                os.killpg(self.pid, sig)
+            except ProcessLookupError:
+                pass
 
 
 def check_host_prerequisites() -> list[str]:
@@ -150,6 +163,50 @@ def _rmdir_tree(path: Path) -> None:
         path.rmdir()
     except OSError:
         pass
+
+
+def _machine_in_use(name: str) -> bool:
+    needle = f"--machine={name}".encode()
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if needle in f.read().split(b"\0"):
+                        return True
+            except OSError:
+                pass
+    return False
+
+
+def cleanup_stale(workdir: str | os.PathLike, keep_dirs: bool = False) -> list[str]:
+    """Clean up after containers whose test process died without stop():
+    unmount overlays, remove cgroups, propagate dirs and (unless keep_dirs)
+    the per-container directories in workdir.  Containers whose nspawn is
+    still running (e.g. another pytest-xdist worker's) are left alone.
+    Returns the names cleaned up."""
+    workdir = Path(workdir)
+    cleaned = []
+    for d in sorted(workdir.glob("bao-*.*")) if workdir.is_dir() else []:
+        name = d.name.split(".", 1)[0]
+        if not d.is_dir() or _machine_in_use(name):
+            continue
+        root = d / "root"
+        if _mounted(root):
+            subprocess.run(["umount", "-l", str(root)], capture_output=True, timeout=30)
+        for parent in _cgroup_parents():
+            _rmdir_tree(parent / f"nspawn-{name}")
+        shutil.rmtree(Path("/run/systemd/nspawn/propagate") / name, ignore_errors=True)
+        if not keep_dirs and not _mounted(root):
+            subprocess.run(["rm", "-rf", "--one-file-system", str(d)], capture_output=True,
+                           timeout=300)
+        cleaned.append(name)
+    # cgroups of containers whose directory is already gone (rmdir fails on
+    # cgroups that still have processes, so this cannot hurt live ones)
+    for parent in _cgroup_parents():
+        for cg in parent.glob("nspawn-bao-*"):
+            if not _machine_in_use(cg.name[len("nspawn-"):]):
+                _rmdir_tree(cg)
+    return cleaned
 
 
 class Container:
@@ -305,6 +362,12 @@ class Container:
         procs = " ".join(shlex.quote(str(cg / "cgroup.procs")) for cg in self._cgroups)
         wrapper = ('for f in ' + procs + '; do echo $$ > "$f" || exit 97; done; exec "$@"'
                    if self._cgroups else 'exec "$@"')
+        # If the test process dies (even SIGKILL), nspawn gets SIGTERM and
+        # halts the container instead of leaking it. (The death signal fires
+        # when the *thread* that started it exits: start containers from the
+        # main thread.)  Leftover dirs/mounts are handled by cleanup_stale().
+        setpriv = shutil.which("setpriv")
+        pdeath = [setpriv, "--pdeathsig=TERM", "--"] if setpriv else []
         env = {k: v for k, v in os.environ.items()
                if k not in ("NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")}
         for k, v in self.nspawn_env.items():
@@ -316,7 +379,7 @@ class Container:
         cmd = self._nspawn_cmd()
         self._log_file.write(f"+ {shlex.join(cmd)}\n".encode())
         self._proc = subprocess.Popen(
-            ["/bin/sh", "-c", wrapper, "sh", *cmd],
+            ["/bin/sh", "-c", wrapper, "sh", *pdeath, *cmd],
             stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT,
             env=env, start_new_session=True,
         )
@@ -366,6 +429,8 @@ class Container:
                 continue
             state = r.stdout.strip()
             last = f"rc={r.returncode} stdout={state!r} stderr={r.stderr.strip()!r}"
+            if r.stderr.startswith("nsenter:"):
+                raise self._error(f"cannot enter the container: {r.stderr.strip()}")
             if state == "running":
                 return
             if state == "degraded":
@@ -482,10 +547,14 @@ class Container:
 
     def popen(self, cmd: Sequence[str], env: Mapping[str, str] | None = None,
               **kwargs) -> subprocess.Popen:
-        """Start a long-running command inside (caller must wait/kill it)."""
+        """Start a long-running command inside (caller must wait/kill it).
+        The returned Popen signals the whole process group, so kill() and
+        terminate() reach the command inside, not just nsenter.  Everything
+        still running is killed anyway when the container stops."""
         full_env = dict(DEFAULT_ENV)
         full_env.update(env or {})
-        return subprocess.Popen([*self.nsenter_prefix(), "--", *cmd], env=full_env, **kwargs)
+        return _GroupPopen([*self.nsenter_prefix(), "--", *cmd], env=full_env,
+                           start_new_session=True, **kwargs)
 
     def run(self, cmd: Sequence[str] | str, check: bool = True, input: str | bytes | None = None,
             timeout: float = 60.0, env: Mapping[str, str] | None = None,
@@ -502,8 +571,29 @@ class Container:
         full_env = dict(DEFAULT_ENV)
         full_env.update(env or {})
         argv = [*self.nsenter_prefix(), "--", *cmd]
-        r = subprocess.run(argv, input=input, capture_output=True, env=full_env, timeout=timeout,
-                           text=text, errors="replace" if text else None)
+        # Own process group so a timeout kills the command inside too (the
+        # nsenter'd child keeps nsenter's pgid); never block on pipes held
+        # open by a daemonised grandchild.
+        with subprocess.Popen(argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env,
+                              text=text, errors="replace" if text else None,
+                              start_new_session=True) as p:
+            try:
+                out, err = p.communicate(input, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                try:
+                    out, err = p.communicate(timeout=5)
+                except subprocess.TimeoutExpired:
+                    out, err = None, None
+                    for f in (p.stdout, p.stderr):
+                        f.close()
+                    p.wait(5)
+                raise subprocess.TimeoutExpired(list(cmd), timeout, output=out, stderr=err) from None
+        r = subprocess.CompletedProcess(argv, p.returncode, out, err)
         r.args = list(cmd)
         if check and r.returncode != 0:
             out, err = r.stdout, r.stderr

