@@ -133,9 +133,11 @@ pub async fn run(settings: Settings, config_path: PathBuf) -> Result<()> {
             + Duration::from_secs(5),
     });
 
+    let (self_check_tx, self_check_rx) = tokio::sync::mpsc::channel(4);
     let grpc = tokio::spawn(kms::serve(
         socket,
         provider.clone(),
+        self_check_rx,
         stopped(),
         settings.server.drain_timeout,
     ));
@@ -170,7 +172,7 @@ pub async fn run(settings: Settings, config_path: PathBuf) -> Result<()> {
     );
     let mut ready_sent = false;
     let mut last_status = String::new();
-    let self_client = kms::client::connect_lazy(&socket_path);
+    let self_client = kms::client::connect_in_memory(self_check_tx);
 
     loop {
         if !ready_sent {
@@ -229,6 +231,7 @@ pub async fn run(settings: Settings, config_path: PathBuf) -> Result<()> {
         }
     }
 
+    drop(self_client);
     tracing::info!("stopping: draining in-flight KMS calls");
     systemd::stopping();
     let _ = stop_tx.send(true);

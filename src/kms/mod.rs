@@ -2,6 +2,7 @@
 //! types behind `KeyService`; `service` adapts them to the generated protobuf types and maps
 //! `KmsError` to gRPC codes in exactly one place.
 pub mod client;
+mod conn;
 mod error;
 mod server;
 mod service;

@@ -5,9 +5,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::DuplexStream;
 use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tokio_stream::StreamExt;
 
+use super::conn::Conn;
 use super::{KeyService, KmsAdapter};
 use crate::pb::key_management_service_server::KeyManagementServiceServer;
 
@@ -63,9 +67,12 @@ pub fn bind_unix_socket(path: &Path, mode: u32) -> Result<UnixListener, SocketEr
 }
 
 /// Serves until `shutdown` resolves, then lets in-flight calls finish for at most `drain`.
+/// `self_check` feeds in-memory connections into the same server, so the watchdog can prove
+/// the server answers without needing permission on the (root-owned) socket file.
 pub async fn serve<S: KeyService>(
     listener: UnixListener,
     service: Arc<S>,
+    self_check: mpsc::Receiver<DuplexStream>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     drain: Duration,
 ) -> Result<(), SocketError> {
@@ -79,7 +86,7 @@ pub async fn serve<S: KeyService>(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let server = tonic::transport::Server::builder()
         .add_service(svc)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), signal);
+        .serve_with_incoming_shutdown(incoming(listener, self_check), signal);
     tokio::pin!(server);
     tokio::select! {
         res = &mut server => return res.map_err(|e| SocketError::Serve(e.to_string())),
@@ -95,4 +102,13 @@ pub async fn serve<S: KeyService>(
             Ok(())
         }
     }
+}
+
+fn incoming(
+    listener: UnixListener,
+    self_check: mpsc::Receiver<DuplexStream>,
+) -> impl tokio_stream::Stream<Item = std::io::Result<Conn>> {
+    let socket = UnixListenerStream::new(listener).map(|r| r.map(Conn::Unix));
+    let memory = ReceiverStream::new(self_check).map(|d| Ok(Conn::Memory(d)));
+    socket.merge(memory)
 }
