@@ -6,6 +6,7 @@ PYTHON := $(BUILD_DIR)/venv/bin/python
 export BUILD_DIR
 
 .PHONY: all build tools tools-openbao lint unit test test-rust test-system demo bench clean help
+.PHONY: deb rpm package-files
 
 all: build
 
@@ -14,6 +15,8 @@ help:
 	@echo "make test   - install what the tests need, then lint and run every test"
 	@echo "make bench  - latency/throughput benchmarks against a real OpenBao"
 	@echo "make build  - cargo build"
+	@echo "make deb    - Debian package (cargo-deb) into $$CARGO_TARGET_DIR/packages (default target/packages)"
+	@echo "make rpm    - RPM package (cargo-generate-rpm) into the same directory"
 
 build:
 	$(CARGO) build --locked
@@ -46,3 +49,30 @@ bench: tools-openbao
 
 clean:
 	$(CARGO) clean
+
+# Distro packages (docs/packaging.md). PKG_DIR, DEB_FLAGS and RPM_FLAGS may be overridden, e.g.
+# `make deb DEB_FLAGS="--deb-version 0.1.0-2"` or `make rpm RPM_FLAGS=--set-metadata=release=2`.
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
+PKG_DIR ?= $(TARGET_DIR)/packages
+DEB_FLAGS ?=
+RPM_FLAGS ?=
+PKG_TOOLS_PATH := $(BUILD_DIR)/tools/bin:$(PATH)
+MAN_DATE := $(shell git log -1 --format=%cs 2>/dev/null)
+
+# Release binary, a stripped copy (cargo-generate-rpm does not strip) and man pages generated
+# from the clap definitions (gzipped: cargo-deb does not compress files under target/).
+package-files:
+	$(CARGO) build --release --locked
+	install -d $(TARGET_DIR)/release/stripped
+	strip -o $(TARGET_DIR)/release/stripped/bao-kms-provider $(TARGET_DIR)/release/bao-kms-provider
+	rm -rf $(TARGET_DIR)/release/man
+	$(CARGO) run --release --locked --quiet --example mangen -- $(TARGET_DIR)/release/man $(MAN_DATE) >/dev/null
+	gzip -9nkf $(TARGET_DIR)/release/man/*.8
+
+deb: tools package-files
+	install -d $(PKG_DIR)
+	PATH=$(PKG_TOOLS_PATH) $(CARGO) deb --no-build --locked --output $(PKG_DIR)/ $(DEB_FLAGS)
+
+rpm: tools package-files
+	install -d $(PKG_DIR)
+	PATH=$(PKG_TOOLS_PATH) $(CARGO) generate-rpm --output $(PKG_DIR)/ $(RPM_FLAGS)
