@@ -95,24 +95,61 @@ impl Bao {
 
     /// `env` is passed to scripts/openbao-lab.sh (e.g. TOKEN_TTL, TOKEN_MAX_TTL).
     pub async fn start_with(env: &[(&str, &str)]) -> Bao {
+        Self::start_opts(false, env).await
+    }
+
+    /// A dev server with a TLS listener (`-dev-tls`): its CA is `ca_file()`.
+    pub async fn start_tls() -> Bao {
+        Self::start_opts(true, &[]).await
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("vault-ca.pem")
+    }
+
+    async fn start_opts(tls: bool, env: &[(&str, &str)]) -> Bao {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port_pair();
         let log = std::fs::File::create(dir.path().join("openbao.log")).expect("log file");
+        let mut args = vec![
+            "server".to_owned(),
+            "-dev".to_owned(),
+            "-dev-root-token-id=root".to_owned(),
+            format!("-dev-listen-address=127.0.0.1:{port}"),
+        ];
+        if tls {
+            args.push("-dev-tls".to_owned());
+            args.push(format!("-dev-tls-cert-dir={}", dir.path().display()));
+        }
         let child = Command::new(bao_bin())
-            .args(["server", "-dev", "-dev-root-token-id=root", &format!("-dev-listen-address=127.0.0.1:{port}")])
+            .args(&args)
             .stdout(log.try_clone().expect("clone log"))
             .stderr(log)
             .stdin(Stdio::null())
             .spawn()
             .expect("start bao server");
-        let addr = format!("http://127.0.0.1:{port}");
-        let bao = Bao {
+        let scheme = if tls { "https" } else { "http" };
+        let addr = format!("{scheme}://127.0.0.1:{port}");
+        let mut bao = Bao {
             child,
             port,
             addr,
             dir,
             http: http(),
         };
+        if tls {
+            let ca_path = bao.ca_file();
+            let end = Instant::now() + Duration::from_secs(20);
+            while !ca_path.exists() && Instant::now() < end {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let pem = std::fs::read(&ca_path).expect("dev TLS CA written by bao");
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            bao.http = reqwest::Client::builder()
+                .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("CA pem"))
+                .build()
+                .expect("TLS client");
+        }
         let health = format!("{}/v1/sys/health", bao.addr);
         let http = bao.http.clone();
         wait_for("OpenBao dev server", Duration::from_secs(20), || {
@@ -126,6 +163,7 @@ impl Bao {
             .args(["setup", &bao.addr, &bao.dir.path().to_string_lossy(), &policy.to_string_lossy()])
             .env("BAO_TOKEN", "root")
             .env("BAO_BIN", bao_bin())
+            .envs(tls.then(|| ("BAO_CACERT", bao.ca_file())))
             .envs(env.iter().copied())
             .output()
             .expect("run openbao-lab.sh");
@@ -166,6 +204,34 @@ impl Bao {
         let text = resp.text().await.unwrap_or_default();
         assert!(status.is_success(), "admin call {path} failed: {status} {text}");
         serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+
+    /// Enables cert auth trusting a fresh client CA; returns (client cert, client key) paths.
+    pub fn setup_cert_auth(&self) -> (PathBuf, PathBuf) {
+        let out = Command::new(repo_root().join("scripts/openbao-lab.sh"))
+            .args(["cert-setup", &self.addr, &self.dir.path().to_string_lossy()])
+            .env("BAO_TOKEN", "root")
+            .env("BAO_BIN", bao_bin())
+            .env("BAO_CACERT", self.ca_file())
+            .output()
+            .expect("cert-setup");
+        assert!(out.status.success(), "cert-setup failed: {}", String::from_utf8_lossy(&out.stderr));
+        (self.dir.path().join("client.pem"), self.dir.path().join("client.key"))
+    }
+
+    /// Revokes every token except root's (as an operator revoking the provider's token would).
+    pub async fn revoke_all_tokens(&self) {
+        let list = self.root(reqwest::Method::from_bytes(b"LIST").expect("LIST"), "auth/token/accessors", None).await;
+        let root_accessor = self.root(reqwest::Method::GET, "auth/token/lookup-self", None).await["data"]["accessor"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        for a in list["data"]["keys"].as_array().cloned().unwrap_or_default() {
+            let a = a.as_str().unwrap_or_default();
+            if a != root_accessor {
+                self.root(reqwest::Method::POST, "auth/token/revoke-accessor", Some(json!({ "accessor": a }))).await;
+            }
+        }
     }
 
     pub async fn rotate(&self) {
@@ -273,6 +339,8 @@ impl Drop for Proxy {
 /// Options for a provider under test; `extra` is appended to the generated config.
 pub struct ProviderOptions {
     pub address: String,
+    /// Extra lines for the [openbao] section (ca_file, tls_server_name, ...).
+    pub openbao_extra: String,
     pub cluster_id: String,
     pub auth: String,
     pub rotation: String,
@@ -284,6 +352,11 @@ impl ProviderOptions {
     pub fn new(bao: &Bao) -> Self {
         Self {
             address: bao.addr.clone(),
+            openbao_extra: if bao.addr.starts_with("https") {
+                format!("ca_file = \"{}\"\n", bao.ca_file().display())
+            } else {
+                String::new()
+            },
             cluster_id: "test-cluster".into(),
             auth: format!("[auth]\nmethod = \"jwt\"\n[auth.jwt]\njwt_file = \"{}\"\n", bao.jwt_path().display()),
             rotation: "[rotation]\nstable_observations = 1\nactivation_delay = \"0s\"\n".into(),
@@ -308,7 +381,7 @@ impl Provider {
     pub fn config_text(o: &ProviderOptions, socket: &Path, state_dir: &Path, metrics: u16, health: u16) -> String {
         format!(
             "[server]\nsocket_path = \"{}\"\nstate_dir = \"{}\"\ndrain_timeout = \"5s\"\n\
-             [openbao]\naddress = \"{}\"\ninstance_id = \"openbao-test\"\ntimeout = \"1s\"\n\
+             [openbao]\naddress = \"{}\"\ninstance_id = \"openbao-test\"\ntimeout = \"1s\"\n{}\
              {}\
              [transit.key_id_scope]\nprovider_name = \"openbao-kms\"\ncluster_id = \"{}\"\ntransit_mount_id = \"transit-test\"\nkey_lineage_id = \"lineage-1\"\n\
              [status]\nprobe_interval = \"300ms\"\ndeep_probe_interval = \"1s\"\nmax_staleness = \"3s\"\n\
@@ -318,6 +391,7 @@ impl Provider {
             socket.display(),
             state_dir.display(),
             o.address,
+            o.openbao_extra,
             o.auth,
             o.cluster_id,
             o.rotation,
