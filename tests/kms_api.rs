@@ -35,7 +35,7 @@ async fn round_trip_with_matching_key_ids_and_fresh_ciphertexts() {
         a.annotations.get(ANNOTATION_KEY_VERSION).map(Vec::as_slice),
         Some(&b"1"[..])
     );
-    for (k, _) in &a.annotations {
+    for k in a.annotations.keys() {
         assert!(
             k.contains('.') && !k.contains('/') && k.to_lowercase() == *k,
             "annotation key {k} must be a lowercase FQDN"
