@@ -622,6 +622,10 @@ impl Provider {
         }
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn signal(&self, sig: i32) {
         if let Some(c) = &self.child {
             unsafe {
