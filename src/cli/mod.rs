@@ -17,6 +17,9 @@ use crate::config::{self, ConfigError, Environment, DEFAULT_CONFIG_PATH};
 pub const EXIT_CONFIG: u8 = 64;
 /// Exit code when a check ran and failed.
 pub const EXIT_FAILED: u8 = 1;
+/// Exit code when the key registry is damaged, rolled back or missing (EX_DATAERR): restarting
+/// will not help, an operator must restore it.
+pub const EXIT_STATE: u8 = 65;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -115,6 +118,11 @@ pub fn run() -> ExitCode {
             eprintln!("bao-kms-provider: {e:#}");
             if e.downcast_ref::<ConfigError>().is_some() {
                 ExitCode::from(EXIT_CONFIG)
+            } else if e
+                .downcast_ref::<crate::keys::StoreError>()
+                .is_some_and(|s| s.needs_operator())
+            {
+                ExitCode::from(EXIT_STATE)
             } else {
                 ExitCode::from(EXIT_FAILED)
             }
