@@ -1,4 +1,5 @@
 //! Command line: the subcommands operators and automation use. `main.rs` only calls `run`.
+mod doctor;
 mod probe;
 mod render;
 mod state;
@@ -70,6 +71,19 @@ pub enum Command {
     /// KMS v2 first, identity last (so objects written before the rollout stay readable until
     /// they are migrated). Install it where --encryption-provider-config points.
     EncryptionConfig(render::EncryptionConfigArgs),
+    /// Check this host's config against the real OpenBao before rollout: one line per check.
+    ///
+    /// Checks in order: config, tls (CA file and handshake with tls_server_name), openbao-health
+    /// (sys/health), login (the configured auth method), token (TTL, renewable, policies),
+    /// key-profile (aes256-gcm96, not exportable, no plaintext backup, deletion not allowed, not
+    /// derived or convergent), upsert (config/keys disable_upsert=true), mount (sys/mounts
+    /// identity), round-trip (encrypt+decrypt of random bytes), least-privilege (the token must
+    /// not rotate, export, back up, restore, trim, import, delete or reconfigure the key, change
+    /// the mount or its own policy; each offending path is named) and capabilities (read on the
+    /// key, update on encrypt/decrypt). Lines start with ok, warn, FAIL or skip. Exit 0 when
+    /// nothing failed, 1 on any FAIL, 64 when the config itself is invalid. Changes nothing in
+    /// OpenBao beyond one login and one encrypt/decrypt. See docs/operations.md for each failure.
+    Doctor(ConfigArg),
     /// Inspect the key registry under state_dir (every Transit version and its key_id).
     #[command(subcommand)]
     State(state::StateCommand),
@@ -96,6 +110,7 @@ pub fn run() -> ExitCode {
         }),
         Command::EncryptionConfig(a) => render::encryption_config(&a),
         Command::State(c) => state::run(c),
+        Command::Doctor(a) => doctor::run(&a),
     };
     match result {
         Ok(code) => code,
