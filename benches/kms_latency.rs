@@ -16,7 +16,11 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn report(name: &str, mut samples: Vec<Duration>, target: Option<Duration>) {
     samples.sort();
-    let (p50, p95, p99) = (percentile(&samples, 0.5), percentile(&samples, 0.95), percentile(&samples, 0.99));
+    let (p50, p95, p99) = (
+        percentile(&samples, 0.5),
+        percentile(&samples, 0.95),
+        percentile(&samples, 0.99),
+    );
     let verdict = match target {
         Some(t) if p99 <= t => format!("p99 within target {t:?}"),
         Some(t) => format!("p99 OVER target {t:?}"),
@@ -34,14 +38,21 @@ fn report(name: &str, mut samples: Vec<Duration>, target: Option<Duration>) {
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_owned()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_owned())
+        })
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let n: usize = std::env::var("BENCH_CALLS").ok().and_then(|v| v.parse().ok()).unwrap_or(500);
+    let n: usize = std::env::var("BENCH_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
     let bao = Bao::start().await;
     let p = Provider::start(&ProviderOptions::new(&bao)).await;
     let mut c = p.client().await;
@@ -90,8 +101,16 @@ async fn main() {
     }
     let took = t0.elapsed();
     let count = all.len();
-    report("Decrypt x8 concurrent", all, Some(Duration::from_millis(10)));
-    println!("{:<22} {:.0} calls/s", "Decrypt throughput", count as f64 / took.as_secs_f64());
+    report(
+        "Decrypt x8 concurrent",
+        all,
+        Some(Duration::from_millis(10)),
+    );
+    println!(
+        "{:<22} {:.0} calls/s",
+        "Decrypt throughput",
+        count as f64 / took.as_secs_f64()
+    );
     let pid = p.pid().expect("provider pid");
     println!("{:<22} {} KiB", "provider RSS", rss_kib(pid));
 }
