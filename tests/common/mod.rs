@@ -20,6 +20,18 @@ pub fn http() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// Children die with the test thread that started them, even if the test binary is killed.
+pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        })
+    }
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -135,7 +147,7 @@ impl Bao {
             args.push("-dev-tls".to_owned());
             args.push(format!("-dev-tls-cert-dir={}", dir.path().display()));
         }
-        let child = Command::new(bao_bin())
+        let child = die_with_parent(&mut Command::new(bao_bin()))
             .args(&args)
             .stdout(log.try_clone().expect("clone log"))
             .stderr(log)
@@ -518,7 +530,7 @@ impl Provider {
             .append(true)
             .open(&self.log)
             .expect("log");
-        let child = Command::new(provider_bin())
+        let child = die_with_parent(&mut Command::new(provider_bin()))
             .args(["serve", "--config"])
             .arg(&self.config)
             .env_remove("NOTIFY_SOCKET")
