@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::config::{self, Settings};
 use crate::kms;
 use crate::openbao;
-use crate::provider::Provider;
+use crate::provider::{Provider, Snapshot};
 use crate::systemd;
 use crate::telemetry::{self, http::HealthSource};
 
@@ -118,6 +118,27 @@ fn listener(settings: &Settings) -> Result<(tokio::net::UnixListener, PathBuf, b
     Ok((l, settings.server.socket_path.clone(), false))
 }
 
+/// How long a socket-activated start holds kube-apiserver's calls (queued in the kernel) while
+/// the first probe runs; below the apiserver's default 3 s call deadline.
+const FIRST_PROBE_GRACE: Duration = Duration::from_secs(2);
+
+/// Under socket activation the connections wait in the kernel until we accept, so a restart
+/// (e.g. a package upgrade) accepts only once the first probe settled: calls then get the real
+/// state instead of "no active key yet". A slow OpenBao only delays serving by the grace.
+async fn wait_for_first_probe(provider: &Provider) {
+    let mut snapshots = provider.subscribe();
+    let settled = |s: &Arc<Snapshot>| s.problem.is_some() || s.metadata_ok_at.is_some();
+    if tokio::time::timeout(FIRST_PROBE_GRACE, snapshots.wait_for(settled))
+        .await
+        .is_err()
+    {
+        tracing::info!(
+            grace_seconds = FIRST_PROBE_GRACE.as_secs(),
+            "first OpenBao probe still running; serving anyway (Status says why it is not ok)"
+        );
+    }
+}
+
 /// Runs until SIGTERM/SIGINT. Errors here are start-up failures (exit non-zero).
 pub async fn run(settings: Settings, config_path: PathBuf) -> Result<()> {
     let client = Arc::new(
@@ -148,6 +169,14 @@ pub async fn run(settings: Settings, config_path: PathBuf) -> Result<()> {
             + Duration::from_secs(5),
     });
 
+    let probes = {
+        let (p, l) = (provider.clone(), liveness.clone());
+        tokio::spawn(p.run_probes(stopped(), move || l.beat(&l.probe_beat_ms)))
+    };
+    if activated {
+        wait_for_first_probe(&provider).await;
+    }
+
     let (self_check_tx, self_check_rx) = tokio::sync::mpsc::channel(4);
     let grpc = tokio::spawn(kms::serve(
         socket,
@@ -156,11 +185,6 @@ pub async fn run(settings: Settings, config_path: PathBuf) -> Result<()> {
         stopped(),
         settings.server.drain_timeout,
     ));
-
-    let probes = {
-        let (p, l) = (provider.clone(), liveness.clone());
-        tokio::spawn(p.run_probes(stopped(), move || l.beat(&l.probe_beat_ms)))
-    };
 
     let health: Arc<dyn HealthSource> = Arc::new(Health {
         provider: provider.clone(),

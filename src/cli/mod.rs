@@ -47,9 +47,11 @@ pub struct ConfigArg {
 pub enum Command {
     /// Serve the KMS v2 API on the unix socket (socket from systemd, or bound from the config).
     ///
-    /// Starts answering Status at once (healthz not ok until OpenBao has been proven), tells
-    /// systemd READY=1 after login, key metadata and an encrypt/decrypt probe succeeded, and
-    /// drains in-flight calls on SIGTERM. SIGHUP re-reads credentials and TLS files.
+    /// Starts answering Status at once (healthz not ok until OpenBao has been proven; with a
+    /// socket from systemd, calls first wait up to 2 s for the first OpenBao probe, so a
+    /// restart loses none), tells systemd READY=1 after login, key metadata and an
+    /// encrypt/decrypt probe succeeded, and drains in-flight calls on SIGTERM. SIGHUP re-reads
+    /// credentials and TLS files.
     Serve(ConfigArg),
     /// Validate a config file and print the effective configuration (secrets are never printed).
     ///
@@ -92,9 +94,11 @@ pub enum Command {
 /// Parses arguments and runs the chosen subcommand; returns the process exit code.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Serve(_)) {
+    if !matches!(cli.command, Command::Serve(_) | Command::Probe(_)) {
         // Tools piped into `head` should end quietly, not panic on EPIPE. The daemon keeps
-        // Rust's default (SIGPIPE ignored) so a closed log stream can never kill it.
+        // Rust's default (SIGPIPE ignored) so a closed log stream can never kill it; so does
+        // `probe`, which writes to the KMS socket: a provider closing it (a restart) must be a
+        // reported failure, not a silent death by SIGPIPE.
         // SAFETY: setting a signal disposition before any thread is started.
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);

@@ -1,4 +1,5 @@
 //! `probe`: what kube-apiserver does, against the real socket.
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -53,11 +54,17 @@ pub fn run(a: ProbeArgs) -> Result<ExitCode> {
             },
         };
         if outcome.ok || Instant::now() >= deadline {
-            println!("socket:   {}", socket.display());
+            // SIGPIPE stays ignored for probe (see cli::run): a closed stdout is not an error.
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "socket:   {}", socket.display());
             for l in &outcome.lines {
-                println!("{l}");
+                let _ = writeln!(out, "{l}");
             }
-            println!("result:   {}", if outcome.ok { "OK" } else { "FAILED" });
+            let _ = writeln!(
+                out,
+                "result:   {}",
+                if outcome.ok { "OK" } else { "FAILED" }
+            );
             return Ok(if outcome.ok {
                 ExitCode::SUCCESS
             } else {
