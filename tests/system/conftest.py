@@ -131,3 +131,57 @@ def container(make_container) -> Container:
 # =========================================================================
 # END nspawn harness section
 # =========================================================================
+
+# =========================================================================
+# BEGIN packages section (docs/packaging.md)
+# Fixture:
+#   built_packages (session) the .deb and .rpm built once by `make deb rpm`
+#                  (.deb1/.rpm1), plus the same build with a bumped version
+#                  (.deb2/.rpm2) for upgrade tests.
+# =========================================================================
+import dataclasses  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class BuiltPackages:
+    deb1: Path
+    deb2: Path
+    rpm1: Path
+    rpm2: Path
+    release_binary: Path
+
+
+def _make(args: list[str]) -> None:
+    r = subprocess.run(["make", "-C", str(REPO_ROOT), *args], capture_output=True, text=True,
+                       timeout=3600)
+    if r.returncode != 0:
+        pytest.fail(f"make {' '.join(args)} failed with rc={r.returncode}\n"
+                    f"--- stdout ---\n{r.stdout[-4000:]}\n--- stderr ---\n{r.stderr[-4000:]}",
+                    pytrace=False)
+
+
+def _one(directory: Path, pattern: str) -> Path:
+    found = sorted(directory.glob(pattern))
+    if len(found) != 1:
+        pytest.fail(f"expected one {pattern} in {directory}, found {found}", pytrace=False)
+    return found[0]
+
+
+@pytest.fixture(scope="session")
+def built_packages(tmp_path_factory) -> BuiltPackages:
+    """`make deb rpm` once per session; the second build only repackages (no compile)."""
+    out = tmp_path_factory.mktemp("packages")
+    t0 = time.monotonic()
+    _make(["deb", "rpm", f"PKG_DIR={out}/v1"])
+    _make(["deb", "rpm", f"PKG_DIR={out}/v2", "DEB_FLAGS=--deb-version 0.1.0-2",
+           "RPM_FLAGS=--set-metadata=release=2"])
+    print(f"[packages] built in {time.monotonic() - t0:.1f}s into {out}", file=sys.stderr)
+    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO_ROOT / "target"))
+    return BuiltPackages(
+        deb1=_one(out / "v1", "*.deb"), deb2=_one(out / "v2", "*.deb"),
+        rpm1=_one(out / "v1", "*.rpm"), rpm2=_one(out / "v2", "*.rpm"),
+        release_binary=target / "release" / "bao-kms-provider")
+
+# =========================================================================
+# END packages section
+# =========================================================================

@@ -1,0 +1,534 @@
+"""The .deb and .rpm on a real systemd (PID 1 in systemd-nspawn) against a real OpenBao.
+
+Proves what docs/packaging.md promises: lint-clean packages; an offline `apt install` that
+creates the user and directories, enables the socket and starts nothing without a valid config;
+a probe through the socket once configured; an upgrade under a loop of KMS calls that loses no
+call, keeps the config and restarts the provider only if it ran (and only with a valid config);
+`apt remove`/`apt purge` and `rpm -e` that keep the key registry.
+
+The tests of one package share one container and run in file order: each step starts from the
+state the previous one left, like an operator's host.
+"""
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from nspawn import Container  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BUILD_DIR = Path(os.environ.get("BUILD_DIR", REPO_ROOT / "build"))
+SOCKET = "bao-kms-provider.socket"
+SERVICE = "bao-kms-provider.service"
+KMS_SOCK = "/run/openbao-kms/kms.sock"
+CONFIG = "/etc/openbao-kms/config.toml"
+JWT = "/etc/openbao-kms/identity.jwt"
+APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
+
+# Findings accepted in docs/packaging.md ("Accepted lint findings"); anything else fails.
+LINTIAN_ACCEPTED_WARNINGS = {"initial-upload-closes-no-bugs"}
+RPMLINT_ACCEPTED_WARNINGS = {"no-manual-page-for-binary"}
+
+UNIT_FILES = ["bao-kms-provider.service", "bao-kms-provider.socket"]
+COMMON_FILES = [
+    "/usr/bin/bao-kms-provider",
+    "/usr/lib/sysusers.d/bao-kms-provider.conf",
+    "/usr/lib/tmpfiles.d/bao-kms-provider.conf",
+    CONFIG,
+    "/usr/share/doc/bao-kms-provider/examples/config.toml",
+    "/usr/share/man/man8/bao-kms-provider.8.gz",
+    "/usr/share/man/man8/bao-kms-provider-serve.8.gz",
+    "/usr/share/man/man8/bao-kms-provider-probe.8.gz",
+]
+
+
+# ----------------------------------------------------------------- helpers
+def free_port(pair: bool = False) -> int:
+    """A free port on 127.0.0.1 (and port+1 too when pair: bao binds both)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            if not pair:
+                return port
+            if port < 65535:
+                with socket.socket() as t:
+                    try:
+                        t.bind(("127.0.0.1", port + 1))
+                        return port
+                    except OSError:
+                        pass
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def wait_until(cond, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def show(c: Container, unit: str, prop: str) -> str:
+    return c.systemctl("show", "-p", prop, "--value", unit).stdout.strip()
+
+
+def is_active(c: Container, unit: str) -> str:
+    return c.systemctl("is-active", unit, check=False).stdout.strip()
+
+
+def is_enabled(c: Container, unit: str) -> str:
+    r = c.systemctl("is-enabled", unit, check=False)
+    return (r.stdout.strip() or r.stderr.strip())
+
+
+def probe(c: Container, wait: str = "30s") -> str:
+    r = c.run(["bao-kms-provider", "probe", "--socket", KMS_SOCK, "--wait", wait], check=False,
+              timeout=60)
+    assert r.returncode == 0, f"probe failed:\n{r.stdout}{r.stderr}\n{journal(c)}"
+    assert "result:   OK" in r.stdout, r.stdout
+    return r.stdout
+
+
+def journal(c: Container) -> str:
+    r = c.run(["journalctl", "-b", "--no-pager", "-n", "60", "-u", SERVICE, "-u", SOCKET],
+              check=False)
+    return f"--- journal ---\n{r.stdout}"
+
+
+def config_text(bao_port: int) -> str:
+    """A real config: the lab OpenBao on the host's loopback (the container shares the host's
+    network), JWT auth, and telemetry on ports nobody else uses."""
+    return f"""\
+[server]
+drain_timeout = "5s"
+
+[openbao]
+address = "http://127.0.0.1:{bao_port}"
+instance_id = "openbao-lab"
+
+[auth]
+method = "jwt"
+[auth.jwt]
+jwt_file = "{JWT}"
+
+[transit.key_id_scope]
+cluster_id = "package-test"
+transit_mount_id = "transit-lab"
+key_lineage_id = "lineage-1"
+
+[telemetry]
+metrics_address = "127.0.0.1:{free_port()}"
+health_address = "127.0.0.1:{free_port()}"
+"""
+
+
+class LabOpenBao:
+    def __init__(self, port: int, directory: Path):
+        self.port = port
+        self.dir = directory
+        self.jwt = (directory / "identity.jwt").read_text()
+
+
+class ApiserverLikeClient(threading.Thread):
+    """Loops Status, Encrypt and Decrypt the way kube-apiserver calls a KMS v2 plugin: one
+    long-lived gRPC channel (grpcio, a client that is not ours), authority "localhost",
+    wait-for-ready and a 3 s deadline per call. It runs on the host and reaches the container's
+    socket through /proc/<container pid 1>/root."""
+
+    def __init__(self, stubs, socket_path: str):
+        super().__init__(daemon=True)
+        import grpc
+        self.grpc, (self.pb, pb_grpc) = grpc, stubs
+        self.channel = grpc.insecure_channel(f"unix://{socket_path}",
+                                             options=[("grpc.default_authority", "localhost")])
+        self.stub = pb_grpc.KeyManagementServiceStub(self.channel)
+        self.stop = threading.Event()
+        self.ok = 0
+        self.failures: list[str] = []
+
+    def call(self, n: int) -> None:
+        pb, kw = self.pb, {"timeout": 3, "wait_for_ready": True}
+        status = self.stub.Status(pb.StatusRequest(), **kw)
+        if status.healthz != "ok" or not status.key_id:
+            raise AssertionError(f"Status healthz={status.healthz!r} key_id={status.key_id!r}")
+        seed = os.urandom(32)
+        enc = self.stub.Encrypt(pb.EncryptRequest(plaintext=seed, uid=f"upgrade-{n}"), **kw)
+        if enc.key_id != status.key_id:
+            raise AssertionError(f"Encrypt key_id {enc.key_id!r} != Status {status.key_id!r}")
+        dec = self.stub.Decrypt(pb.DecryptRequest(ciphertext=enc.ciphertext, uid=f"upgrade-{n}",
+                                                  key_id=enc.key_id,
+                                                  annotations=dict(enc.annotations)), **kw)
+        if dec.plaintext != seed:
+            raise AssertionError("Decrypt returned other bytes")
+
+    def run(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            try:
+                self.call(n)
+                self.ok += 1
+            except (self.grpc.RpcError, AssertionError) as e:
+                detail = f"{e.code().name}: {e.details()}" if isinstance(e, self.grpc.RpcError) \
+                    else str(e)
+                self.failures.append(f"round trip {n} at {time.strftime('%T')}: {detail}")
+            n += 1
+        self.channel.close()
+
+
+@pytest.fixture(scope="module")
+def kms_stubs(tmp_path_factory):
+    """Python stubs for proto/api.proto (grpcio-tools from the test venv)."""
+    from grpc_tools import protoc
+    out = tmp_path_factory.mktemp("stubs")
+    rc = protoc.main(["protoc", f"-I{REPO_ROOT / 'proto'}", f"--python_out={out}",
+                      f"--grpc_python_out={out}", str(REPO_ROOT / "proto" / "api.proto")])
+    assert rc == 0, "protoc failed"
+    sys.path.insert(0, str(out))
+    import api_pb2
+    import api_pb2_grpc
+    return api_pb2, api_pb2_grpc
+
+
+@pytest.fixture(scope="module")
+def openbao(tmp_path_factory, built_packages):
+    """A real OpenBao dev server on the host, configured by scripts/openbao-lab.sh (Transit key,
+    the provider's policy, JWT auth and a minted JWT)."""
+    bao = BUILD_DIR / "venv" / "bin" / "bao"
+    if not bao.exists():
+        pytest.fail(f"OpenBao is not installed at {bao}: run `make tools`", pytrace=False)
+    d = tmp_path_factory.mktemp("openbao")
+    port = free_port(pair=True)
+    log = open(d / "openbao.log", "w")
+    proc = subprocess.Popen([str(bao), "server", "-dev", "-dev-root-token-id=root",
+                             f"-dev-listen-address=127.0.0.1:{port}"],
+                            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/sys/health", timeout=2):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"OpenBao dev server did not come up:\n"
+                                f"{(d / 'openbao.log').read_text()}", pytrace=False)
+                time.sleep(0.1)
+        cfg = d / "config.toml"
+        cfg.write_text(config_text(port))
+        policy = d / "policy.hcl"
+        r = subprocess.run([str(built_packages.release_binary), "policy", "--config", str(cfg)],
+                           capture_output=True, text=True, check=True)
+        policy.write_text(r.stdout)
+        r = subprocess.run([str(REPO_ROOT / "scripts" / "openbao-lab.sh"), "setup",
+                            f"http://127.0.0.1:{port}", str(d), str(policy)],
+                           env={**os.environ, "BAO_TOKEN": "root", "BAO_BIN": str(bao)},
+                           capture_output=True, text=True)
+        assert r.returncode == 0, f"openbao-lab.sh setup failed:\n{r.stderr}"
+        yield LabOpenBao(port, d)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def module_container(request, nspawn_rootfs):
+    """One booted container for a whole module; the journal is printed if a test failed."""
+    workdir = Path(os.environ.get("BAO_NSPAWN_WORKDIR", REPO_ROOT / "build" / "nspawn"))
+    failed_before = request.session.testsfailed
+    c = Container(nspawn_rootfs, workdir=workdir).start()
+    yield c
+    if request.session.testsfailed > failed_before and c.running:
+        r = c.run(["journalctl", "-b", "--no-pager", "-n", "150"], check=False, timeout=15)
+        print(f"\n===== journal of {c.name} =====\n{r.stdout}")
+    c.stop()
+
+
+@pytest.fixture(scope="module")
+def deb_host(request, nspawn_rootfs):
+    yield from module_container(request, nspawn_rootfs)
+
+
+@pytest.fixture(scope="module")
+def rpm_host(request, nspawn_rootfs):
+    yield from module_container(request, nspawn_rootfs)
+
+
+def configure(c: Container, bao: LabOpenBao) -> str:
+    """Writes a valid config and the JWT the way an operator would; returns the config."""
+    text = config_text(bao.port)
+    c.write_file(CONFIG, text, mode=0o644)
+    c.write_file(JWT, bao.jwt, mode=0o640)
+    c.run(["chown", "root:openbao-kms", JWT])
+    r = c.run(["bao-kms-provider", "check-config", "--config", CONFIG], check=False)
+    assert r.returncode == 0, r.stderr
+    return text
+
+
+def assert_user_and_dirs(c: Container) -> None:
+    assert c.run(["getent", "passwd", "openbao-kms"]).stdout.split(":")[6].strip() == \
+        "/usr/sbin/nologin"
+    stat = c.run(["stat", "-c", "%n %a %U %G", "/etc/openbao-kms",
+                  "/var/lib/openbao-kms"]).stdout.splitlines()
+    assert stat == ["/etc/openbao-kms 750 root openbao-kms",
+                    "/var/lib/openbao-kms 700 openbao-kms openbao-kms"], stat
+
+
+def lint_tags(output: str, marker: str) -> dict[str, set[str]]:
+    """{"E": {tags}, "W": {tags}} from lintian ("W: pkg: tag ...") or rpmlint ("pkg: W: tag")."""
+    found: dict[str, set[str]] = {"E": set(), "W": set()}
+    for line in output.splitlines():
+        parts = line.replace(":", " ").split()
+        for level in ("E", "W"):
+            if level in parts[:3]:
+                idx = parts.index(level)
+                tag = parts[idx + 1] if marker == "rpmlint" else parts[idx + 2]
+                found[level].add(tag)
+    return found
+
+
+# ----------------------------------------------------------------- .deb
+def test_deb_lintian_reports_no_errors_and_only_accepted_warnings(built_packages):
+    r = subprocess.run(["lintian", "--no-tag-display-limit", built_packages.deb1],
+                       capture_output=True, text=True)
+    tags = lint_tags(r.stdout, "lintian")
+    assert not tags["E"], r.stdout
+    assert tags["W"] <= LINTIAN_ACCEPTED_WARNINGS, r.stdout
+
+
+def test_deb_metadata_files_and_libc_only_dependencies(built_packages, tmp_path):
+    deb = str(built_packages.deb1)
+
+    def field(name: str) -> str:
+        return subprocess.run(["dpkg-deb", "-f", deb, name], capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    assert field("Version") == "0.1.0-1"
+    depends = [d.strip() for d in field("Depends").split(",")]
+    assert depends[0].startswith("libc6 (>= ") and depends[1:] == [
+        "systemd | systemd-standalone-sysusers"], depends
+    files = {line.split()[-1].lstrip(".") for line in subprocess.run(
+        ["dpkg-deb", "-c", deb], capture_output=True, text=True, check=True).stdout.splitlines()}
+    expected = COMMON_FILES + [f"/lib/systemd/system/{u}" for u in UNIT_FILES] + [
+        "/usr/share/doc/bao-kms-provider/copyright",
+        "/usr/share/doc/bao-kms-provider/changelog.Debian.gz",
+        "/usr/share/doc/bao-kms-provider/changelog.gz"]
+    assert set(expected) <= files, set(expected) - files
+    subprocess.run(["dpkg-deb", "-e", deb, tmp_path / "control"], check=True)
+    assert (tmp_path / "control" / "conffiles").read_text().split() == [CONFIG]
+    subprocess.run(["dpkg-deb", "-x", deb, tmp_path / "root"], check=True)
+    binary = tmp_path / "root" / "usr" / "bin" / "bao-kms-provider"
+    sections = subprocess.run(["readelf", "-S", binary], capture_output=True, text=True,
+                              check=True).stdout
+    assert ".symtab" not in sections and ".debug_info" not in sections, "binary is not stripped"
+    libs = {line.split()[0] for line in subprocess.run(
+        ["ldd", binary], capture_output=True, text=True, check=True).stdout.splitlines()}
+    assert {lib.split("/")[-1] for lib in libs} <= {
+        "linux-vdso.so.1", "libc.so.6", "libm.so.6", "libgcc_s.so.1", "ld-linux-x86-64.so.2"}, libs
+
+
+def test_deb_installs_offline_and_starts_nothing_without_a_valid_config(deb_host, built_packages):
+    c = deb_host
+    c.copy_in(built_packages.deb1, "/root/")
+    r = c.run(["apt-get", "install", "-y", f"/root/{built_packages.deb1.name}"], env=APT_ENV,
+              timeout=180)
+    assert "not a valid configuration" in r.stdout + r.stderr, r.stdout + r.stderr
+    assert_user_and_dirs(c)
+    assert is_enabled(c, SOCKET) == "enabled"
+    assert is_active(c, SOCKET) == "inactive"
+    assert is_active(c, SERVICE) == "inactive"
+    # The shipped default names what is missing instead of being usable.
+    r = c.run(["bao-kms-provider", "check-config", "--config", CONFIG], check=False)
+    assert r.returncode == 64 and "openbao.address" in r.stderr, r.stderr
+
+
+def test_deb_serves_kms_calls_through_the_socket_once_configured(deb_host, openbao):
+    c = deb_host
+    configure(c, openbao)
+    c.systemctl("start", SOCKET)
+    out = probe(c)
+    assert "healthz:  ok" in out
+    assert is_active(c, SERVICE) == "active", "the first connection starts the service"
+
+
+def test_deb_upgrade_under_load_loses_no_call_keeps_config_and_restarts(deb_host, built_packages,
+                                                                        kms_stubs):
+    c = deb_host
+    config_before = sha256(c.read_file(CONFIG))
+    service_id = show(c, SERVICE, "InvocationID")
+    socket_id = show(c, SOCKET, "InvocationID")
+    assert service_id and socket_id
+    c.copy_in(built_packages.deb2, "/root/")
+    client = ApiserverLikeClient(kms_stubs, f"/proc/{c.pid}/root{KMS_SOCK}")
+    client.start()
+    try:
+        wait_until(lambda: client.ok >= 20, "20 KMS round trips before the upgrade")
+        c.run(["apt-get", "install", "-y", f"/root/{built_packages.deb2.name}"], env=APT_ENV,
+              timeout=180)
+        after_upgrade = client.ok
+        wait_until(lambda: client.ok >= after_upgrade + 50, "50 KMS round trips after the upgrade")
+    finally:
+        client.stop.set()
+        client.join(30)
+    assert not client.failures, "\n".join(client.failures) + journal(c)
+    print(f"{client.ok} KMS round trips (Status, Encrypt, Decrypt) across the upgrade, none failed")
+    assert c.run(["dpkg-query", "-W", "-f", "${Version}", "bao-kms-provider"]).stdout == "0.1.0-2"
+    assert sha256(c.read_file(CONFIG)) == config_before, "the upgrade changed the config"
+    assert show(c, SERVICE, "InvocationID") != service_id, "a running provider must be restarted"
+    assert show(c, SOCKET, "InvocationID") == socket_id, "the socket must never be restarted"
+    probe(c, wait="0s")
+
+
+def test_deb_upgrade_does_not_start_a_stopped_provider(deb_host, built_packages):
+    c = deb_host
+    c.systemctl("stop", SERVICE)
+    assert is_active(c, SOCKET) == "active"
+    c.run(["apt-get", "install", "-y", "--reinstall", f"/root/{built_packages.deb2.name}"],
+          env=APT_ENV, timeout=180)
+    assert is_active(c, SERVICE) == "inactive"
+    probe(c)  # and the socket still starts it on demand
+
+
+def test_deb_upgrade_never_restarts_a_provider_whose_config_is_invalid(deb_host, built_packages):
+    c = deb_host
+    good = c.read_file(CONFIG)
+    service_id = show(c, SERVICE, "InvocationID")
+    c.write_file(CONFIG, good + "\n[openbao]\nunknown_field = 1\n")
+    r = c.run(["apt-get", "install", "-y", "--reinstall", f"/root/{built_packages.deb2.name}"],
+              env=APT_ENV, timeout=180)
+    assert "not a valid configuration" in r.stdout + r.stderr, r.stdout + r.stderr
+    assert show(c, SERVICE, "InvocationID") == service_id
+    assert is_active(c, SERVICE) == "active"
+    c.write_file(CONFIG, good)
+    probe(c, wait="0s")
+
+
+def test_deb_remove_stops_and_disables_keeps_config_and_registry(deb_host):
+    c = deb_host
+    config = sha256(c.read_file(CONFIG))
+    registry = c.run(["ls", "/var/lib/openbao-kms"]).stdout.split()
+    assert registry, "the provider should have written its key registry"
+    c.run(["apt-get", "remove", "-y", "bao-kms-provider"], env=APT_ENV, timeout=180)
+    for unit in UNIT_FILES:
+        assert not c.exists(f"/lib/systemd/system/{unit}")
+        assert is_active(c, unit) == "inactive"
+    assert not c.exists("/etc/systemd/system/sockets.target.wants/bao-kms-provider.socket")
+    assert not c.exists(KMS_SOCK)
+    assert not c.exists("/usr/bin/bao-kms-provider")
+    assert sha256(c.read_file(CONFIG)) == config, "remove keeps the (conffile) config"
+    assert c.run(["ls", "/var/lib/openbao-kms"]).stdout.split() == registry
+    assert c.run(["getent", "passwd", "openbao-kms"], check=False).returncode == 0
+
+
+def test_deb_purge_removes_config_never_the_registry(deb_host):
+    c = deb_host
+    registry = c.run(["ls", "/var/lib/openbao-kms"]).stdout.split()
+    c.run(["apt-get", "purge", "-y", "bao-kms-provider"], env=APT_ENV, timeout=180)
+    assert not c.exists("/etc/openbao-kms")
+    assert c.run(["ls", "/var/lib/openbao-kms"]).stdout.split() == registry
+    assert c.run(["getent", "passwd", "openbao-kms"], check=False).returncode == 0, \
+        "the user is kept: it owns the registry"
+    r = c.run(["dpkg-query", "-W", "-f", "${Status}", "bao-kms-provider"], check=False)
+    assert "installed" not in r.stdout or "not-installed" in r.stdout, r.stdout
+
+
+# ----------------------------------------------------------------- .rpm
+def test_rpm_rpmlint_reports_no_errors_and_only_accepted_warnings(built_packages):
+    r = subprocess.run(["rpmlint", "-c", str(REPO_ROOT / "packaging" / "rpm" / "rpmlint.toml"),
+                        built_packages.rpm1], capture_output=True, text=True)
+    tags = lint_tags(r.stdout, "rpmlint")
+    assert not tags["E"], r.stdout
+    assert tags["W"] <= RPMLINT_ACCEPTED_WARNINGS, r.stdout
+    assert " 0 errors" in r.stdout, r.stdout
+
+
+def test_rpm_file_list_config_flags_requires_and_scriptlets(built_packages):
+    rpm = str(built_packages.rpm1)
+
+    def q(*args: str) -> str:
+        return subprocess.run(["rpm", "-qp", *args, rpm], capture_output=True, text=True,
+                              check=True).stdout
+
+    files = set(q("-l").split())
+    expected = COMMON_FILES + [f"/usr/lib/systemd/system/{u}" for u in UNIT_FILES] + [
+        "/usr/share/licenses/bao-kms-provider/LICENSE",
+        "/usr/share/doc/bao-kms-provider/CHANGELOG.md"]
+    assert set(expected) <= files, set(expected) - files
+    assert q("-c").split() == [CONFIG]
+    flags = dict(line.split(" ", 1)[::-1] for line in
+                 q("--qf", "[%{FILEFLAGS:fflags} %{FILENAMES}\n]").splitlines())
+    assert flags[CONFIG] == "cn", "the config must be %config(noreplace)"
+    requires = {r.split()[0] for r in q("-R").splitlines()}
+    assert {r for r in requires if not r.startswith(("rpmlib(", "lib", "ld-linux", "rtld(", "config("))} == \
+        {"/bin/sh", "systemd"}, requires
+    assert {r.split(".so")[0] for r in requires if r.startswith("lib")} <= {"libc", "libm",
+                                                                           "libgcc_s"}
+    scripts = q("--scripts")
+    for fragment in ["postinstall scriptlet", "systemd-sysusers bao-kms-provider.conf",
+                     "systemctl --no-reload preset \"$SOCKET\"", "check-config",
+                     "preuninstall scriptlet", "disable --now", "postuninstall scriptlet",
+                     "systemctl try-restart bao-kms-provider.service", "BAO_KMS_PURGE_STATE"]:
+        assert fragment in scripts, fragment
+
+
+def rpm(c: Container, *args: str, env: dict | None = None):
+    return c.run(["rpm", "--force-debian", *args], env=env, timeout=120)
+
+
+def test_rpm_installs_and_serves_kms_calls_once_configured(rpm_host, built_packages, openbao):
+    c = rpm_host
+    c.copy_in(built_packages.rpm1, "/root/")
+    c.copy_in(built_packages.rpm2, "/root/")
+    r = rpm(c, "-i", "--nodeps", f"/root/{built_packages.rpm1.name}")
+    assert "not a valid configuration" in r.stderr, r.stderr
+    assert_user_and_dirs(c)
+    assert is_enabled(c, SOCKET) == "enabled", "no preset file on Debian: presets enable"
+    assert is_active(c, SOCKET) == "inactive"
+    configure(c, openbao)
+    c.systemctl("start", SOCKET)
+    probe(c)
+
+
+def test_rpm_upgrade_restarts_a_running_provider_and_keeps_config(rpm_host, built_packages):
+    c = rpm_host
+    config = sha256(c.read_file(CONFIG))
+    service_id = show(c, SERVICE, "InvocationID")
+    rpm(c, "-U", "--nodeps", f"/root/{built_packages.rpm2.name}")
+    assert c.run(["rpm", "-q", "bao-kms-provider"]).stdout.strip() == \
+        "bao-kms-provider-0.1.0-2.x86_64"
+    assert sha256(c.read_file(CONFIG)) == config
+    assert show(c, SERVICE, "InvocationID") != service_id
+    probe(c)
+
+
+def test_rpm_erase_stops_disables_and_keeps_registry_unless_asked(rpm_host, built_packages):
+    c = rpm_host
+    registry = c.run(["ls", "/var/lib/openbao-kms"]).stdout.split()
+    assert registry
+    rpm(c, "-e", "--nodeps", "bao-kms-provider")
+    for unit in UNIT_FILES:
+        assert not c.exists(f"/usr/lib/systemd/system/{unit}")
+        assert is_active(c, unit) == "inactive"
+    assert not c.exists("/etc/systemd/system/sockets.target.wants/bao-kms-provider.socket")
+    assert c.exists(CONFIG + ".rpmsave"), "a modified %config is saved, as rpm does"
+    assert c.run(["ls", "/var/lib/openbao-kms"]).stdout.split() == registry
+    # Asked explicitly: the registry goes too.
+    rpm(c, "-i", "--nodeps", f"/root/{built_packages.rpm1.name}")
+    rpm(c, "-e", "--nodeps", "bao-kms-provider", env={"BAO_KMS_PURGE_STATE": "yes"})
+    assert not c.exists("/var/lib/openbao-kms")
