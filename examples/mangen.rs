@@ -20,7 +20,7 @@ fn extra_sections(roff: &mut Roff) {
         ("/etc/openbao-kms/config.toml", "Configuration (TOML). The packaged default is commented out and not valid on its own; see the example below."),
         ("/usr/share/doc/bao-kms-provider/examples/config.toml", "Every setting with its default and an explanation."),
         ("/run/openbao-kms/kms.sock", "KMS v2 socket for kube-apiserver, held by bao-kms-provider.socket."),
-        ("/var/lib/openbao-kms", "Key registry (state_dir). Part of the storage contract: never removed by the packages."),
+        ("/var/lib/openbao-kms", "Key registry (state_dir). Part of the storage contract: the packages never remove it unless BAO_KMS_PURGE_STATE=yes is set for the purge (docs/packaging.md)."),
     ] {
         roff.control("TP", []);
         roff.text([italic(path)]);

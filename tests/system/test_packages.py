@@ -448,6 +448,17 @@ def test_deb_purge_removes_config_never_the_registry(deb_host):
     assert "installed" not in r.stdout or "not-installed" in r.stdout, r.stdout
 
 
+def test_deb_purge_removes_the_registry_only_when_asked(deb_host, built_packages):
+    c = deb_host
+    c.run(["apt-get", "install", "-y", f"/root/{built_packages.deb1.name}"], env=APT_ENV,
+          timeout=180)
+    assert c.exists("/var/lib/openbao-kms")
+    c.run(["apt-get", "purge", "-y", "bao-kms-provider"],
+          env={**APT_ENV, "BAO_KMS_PURGE_STATE": "yes"}, timeout=180)
+    assert not c.exists("/var/lib/openbao-kms")
+    assert not c.exists("/etc/openbao-kms")
+
+
 # ----------------------------------------------------------------- .rpm
 def test_rpm_rpmlint_reports_no_errors_and_only_accepted_warnings(built_packages):
     r = subprocess.run(["rpmlint", "-c", str(REPO_ROOT / "packaging" / "rpm" / "rpmlint.toml"),
