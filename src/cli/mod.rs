@@ -2,6 +2,7 @@
 mod probe;
 mod render;
 mod state;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -70,6 +71,16 @@ pub enum Command {
     /// Inspect the key registry under state_dir (every Transit version and its key_id).
     #[command(subcommand)]
     State(state::StateCommand),
+    /// Restore drill: check that a raw etcd value is a KMS v2 envelope of this provider and decrypts.
+    ///
+    /// Reads the value from etcd (--etcd-endpoint, gRPC gateway with the etcd client
+    /// certificate) or from --input, checks the k8s:enc:kms:v2:<provider>: prefix, decodes and
+    /// validates the EncryptedObject as kube-apiserver does, asks the provider over its socket to
+    /// decrypt the DEK source, and decrypts the data with the etcd key as additional data.
+    /// Prints provider, key_id (active, retired, pending or unknown), DEK source type and
+    /// `decrypts: yes/no`; the plaintext only with --show-plaintext.
+    #[command(after_help = verify::EXIT_CODES_HELP)]
+    VerifyEtcdValue(verify::VerifyArgs),
 }
 
 /// Parses arguments and runs the chosen subcommand; returns the process exit code.
@@ -93,6 +104,7 @@ pub fn run() -> ExitCode {
         }),
         Command::EncryptionConfig(a) => render::encryption_config(&a),
         Command::State(c) => state::run(c),
+        Command::VerifyEtcdValue(a) => verify::run(a),
     };
     match result {
         Ok(code) => code,
