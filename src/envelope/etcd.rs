@@ -113,11 +113,13 @@ impl EtcdClient {
         Ok(Self { http, base })
     }
 
-    async fn post(&self, path: &str, body: serde_json::Value) -> Result<Vec<u8>, EtcdError> {
-        let url = self
-            .base
+    fn url(&self, path: &str) -> Result<reqwest::Url, EtcdError> {
+        self.base
             .join(path)
-            .map_err(|_| EtcdError::Endpoint(self.base.to_string()))?;
+            .map_err(|_| EtcdError::Endpoint(self.base.to_string()))
+    }
+
+    async fn post(&self, url: reqwest::Url, body: serde_json::Value) -> Result<Vec<u8>, EtcdError> {
         let shown = url.to_string();
         let req_err = |e: reqwest::Error| EtcdError::Request {
             url: shown.clone(),
@@ -154,15 +156,14 @@ impl EtcdClient {
 
     /// The raw value at `key`, or None when the key does not exist.
     pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, EtcdError> {
-        let url = self.base.join("v3/kv/range").map(|u| u.to_string());
-        let url = url.unwrap_or_default();
-        let body = self
-            .post("v3/kv/range", json!({ "key": STANDARD.encode(key) }))
-            .await?;
+        let url = self.url("v3/kv/range")?;
         let protocol = |reason: String| EtcdError::Protocol {
-            url: url.clone(),
+            url: url.to_string(),
             reason,
         };
+        let body = self
+            .post(url.clone(), json!({ "key": STANDARD.encode(key) }))
+            .await?;
         let r: RangeResponse = serde_json::from_slice(&body)
             .map_err(|e| protocol(format!("not a range response: {e}")))?;
         match r.kvs.into_iter().next() {
@@ -177,7 +178,7 @@ impl EtcdClient {
     /// Stores `value` at `key` (for tests and drills that write like kube-apiserver).
     pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<(), EtcdError> {
         let body = json!({ "key": STANDARD.encode(key), "value": STANDARD.encode(value) });
-        self.post("v3/kv/put", body).await.map(|_| ())
+        self.post(self.url("v3/kv/put")?, body).await.map(|_| ())
     }
 }
 
@@ -191,4 +192,40 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new(endpoint: &str, tls: EtcdTls) -> Result<EtcdClient, EtcdError> {
+        EtcdClient::new(endpoint, &tls, Duration::from_secs(1))
+    }
+
+    #[test]
+    fn bad_endpoints_and_tls_files_are_named() {
+        for bad in ["127.0.0.1:2379", "ftp://h:1", "https://", ""] {
+            assert!(
+                matches!(new(bad, EtcdTls::default()), Err(EtcdError::Endpoint(_))),
+                "{bad:?}"
+            );
+        }
+        let missing = EtcdTls {
+            ca_file: Some("/nonexistent/ca.crt".into()),
+            ..EtcdTls::default()
+        };
+        let err = new("https://127.0.0.1:2379", missing).err().expect("error");
+        assert!(
+            err.to_string()
+                .starts_with("etcd CA file /nonexistent/ca.crt"),
+            "{err}"
+        );
+        let half = EtcdTls {
+            cert_file: Some("/x.crt".into()),
+            ..EtcdTls::default()
+        };
+        let err = new("https://127.0.0.1:2379", half).err().expect("error");
+        assert!(err.to_string().contains("--etcd-client-key"), "{err}");
+        assert!(new("http://127.0.0.1:2379", EtcdTls::default()).is_ok());
+    }
 }

@@ -40,30 +40,19 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
-/// A throwaway CA, a server certificate for 127.0.0.1 and a client certificate.
+/// A throwaway CA, a server certificate for 127.0.0.1 and a client certificate whose key is
+/// RSA in PKCS#1 ("RSA PRIVATE KEY"), as kubeadm writes apiserver-etcd-client.key.
 fn make_pki(dir: &Path) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
-    let ca: Vec<&str> = ["req", "-x509"]
-        .into_iter()
-        .chain(ec)
-        .chain([
-            "-days",
-            "2",
-            "-subj",
-            "/CN=etcd-test-ca",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-        ])
-        .collect();
-    openssl(dir, &ca);
+    let run = |cmd: &str| openssl(dir, &cmd.split_whitespace().collect::<Vec<_>>());
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
+    run(&format!(
+        "req -x509 {ec} -days 2 -subj /CN=etcd-test-ca -keyout ca.key -out ca.pem"
+    ));
+    run(&format!(
+        "req {ec} -subj /CN=etcd-test-server -keyout server.key -out server.csr"
+    ));
+    run("genrsa -traditional -out client.key 2048");
+    run("req -new -key client.key -subj /CN=kube-apiserver-etcd-client -out client.csr");
     for (name, ext) in [
         (
             "server",
@@ -72,39 +61,9 @@ fn make_pki(dir: &Path) {
         ("client", "extendedKeyUsage=clientAuth\n"),
     ] {
         std::fs::write(dir.join(format!("{name}.ext")), ext).expect("ext");
-        let (key, csr, pem, ext) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.pem"),
-            format!("{name}.ext"),
-        );
-        let subj = format!("/CN=etcd-test-{name}");
-        let req: Vec<&str> = ["req"]
-            .into_iter()
-            .chain(ec)
-            .chain(["-subj", &subj, "-keyout", &key, "-out", &csr])
-            .collect();
-        openssl(dir, &req);
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                &ext,
-                "-out",
-                &pem,
-            ],
-        );
+        run(&format!(
+            "x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile {name}.ext -out {name}.pem"
+        ));
     }
 }
 
