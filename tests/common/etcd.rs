@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bao_kms_provider::envelope::etcd::{EtcdClient, EtcdTls};
 
-use super::free_port;
+use super::{die_with_parent, free_port};
 
 pub struct Etcd {
     child: Child,
@@ -76,7 +76,7 @@ impl Etcd {
         let peer = format!("http://127.0.0.1:{peer_port}");
         let p = |f: &str| dir.path().join(f);
         let log = std::fs::File::create(p("etcd.log")).expect("log");
-        let child = Command::new(bin("etcd"))
+        let child = die_with_parent(&mut Command::new(bin("etcd")))
             .args([
                 "--name",
                 "test",
