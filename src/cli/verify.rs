@@ -18,6 +18,7 @@ use crate::pb;
 
 pub const EXIT_VERIFIED: u8 = 0;
 pub const EXIT_COULD_NOT_CHECK: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_NOT_ENCRYPTED: u8 = 3;
 pub const EXIT_OTHER_PROVIDER: u8 = 4;
 pub const EXIT_UNKNOWN_KEY: u8 = 5;
@@ -29,7 +30,7 @@ Exit codes:
   0   verified: our prefix, a valid EncryptedObject, the provider decrypts the DEK source and the
       data decrypts with it and the etcd key
   1   could not check: value missing in etcd, etcd or the provider unreachable, I/O error
-  2   usage error
+  2   usage error (also a --provider-name that is empty or holds ':')
   3   not encrypted: the value lacks the k8s:enc: prefix (stored in plaintext)
   4   encrypted by another provider: another KMS v2 provider name or another k8s:enc: scheme
   5   unknown key: the provider does not know the value's key_id (wrong OpenBao restore or scope)
@@ -98,6 +99,7 @@ impl Report {
             EXIT_UNKNOWN_KEY => "UNKNOWN KEY",
             EXIT_DOES_NOT_DECRYPT => "DOES NOT DECRYPT",
             EXIT_MALFORMED => "MALFORMED",
+            EXIT_USAGE => "USAGE ERROR",
             _ => "COULD NOT CHECK",
         };
         self.add("result", result);
@@ -194,7 +196,7 @@ fn failure_code(f: Failure) -> u8 {
         Failure::OtherProvider => EXIT_OTHER_PROVIDER,
         Failure::Malformed => EXIT_MALFORMED,
         Failure::DoesNotDecrypt => EXIT_DOES_NOT_DECRYPT,
-        Failure::BadArgument => EXIT_COULD_NOT_CHECK,
+        Failure::BadArgument => EXIT_USAGE,
     }
 }
 
