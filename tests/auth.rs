@@ -8,9 +8,12 @@ use common::*;
 
 async fn encrypt_works(p: &Provider) -> bool {
     let mut c = p.client().await;
-    c.encrypt(bao_kms_provider::pb::EncryptRequest { plaintext: vec![5; 32], uid: "u".into() })
-        .await
-        .is_ok()
+    c.encrypt(bao_kms_provider::pb::EncryptRequest {
+        plaintext: vec![5; 32],
+        uid: "u".into(),
+    })
+    .await
+    .is_ok()
 }
 
 #[tokio::test]
@@ -21,13 +24,23 @@ async fn token_is_renewed_before_expiry_and_replaced_at_max_ttl() {
     // with Encrypt working throughout.
     let end = Instant::now() + Duration::from_secs(9);
     while Instant::now() < end {
-        assert!(encrypt_works(&p).await, "Encrypt failed during token turnover:\n{}", p.logs());
+        assert!(
+            encrypt_works(&p).await,
+            "Encrypt failed during token turnover:\n{}",
+            p.logs()
+        );
         assert_eq!(p.status().await.healthz, "ok", "{}", p.logs());
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let logs = p.logs();
-    assert!(logs.contains("renewed OpenBao token"), "renewal expected:\n{logs}");
-    assert!(logs.matches("logged in to OpenBao").count() >= 2, "fresh login at max TTL expected:\n{logs}");
+    assert!(
+        logs.contains("renewed OpenBao token"),
+        "renewal expected:\n{logs}"
+    );
+    assert!(
+        logs.matches("logged in to OpenBao").count() >= 2,
+        "fresh login at max TTL expected:\n{logs}"
+    );
     assert!(!logs.contains("eyJ"), "no JWT in logs");
 }
 
@@ -38,18 +51,29 @@ async fn revoked_token_triggers_one_relogin_that_rereads_the_jwt_file() {
     bao.mint_jwt(dir.path());
     let jwt = dir.path().join("identity.jwt");
     let mut o = ProviderOptions::new(&bao);
-    o.auth = format!("[auth]\nmethod = \"jwt\"\n[auth.jwt]\njwt_file = \"{}\"\n", jwt.display());
+    o.auth = format!(
+        "[auth]\nmethod = \"jwt\"\n[auth.jwt]\njwt_file = \"{}\"\n",
+        jwt.display()
+    );
     let p = Provider::start(&o).await;
 
     bao.revoke_all_tokens().await;
-    assert!(encrypt_works(&p).await, "a 403 must lead to one re-login and a successful retry:\n{}", p.logs());
+    assert!(
+        encrypt_works(&p).await,
+        "a 403 must lead to one re-login and a successful retry:\n{}",
+        p.logs()
+    );
     assert!(p.logs().contains("403 from OpenBao; logging in again"));
 
     // A broken JWT on disk: the next re-login reads it and fails...
     std::fs::write(&jwt, "not-a-jwt\n").expect("write");
     bao.revoke_all_tokens().await;
-    assert!(!encrypt_works(&p).await, "login with a broken JWT must fail");
-    p.wait_status("healthz not ok after login failure", |s| s.healthz != "ok").await;
+    assert!(
+        !encrypt_works(&p).await,
+        "login with a broken JWT must fail"
+    );
+    p.wait_status("healthz not ok after login failure", |s| s.healthz != "ok")
+        .await;
     // ...and a freshly minted JWT replaced on disk is picked up without a restart.
     bao.mint_jwt(dir.path());
     p.wait_healthy().await;
@@ -68,7 +92,10 @@ async fn cert_login_over_mtls_with_server_name_override() {
         key.display()
     );
     // The address uses the IP; verify the certificate against the name "localhost" instead.
-    o.openbao_extra = format!("ca_file = \"{}\"\ntls_server_name = \"localhost\"\n", bao.ca_file().display());
+    o.openbao_extra = format!(
+        "ca_file = \"{}\"\ntls_server_name = \"localhost\"\n",
+        bao.ca_file().display()
+    );
     let p = Provider::start(&o).await;
     assert!(encrypt_works(&p).await);
     assert!(p.logs().contains("method=\"cert\""), "{}", p.logs());
@@ -80,7 +107,19 @@ async fn wrong_ca_fails_clearly_and_never_falls_back_to_system_roots() {
     let other = tempfile::tempdir().expect("tempdir");
     let ca = other.path().join("other-ca.pem");
     let status = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj", "/CN=other"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=other",
+        ])
         .arg("-keyout")
         .arg(other.path().join("k.pem"))
         .arg("-out")
@@ -91,7 +130,14 @@ async fn wrong_ca_fails_clearly_and_never_falls_back_to_system_roots() {
     let mut o = ProviderOptions::new(&bao);
     o.openbao_extra = format!("ca_file = \"{}\"\n", ca.display());
     let p = Provider::spawn(&o);
-    p.wait_status("healthz names the TLS failure", |s| s.healthz.contains("OpenBao") && s.healthz != "ok").await;
+    p.wait_status("healthz names the TLS failure", |s| {
+        s.healthz.contains("OpenBao") && s.healthz != "ok"
+    })
+    .await;
     let s = p.status().await;
-    assert!(s.healthz.to_lowercase().contains("certificate") || s.healthz.contains("cannot reach"), "{}", s.healthz);
+    assert!(
+        s.healthz.to_lowercase().contains("certificate") || s.healthz.contains("cannot reach"),
+        "{}",
+        s.healthz
+    );
 }

@@ -86,48 +86,100 @@ fn the_documented_example_is_valid_and_printed_without_secrets() {
 #[test]
 fn each_invalid_field_is_named() {
     let cases: &[(&str, &str, &str, &str)] = &[
-        ("server", "socket_path", "\"relative/kms.sock\"", "server.socket_path"),
+        (
+            "server",
+            "socket_path",
+            "\"relative/kms.sock\"",
+            "server.socket_path",
+        ),
         ("server", "socket_mode", "\"0666\"", "server.socket_mode"),
         ("server", "socket_mode", "\"rw\"", "server.socket_mode"),
         ("server", "state_dir", "\"\"", "server.state_dir"),
-        ("openbao", "address", "\"http://openbao.example.internal:8200\"", "openbao.address"),
+        (
+            "openbao",
+            "address",
+            "\"http://openbao.example.internal:8200\"",
+            "openbao.address",
+        ),
         ("openbao", "address", "\"not a url\"", "openbao.address"),
         ("openbao", "address", "\"\"", "openbao.address"),
         ("openbao", "ca_file", "\"\"", "openbao.ca_file"),
         ("openbao", "timeout", "\"2\"", "openbao.timeout"),
         ("openbao", "timeout", "\"10m\"", "openbao.timeout"),
         ("openbao", "instance_id", "\"\"", "openbao.instance_id"),
-        ("auth.jwt", "jwt_file", "\"identity.jwt\"", "auth.jwt.jwt_file"),
+        (
+            "auth.jwt",
+            "jwt_file",
+            "\"identity.jwt\"",
+            "auth.jwt.jwt_file",
+        ),
         ("auth.jwt", "role", "\"\"", "auth.jwt.role"),
         ("auth.jwt", "mount_path", "\"a//b\"", "auth.jwt.mount_path"),
         ("transit", "key_name", "\"k8s/etcd\"", "transit.key_name"),
-        ("transit.key_id_scope", "provider_name", "\"openbao:kms\"", "transit.key_id_scope.provider_name"),
-        ("transit.key_id_scope", "cluster_id", "\"\"", "transit.key_id_scope.cluster_id"),
-        ("transit.key_id_scope", "key_lineage_id", "\"\"", "transit.key_id_scope.key_lineage_id"),
-        ("status", "probe_interval", "\"5 parsecs\"", "status.probe_interval"),
-        ("status", "deep_probe_interval", "\"10s\"", "status.deep_probe_interval"),
+        (
+            "transit.key_id_scope",
+            "provider_name",
+            "\"openbao:kms\"",
+            "transit.key_id_scope.provider_name",
+        ),
+        (
+            "transit.key_id_scope",
+            "cluster_id",
+            "\"\"",
+            "transit.key_id_scope.cluster_id",
+        ),
+        (
+            "transit.key_id_scope",
+            "key_lineage_id",
+            "\"\"",
+            "transit.key_id_scope.key_lineage_id",
+        ),
+        (
+            "status",
+            "probe_interval",
+            "\"5 parsecs\"",
+            "status.probe_interval",
+        ),
+        (
+            "status",
+            "deep_probe_interval",
+            "\"10s\"",
+            "status.deep_probe_interval",
+        ),
         ("status", "max_staleness", "\"30s\"", "status.max_staleness"),
     ];
     for (section, key, value, field) in cases {
         let (code, _, stderr) = check(&with(section, key, value));
-        assert_eq!(code, 64, "{section}.{key} = {value}: expected exit 64, stderr: {stderr}");
-        assert!(stderr.contains(field), "{section}.{key} = {value}: message must name {field}: {stderr}");
+        assert_eq!(
+            code, 64,
+            "{section}.{key} = {value}: expected exit 64, stderr: {stderr}"
+        );
+        assert!(
+            stderr.contains(field),
+            "{section}.{key} = {value}: message must name {field}: {stderr}"
+        );
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
 
 #[test]
 fn unknown_and_mistyped_fields_are_rejected_by_name() {
-    let (code, _, stderr) = check(&VALID.replace("timeout = \"2s\"", "timeout = \"2s\"\ntimout = \"3s\""));
+    let (code, _, stderr) =
+        check(&VALID.replace("timeout = \"2s\"", "timeout = \"2s\"\ntimout = \"3s\""));
     assert_eq!(code, 64);
     assert!(stderr.contains("timout"), "{stderr}");
     let (code, _, stderr) = check(&VALID.replace("method = \"jwt\"", "method = \"kerberos\""));
     assert_eq!(code, 64);
-    assert!(stderr.contains("kerberos") && stderr.contains("method"), "{stderr}");
+    assert!(
+        stderr.contains("kerberos") && stderr.contains("method"),
+        "{stderr}"
+    );
     let (code, _, stderr) = check(&format!("{VALID}\n[rotation]\nstable_observations = 0\n"));
     assert_eq!(code, 64);
     assert!(stderr.contains("rotation.stable_observations"), "{stderr}");
-    let (code, _, stderr) = check(&format!("{VALID}\n[telemetry]\nmetrics_address = \"localhost\"\n"));
+    let (code, _, stderr) = check(&format!(
+        "{VALID}\n[telemetry]\nmetrics_address = \"localhost\"\n"
+    ));
     assert_eq!(code, 64);
     assert!(stderr.contains("telemetry.metrics_address"), "{stderr}");
     let (code, _, stderr) = check("this is not toml = = =");
@@ -145,12 +197,16 @@ fn missing_file_and_credentials_directory_are_explained() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/config.toml"));
     let (code, _, stderr) = check(&with("auth.jwt", "jwt_file", "\"%d/identity.jwt\""));
     assert_eq!(code, 64);
-    assert!(stderr.contains("auth.jwt.jwt_file") && stderr.contains("CREDENTIALS_DIRECTORY"), "{stderr}");
+    assert!(
+        stderr.contains("auth.jwt.jwt_file") && stderr.contains("CREDENTIALS_DIRECTORY"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn http_is_allowed_to_loopback_only() {
-    let text = with("openbao", "address", "\"http://127.0.0.1:8200\"").replace("ca_file = \"/etc/openbao-kms/tls/openbao-ca.pem\"\n", "");
+    let text = with("openbao", "address", "\"http://127.0.0.1:8200\"")
+        .replace("ca_file = \"/etc/openbao-kms/tls/openbao-ca.pem\"\n", "");
     let (code, _, stderr) = check(&text);
     assert_eq!(code, 0, "{stderr}");
     let (code, _, _) = check(&with("openbao", "address", "\"http://[::1]:8200\""));

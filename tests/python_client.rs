@@ -7,14 +7,26 @@ use common::*;
 async fn python_grpcio_client_generated_from_proto_round_trips() {
     let bao = Bao::start().await;
     let p = Provider::start(&ProviderOptions::new(&bao)).await;
-    let out = tokio::process::Command::new(python_bin())
-        .arg(repo_root().join("tests/clients/kms_client.py"))
-        .arg(&p.socket)
-        .output()
-        .await
-        .expect("run python client");
+    let (python, script, socket) = (
+        python_bin(),
+        repo_root().join("tests/clients/kms_client.py"),
+        p.socket.clone(),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .arg(socket)
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("run python client");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "python client failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "python client failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json");
     assert_eq!(v["version"], "v2");
     assert_eq!(v["healthz"], "ok");
