@@ -48,9 +48,10 @@ pub struct ConfigArg {
 pub enum Command {
     /// Serve the KMS v2 API on the unix socket (socket from systemd, or bound from the config).
     ///
-    /// Starts answering Status at once (healthz not ok until OpenBao has been proven), tells
-    /// systemd READY=1 after login, key metadata and an encrypt/decrypt probe succeeded, and
-    /// drains in-flight calls on SIGTERM. SIGHUP re-reads credentials and TLS files.
+    /// Accepts on the socket once the first OpenBao probe has finished (until then clients
+    /// wait in the socket's backlog; if OpenBao is down, Status then says why), tells systemd
+    /// READY=1 after login, key metadata and an encrypt/decrypt probe succeeded, and drains
+    /// in-flight calls on SIGTERM. SIGHUP re-reads credentials and TLS files.
     Serve(ConfigArg),
     /// Validate a config file and print the effective configuration (secrets are never printed).
     ///
