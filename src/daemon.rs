@@ -217,7 +217,15 @@ pub async fn run(settings: Settings, config_path: PathBuf) -> Result<()> {
                     provider.health().err().unwrap_or_default()
                 );
                 systemd::status(&line);
-                systemd::extend_timeout(Duration::from_secs(30));
+                // Extend the start timeout only up to server.start_timeout: after that the
+                // start job fails (kubelet, ordered after us, proceeds) and Restart= retries.
+                let left = settings
+                    .server
+                    .start_timeout
+                    .saturating_sub(liveness.started.elapsed());
+                if !left.is_zero() {
+                    systemd::extend_timeout(left.min(Duration::from_secs(30)));
+                }
             }
         } else {
             let line = status_line(&provider);
