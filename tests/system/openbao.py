@@ -309,6 +309,7 @@ def provider_config(openbao_address: str, *,
                     max_staleness: str = "10s",
                     timeout: str = "1s",
                     drain_timeout: str = "5s",
+                    start_timeout: str = "2m",
                     log_level: str = "info",
                     log_format: str = "auto",
                     metrics_address: str = "",
@@ -323,6 +324,7 @@ def provider_config(openbao_address: str, *,
 socket_path = "{socket_path}"
 state_dir = "{state_dir}"
 drain_timeout = "{drain_timeout}"
+start_timeout = "{start_timeout}"
 
 [openbao]
 address = "{openbao_address}"

@@ -201,6 +201,23 @@ def test_socket_activation_and_readiness_wait_for_openbao(host, bao):
         wait_journal(host, r"^ready: login, key metadata and encrypt/decrypt probe succeeded$")
 
 
+def test_start_wait_is_capped_so_kubelet_is_not_held_back(host, bao):
+    """With OpenBao down at boot, the provider extends its start timeout only until
+    server.start_timeout; then the start job fails (units ordered after it proceed) and
+    Restart=always tries again, with the socket still held by systemd."""
+    with TcpProxy(bao.port, up=False) as proxy:
+        install(host, provider_config(proxy.addr, start_timeout="5s"), bao.mint_jwt(),
+                dropins={"start-timeout.conf": "[Service]\nTimeoutStartSec=2s\n"})
+        host.systemctl("enable", "--now", SOCKET_UNIT)
+        host.systemctl("start", "--no-block", UNIT)
+        p = wait_props(host, lambda p: int(p["NRestarts"]) >= 1, "a restart after the capped start wait",
+                       timeout=30)
+        assert host.systemctl("is-active", SOCKET_UNIT).stdout.strip() == "active"
+        proxy.set_up()
+        p = wait_props(host, lambda p: p["ActiveState"] == "active", "active once OpenBao is up", timeout=30)
+        assert "healthz=ok" in p["StatusText"], p
+
+
 def uptime(c) -> float:
     """CLOCK_MONOTONIC inside (the same clock as systemd's *TimestampMonotonic)."""
     return float(c.read_file("/proc/uptime").split()[0])
