@@ -59,17 +59,22 @@ struct AuthInfo {
     renewable: bool,
 }
 
+/// `auth/token/lookup-self` (also read by the doctor).
 #[derive(Deserialize)]
-struct LookupBody {
-    data: LookupData,
+pub(crate) struct LookupBody {
+    pub data: LookupData,
 }
 
 #[derive(Deserialize)]
-struct LookupData {
+pub(crate) struct LookupData {
     #[serde(default)]
-    ttl: u64,
+    pub ttl: u64,
     #[serde(default)]
-    renewable: bool,
+    pub renewable: bool,
+    #[serde(default)]
+    pub policies: Vec<String>,
+    #[serde(default)]
+    pub identity_policies: Vec<String>,
 }
 
 pub(crate) struct Auth {
