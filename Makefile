@@ -17,6 +17,8 @@ help:
 	@echo "make build  - cargo build"
 	@echo "make deb    - Debian package (cargo-deb) into $$CARGO_TARGET_DIR/packages (default target/packages)"
 	@echo "make rpm    - RPM package (cargo-generate-rpm) into the same directory"
+	@echo "make e2e-kind      - kind cluster + .deb + Ansible roles: Secrets encrypted in etcd (needs Docker, kind)"
+	@echo "make e2e-kind-down - remove the kind cluster and OpenBao container of make e2e-kind"
 
 build:
 	$(CARGO) build --locked
@@ -76,3 +78,12 @@ deb: tools package-files
 rpm: tools package-files
 	install -d $(PKG_DIR)
 	PATH=$(PKG_TOOLS_PATH) $(CARGO) generate-rpm --output $(PKG_DIR)/ $(RPM_FLAGS)
+
+# The kind end-to-end test (tests/e2e/kind/README.md). Needs a Docker engine and kind; without
+# them the scripts say so and exit 2. Not part of `make test` (no Docker engine in CI).
+.PHONY: e2e-kind e2e-kind-down
+e2e-kind:
+	tests/e2e/kind/up.sh
+
+e2e-kind-down:
+	tests/e2e/kind/down.sh

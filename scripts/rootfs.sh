@@ -22,7 +22,7 @@ SUITE=bookworm
 # Keep in sync with docs/testing-systemd.md. Bump ROOTFS_LAYOUT_VERSION when
 # the customisation below changes so caches are rebuilt.
 ROOTFS_LAYOUT_VERSION=2
-BASE_PACKAGES="systemd,systemd-sysv,dbus,iproute2,python3,ca-certificates,procps,rpm"
+BASE_PACKAGES="systemd,systemd-sysv,dbus,iproute2,python3,ca-certificates,procps"
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"

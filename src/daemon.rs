@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::config::{self, Settings};
 use crate::kms;
 use crate::openbao;
-use crate::provider::{Provider, Snapshot};
+use crate::provider::Provider;
 use crate::systemd;
 use crate::telemetry::{self, http::HealthSource};
 
@@ -118,27 +118,6 @@ fn listener(settings: &Settings) -> Result<(tokio::net::UnixListener, PathBuf, b
     Ok((l, settings.server.socket_path.clone(), false))
 }
 
-/// How long a socket-activated start holds kube-apiserver's calls (queued in the kernel) while
-/// the first probe runs; below the apiserver's default 3 s call deadline.
-const FIRST_PROBE_GRACE: Duration = Duration::from_secs(2);
-
-/// Under socket activation the connections wait in the kernel until we accept, so a restart
-/// (e.g. a package upgrade) accepts only once the first probe settled: calls then get the real
-/// state instead of "no active key yet". A slow OpenBao only delays serving by the grace.
-async fn wait_for_first_probe(provider: &Provider) {
-    let mut snapshots = provider.subscribe();
-    let settled = |s: &Arc<Snapshot>| s.problem.is_some() || s.metadata_ok_at.is_some();
-    if tokio::time::timeout(FIRST_PROBE_GRACE, snapshots.wait_for(settled))
-        .await
-        .is_err()
-    {
-        tracing::info!(
-            grace_seconds = FIRST_PROBE_GRACE.as_secs(),
-            "first OpenBao probe still running; serving anyway (Status says why it is not ok)"
-        );
-    }
-}
-
 /// Runs until SIGTERM/SIGINT. Errors here are start-up failures (exit non-zero).
 pub async fn run(settings: Settings, config_path: PathBuf) -> Result<()> {
     let client = Arc::new(
@@ -169,22 +148,31 @@ pub async fn run(settings: Settings, config_path: PathBuf) -> Result<()> {
             + Duration::from_secs(5),
     });
 
-    let probes = {
-        let (p, l) = (provider.clone(), liveness.clone());
-        tokio::spawn(p.run_probes(stopped(), move || l.beat(&l.probe_beat_ms)))
+    // The socket is served once the first probe attempt has finished (or failed): a client
+    // queued in the backlog during a restart then gets a provider that can encrypt, and while
+    // OpenBao is down Status still answers with the reason.
+    let (probed_tx, mut probed_rx) = watch::channel(false);
+    let first_probe_limit = settings.openbao.timeout * 6 + Duration::from_secs(1);
+    let accept_after = async move {
+        let _ = tokio::time::timeout(first_probe_limit, probed_rx.wait_for(|done| *done)).await;
     };
-    if activated {
-        wait_for_first_probe(&provider).await;
-    }
-
     let (self_check_tx, self_check_rx) = tokio::sync::mpsc::channel(4);
     let grpc = tokio::spawn(kms::serve(
         socket,
         provider.clone(),
         self_check_rx,
+        accept_after,
         stopped(),
         settings.server.drain_timeout,
     ));
+
+    let probes = {
+        let (p, l) = (provider.clone(), liveness.clone());
+        tokio::spawn(p.run_probes(stopped(), move || {
+            l.beat(&l.probe_beat_ms);
+            probed_tx.send_replace(true);
+        }))
+    };
 
     let health: Arc<dyn HealthSource> = Arc::new(Health {
         provider: provider.clone(),
@@ -216,7 +204,8 @@ pub async fn run(settings: Settings, config_path: PathBuf) -> Result<()> {
     loop {
         if !ready_sent {
             if provider.health().is_ok() {
-                systemd::ready(&status_line(&provider));
+                last_status = status_line(&provider);
+                systemd::ready(&last_status);
                 ready_sent = true;
                 tracing::info!(
                     key_id = provider.status_key_id(),
@@ -228,7 +217,15 @@ pub async fn run(settings: Settings, config_path: PathBuf) -> Result<()> {
                     provider.health().err().unwrap_or_default()
                 );
                 systemd::status(&line);
-                systemd::extend_timeout(Duration::from_secs(30));
+                // Extend the start timeout only up to server.start_timeout: after that the
+                // start job fails (kubelet, ordered after us, proceeds) and Restart= retries.
+                let left = settings
+                    .server
+                    .start_timeout
+                    .saturating_sub(liveness.started.elapsed());
+                if !left.is_zero() {
+                    systemd::extend_timeout(left.min(Duration::from_secs(30)));
+                }
             }
         } else {
             let line = status_line(&provider);
@@ -241,12 +238,19 @@ pub async fn run(settings: Settings, config_path: PathBuf) -> Result<()> {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = sighup.recv() => {
-                systemd::reloading();
+                // RELOADING=1 ... READY=1 brackets the reload for systemd; before the first
+                // READY=1 the service is still starting and only the reload itself happens.
+                if ready_sent {
+                    systemd::reloading();
+                }
                 match reload(&config_path, &client).await {
                     Ok(()) => tracing::info!(config = %config_path.display(), "reloaded credentials and configuration"),
                     Err(e) => tracing::error!(error = %format!("{e:#}"), "reload failed; keeping the previous configuration"),
                 }
-                systemd::ready(&status_line(&provider));
+                if ready_sent {
+                    last_status = status_line(&provider);
+                    systemd::ready(&last_status);
+                }
             }
             _ = snapshots.changed() => {}
             _ = tick.tick() => {

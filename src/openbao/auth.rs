@@ -59,17 +59,22 @@ struct AuthInfo {
     renewable: bool,
 }
 
+/// `auth/token/lookup-self` (also read by the doctor).
 #[derive(Deserialize)]
-struct LookupBody {
-    data: LookupData,
+pub(crate) struct LookupBody {
+    pub data: LookupData,
 }
 
 #[derive(Deserialize)]
-struct LookupData {
+pub(crate) struct LookupData {
     #[serde(default)]
-    ttl: u64,
+    pub ttl: u64,
     #[serde(default)]
-    renewable: bool,
+    pub renewable: bool,
+    #[serde(default)]
+    pub policies: Vec<String>,
+    #[serde(default)]
+    pub identity_policies: Vec<String>,
 }
 
 pub(crate) struct Auth {
@@ -103,6 +108,11 @@ impl Auth {
             Some(t) if !t.expired() => self.renew_or_login(http, t).await,
             _ => self.relogin(http, None).await,
         }
+    }
+
+    /// Generation of the current token, if any; `relogin(Some(it))` then forces a new login.
+    pub async fn generation(&self) -> Option<u64> {
+        self.current.read().await.as_ref().map(|t| t.generation)
     }
 
     /// Logs in again unless another task already replaced token `seen` in the meantime.

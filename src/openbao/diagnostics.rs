@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use reqwest::Method;
 use rustls::pki_types::ServerName;
-use serde::Deserialize;
 
+use super::auth::LookupBody;
 use super::http::Operation;
-use super::tls::{client_config, TlsFiles};
+use super::tls::from_settings;
 use super::{Client, Error};
 use crate::config::{AuthSettings, OpenBaoSettings};
 
@@ -34,19 +34,7 @@ pub async fn tls_handshake(
     if url.scheme() != "https" {
         return Ok(None);
     }
-    let client_cert = match auth {
-        AuthSettings::Cert {
-            cert_file,
-            key_file,
-            ..
-        } => Some((cert_file.as_path(), key_file.as_path())),
-        _ => None,
-    };
-    let config = client_config(&TlsFiles {
-        ca_file: openbao.ca_file.as_deref(),
-        server_name: openbao.tls_server_name.as_deref(),
-        client_cert,
-    })?;
+    let config = from_settings(openbao, auth)?;
     let host = url
         .host_str()
         .ok_or_else(|| Error::Tls(format!("openbao.address {url} has no host")))?
@@ -107,23 +95,6 @@ pub struct TokenInfo {
     pub ttl: Option<Duration>,
     pub renewable: bool,
     pub policies: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct LookupBody {
-    data: LookupData,
-}
-
-#[derive(Deserialize)]
-struct LookupData {
-    #[serde(default)]
-    ttl: u64,
-    #[serde(default)]
-    renewable: bool,
-    #[serde(default)]
-    policies: Vec<String>,
-    #[serde(default)]
-    identity_policies: Vec<String>,
 }
 
 impl Client {

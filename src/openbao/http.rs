@@ -7,7 +7,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use zeroize::Zeroizing;
 
-use super::tls::{client_config, TlsFiles};
+use super::tls::from_settings;
 use super::Error;
 use crate::config::{AuthSettings, OpenBaoSettings};
 use crate::telemetry::metrics;
@@ -201,19 +201,7 @@ impl Http {
 }
 
 fn build_client(settings: &OpenBaoSettings, auth: &AuthSettings) -> Result<reqwest::Client, Error> {
-    let client_cert = match auth {
-        AuthSettings::Cert {
-            cert_file,
-            key_file,
-            ..
-        } => Some((cert_file.as_path(), key_file.as_path())),
-        _ => None,
-    };
-    let tls = client_config(&TlsFiles {
-        ca_file: settings.ca_file.as_deref(),
-        server_name: settings.tls_server_name.as_deref(),
-        client_cert,
-    })?;
+    let tls = from_settings(settings, auth)?;
     reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .timeout(settings.timeout)

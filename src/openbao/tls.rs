@@ -24,6 +24,27 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The TLS config for the configured OpenBao: its CA, name override and, for cert auth, the
+/// client certificate (shared by the HTTP client and the doctor's handshake check).
+pub fn from_settings(
+    openbao: &crate::config::OpenBaoSettings,
+    auth: &crate::config::AuthSettings,
+) -> Result<rustls::ClientConfig, Error> {
+    let client_cert = match auth {
+        crate::config::AuthSettings::Cert {
+            cert_file,
+            key_file,
+            ..
+        } => Some((cert_file.as_path(), key_file.as_path())),
+        _ => None,
+    };
+    client_config(&TlsFiles {
+        ca_file: openbao.ca_file.as_deref(),
+        server_name: openbao.tls_server_name.as_deref(),
+        client_cert,
+    })
+}
+
 pub fn client_config(files: &TlsFiles<'_>) -> Result<rustls::ClientConfig, Error> {
     let provider = provider();
     let mut roots = RootCertStore::empty();

@@ -12,21 +12,19 @@ state the previous one left, like an operator's host.
 
 import hashlib
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nspawn import Container  # noqa: E402
+from openbao import (BUILD_DIR, REPO_ROOT, BaoDevServer, provider_config,  # noqa: E402
+                     provider_policy)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-BUILD_DIR = Path(os.environ.get("BUILD_DIR", REPO_ROOT / "build"))
 SOCKET = "bao-kms-provider.socket"
 SERVICE = "bao-kms-provider.service"
 KMS_SOCK = "/run/openbao-kms/kms.sock"
@@ -52,23 +50,6 @@ COMMON_FILES = [
 
 
 # ----------------------------------------------------------------- helpers
-def free_port(pair: bool = False) -> int:
-    """A free port on 127.0.0.1 (and port+1 too when pair: bao binds both)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-            if not pair:
-                return port
-            if port < 65535:
-                with socket.socket() as t:
-                    try:
-                        t.bind(("127.0.0.1", port + 1))
-                        return port
-                    except OSError:
-                        pass
-
-
 def sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -106,40 +87,6 @@ def journal(c: Container) -> str:
     r = c.run(["journalctl", "-b", "--no-pager", "-n", "60", "-u", SERVICE, "-u", SOCKET],
               check=False)
     return f"--- journal ---\n{r.stdout}"
-
-
-def config_text(bao_port: int) -> str:
-    """A real config: the lab OpenBao on the host's loopback (the container shares the host's
-    network), JWT auth, and telemetry on ports nobody else uses."""
-    return f"""\
-[server]
-drain_timeout = "5s"
-
-[openbao]
-address = "http://127.0.0.1:{bao_port}"
-instance_id = "openbao-lab"
-
-[auth]
-method = "jwt"
-[auth.jwt]
-jwt_file = "{JWT}"
-
-[transit.key_id_scope]
-cluster_id = "package-test"
-transit_mount_id = "transit-lab"
-key_lineage_id = "lineage-1"
-
-[telemetry]
-metrics_address = "127.0.0.1:{free_port()}"
-health_address = "127.0.0.1:{free_port()}"
-"""
-
-
-class LabOpenBao:
-    def __init__(self, port: int, directory: Path):
-        self.port = port
-        self.dir = directory
-        self.jwt = (directory / "identity.jwt").read_text()
 
 
 class ApiserverLikeClient(threading.Thread):
@@ -203,56 +150,23 @@ def kms_stubs(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def openbao(tmp_path_factory, built_packages):
-    """A real OpenBao dev server on the host, configured by scripts/openbao-lab.sh (Transit key,
-    the provider's policy, JWT auth and a minted JWT)."""
-    bao = BUILD_DIR / "venv" / "bin" / "bao"
-    if not bao.exists():
-        pytest.fail(f"OpenBao is not installed at {bao}: run `make tools`", pytrace=False)
-    d = tmp_path_factory.mktemp("openbao")
-    port = free_port(pair=True)
-    log = open(d / "openbao.log", "w")
-    proc = subprocess.Popen([str(bao), "server", "-dev", "-dev-root-token-id=root",
-                             f"-dev-listen-address=127.0.0.1:{port}"],
-                            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+def openbao(built_packages):
+    """A real OpenBao dev server on the host (tests/system/openbao.py): Transit key, the
+    provider's policy (from the packaged binary) and JWT auth."""
+    server = BaoDevServer().start()
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/sys/health", timeout=2):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"OpenBao dev server did not come up:\n"
-                                f"{(d / 'openbao.log').read_text()}", pytrace=False)
-                time.sleep(0.1)
-        cfg = d / "config.toml"
-        cfg.write_text(config_text(port))
-        policy = d / "policy.hcl"
-        r = subprocess.run([str(built_packages.release_binary), "policy", "--config", str(cfg)],
-                           capture_output=True, text=True, check=True)
-        policy.write_text(r.stdout)
-        r = subprocess.run([str(REPO_ROOT / "scripts" / "openbao-lab.sh"), "setup",
-                            f"http://127.0.0.1:{port}", str(d), str(policy)],
-                           env={**os.environ, "BAO_TOKEN": "root", "BAO_BIN": str(bao)},
-                           capture_output=True, text=True)
-        assert r.returncode == 0, f"openbao-lab.sh setup failed:\n{r.stderr}"
-        yield LabOpenBao(port, d)
+        server.setup(provider_policy(provider_config(server.addr),
+                                     binary=built_packages.release_binary))
+        yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        server.cleanup()
 
 
-def module_container(request, nspawn_rootfs):
+def module_container(request, rootfs):
     """One booted container for a whole module; the journal is printed if a test failed."""
-    workdir = Path(os.environ.get("BAO_NSPAWN_WORKDIR", REPO_ROOT / "build" / "nspawn"))
+    workdir = Path(os.environ.get("BAO_NSPAWN_WORKDIR", BUILD_DIR / "nspawn"))
     failed_before = request.session.testsfailed
-    c = Container(nspawn_rootfs, workdir=workdir).start()
+    c = Container(rootfs, workdir=workdir).start()
     yield c
     if request.session.testsfailed > failed_before and c.running:
         r = c.run(["journalctl", "-b", "--no-pager", "-n", "150"], check=False, timeout=15)
@@ -261,20 +175,20 @@ def module_container(request, nspawn_rootfs):
 
 
 @pytest.fixture(scope="module")
-def deb_host(request, nspawn_rootfs):
+def deb_host(request, nspawn_rootfs, _nspawn_stale_cleanup):
     yield from module_container(request, nspawn_rootfs)
 
 
 @pytest.fixture(scope="module")
-def rpm_host(request, nspawn_rootfs):
-    yield from module_container(request, nspawn_rootfs)
+def rpm_host(request, rpm_rootfs, _nspawn_stale_cleanup):
+    yield from module_container(request, rpm_rootfs)
 
 
-def configure(c: Container, bao: LabOpenBao) -> str:
-    """Writes a valid config and the JWT the way an operator would; returns the config."""
-    text = config_text(bao.port)
+def configure(c: Container, bao: BaoDevServer) -> str:
+    """Writes a valid config and a fresh JWT the way an operator would; returns the config."""
+    text = provider_config(bao.addr, jwt_file=JWT)
     c.write_file(CONFIG, text, mode=0o644)
-    c.write_file(JWT, bao.jwt, mode=0o640)
+    c.write_file(JWT, bao.mint_jwt() + "\n", mode=0o640)
     c.run(["chown", "root:openbao-kms", JWT])
     r = c.run(["bao-kms-provider", "check-config", "--config", CONFIG], check=False)
     assert r.returncode == 0, r.stderr
