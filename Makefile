@@ -42,7 +42,7 @@ demo: tools-openbao build
 	scripts/demo.sh
 
 bench: tools-openbao
-	$(CARGO) bench --locked
+	$(CARGO) bench --locked --bench kms_latency
 
 clean:
 	$(CARGO) clean

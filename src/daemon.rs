@@ -36,7 +36,27 @@ impl Liveness {
             .elapsed()
             .saturating_sub(Duration::from_millis(which.load(Ordering::Relaxed)))
     }
+
+    /// `/livez`: both loops have proved themselves recently. The gRPC beat comes from a Status
+    /// self-call through the real service, so a wedged server stops it.
+    fn check(&self) -> Result<(), String> {
+        let probe = self.since(&self.probe_beat_ms);
+        if probe > self.probe_limit {
+            return Err(format!("probe loop silent for {}s", probe.as_secs()));
+        }
+        let grpc = self.since(&self.grpc_beat_ms);
+        if grpc > GRPC_SILENCE_LIMIT {
+            return Err(format!(
+                "KMS gRPC server has not answered its self-check for {}s",
+                grpc.as_secs()
+            ));
+        }
+        Ok(())
+    }
 }
+
+/// How long the gRPC self-check may go unanswered before liveness fails.
+const GRPC_SILENCE_LIMIT: Duration = Duration::from_secs(30);
 
 struct Health {
     provider: Arc<Provider>,
@@ -45,12 +65,7 @@ struct Health {
 
 impl HealthSource for Health {
     fn live(&self) -> Result<(), String> {
-        let l = &self.liveness;
-        let probe = l.since(&l.probe_beat_ms);
-        if probe > l.probe_limit {
-            return Err(format!("probe loop silent for {}s", probe.as_secs()));
-        }
-        Ok(())
+        self.liveness.check()
     }
 
     fn ready(&self) -> Result<(), Vec<String>> {
@@ -217,7 +232,7 @@ pub async fn run(settings: Settings, config_path: PathBuf) -> Result<()> {
                 if matches!(answered, Ok(Ok(_))) {
                     liveness.beat(&liveness.grpc_beat_ms);
                 }
-                let grpc_ok = liveness.since(&liveness.grpc_beat_ms) < Duration::from_secs(30) && !grpc.is_finished();
+                let grpc_ok = liveness.since(&liveness.grpc_beat_ms) < GRPC_SILENCE_LIMIT && !grpc.is_finished();
                 let probe_ok = liveness.since(&liveness.probe_beat_ms) < liveness.probe_limit && !probes.is_finished();
                 if grpc_ok && probe_ok {
                     systemd::watchdog();
@@ -265,4 +280,37 @@ async fn reload(config_path: &Path, client: &openbao::Client) -> Result<()> {
 /// credentials differently.
 pub fn world_readable(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o004 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn liveness(age: Duration) -> Liveness {
+        Liveness {
+            started: Instant::now().checked_sub(age).expect("uptime"),
+            probe_beat_ms: AtomicU64::new(0),
+            grpc_beat_ms: AtomicU64::new(0),
+            probe_limit: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn livez_fails_when_either_loop_falls_silent() {
+        let fresh = liveness(Duration::from_secs(1));
+        assert_eq!(fresh.check(), Ok(()));
+
+        let l = liveness(Duration::from_secs(20));
+        l.beat(&l.grpc_beat_ms);
+        let err = l.check().unwrap_err();
+        assert!(err.contains("probe loop"), "{err}");
+
+        let l = liveness(Duration::from_secs(40));
+        l.beat(&l.probe_beat_ms);
+        let err = l.check().unwrap_err();
+        assert!(err.contains("gRPC"), "{err}");
+
+        l.beat(&l.grpc_beat_ms);
+        assert_eq!(l.check(), Ok(()));
+    }
 }

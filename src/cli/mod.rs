@@ -1,4 +1,5 @@
 //! Command line: the subcommands operators and automation use. `main.rs` only calls `run`.
+mod doctor;
 mod probe;
 mod render;
 mod state;
@@ -16,6 +17,9 @@ use crate::config::{self, ConfigError, Environment, DEFAULT_CONFIG_PATH};
 pub const EXIT_CONFIG: u8 = 64;
 /// Exit code when a check ran and failed.
 pub const EXIT_FAILED: u8 = 1;
+/// Exit code when the key registry is damaged, rolled back or missing (EX_DATAERR): restarting
+/// will not help, an operator must restore it.
+pub const EXIT_STATE: u8 = 65;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -67,6 +71,19 @@ pub enum Command {
     /// KMS v2 first, identity last (so objects written before the rollout stay readable until
     /// they are migrated). Install it where --encryption-provider-config points.
     EncryptionConfig(render::EncryptionConfigArgs),
+    /// Check this host's config against the real OpenBao before rollout: one line per check.
+    ///
+    /// Checks in order: config, tls (CA file and handshake with tls_server_name), openbao-health
+    /// (sys/health), login (the configured auth method), token (TTL, renewable, policies),
+    /// key-profile (aes256-gcm96, not exportable, no plaintext backup, deletion not allowed, not
+    /// derived or convergent), upsert (config/keys disable_upsert=true), mount (sys/mounts
+    /// identity), round-trip (encrypt+decrypt of random bytes), least-privilege (the token must
+    /// not rotate, export, back up, restore, trim, import, delete or reconfigure the key, change
+    /// the mount or its own policy; each offending path is named) and capabilities (read on the
+    /// key, update on encrypt/decrypt). Lines start with ok, warn, FAIL or skip. Exit 0 when
+    /// nothing failed, 1 on any FAIL, 64 when the config itself is invalid. Changes nothing in
+    /// OpenBao beyond one login and one encrypt/decrypt. See docs/operations.md for each failure.
+    Doctor(ConfigArg),
     /// Inspect the key registry under state_dir (every Transit version and its key_id).
     #[command(subcommand)]
     State(state::StateCommand),
@@ -93,6 +110,7 @@ pub fn run() -> ExitCode {
         }),
         Command::EncryptionConfig(a) => render::encryption_config(&a),
         Command::State(c) => state::run(c),
+        Command::Doctor(a) => doctor::run(&a),
     };
     match result {
         Ok(code) => code,
@@ -100,6 +118,11 @@ pub fn run() -> ExitCode {
             eprintln!("bao-kms-provider: {e:#}");
             if e.downcast_ref::<ConfigError>().is_some() {
                 ExitCode::from(EXIT_CONFIG)
+            } else if e
+                .downcast_ref::<crate::keys::StoreError>()
+                .is_some_and(|s| s.needs_operator())
+            {
+                ExitCode::from(EXIT_STATE)
             } else {
                 ExitCode::from(EXIT_FAILED)
             }

@@ -121,7 +121,11 @@ impl Registry {
 
         let mut changes = Vec::new();
         // Versions between what we knew and the latest were never active anywhere we could see.
-        for (v, created) in meta.versions.iter().filter(|(v, _)| **v > known_max && **v < latest) {
+        for (v, created) in meta
+            .versions
+            .iter()
+            .filter(|(v, _)| **v > known_max && **v < latest)
+        {
             self.records.insert(
                 *v,
                 record(identity, *v, *created, KeyState::Retired, now_unix, 0),

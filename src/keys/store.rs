@@ -52,6 +52,19 @@ struct Envelope {
     sha256: String,
 }
 
+impl StoreError {
+    /// Damage that a restart cannot fix (as opposed to I/O trouble or a lock held by a peer).
+    pub fn needs_operator(&self) -> bool {
+        matches!(
+            self,
+            Self::Damaged { .. }
+                | Self::RolledBack { .. }
+                | Self::Missing { .. }
+                | Self::ScopeMismatch { .. }
+        )
+    }
+}
+
 #[derive(Serialize)]
 struct BodyRef {
     format: u32,

@@ -35,16 +35,20 @@ pub fn connect_lazy(path: &Path) -> KmsClient {
 
 /// A client whose connections are in-memory pipes handed to the server's `self_check` channel:
 /// used by the watchdog to call Status through the real server stack.
-pub fn connect_in_memory(to_server: tokio::sync::mpsc::Sender<tokio::io::DuplexStream>) -> KmsClient {
-    let channel = Endpoint::from_static("http://localhost").connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
-        let tx = to_server.clone();
-        async move {
-            let (ours, theirs) = tokio::io::duplex(64 * 1024);
-            tx.send(theirs)
-                .await
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "KMS server stopped"))?;
-            Ok::<_, std::io::Error>(TokioIo::new(ours))
-        }
-    }));
+pub fn connect_in_memory(
+    to_server: tokio::sync::mpsc::Sender<tokio::io::DuplexStream>,
+) -> KmsClient {
+    let channel = Endpoint::from_static("http://localhost").connect_with_connector_lazy(
+        tower::service_fn(move |_: Uri| {
+            let tx = to_server.clone();
+            async move {
+                let (ours, theirs) = tokio::io::duplex(64 * 1024);
+                tx.send(theirs).await.map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::BrokenPipe, "KMS server stopped")
+                })?;
+                Ok::<_, std::io::Error>(TokioIo::new(ours))
+            }
+        }),
+    );
     KeyManagementServiceClient::new(channel)
 }

@@ -1,5 +1,6 @@
 //! The OpenBao side: authentication, Transit encrypt/decrypt and key metadata over HTTPS.
 mod auth;
+mod diagnostics;
 mod error;
 mod http;
 mod tls;
@@ -11,6 +12,7 @@ use reqwest::Method;
 use serde_json::json;
 use zeroize::Zeroizing;
 
+pub use diagnostics::{tls_handshake, Handshake, TokenInfo};
 pub use error::Error;
 pub use http::{Operation, MAX_RESPONSE_BYTES};
 pub use transit::{ciphertext_version, KeyMetadata, KeysConfig, MountInfo, ServerHealth};

@@ -66,8 +66,9 @@ impl Provider {
             .maintain_token()
             .await
             .map_err(|e| format!("OpenBao login: {e}"))?;
-        if let Some(ttl) = ttl {
-            metrics::token_ttl(ttl);
+        match ttl {
+            Some(ttl) => metrics::token_ttl(ttl),
+            None => metrics::token_never_expires(),
         }
         let meta = self
             .client

@@ -124,7 +124,7 @@ fn metrics() -> &'static Metrics {
         );
         registry.register(
             "token_ttl_seconds",
-            "Remaining TTL of the OpenBao token at its last login or renewal",
+            "Remaining TTL of the OpenBao token, updated every probe; -1 when it never expires",
             m.token_ttl.clone(),
         );
         registry.register(
@@ -201,6 +201,11 @@ pub fn snapshot_age(age: Option<Duration>) {
 
 pub fn token_ttl(ttl: Duration) {
     metrics().token_ttl.set(ttl.as_secs() as i64);
+}
+
+/// A token without a TTL (a static token): -1, so "TTL low" alerts do not fire on it.
+pub fn token_never_expires() {
+    metrics().token_ttl.set(-1);
 }
 
 pub fn auth_login(method: &str, result: &str) {

@@ -20,12 +20,26 @@ pub fn http() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// Children die with the test thread that started them, even if the test binary is killed.
+pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        })
+    }
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 pub fn build_dir() -> PathBuf {
-    std::env::var_os("BUILD_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("build"))
+    std::env::var_os("BUILD_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("build"))
 }
 
 /// The `bao` binary; a missing one fails the test (run `make tools`), it never skips.
@@ -34,13 +48,21 @@ pub fn bao_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let p = build_dir().join("venv/bin/bao");
-    assert!(p.exists(), "OpenBao is not installed at {} — run `make tools` (or scripts/openbao-lab.sh install)", p.display());
+    assert!(
+        p.exists(),
+        "OpenBao is not installed at {} — run `make tools` (or scripts/openbao-lab.sh install)",
+        p.display()
+    );
     p
 }
 
 pub fn python_bin() -> PathBuf {
     let p = build_dir().join("venv/bin/python");
-    assert!(p.exists(), "the test venv is missing at {} — run `make tools`", p.display());
+    assert!(
+        p.exists(),
+        "the test venv is missing at {} — run `make tools`",
+        p.display()
+    );
     p
 }
 
@@ -60,7 +82,11 @@ pub fn free_port_pair() -> u16 {
 }
 
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    StdListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// Waits for `cond` up to `timeout`, polling; panics with `what` on timeout.
@@ -95,24 +121,61 @@ impl Bao {
 
     /// `env` is passed to scripts/openbao-lab.sh (e.g. TOKEN_TTL, TOKEN_MAX_TTL).
     pub async fn start_with(env: &[(&str, &str)]) -> Bao {
+        Self::start_opts(false, env).await
+    }
+
+    /// A dev server with a TLS listener (`-dev-tls`): its CA is `ca_file()`.
+    pub async fn start_tls() -> Bao {
+        Self::start_opts(true, &[]).await
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("vault-ca.pem")
+    }
+
+    async fn start_opts(tls: bool, env: &[(&str, &str)]) -> Bao {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port_pair();
         let log = std::fs::File::create(dir.path().join("openbao.log")).expect("log file");
-        let child = Command::new(bao_bin())
-            .args(["server", "-dev", "-dev-root-token-id=root", &format!("-dev-listen-address=127.0.0.1:{port}")])
+        let mut args = vec![
+            "server".to_owned(),
+            "-dev".to_owned(),
+            "-dev-root-token-id=root".to_owned(),
+            format!("-dev-listen-address=127.0.0.1:{port}"),
+        ];
+        if tls {
+            args.push("-dev-tls".to_owned());
+            args.push(format!("-dev-tls-cert-dir={}", dir.path().display()));
+        }
+        let child = die_with_parent(&mut Command::new(bao_bin()))
+            .args(&args)
             .stdout(log.try_clone().expect("clone log"))
             .stderr(log)
             .stdin(Stdio::null())
             .spawn()
             .expect("start bao server");
-        let addr = format!("http://127.0.0.1:{port}");
-        let bao = Bao {
+        let scheme = if tls { "https" } else { "http" };
+        let addr = format!("{scheme}://127.0.0.1:{port}");
+        let mut bao = Bao {
             child,
             port,
             addr,
             dir,
             http: http(),
         };
+        if tls {
+            let ca_path = bao.ca_file();
+            let end = Instant::now() + Duration::from_secs(20);
+            while !ca_path.exists() && Instant::now() < end {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let pem = std::fs::read(&ca_path).expect("dev TLS CA written by bao");
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            bao.http = reqwest::Client::builder()
+                .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("CA pem"))
+                .build()
+                .expect("TLS client");
+        }
         let health = format!("{}/v1/sys/health", bao.addr);
         let http = bao.http.clone();
         wait_for("OpenBao dev server", Duration::from_secs(20), || {
@@ -123,13 +186,23 @@ impl Bao {
         let policy = bao.dir.path().join("policy.hcl");
         std::fs::write(&policy, policy_text("transit", "k8s-etcd")).expect("policy");
         let out = Command::new(repo_root().join("scripts/openbao-lab.sh"))
-            .args(["setup", &bao.addr, &bao.dir.path().to_string_lossy(), &policy.to_string_lossy()])
+            .args([
+                "setup",
+                &bao.addr,
+                &bao.dir.path().to_string_lossy(),
+                &policy.to_string_lossy(),
+            ])
             .env("BAO_TOKEN", "root")
             .env("BAO_BIN", bao_bin())
+            .envs(tls.then(|| ("BAO_CACERT", bao.ca_file())))
             .envs(env.iter().copied())
             .output()
             .expect("run openbao-lab.sh");
-        assert!(out.status.success(), "openbao-lab.sh setup failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "openbao-lab.sh setup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         bao
     }
 
@@ -147,29 +220,92 @@ impl Bao {
 
     /// Mints a new JWT into `dir/identity.jwt` with the lab signing key.
     pub fn mint_jwt(&self, dir: &Path) {
-        std::fs::copy(self.dir.path().join("jwt-signing.pem"), dir.join("jwt-signing.pem")).expect("copy key");
+        std::fs::copy(
+            self.dir.path().join("jwt-signing.pem"),
+            dir.join("jwt-signing.pem"),
+        )
+        .expect("copy key");
         let out = Command::new(repo_root().join("scripts/openbao-lab.sh"))
             .args(["jwt", &dir.to_string_lossy()])
             .output()
             .expect("mint jwt");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// An admin call with the root token.
     pub async fn root(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let mut req = self.http.request(method, format!("{}/v1/{path}", self.addr)).header("X-Vault-Token", "root");
+        let mut req = self
+            .http
+            .request(method, format!("{}/v1/{path}", self.addr))
+            .header("X-Vault-Token", "root");
         if let Some(b) = body {
             req = req.json(&b);
         }
         let resp = req.send().await.expect("OpenBao admin call");
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
-        assert!(status.is_success(), "admin call {path} failed: {status} {text}");
+        assert!(
+            status.is_success(),
+            "admin call {path} failed: {status} {text}"
+        );
         serde_json::from_str(&text).unwrap_or(Value::Null)
     }
 
+    /// Enables cert auth trusting a fresh client CA; returns (client cert, client key) paths.
+    pub fn setup_cert_auth(&self) -> (PathBuf, PathBuf) {
+        let out = Command::new(repo_root().join("scripts/openbao-lab.sh"))
+            .args(["cert-setup", &self.addr, &self.dir.path().to_string_lossy()])
+            .env("BAO_TOKEN", "root")
+            .env("BAO_BIN", bao_bin())
+            .env("BAO_CACERT", self.ca_file())
+            .output()
+            .expect("cert-setup");
+        assert!(
+            out.status.success(),
+            "cert-setup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            self.dir.path().join("client.pem"),
+            self.dir.path().join("client.key"),
+        )
+    }
+
+    /// Revokes every token except root's (as an operator revoking the provider's token would).
+    pub async fn revoke_all_tokens(&self) {
+        let list = self
+            .root(
+                reqwest::Method::from_bytes(b"LIST").expect("LIST"),
+                "auth/token/accessors",
+                None,
+            )
+            .await;
+        let root_accessor = self
+            .root(reqwest::Method::GET, "auth/token/lookup-self", None)
+            .await["data"]["accessor"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        for a in list["data"]["keys"].as_array().cloned().unwrap_or_default() {
+            let a = a.as_str().unwrap_or_default();
+            if a != root_accessor {
+                self.root(
+                    reqwest::Method::POST,
+                    "auth/token/revoke-accessor",
+                    Some(json!({ "accessor": a })),
+                )
+                .await;
+            }
+        }
+    }
+
     pub async fn rotate(&self) {
-        self.root(reqwest::Method::POST, "transit/keys/k8s-etcd/rotate", None).await;
+        self.root(reqwest::Method::POST, "transit/keys/k8s-etcd/rotate", None)
+            .await;
     }
 
     pub async fn seal(&self) {
@@ -203,12 +339,19 @@ pub fn policy_text(mount: &str, key: &str) -> String {
         )))
         .output()
         .expect("policy");
-    assert!(out.status.success(), "policy failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "policy failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).expect("utf8")
 }
 
 fn write_temp_config(text: &str) -> PathBuf {
-    let f = tempfile::Builder::new().suffix(".toml").tempfile().expect("temp");
+    let f = tempfile::Builder::new()
+        .suffix(".toml")
+        .tempfile()
+        .expect("temp");
     let (mut file, path) = f.keep().expect("keep");
     file.write_all(text.as_bytes()).expect("write");
     path
@@ -225,7 +368,9 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn start(target_port: u16) -> Proxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("proxy bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("proxy bind");
         let port = listener.local_addr().expect("addr").port();
         let up = Arc::new(AtomicBool::new(true));
         let conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
@@ -237,14 +382,21 @@ impl Proxy {
                     continue;
                 }
                 let h = tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await {
+                    if let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await
+                    {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                     }
                 });
                 c.lock().expect("lock").push(h);
             }
         });
-        Proxy { port, up, conns, task }
+        Proxy {
+            port,
+            up,
+            conns,
+            task,
+        }
     }
 
     pub fn addr(&self) -> String {
@@ -273,6 +425,8 @@ impl Drop for Proxy {
 /// Options for a provider under test; `extra` is appended to the generated config.
 pub struct ProviderOptions {
     pub address: String,
+    /// Extra lines for the [openbao] section (ca_file, tls_server_name, ...).
+    pub openbao_extra: String,
     pub cluster_id: String,
     pub auth: String,
     pub rotation: String,
@@ -284,8 +438,16 @@ impl ProviderOptions {
     pub fn new(bao: &Bao) -> Self {
         Self {
             address: bao.addr.clone(),
+            openbao_extra: if bao.addr.starts_with("https") {
+                format!("ca_file = \"{}\"\n", bao.ca_file().display())
+            } else {
+                String::new()
+            },
             cluster_id: "test-cluster".into(),
-            auth: format!("[auth]\nmethod = \"jwt\"\n[auth.jwt]\njwt_file = \"{}\"\n", bao.jwt_path().display()),
+            auth: format!(
+                "[auth]\nmethod = \"jwt\"\n[auth.jwt]\njwt_file = \"{}\"\n",
+                bao.jwt_path().display()
+            ),
             rotation: "[rotation]\nstable_observations = 1\nactivation_delay = \"0s\"\n".into(),
             state_dir: None,
             extra: String::new(),
@@ -305,10 +467,16 @@ pub struct Provider {
 }
 
 impl Provider {
-    pub fn config_text(o: &ProviderOptions, socket: &Path, state_dir: &Path, metrics: u16, health: u16) -> String {
+    pub fn config_text(
+        o: &ProviderOptions,
+        socket: &Path,
+        state_dir: &Path,
+        metrics: u16,
+        health: u16,
+    ) -> String {
         format!(
             "[server]\nsocket_path = \"{}\"\nstate_dir = \"{}\"\ndrain_timeout = \"5s\"\n\
-             [openbao]\naddress = \"{}\"\ninstance_id = \"openbao-test\"\ntimeout = \"1s\"\n\
+             [openbao]\naddress = \"{}\"\ninstance_id = \"openbao-test\"\ntimeout = \"1s\"\n{}\
              {}\
              [transit.key_id_scope]\nprovider_name = \"openbao-kms\"\ncluster_id = \"{}\"\ntransit_mount_id = \"transit-test\"\nkey_lineage_id = \"lineage-1\"\n\
              [status]\nprobe_interval = \"300ms\"\ndeep_probe_interval = \"1s\"\nmax_staleness = \"3s\"\n\
@@ -318,6 +486,7 @@ impl Provider {
             socket.display(),
             state_dir.display(),
             o.address,
+            o.openbao_extra,
             o.auth,
             o.cluster_id,
             o.rotation,
@@ -329,10 +498,17 @@ impl Provider {
     pub fn spawn(o: &ProviderOptions) -> Provider {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("kms.sock");
-        let state_dir = o.state_dir.clone().unwrap_or_else(|| dir.path().join("state"));
+        let state_dir = o
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("state"));
         let (metrics_port, health_port) = (free_port(), free_port());
         let config = dir.path().join("config.toml");
-        std::fs::write(&config, Self::config_text(o, &socket, &state_dir, metrics_port, health_port)).expect("config");
+        std::fs::write(
+            &config,
+            Self::config_text(o, &socket, &state_dir, metrics_port, health_port),
+        )
+        .expect("config");
         let log = dir.path().join("provider.log");
         let mut p = Provider {
             child: None,
@@ -349,13 +525,20 @@ impl Provider {
     }
 
     pub fn start_process(&mut self) {
-        let logf = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log");
-        let child = Command::new(provider_bin())
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log");
+        let child = die_with_parent(&mut Command::new(provider_bin()))
             .args(["serve", "--config"])
             .arg(&self.config)
             .env_remove("NOTIFY_SOCKET")
             .env_remove("LISTEN_FDS")
-            .env("RUST_LOG", "debug,h2=warn,hyper=warn,tower=warn,reqwest=warn,rustls=warn,hyper_util=warn")
+            .env(
+                "RUST_LOG",
+                "debug,h2=warn,hyper=warn,tower=warn,reqwest=warn,rustls=warn,hyper_util=warn",
+            )
             .stdout(logf.try_clone().expect("clone"))
             .stderr(logf)
             .spawn()
@@ -375,11 +558,18 @@ impl Provider {
     }
 
     pub async fn client(&self) -> KmsClient {
-        connect(&self.socket).await.unwrap_or_else(|e| panic!("connect {}: {e}\n{}", self.socket.display(), self.logs()))
+        connect(&self.socket)
+            .await
+            .unwrap_or_else(|e| panic!("connect {}: {e}\n{}", self.socket.display(), self.logs()))
     }
 
     pub async fn status(&self) -> pb::StatusResponse {
-        self.client().await.status(pb::StatusRequest {}).await.expect("Status").into_inner()
+        self.client()
+            .await
+            .status(pb::StatusRequest {})
+            .await
+            .expect("Status")
+            .into_inner()
     }
 
     pub async fn wait_healthy(&self) {
@@ -397,9 +587,16 @@ impl Provider {
                 }
             }
             if let Some(code) = self.exit_code() {
-                panic!("provider exited ({code:?}) while waiting for {what}:\n{}", self.logs());
+                panic!(
+                    "provider exited ({code:?}) while waiting for {what}:\n{}",
+                    self.logs()
+                );
             }
-            assert!(Instant::now() < end, "timed out waiting for {what}; provider log:\n{}", self.logs());
+            assert!(
+                Instant::now() < end,
+                "timed out waiting for {what}; provider log:\n{}",
+                self.logs()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -428,10 +625,17 @@ impl Provider {
             }
             if Instant::now() > end {
                 let _ = child.kill();
-                panic!("provider did not stop within 15s after SIGTERM:\n{}", self.logs());
+                panic!(
+                    "provider did not stop within 15s after SIGTERM:\n{}",
+                    self.logs()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn signal(&self, sig: i32) {
@@ -443,7 +647,11 @@ impl Provider {
     }
 
     pub async fn http_get(&self, port: u16, path: &str) -> (u16, String) {
-        let r = http().get(format!("http://127.0.0.1:{port}{path}")).send().await.expect("http get");
+        let r = http()
+            .get(format!("http://127.0.0.1:{port}{path}"))
+            .send()
+            .await
+            .expect("http get");
         (r.status().as_u16(), r.text().await.unwrap_or_default())
     }
 }

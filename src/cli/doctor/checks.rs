@@ -1,0 +1,327 @@
+//! The checks that talk to OpenBao, in rollout order: transport, server, identity, key,
+//! mount, a real round trip, then the token's reach.
+use std::time::Instant;
+
+use rand::RngCore;
+
+use super::{privilege, profile, Report};
+use crate::config::{AuthSettings, Settings};
+use crate::openbao::{self, Client, Error, KeyMetadata, ServerHealth};
+
+/// Associated data of the doctor's probe, so its ciphertext can never pass for a Secret's.
+const PROBE_AAD: &[u8] = b"bao-kms-provider doctor probe";
+
+pub async fn run(s: &Settings, r: &mut Report) {
+    let client = match Client::new(&s.openbao, &s.auth, &s.transit) {
+        Ok(c) => c,
+        Err(e) => {
+            r.fail("tls", e);
+            r.skip_rest("tls");
+            return;
+        }
+    };
+    if !tls(s, r).await || !health(&client, r).await || !login(s, &client, r).await {
+        return;
+    }
+    let policies = token(s, &client, r).await;
+    let (mount, key) = (&s.transit.mount_path, &s.transit.key_name);
+    let meta = key_profile(&client, mount, key, r).await;
+    upsert(&client, mount, r).await;
+    mount_identity(&client, mount, r).await;
+    match &meta {
+        Some(m) => round_trip(&client, m, r).await,
+        None => r.line(
+            super::Level::Skip,
+            "round-trip",
+            "not run because key-profile could not read the key",
+        ),
+    }
+    privileges(s, &client, &policies, r).await;
+}
+
+async fn tls(s: &Settings, r: &mut Report) -> bool {
+    match openbao::tls_handshake(&s.openbao, &s.auth).await {
+        Ok(None) => r.ok(
+            "tls",
+            format!(
+                "{} is plain HTTP on the loopback interface (allowed only there); no TLS to verify",
+                s.openbao.address
+            ),
+        ),
+        Ok(Some(h)) => r.ok(
+            "tls",
+            format!(
+                "{} {} with {}; certificate verified against {} for name {:?}",
+                h.protocol,
+                h.cipher_suite,
+                h.endpoint,
+                s.openbao
+                    .ca_file
+                    .as_deref()
+                    .map_or_else(|| "no CA".into(), |p| p.display().to_string()),
+                h.verified_name
+            ),
+        ),
+        Err(e) => {
+            r.fail("tls", e);
+            r.skip_rest("tls");
+            return false;
+        }
+    }
+    true
+}
+
+async fn health(client: &Client, r: &mut Report) -> bool {
+    let fatal = |r: &mut Report, detail: String| {
+        r.fail("openbao-health", detail);
+        r.skip_rest("openbao-health");
+        false
+    };
+    match client.health().await {
+        Ok(ServerHealth::Active) => r.ok(
+            "openbao-health",
+            "sys/health: initialized, unsealed, active",
+        ),
+        Ok(ServerHealth::Standby) => r.ok(
+            "openbao-health",
+            "sys/health: unsealed standby (requests are forwarded to the active node)",
+        ),
+        Ok(ServerHealth::Sealed) => {
+            return fatal(r, "sys/health: sealed; unseal OpenBao first".into())
+        }
+        Ok(ServerHealth::Uninitialized) => return fatal(r, "sys/health: not initialized".into()),
+        Ok(ServerHealth::Other(code)) => {
+            return fatal(r, format!("sys/health answered HTTP {code}"))
+        }
+        Err(e) => return fatal(r, e.to_string()),
+    }
+    true
+}
+
+async fn login(s: &Settings, client: &Client, r: &mut Report) -> bool {
+    let via = match &s.auth {
+        AuthSettings::Jwt {
+            mount_path, role, ..
+        } => format!("jwt login at auth/{mount_path} as role {role:?}"),
+        AuthSettings::Cert {
+            mount_path, name, ..
+        } => format!(
+            "cert login at auth/{mount_path}{}",
+            name.as_deref()
+                .map(|n| format!(" as {n:?}"))
+                .unwrap_or_default()
+        ),
+        AuthSettings::Token { token_file } => format!("token from {}", token_file.display()),
+    };
+    match client.login().await {
+        Ok(()) => {
+            r.ok("login", format!("{via} succeeded"));
+            true
+        }
+        Err(e) => {
+            let hint = match (&e, &s.auth) {
+                (Error::BadRequest(_) | Error::PermissionDenied(_), AuthSettings::Jwt { .. }) => {
+                    " (is the JWT current, and do its sub/aud match the role's bound_subject/bound_audiences?)"
+                }
+                (Error::BadRequest(_) | Error::PermissionDenied(_), AuthSettings::Cert { .. }) => {
+                    " (does the cert auth role trust the client certificate's CA?)"
+                }
+                (Error::PermissionDenied(_) | Error::NoToken(_), AuthSettings::Token { .. }) => {
+                    " (the token is invalid, revoked or expired)"
+                }
+                _ => "",
+            };
+            r.fail("login", format!("{via}: {e}{hint}"));
+            r.skip_rest("login");
+            false
+        }
+    }
+}
+
+/// Reports TTL and renewability; returns the token's policy names for the privilege check.
+async fn token(s: &Settings, client: &Client, r: &mut Report) -> Vec<String> {
+    let info = match client.token_info().await {
+        Ok(i) => i,
+        Err(e) => {
+            r.fail("token", format!("auth/token/lookup-self: {e}"));
+            return Vec::new();
+        }
+    };
+    let ttl = info.ttl.map_or_else(
+        || "never expires".to_owned(),
+        |t| format!("expires in {}", humantime::format_duration(t)),
+    );
+    let detail = format!(
+        "{ttl}, {}renewable, policies [{}]",
+        if info.renewable { "" } else { "not " },
+        info.policies.join(", ")
+    );
+    let static_token = matches!(s.auth, AuthSettings::Token { .. });
+    match info.ttl {
+        None => r.warn(
+            "token",
+            format!("{detail}; prefer short-lived tokens from jwt or cert auth"),
+        ),
+        Some(_) if static_token && !info.renewable => r.warn(
+            "token",
+            format!("{detail}; a static token that cannot be renewed stops the provider when it expires"),
+        ),
+        Some(t) if t < std::time::Duration::from_secs(300) => r.warn(
+            "token",
+            format!("{detail}; a TTL this short means a login every few minutes"),
+        ),
+        Some(_) => r.ok("token", detail),
+    }
+    info.policies
+}
+
+async fn key_profile(
+    client: &Client,
+    mount: &str,
+    key: &str,
+    r: &mut Report,
+) -> Option<KeyMetadata> {
+    let meta = match client.read_key().await {
+        Ok(m) => m,
+        Err(Error::NotFound(_)) => {
+            r.fail(
+                "key-profile",
+                format!("{mount}/keys/{key} does not exist (create it: bao write -f {mount}/keys/{key} type={})", profile::KEY_TYPE),
+            );
+            return None;
+        }
+        Err(e @ Error::PermissionDenied(_)) => {
+            r.fail(
+                "key-profile",
+                format!("GET {mount}/keys/{key}: {e} (the policy must grant read on {mount}/keys/{key})"),
+            );
+            return None;
+        }
+        Err(e) => {
+            r.fail("key-profile", format!("GET {mount}/keys/{key}: {e}"));
+            return None;
+        }
+    };
+    let problems = profile::problems(&meta, mount, key);
+    if problems.is_empty() {
+        r.ok("key-profile", profile::summary(&meta, mount, key));
+    } else {
+        r.fail(
+            "key-profile",
+            format!("{mount}/keys/{key}: {}", problems.join("; ")),
+        );
+    }
+    Some(meta)
+}
+
+async fn upsert(client: &Client, mount: &str, r: &mut Report) {
+    match client.read_keys_config().await {
+        Ok(c) if c.disable_upsert => r.ok("upsert", format!("{mount}/config/keys: disable_upsert=true")),
+        Ok(_) => r.fail(
+            "upsert",
+            format!("{mount}/config/keys: disable_upsert=false, so encrypting under a mistyped key name creates a new key (fix: bao write {mount}/config/keys disable_upsert=true)"),
+        ),
+        Err(e) => r.fail("upsert", format!("GET {mount}/config/keys: {e}")),
+    }
+}
+
+async fn mount_identity(client: &Client, mount: &str, r: &mut Report) {
+    match client.read_mount().await {
+        Ok(m) if m.mount_type == "transit" => r.ok(
+            "mount",
+            format!(
+                "sys/mounts/{mount}: type transit, uuid {}, accessor {}",
+                m.uuid, m.accessor
+            ),
+        ),
+        Ok(m) => r.fail(
+            "mount",
+            format!(
+                "sys/mounts/{mount}: type is {:?}, not transit",
+                m.mount_type
+            ),
+        ),
+        Err(e) => r.fail("mount", format!("GET sys/mounts/{mount}: {e}")),
+    }
+}
+
+async fn round_trip(client: &Client, meta: &KeyMetadata, r: &mut Report) {
+    let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+    rand::thread_rng().fill_bytes(seed.as_mut());
+    let started = Instant::now();
+    let result = async {
+        let enc = client
+            .encrypt(seed.as_ref(), PROBE_AAD, meta.latest_version)
+            .await?;
+        let back = client.decrypt(&enc.ciphertext, PROBE_AAD).await?;
+        Ok::<_, Error>(back.as_slice() == seed.as_ref())
+    }
+    .await;
+    let took = started.elapsed().as_secs_f64() * 1000.0;
+    match result {
+        Ok(true) => r.ok(
+            "round-trip",
+            format!(
+                "encrypt+decrypt of 32 random bytes with version {} in {took:.1} ms",
+                meta.latest_version
+            ),
+        ),
+        Ok(false) => r.fail(
+            "round-trip",
+            "decrypt returned different bytes than were encrypted",
+        ),
+        Err(e) => r.fail("round-trip", e),
+    }
+}
+
+async fn privileges(s: &Settings, client: &Client, policies: &[String], r: &mut Report) {
+    let (mount, key) = (&s.transit.mount_path, &s.transit.key_name);
+    let forbidden = privilege::forbidden(mount, key, policies);
+    let needed = privilege::needed(mount, key, matches!(s.auth, AuthSettings::Token { .. }));
+    let caps = match client
+        .capabilities(&privilege::paths(&forbidden, &needed))
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            r.fail(
+                "least-privilege",
+                format!("POST sys/capabilities-self: {e}"),
+            );
+            r.fail("capabilities", "unknown: sys/capabilities-self failed");
+            return;
+        }
+    };
+    let violations = privilege::violations(&forbidden, &caps);
+    if violations.is_empty() {
+        r.ok(
+            "least-privilege",
+            format!(
+                "the token cannot rotate, export, back up, restore, trim, import, delete or reconfigure {mount}/keys/{key}, change the mount or rewrite its own policies ({} paths checked)",
+                forbidden.len()
+            ),
+        );
+    } else {
+        r.fail(
+            "least-privilege",
+            format!(
+                "the token can {}; grant only what `bao-kms-provider policy` prints",
+                violations.join("; ")
+            ),
+        );
+    }
+    let (fatal, advisory) = privilege::missing(&needed, &caps);
+    if !fatal.is_empty() {
+        r.fail(
+            "capabilities",
+            format!("missing {}", [fatal, advisory].concat().join("; ")),
+        );
+    } else if !advisory.is_empty() {
+        r.warn("capabilities", format!("missing {}", advisory.join("; ")));
+    } else {
+        r.ok(
+            "capabilities",
+            format!("read on {mount}/keys/{key}, update on {mount}/encrypt/{key} and {mount}/decrypt/{key}, token renew/lookup"),
+        );
+    }
+}

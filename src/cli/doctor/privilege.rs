@@ -1,0 +1,308 @@
+//! The least-privilege table: which OpenBao paths the provider token must reach, and which it
+//! must not, derived from the Transit and sys APIs. Pure, so it is unit tested without OpenBao.
+use std::collections::BTreeMap;
+
+/// Any capability except `deny` counts (list, read and sudo included: none is needed there).
+const ANY: &[&str] = &[];
+/// Capabilities that change what a path holds.
+const WRITE: &[&str] = &["create", "update", "patch", "delete"];
+
+/// A path the token must not reach with `caps` (empty: with any capability).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forbidden {
+    pub path: String,
+    pub caps: &'static [&'static str],
+    /// What the capability would allow, e.g. "rotate".
+    pub what: &'static str,
+}
+
+/// A path the token needs `cap` on; `fatal` when the provider cannot work without it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Needed {
+    pub path: String,
+    pub cap: &'static str,
+    pub why: &'static str,
+    pub fatal: bool,
+}
+
+/// Everything that could destroy, leak, replace or re-scope the key, or widen the token itself.
+/// `policies` are the token's own policy names (it must not be able to rewrite them).
+pub fn forbidden(mount: &str, key: &str, policies: &[String]) -> Vec<Forbidden> {
+    let f = |path: String, caps, what| Forbidden { path, caps, what };
+    let mut out = vec![
+        f(format!("{mount}/keys/{key}/rotate"), ANY, "rotate"),
+        f(
+            format!("{mount}/export/encryption-key/{key}"),
+            ANY,
+            "export",
+        ),
+        f(
+            format!("{mount}/export/encryption-key/{key}/latest"),
+            ANY,
+            "export",
+        ),
+        f(format!("{mount}/export/hmac-key/{key}"), ANY, "export"),
+        f(
+            format!("{mount}/byok-export/doctor-probe/{key}"),
+            ANY,
+            "export",
+        ),
+        f(format!("{mount}/backup/{key}"), ANY, "back up"),
+        f(format!("{mount}/restore"), ANY, "restore"),
+        f(format!("{mount}/restore/{key}"), ANY, "restore"),
+        f(
+            format!("{mount}/keys/{key}/soft-delete-restore"),
+            ANY,
+            "restore",
+        ),
+        f(format!("{mount}/keys/{key}/trim"), ANY, "trim"),
+        f(
+            format!("{mount}/keys/{key}/import"),
+            ANY,
+            "import key material",
+        ),
+        f(
+            format!("{mount}/keys/{key}/import_version"),
+            ANY,
+            "import key material",
+        ),
+        f(format!("{mount}/keys/{key}"), &["delete"], "delete"),
+        f(format!("{mount}/keys/{key}/soft-delete"), ANY, "delete"),
+        f(
+            format!("{mount}/keys/{key}"),
+            &["create", "update", "patch"],
+            "reconfigure",
+        ),
+        f(format!("{mount}/keys/{key}/config"), WRITE, "reconfigure"),
+        f(format!("{mount}/config/keys"), WRITE, "reconfigure"),
+        f(
+            format!("sys/mounts/{mount}"),
+            WRITE,
+            "disable or re-create the mount",
+        ),
+        f(format!("sys/mounts/{mount}/tune"), WRITE, "tune the mount"),
+        f("sys/remount".into(), WRITE, "move the mount"),
+    ];
+    for p in policies.iter().filter(|p| p.as_str() != "root") {
+        out.push(f(
+            format!("sys/policies/acl/{p}"),
+            WRITE,
+            "rewrite its own policy",
+        ));
+        out.push(f(
+            format!("sys/policy/{p}"),
+            WRITE,
+            "rewrite its own policy",
+        ));
+    }
+    out
+}
+
+/// What the daemon (and this doctor) use.
+pub fn needed(mount: &str, key: &str, token_auth: bool) -> Vec<Needed> {
+    let n = |path: String, cap, why, fatal| Needed {
+        path,
+        cap,
+        why,
+        fatal,
+    };
+    vec![
+        n(format!("{mount}/keys/{key}"), "read", "key metadata", true),
+        n(format!("{mount}/encrypt/{key}"), "update", "Encrypt", true),
+        n(format!("{mount}/decrypt/{key}"), "update", "Decrypt", true),
+        n(
+            "auth/token/lookup-self".into(),
+            "read",
+            "token auth start-up",
+            token_auth,
+        ),
+        n(
+            "auth/token/renew-self".into(),
+            "update",
+            "token renewal (else a new login each TTL)",
+            false,
+        ),
+        n(
+            format!("{mount}/config/keys"),
+            "read",
+            "doctor upsert check",
+            false,
+        ),
+        n(
+            format!("sys/mounts/{mount}"),
+            "read",
+            "doctor mount check",
+            false,
+        ),
+    ]
+}
+
+/// Every path to ask `sys/capabilities-self` about, without duplicates.
+pub fn paths(forbidden: &[Forbidden], needed: &[Needed]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for p in forbidden
+        .iter()
+        .map(|f| &f.path)
+        .chain(needed.iter().map(|n| &n.path))
+    {
+        if !out.contains(p) {
+            out.push(p.clone());
+        }
+    }
+    out
+}
+
+fn granted<'a>(caps: &'a BTreeMap<String, Vec<String>>, path: &str) -> Vec<&'a str> {
+    caps.get(path)
+        .map(|c| {
+            c.iter()
+                .map(String::as_str)
+                .filter(|c| *c != "deny")
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// One entry per forbidden grant: "rotate: transit/keys/k/rotate [update]".
+pub fn violations(rules: &[Forbidden], caps: &BTreeMap<String, Vec<String>>) -> Vec<String> {
+    rules
+        .iter()
+        .filter_map(|r| {
+            let have = granted(caps, &r.path);
+            let bad: Vec<&str> = have
+                .into_iter()
+                .filter(|c| *c == "root" || r.caps.is_empty() || r.caps.contains(c))
+                .collect();
+            (!bad.is_empty()).then(|| format!("{}: {} [{}]", r.what, r.path, bad.join(", ")))
+        })
+        .collect()
+}
+
+/// Needed capabilities the token lacks, split into (fatal, advisory).
+pub fn missing(
+    needs: &[Needed],
+    caps: &BTreeMap<String, Vec<String>>,
+) -> (Vec<String>, Vec<String>) {
+    let (mut fatal, mut advisory) = (Vec::new(), Vec::new());
+    for n in needs {
+        let have = granted(caps, &n.path);
+        if have.iter().any(|c| *c == n.cap || *c == "root") {
+            continue;
+        }
+        let line = format!("{} on {} ({})", n.cap, n.path, n.why);
+        if n.fatal {
+            fatal.push(line);
+        } else {
+            advisory.push(line);
+        }
+    }
+    (fatal, advisory)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caps(pairs: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
+        pairs
+            .iter()
+            .map(|(p, c)| (p.to_string(), c.iter().map(|s| s.to_string()).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn least_privilege_grants_pass_and_rotate_is_named_by_path() {
+        let rules = forbidden("transit", "k", &["default".into(), "p".into()]);
+        let minimal = caps(&[
+            ("transit/keys/k", &["read"]),
+            ("transit/encrypt/k", &["update"]),
+            ("transit/decrypt/k", &["update"]),
+            ("transit/keys/k/rotate", &["deny"]),
+        ]);
+        assert!(violations(&rules, &minimal).is_empty());
+        let wider = caps(&[
+            ("transit/keys/k", &["read"]),
+            ("transit/keys/k/rotate", &["update"]),
+        ]);
+        assert_eq!(
+            violations(&rules, &wider),
+            vec!["rotate: transit/keys/k/rotate [update]".to_owned()]
+        );
+    }
+
+    #[test]
+    fn write_on_the_key_or_its_config_is_reconfigure_and_delete_is_delete() {
+        let rules = forbidden("transit", "k", &[]);
+        let v = violations(
+            &rules,
+            &caps(&[
+                ("transit/keys/k", &["read", "update", "delete"]),
+                ("transit/config/keys", &["read", "update"]),
+                ("sys/policies/acl/p", &["update"]),
+            ]),
+        );
+        assert!(
+            v.contains(&"delete: transit/keys/k [delete]".to_owned()),
+            "{v:?}"
+        );
+        assert!(
+            v.contains(&"reconfigure: transit/keys/k [update]".to_owned()),
+            "{v:?}"
+        );
+        assert!(
+            v.contains(&"reconfigure: transit/config/keys [update]".to_owned()),
+            "{v:?}"
+        );
+        // The policy paths are only checked for the token's own policies.
+        assert_eq!(v.len(), 3, "{v:?}");
+    }
+
+    #[test]
+    fn root_is_everything_and_own_policy_is_checked() {
+        let rules = forbidden("transit", "k", &["p".into(), "root".into()]);
+        assert!(rules.iter().any(|r| r.path == "sys/policies/acl/p"));
+        assert!(!rules.iter().any(|r| r.path.ends_with("/root")));
+        let needs = needed("transit", "k", false);
+        let all: BTreeMap<String, Vec<String>> = paths(&rules, &needs)
+            .into_iter()
+            .map(|p| (p, vec!["root".into()]))
+            .collect();
+        assert_eq!(violations(&rules, &all).len(), rules.len());
+        let (fatal, advisory) = missing(&needs, &all);
+        assert!(fatal.is_empty() && advisory.is_empty());
+    }
+
+    #[test]
+    fn missing_encrypt_is_fatal_and_missing_renew_is_advisory() {
+        let (fatal, advisory) = missing(
+            &needed("transit", "k", false),
+            &caps(&[
+                ("transit/keys/k", &["read"]),
+                ("transit/decrypt/k", &["update"]),
+                ("auth/token/lookup-self", &["read"]),
+                ("transit/config/keys", &["read"]),
+                ("sys/mounts/transit", &["read"]),
+            ]),
+        );
+        assert_eq!(
+            fatal,
+            vec!["update on transit/encrypt/k (Encrypt)".to_owned()]
+        );
+        assert_eq!(advisory.len(), 1, "{advisory:?}");
+        assert!(advisory[0].starts_with("update on auth/token/renew-self"));
+        let (fatal, _) = missing(&needed("transit", "k", true), &BTreeMap::new());
+        assert!(fatal.iter().any(|l| l.contains("lookup-self")));
+    }
+
+    #[test]
+    fn paths_are_unique() {
+        let rules = forbidden("transit", "k", &["p".into()]);
+        let needs = needed("transit", "k", false);
+        let p = paths(&rules, &needs);
+        let mut sorted = p.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(p.len(), sorted.len());
+        assert!(p.contains(&"transit/keys/k".to_owned()));
+    }
+}

@@ -1,0 +1,153 @@
+//! Read-only diagnostics for `doctor`: a bare TLS handshake with the exact client configuration
+//! the daemon uses, and what OpenBao says about the provider's own token.
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::Method;
+use rustls::pki_types::ServerName;
+use serde::Deserialize;
+
+use super::http::Operation;
+use super::tls::{client_config, TlsFiles};
+use super::{Client, Error};
+use crate::config::{AuthSettings, OpenBaoSettings};
+
+/// What a successful handshake negotiated.
+#[derive(Debug, Clone)]
+pub struct Handshake {
+    /// `host:port` connected to.
+    pub endpoint: String,
+    /// The name the server certificate was checked against.
+    pub verified_name: String,
+    pub protocol: String,
+    pub cipher_suite: String,
+}
+
+/// Connects to `openbao.address` and completes a TLS handshake, verifying the server
+/// certificate against `ca_file` (and `tls_server_name` when set), presenting the client
+/// certificate for cert auth. Plain `http://` addresses have no TLS: `Ok(None)`.
+pub async fn tls_handshake(
+    openbao: &OpenBaoSettings,
+    auth: &AuthSettings,
+) -> Result<Option<Handshake>, Error> {
+    let url = &openbao.address;
+    if url.scheme() != "https" {
+        return Ok(None);
+    }
+    let client_cert = match auth {
+        AuthSettings::Cert {
+            cert_file,
+            key_file,
+            ..
+        } => Some((cert_file.as_path(), key_file.as_path())),
+        _ => None,
+    };
+    let config = client_config(&TlsFiles {
+        ca_file: openbao.ca_file.as_deref(),
+        server_name: openbao.tls_server_name.as_deref(),
+        client_cert,
+    })?;
+    let host = url
+        .host_str()
+        .ok_or_else(|| Error::Tls(format!("openbao.address {url} has no host")))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = url.port_or_known_default().unwrap_or(443);
+    let endpoint = format!("{host}:{port}");
+    // The URL host goes into SNI exactly as reqwest sends it; the verifier applies
+    // tls_server_name, so this proves the same check the daemon's requests pass.
+    let sni = ServerName::try_from(host.clone())
+        .map_err(|e| Error::Tls(format!("openbao.address host {host:?}: {e}")))?;
+    let timeout = openbao.timeout;
+    let tcp = tokio::time::timeout(
+        timeout,
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    .map_err(|_| Error::Timeout(timeout))?
+    .map_err(|e| Error::Unreachable(format!("TCP connect to {endpoint}: {e}")))?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tls = tokio::time::timeout(timeout, connector.connect(sni, tcp))
+        .await
+        .map_err(|_| Error::Timeout(timeout))?
+        .map_err(|e| Error::Tls(format!("handshake with {endpoint}: {}", chain(&e))))?;
+    let (_, session) = tls.get_ref();
+    Ok(Some(Handshake {
+        endpoint,
+        verified_name: openbao.tls_server_name.clone().unwrap_or(host),
+        protocol: session
+            .protocol_version()
+            .and_then(|v| v.as_str())
+            .unwrap_or("unknown")
+            .to_owned(),
+        cipher_suite: session
+            .negotiated_cipher_suite()
+            .and_then(|s| s.suite().as_str())
+            .unwrap_or("unknown")
+            .to_owned(),
+    }))
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+/// The provider token as `auth/token/lookup-self` describes it (never the token itself).
+#[derive(Debug, Clone)]
+pub struct TokenInfo {
+    /// Remaining TTL; `None` for a token that never expires.
+    pub ttl: Option<Duration>,
+    pub renewable: bool,
+    pub policies: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct LookupBody {
+    data: LookupData,
+}
+
+#[derive(Deserialize)]
+struct LookupData {
+    #[serde(default)]
+    ttl: u64,
+    #[serde(default)]
+    renewable: bool,
+    #[serde(default)]
+    policies: Vec<String>,
+    #[serde(default)]
+    identity_policies: Vec<String>,
+}
+
+impl Client {
+    /// Looks up the current token (logging in first when there is none).
+    pub async fn token_info(&self) -> Result<TokenInfo, Error> {
+        let body: LookupBody = self
+            .authed(
+                Operation::Lookup,
+                Method::GET,
+                "auth/token/lookup-self",
+                None,
+            )
+            .await?
+            .ok_or_else(|| Error::Protocol("lookup-self returned no data".into()))?;
+        let mut policies = body.data.policies;
+        for p in body.data.identity_policies {
+            if !policies.contains(&p) {
+                policies.push(p);
+            }
+        }
+        Ok(TokenInfo {
+            ttl: (body.data.ttl > 0).then(|| Duration::from_secs(body.data.ttl)),
+            renewable: body.data.renewable,
+            policies,
+        })
+    }
+}

@@ -1,0 +1,214 @@
+//! Every invalid config field gives a message naming it (exit 64), via the real binary.
+mod common;
+
+use std::process::Command;
+
+const VALID: &str = r#"
+[server]
+socket_path = "/run/openbao-kms/kms.sock"
+socket_mode = "0600"
+state_dir = "/var/lib/openbao-kms"
+
+[openbao]
+address = "https://openbao.example.internal:8200"
+ca_file = "/etc/openbao-kms/tls/openbao-ca.pem"
+timeout = "2s"
+instance_id = "openbao-prod"
+
+[auth]
+method = "jwt"
+[auth.jwt]
+mount_path = "jwt"
+role = "bao-kms-provider"
+jwt_file = "/var/lib/openbao-kms/identity.jwt"
+
+[transit]
+mount_path = "transit"
+key_name = "k8s-etcd"
+[transit.key_id_scope]
+provider_name = "openbao-kms"
+cluster_id = "prod-eu-1"
+transit_mount_id = "transit-prod"
+key_lineage_id = "3f6d0a1c"
+
+[status]
+probe_interval = "30s"
+deep_probe_interval = "5m"
+max_staleness = "2m"
+"#;
+
+fn check(text: &str) -> (i32, String, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, text).expect("write");
+    let out = Command::new(common::provider_bin())
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .expect("run");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Replace the line starting with `key =` inside `[section]` by `key = value`.
+fn with(section: &str, key: &str, value: &str) -> String {
+    let mut out = String::new();
+    let mut current = String::new();
+    let mut done = false;
+    for line in VALID.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            current = t.trim_matches(|c| c == '[' || c == ']').to_owned();
+        }
+        if !done && current == section && t.starts_with(&format!("{key} =")) {
+            out.push_str(&format!("{key} = {value}\n"));
+            done = true;
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    assert!(done, "no {section}.{key} in the base config");
+    out
+}
+
+#[test]
+fn the_documented_example_is_valid_and_printed_without_secrets() {
+    let (code, stdout, stderr) = check(VALID);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("valid") && stdout.contains("instance_id = \"openbao-prod\""));
+}
+
+#[test]
+fn each_invalid_field_is_named() {
+    let cases: &[(&str, &str, &str, &str)] = &[
+        (
+            "server",
+            "socket_path",
+            "\"relative/kms.sock\"",
+            "server.socket_path",
+        ),
+        ("server", "socket_mode", "\"0666\"", "server.socket_mode"),
+        ("server", "socket_mode", "\"rw\"", "server.socket_mode"),
+        ("server", "state_dir", "\"\"", "server.state_dir"),
+        (
+            "openbao",
+            "address",
+            "\"http://openbao.example.internal:8200\"",
+            "openbao.address",
+        ),
+        ("openbao", "address", "\"not a url\"", "openbao.address"),
+        ("openbao", "address", "\"\"", "openbao.address"),
+        ("openbao", "ca_file", "\"\"", "openbao.ca_file"),
+        ("openbao", "timeout", "\"2\"", "openbao.timeout"),
+        ("openbao", "timeout", "\"10m\"", "openbao.timeout"),
+        ("openbao", "instance_id", "\"\"", "openbao.instance_id"),
+        (
+            "auth.jwt",
+            "jwt_file",
+            "\"identity.jwt\"",
+            "auth.jwt.jwt_file",
+        ),
+        ("auth.jwt", "role", "\"\"", "auth.jwt.role"),
+        ("auth.jwt", "mount_path", "\"a//b\"", "auth.jwt.mount_path"),
+        ("transit", "key_name", "\"k8s/etcd\"", "transit.key_name"),
+        (
+            "transit.key_id_scope",
+            "provider_name",
+            "\"openbao:kms\"",
+            "transit.key_id_scope.provider_name",
+        ),
+        (
+            "transit.key_id_scope",
+            "cluster_id",
+            "\"\"",
+            "transit.key_id_scope.cluster_id",
+        ),
+        (
+            "transit.key_id_scope",
+            "key_lineage_id",
+            "\"\"",
+            "transit.key_id_scope.key_lineage_id",
+        ),
+        (
+            "status",
+            "probe_interval",
+            "\"5 parsecs\"",
+            "status.probe_interval",
+        ),
+        (
+            "status",
+            "deep_probe_interval",
+            "\"10s\"",
+            "status.deep_probe_interval",
+        ),
+        ("status", "max_staleness", "\"30s\"", "status.max_staleness"),
+    ];
+    for (section, key, value, field) in cases {
+        let (code, _, stderr) = check(&with(section, key, value));
+        assert_eq!(
+            code, 64,
+            "{section}.{key} = {value}: expected exit 64, stderr: {stderr}"
+        );
+        assert!(
+            stderr.contains(field),
+            "{section}.{key} = {value}: message must name {field}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn unknown_and_mistyped_fields_are_rejected_by_name() {
+    let (code, _, stderr) =
+        check(&VALID.replace("timeout = \"2s\"", "timeout = \"2s\"\ntimout = \"3s\""));
+    assert_eq!(code, 64);
+    assert!(stderr.contains("timout"), "{stderr}");
+    let (code, _, stderr) = check(&VALID.replace("method = \"jwt\"", "method = \"kerberos\""));
+    assert_eq!(code, 64);
+    assert!(
+        stderr.contains("kerberos") && stderr.contains("method"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = check(&format!("{VALID}\n[rotation]\nstable_observations = 0\n"));
+    assert_eq!(code, 64);
+    assert!(stderr.contains("rotation.stable_observations"), "{stderr}");
+    let (code, _, stderr) = check(&format!(
+        "{VALID}\n[telemetry]\nmetrics_address = \"localhost\"\n"
+    ));
+    assert_eq!(code, 64);
+    assert!(stderr.contains("telemetry.metrics_address"), "{stderr}");
+    let (code, _, stderr) = check("this is not toml = = =");
+    assert_eq!(code, 64);
+    assert!(stderr.contains("config.toml"), "names the file: {stderr}");
+}
+
+#[test]
+fn missing_file_and_credentials_directory_are_explained() {
+    let out = Command::new(common::provider_bin())
+        .args(["check-config", "--config", "/nonexistent/config.toml"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/config.toml"));
+    let (code, _, stderr) = check(&with("auth.jwt", "jwt_file", "\"%d/identity.jwt\""));
+    assert_eq!(code, 64);
+    assert!(
+        stderr.contains("auth.jwt.jwt_file") && stderr.contains("CREDENTIALS_DIRECTORY"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn http_is_allowed_to_loopback_only() {
+    let text = with("openbao", "address", "\"http://127.0.0.1:8200\"")
+        .replace("ca_file = \"/etc/openbao-kms/tls/openbao-ca.pem\"\n", "");
+    let (code, _, stderr) = check(&text);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, _) = check(&with("openbao", "address", "\"http://[::1]:8200\""));
+    assert_eq!(code, 0);
+}
