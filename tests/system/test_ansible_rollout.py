@@ -56,16 +56,24 @@ esac
 """
 
 
-def provider_package(workdir: Path) -> Path:
-    """The .deb from `make deb` when this tree has that target, else a minimal one of the debug build."""
+def provider_package(request, workdir: Path) -> Path:
+    """The .deb the project ships: the packaging tests' `built_packages` build when that fixture
+    exists (one build per session), else `make deb`; a minimal .deb of the debug build only while
+    this tree has no `deb` target. BAO_ANSIBLE_DEB=/path picks a package by hand."""
+    if os.environ.get("BAO_ANSIBLE_DEB"):
+        return Path(os.environ["BAO_ANSIBLE_DEB"])
+    try:
+        return request.getfixturevalue("built_packages").deb1
+    except pytest.FixtureLookupError:
+        pass
     if subprocess.run(["make", "-n", "deb"], cwd=REPO_ROOT, capture_output=True).returncode == 0:
-        p = subprocess.run(["make", "deb"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800)
+        out = workdir / "packages"
+        p = subprocess.run(["make", "deb", f"PKG_DIR={out}"], cwd=REPO_ROOT, capture_output=True, text=True,
+                           timeout=3600)
         assert p.returncode == 0, f"make deb failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
-        target = Path(os.environ.get("CARGO_TARGET_DIR", REPO_ROOT / "target"))
-        debs = sorted((target / "debian").glob("bao-kms-provider_*.deb"), key=lambda d: d.stat().st_mtime)
-        assert debs, f"make deb left no package in {target / 'debian'}"
-        return debs[-1]
-    provider_binary()
+        debs = sorted(out.glob("bao-kms-provider_*.deb"))
+        assert len(debs) == 1, f"make deb left {debs} in {out}"
+        return debs[0]
     return build_minimal_deb(workdir)
 
 
@@ -175,9 +183,9 @@ class Rollout:
 
 
 @pytest.fixture(scope="module")
-def rollout(tmp_path_factory):
+def rollout(request, tmp_path_factory):
     work = tmp_path_factory.mktemp("rollout")
-    deb = provider_package(work)
+    deb = provider_package(request, work)
     r = subprocess.run([str(REPO_ROOT / "scripts" / "rootfs.sh"), str(ROOTFS)], capture_output=True, text=True,
                        env={**os.environ, "ROOTFS_EXTRA_PACKAGES": ROOTFS_PACKAGES}, timeout=1800)
     assert r.returncode == 0, f"scripts/rootfs.sh failed:\n{r.stderr[-3000:]}"
@@ -190,7 +198,7 @@ def rollout(tmp_path_factory):
         container.write_file("/usr/local/bin/kubectl-standin", KUBECTL_STANDIN, mode=0o755)
         readyz = ReadyzStandIn(container)
         ro = Rollout(container, bao, JwtSigner(), deb, readyz)
-        ro.play("site-1", "playbooks/site.yml").assert_ok()
+        ro.play("site-1", "playbooks/site.yml", diff=True).assert_ok()
         ro.play("site-2", "playbooks/site.yml").assert_ok()
         # kubeadm upgrade rewrites the manifest without our flag: --check --diff shows the change,
         # writes nothing; the next real run puts it back.
@@ -214,6 +222,17 @@ def rollout(tmp_path_factory):
             readyz.close()
         container.stop()
         bao.stop()
+
+
+def test_site_playbook_lets_the_api_server_read_through_the_provider_before_writing_through_it(rollout):
+    out = rollout.runs["site-1"].output
+    first_pass = out.index("PLAY [Install bao-kms-provider and let every API server read through it]")
+    second_pass = out.index("PLAY [Make every API server write through bao-kms-provider]")
+    # Pass 1 writes identity first, KMS second; pass 2 moves KMS first and restarts the API server.
+    assert "+    providers:\n+      - identity: {}\n+      - kms:" in out[first_pass:second_pass], out
+    assert "-      - identity: {}\n       - kms:" in out[second_pass:], out
+    assert re.search(r"Restart kube-apiserver so it reads the EncryptionConfiguration again\] \*+\nchanged: \[cp1\]",
+                     out[second_pass:]), out
 
 
 def test_site_playbook_second_run_changes_nothing(rollout):
@@ -326,8 +345,9 @@ def test_migration_with_standin_kubectl_rewrites_once_then_drops_identity(rollou
     replaced = yaml.safe_load(rollout.read("/var/tmp/kubectl-standin-replaced.json"))
     assert [i["metadata"]["name"] for i in replaced["items"]] == ["a", "b"]
     assert "2 objects" in rollout.read("/var/lib/openbao-kms/secrets-migrated")
-    # Dropping identity: new EncryptionConfiguration + one API server restart, then nothing.
+    # Dropping identity: new EncryptionConfiguration + one API server restart, then nothing (the
+    # first restart was site.yml's second pass).
     assert runs["drop-identity-1"].changed("cp1") == 2, runs["drop-identity-1"].output
     assert runs["drop-identity-2"].changed("cp1") == 0, runs["drop-identity-2"].output
-    assert rollout.read("/var/tmp/apiserver-restarts").splitlines() == ["restarted"]
+    assert rollout.read("/var/tmp/apiserver-restarts").splitlines() == ["restarted", "restarted"]
     assert "identity" not in rollout.read(ENC_CONFIG)
