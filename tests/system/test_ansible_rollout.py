@@ -212,6 +212,10 @@ def rollout(request, tmp_path_factory):
         drop = {"kms_migrate_secrets_remove_identity_fallback": True}
         ro.play("drop-identity-1", "playbooks/migrate_secrets.yml", extra_vars=drop).assert_ok()
         ro.play("drop-identity-2", "playbooks/migrate_secrets.yml", extra_vars=drop).assert_ok()
+        ro.enc_config_after_drop = ro.read(ENC_CONFIG)
+        ro.restarts_after_drop = ro.read("/var/tmp/apiserver-restarts").splitlines()
+        # Taking the provider out again starts with identity first on every API server.
+        ro.play("rollback", "playbooks/site.yml", extra_vars={"kube_apiserver_kms_stage": "rollback"}).assert_ok()
         yield ro
     except BaseException:
         if container.running:
@@ -328,7 +332,7 @@ def test_encryption_config_is_the_binary_output_kms_first_identity_last(rollout)
     # After drop-identity-1 the file has no identity provider; the rendering is still the binary's.
     expected = c.run(["bao-kms-provider", "encryption-config", "--config", "/etc/openbao-kms/config.toml",
                       "--no-identity"]).stdout
-    assert rollout.read(ENC_CONFIG) == expected
+    assert rollout.enc_config_after_drop == expected
     with_identity = c.run(["bao-kms-provider", "encryption-config", "--config", "/etc/openbao-kms/config.toml"]).stdout
     providers = yaml.safe_load(with_identity)["resources"][0]["providers"]
     assert list(providers[0]) == ["kms"] and providers[-1] == {"identity": {}}
@@ -349,5 +353,13 @@ def test_migration_with_standin_kubectl_rewrites_once_then_drops_identity(rollou
     # first restart was site.yml's second pass).
     assert runs["drop-identity-1"].changed("cp1") == 2, runs["drop-identity-1"].output
     assert runs["drop-identity-2"].changed("cp1") == 0, runs["drop-identity-2"].output
-    assert rollout.read("/var/tmp/apiserver-restarts").splitlines() == ["restarted", "restarted"]
-    assert "identity" not in rollout.read(ENC_CONFIG)
+    assert rollout.restarts_after_drop == ["restarted", "restarted"]
+    assert "identity" not in rollout.enc_config_after_drop
+
+
+def test_rollback_stage_puts_identity_first_and_keeps_the_provider_readable(rollout):
+    run = rollout.runs["rollback"]
+    assert run.changed("cp1") == 2, run.output   # the EncryptionConfiguration and one restart
+    providers = yaml.safe_load(rollout.read(ENC_CONFIG))["resources"][0]["providers"]
+    assert providers[0] == {"identity": {}} and providers[1]["kms"]["name"] == "openbao-kms"
+    assert rollout.read("/var/tmp/apiserver-restarts").splitlines() == ["restarted"] * 3
