@@ -181,7 +181,7 @@ def parse_recap(output: str) -> dict[str, dict[str, int]]:
 
 
 def run_playbook(playbook: str, inventory: dict, extra_vars: dict | None = None, check: bool = False,
-                 diff: bool = False, timeout: float = 600) -> PlaybookRun:
+                 diff: bool = False, tags: str | None = None, timeout: float = 600) -> PlaybookRun:
     """ansible-playbook from ansible/ (its ansible.cfg) with a YAML inventory and JSON extra vars."""
     with tempfile.TemporaryDirectory(prefix="ansible-test-") as tmp:
         inv = Path(tmp) / "inventory.yml"
@@ -195,6 +195,8 @@ def run_playbook(playbook: str, inventory: dict, extra_vars: dict | None = None,
             args.append("--check")
         if diff:
             args.append("--diff")
+        if tags:
+            args += ["--tags", tags]
         env = {**os.environ,
                "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
                "ANSIBLE_CONNECTION_PLUGINS": str(PLUGINS_DIR / "connection"),

@@ -9,6 +9,7 @@ Every test name that relies on a stand-in says so.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import http.server
 import os
@@ -147,9 +148,7 @@ class Rollout:
             "openbao_transit_jwt_validation_pubkeys": [signer.public_pem],
         }
         self.inventory["all"]["children"] = {"kube_control_plane": {"hosts": {"cp1": {
-            "ansible_connection": "nsenter",
-            "ansible_nsenter_pid": container.pid,
-            "ansible_python_interpreter": "/usr/bin/python3",
+            **self.connection(container),
             "bao_kms_provider_package_file": str(deb),
             "bao_kms_provider_openbao_address": bao.addr,
             "bao_kms_provider_openbao_instance_id": "openbao-test",
@@ -168,9 +167,14 @@ class Rollout:
             "kms_migrate_secrets_kubectl": "/usr/local/bin/kubectl-standin",
         }}}}
 
-    def play(self, name, playbook, **kwargs):
+    @staticmethod
+    def connection(container):
+        return {"ansible_connection": "nsenter", "ansible_nsenter_pid": container.pid,
+                "ansible_python_interpreter": "/usr/bin/python3"}
+
+    def play(self, name, playbook, inventory=None, **kwargs):
         t0 = time.monotonic()
-        run = run_playbook(playbook, self.inventory, **kwargs)
+        run = run_playbook(playbook, inventory or self.inventory, **kwargs)
         self.runs[name] = run
         log_dir = os.environ.get("BAO_ANSIBLE_LOG_DIR")
         if log_dir:  # keep every run's output for a look afterwards
@@ -206,6 +210,8 @@ def rollout(request, tmp_path_factory):
         ro.play("site-check", "playbooks/site.yml", check=True, diff=True).assert_ok()
         ro.manifest_after_check = ro.read(MANIFEST)
         ro.backups_after_check = container.run(["ls", "/etc/kubernetes/backup"]).stdout.split()
+        refuse_with_provider_down(ro, work)
+        container.systemctl("start", "bao-kms-provider.socket")
         ro.play("site-3", "playbooks/site.yml").assert_ok()
         ro.play("migrate-1", "playbooks/migrate_secrets.yml").assert_ok()
         ro.play("migrate-2", "playbooks/migrate_secrets.yml").assert_ok()
@@ -226,6 +232,30 @@ def rollout(request, tmp_path_factory):
             readyz.close()
         container.stop()
         bao.stop()
+
+
+def refuse_with_provider_down(ro: Rollout, work: Path) -> None:
+    """cp1's provider is down and a second host cp2 waits its turn: the API server step stops on cp1
+    without touching its manifest, and the rollout never reaches cp2."""
+    c = ro.container
+    c.systemctl("stop", "bao-kms-provider.socket", "bao-kms-provider.service")
+    second = Container(ROOTFS, workdir=Path(os.environ.get("BAO_NSPAWN_WORKDIR", BUILD_DIR / "nspawn")))
+    try:
+        second.start()
+        second.copy_in(ORIGINAL_MANIFEST, MANIFEST, mode=0o600)
+        inventory = copy.deepcopy(ro.inventory)
+        hosts = inventory["all"]["children"]["kube_control_plane"]["hosts"]
+        hosts["cp2"] = {**hosts["cp1"], **Rollout.connection(second)}
+        ro.play("refused", "playbooks/site.yml", inventory=inventory, tags="apiserver",
+                extra_vars={"kube_apiserver_kms_probe_wait": "2s"})
+        ro.refused_state = {
+            "cp1 manifest": ro.read(MANIFEST),
+            "cp1 backups": c.run(["ls", "/etc/kubernetes/backup"]).stdout.split(),
+            "cp2 manifest": second.read_file(MANIFEST),
+            "cp2 touched": second.run("ls /etc/kubernetes/encryption /etc/openbao-kms 2>/dev/null", check=False).stdout,
+        }
+    finally:
+        second.stop()
 
 
 def test_site_playbook_lets_the_api_server_read_through_the_provider_before_writing_through_it(rollout):
@@ -318,6 +348,16 @@ def test_check_diff_shows_the_manifest_change_without_making_it(rollout):
     assert rollout.manifest_after_check == ORIGINAL_MANIFEST.read_text()
     assert len(rollout.backups_after_check) == 1
     assert rollout.runs["site-3"].changed("cp1") >= 1
+
+
+def test_rollout_refuses_to_patch_without_a_passing_probe_and_stops_before_the_next_host(rollout):
+    run = rollout.runs["refused"]
+    assert run.rc != 0 and "Refusing to point kube-apiserver at the provider" in run.output, run.output
+    assert run.recap["cp1"]["failed"] == 1 and "cp2" not in run.recap, run.recap
+    state = rollout.refused_state
+    assert state["cp1 manifest"] == ORIGINAL_MANIFEST.read_text()
+    assert state["cp1 backups"] == rollout.backups_after_check
+    assert state["cp2 manifest"] == ORIGINAL_MANIFEST.read_text() and state["cp2 touched"] == ""
 
 
 def test_apiserver_wait_against_standin_readyz_sees_the_kms_check(rollout):
