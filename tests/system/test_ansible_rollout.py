@@ -138,7 +138,8 @@ class Rollout:
     """The container, the servers and the inventory, plus every playbook run made so far."""
 
     def __init__(self, container, bao, signer, deb, readyz):
-        self.container, self.bao, self.readyz = container, bao, readyz
+        self.container, self.bao, self.readyz, self.signer = container, bao, readyz, signer
+        self.first_jwt = signer.mint(ttl=3600)
         self.runs: dict[str, object] = {}
         self.inventory = localhost_inventory()
         self.inventory["all"]["vars"] = {
@@ -153,7 +154,7 @@ class Rollout:
             "bao_kms_provider_openbao_address": bao.addr,
             "bao_kms_provider_openbao_instance_id": "openbao-test",
             "bao_kms_provider_openbao_ca_src": str(bao.ca),
-            "bao_kms_provider_jwt": signer.mint(ttl=3600),
+            "bao_kms_provider_jwt": self.first_jwt,
             "bao_kms_provider_cluster_id": "test-cluster",
             "bao_kms_provider_transit_mount_id": "transit-test",
             "bao_kms_provider_key_lineage_id": "lineage-1",
@@ -211,8 +212,13 @@ def rollout(request, tmp_path_factory):
         ro.manifest_after_check = ro.read(MANIFEST)
         ro.backups_after_check = container.run(["ls", "/etc/kubernetes/backup"]).stdout.split()
         refuse_with_provider_down(ro, work)
-        container.systemctl("start", "bao-kms-provider.socket")
+        container.systemctl("start", "bao-kms-provider.socket", "bao-kms-provider.service")
+        # A new JWT for the host: the handler restarts the provider (the socket keeps listening).
+        ro.invocation_before_new_jwt = invocation_id(container)
+        ro.new_jwt = ro.signer.mint(ttl=7200)
+        ro.inventory["all"]["children"]["kube_control_plane"]["hosts"]["cp1"]["bao_kms_provider_jwt"] = ro.new_jwt
         ro.play("site-3", "playbooks/site.yml").assert_ok()
+        ro.invocation_after_new_jwt = invocation_id(container)
         ro.play("migrate-1", "playbooks/migrate_secrets.yml").assert_ok()
         ro.play("migrate-2", "playbooks/migrate_secrets.yml").assert_ok()
         drop = {"kms_migrate_secrets_remove_identity_fallback": True}
@@ -232,6 +238,10 @@ def rollout(request, tmp_path_factory):
             readyz.close()
         container.stop()
         bao.stop()
+
+
+def invocation_id(container) -> str:
+    return container.run(["systemctl", "show", "-P", "InvocationID", "bao-kms-provider.service"]).stdout.strip()
 
 
 def refuse_with_provider_down(ro: Rollout, work: Path) -> None:
@@ -325,6 +335,15 @@ def manifest_problems(original: str, patched: str) -> list[str]:
                  "type: DirectoryOrCreate", "name: openbao-kms-socket"]:
         problems.append(f"unexpected added lines {added}")
     return problems
+
+
+def test_a_new_jwt_is_staged_and_restarts_the_provider_through_the_handler(rollout):
+    out = rollout.runs["site-3"].output
+    assert "RUNNING HANDLER [bao_kms_provider : Restart bao-kms-provider]" in out, out
+    assert rollout.invocation_before_new_jwt and rollout.invocation_after_new_jwt != rollout.invocation_before_new_jwt
+    assert rollout.read("/var/lib/openbao-kms/identity.jwt") == rollout.new_jwt + "\n"
+    # no_log and no diff for the token, even in --diff runs
+    assert rollout.new_jwt not in out and rollout.first_jwt not in rollout.runs["site-1"].output
 
 
 def test_patched_manifest_has_one_flag_two_mounts_and_differs_only_there(rollout):
