@@ -14,6 +14,8 @@ help:
 	@echo "make test   - install what the tests need, then lint and run every test"
 	@echo "make bench  - latency/throughput benchmarks against a real OpenBao"
 	@echo "make build  - cargo build"
+	@echo "make e2e-kind      - kind cluster + .deb + Ansible roles: Secrets encrypted in etcd (needs Docker, kind)"
+	@echo "make e2e-kind-down - remove the kind cluster and OpenBao container of make e2e-kind"
 
 build:
 	$(CARGO) build --locked
@@ -46,3 +48,12 @@ bench: tools-openbao
 
 clean:
 	$(CARGO) clean
+
+# The kind end-to-end test (tests/e2e/kind/README.md). Needs a Docker engine and kind; without
+# them the scripts say so and exit 2. Not part of `make test` (no Docker engine in CI).
+.PHONY: e2e-kind e2e-kind-down
+e2e-kind:
+	tests/e2e/kind/up.sh
+
+e2e-kind-down:
+	tests/e2e/kind/down.sh

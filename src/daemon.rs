@@ -148,18 +148,30 @@ pub async fn run(settings: Settings, config_path: PathBuf) -> Result<()> {
             + Duration::from_secs(5),
     });
 
+    // The socket is served once the first probe attempt has finished (or failed): a client
+    // queued in the backlog during a restart then gets a provider that can encrypt, and while
+    // OpenBao is down Status still answers with the reason.
+    let (probed_tx, mut probed_rx) = watch::channel(false);
+    let first_probe_limit = settings.openbao.timeout * 6 + Duration::from_secs(1);
+    let accept_after = async move {
+        let _ = tokio::time::timeout(first_probe_limit, probed_rx.wait_for(|done| *done)).await;
+    };
     let (self_check_tx, self_check_rx) = tokio::sync::mpsc::channel(4);
     let grpc = tokio::spawn(kms::serve(
         socket,
         provider.clone(),
         self_check_rx,
+        accept_after,
         stopped(),
         settings.server.drain_timeout,
     ));
 
     let probes = {
         let (p, l) = (provider.clone(), liveness.clone());
-        tokio::spawn(p.run_probes(stopped(), move || l.beat(&l.probe_beat_ms)))
+        tokio::spawn(p.run_probes(stopped(), move || {
+            l.beat(&l.probe_beat_ms);
+            probed_tx.send_replace(true);
+        }))
     };
 
     let health: Arc<dyn HealthSource> = Arc::new(Health {
@@ -192,7 +204,8 @@ pub async fn run(settings: Settings, config_path: PathBuf) -> Result<()> {
     loop {
         if !ready_sent {
             if provider.health().is_ok() {
-                systemd::ready(&status_line(&provider));
+                last_status = status_line(&provider);
+                systemd::ready(&last_status);
                 ready_sent = true;
                 tracing::info!(
                     key_id = provider.status_key_id(),
@@ -204,7 +217,15 @@ pub async fn run(settings: Settings, config_path: PathBuf) -> Result<()> {
                     provider.health().err().unwrap_or_default()
                 );
                 systemd::status(&line);
-                systemd::extend_timeout(Duration::from_secs(30));
+                // Extend the start timeout only up to server.start_timeout: after that the
+                // start job fails (kubelet, ordered after us, proceeds) and Restart= retries.
+                let left = settings
+                    .server
+                    .start_timeout
+                    .saturating_sub(liveness.started.elapsed());
+                if !left.is_zero() {
+                    systemd::extend_timeout(left.min(Duration::from_secs(30)));
+                }
             }
         } else {
             let line = status_line(&provider);
@@ -217,12 +238,19 @@ pub async fn run(settings: Settings, config_path: PathBuf) -> Result<()> {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = sighup.recv() => {
-                systemd::reloading();
+                // RELOADING=1 ... READY=1 brackets the reload for systemd; before the first
+                // READY=1 the service is still starting and only the reload itself happens.
+                if ready_sent {
+                    systemd::reloading();
+                }
                 match reload(&config_path, &client).await {
                     Ok(()) => tracing::info!(config = %config_path.display(), "reloaded credentials and configuration"),
                     Err(e) => tracing::error!(error = %format!("{e:#}"), "reload failed; keeping the previous configuration"),
                 }
-                systemd::ready(&status_line(&provider));
+                if ready_sent {
+                    last_status = status_line(&provider);
+                    systemd::ready(&last_status);
+                }
             }
             _ = snapshots.changed() => {}
             _ = tick.tick() => {

@@ -3,6 +3,7 @@ mod doctor;
 mod probe;
 mod render;
 mod state;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,9 +48,10 @@ pub struct ConfigArg {
 pub enum Command {
     /// Serve the KMS v2 API on the unix socket (socket from systemd, or bound from the config).
     ///
-    /// Starts answering Status at once (healthz not ok until OpenBao has been proven), tells
-    /// systemd READY=1 after login, key metadata and an encrypt/decrypt probe succeeded, and
-    /// drains in-flight calls on SIGTERM. SIGHUP re-reads credentials and TLS files.
+    /// Accepts on the socket once the first OpenBao probe has finished (until then clients
+    /// wait in the socket's backlog; if OpenBao is down, Status then says why), tells systemd
+    /// READY=1 after login, key metadata and an encrypt/decrypt probe succeeded, and drains
+    /// in-flight calls on SIGTERM. SIGHUP re-reads credentials and TLS files.
     Serve(ConfigArg),
     /// Validate a config file and print the effective configuration (secrets are never printed).
     ///
@@ -87,6 +89,16 @@ pub enum Command {
     /// Inspect the key registry under state_dir (every Transit version and its key_id).
     #[command(subcommand)]
     State(state::StateCommand),
+    /// Restore drill: check that a raw etcd value is a KMS v2 envelope of this provider and decrypts.
+    ///
+    /// Reads the value from etcd (--etcd-endpoint, gRPC gateway with the etcd client
+    /// certificate) or from --input, checks the k8s:enc:kms:v2:<provider>: prefix, decodes and
+    /// validates the EncryptedObject as kube-apiserver does, asks the provider over its socket to
+    /// decrypt the DEK source, and decrypts the data with the etcd key as additional data.
+    /// Prints provider, key_id (active, retired, pending or unknown), DEK source type and
+    /// `decrypts: yes/no`; the plaintext only with --show-plaintext.
+    #[command(after_help = verify::EXIT_CODES_HELP)]
+    VerifyEtcdValue(verify::VerifyArgs),
 }
 
 /// Parses arguments and runs the chosen subcommand; returns the process exit code.
@@ -111,6 +123,7 @@ pub fn run() -> ExitCode {
         Command::EncryptionConfig(a) => render::encryption_config(&a),
         Command::State(c) => state::run(c),
         Command::Doctor(a) => doctor::run(&a),
+        Command::VerifyEtcdValue(a) => verify::run(a),
     };
     match result {
         Ok(code) => code,

@@ -24,6 +24,7 @@ pub struct RawServer {
     pub socket_mode: String,
     pub state_dir: String,
     pub drain_timeout: String,
+    pub start_timeout: String,
 }
 
 impl Default for RawServer {
@@ -33,6 +34,7 @@ impl Default for RawServer {
             socket_mode: "0600".into(),
             state_dir: "/var/lib/openbao-kms".into(),
             drain_timeout: "10s".into(),
+            start_timeout: "2m".into(),
         }
     }
 }

@@ -24,6 +24,9 @@ pub struct ServerSettings {
     pub socket_mode: u32,
     pub state_dir: PathBuf,
     pub drain_timeout: Duration,
+    /// How long systemd is asked to wait for OpenBao at start before the start job fails (so
+    /// units ordered after this one, like kubelet, are not held back indefinitely).
+    pub start_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -36,6 +36,12 @@ pub fn validate(raw: &RawConfig, env: &Environment) -> Result<Settings> {
             ms(100),
             secs(300),
         )?,
+        start_timeout: duration(
+            "server.start_timeout",
+            &raw.server.start_timeout,
+            secs(5),
+            secs(3600),
+        )?,
     };
     let openbao = openbao(raw, env)?;
     let auth = auth(raw, env)?;

@@ -2,7 +2,9 @@
 use std::future::Future;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::DuplexStream;
@@ -69,10 +71,15 @@ pub fn bind_unix_socket(path: &Path, mode: u32) -> Result<UnixListener, SocketEr
 /// Serves until `shutdown` resolves, then lets in-flight calls finish for at most `drain`.
 /// `self_check` feeds in-memory connections into the same server, so the watchdog can prove
 /// the server answers without needing permission on the (root-owned) socket file.
+/// Connections on the socket are accepted only once `accept_after` resolves: until then they
+/// wait in the kernel's backlog (systemd holds the socket across restarts), so a client never
+/// reaches a process that cannot encrypt yet. After `shutdown` nothing more is accepted, so
+/// queued connections are left for the next process.
 pub async fn serve<S: KeyService>(
     listener: UnixListener,
     service: Arc<S>,
     self_check: mpsc::Receiver<DuplexStream>,
+    accept_after: impl Future<Output = ()> + Send + 'static,
     shutdown: impl Future<Output = ()> + Send + 'static,
     drain: Duration,
 ) -> Result<(), SocketError> {
@@ -86,7 +93,7 @@ pub async fn serve<S: KeyService>(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let server = tonic::transport::Server::builder()
         .add_service(svc)
-        .serve_with_incoming_shutdown(incoming(listener, self_check), signal);
+        .serve_with_incoming_shutdown(incoming(listener, self_check, accept_after), signal);
     tokio::pin!(server);
     tokio::select! {
         res = &mut server => return res.map_err(|e| SocketError::Serve(e.to_string())),
@@ -107,8 +114,34 @@ pub async fn serve<S: KeyService>(
 fn incoming(
     listener: UnixListener,
     self_check: mpsc::Receiver<DuplexStream>,
+    accept_after: impl Future<Output = ()> + Send + 'static,
 ) -> impl tokio_stream::Stream<Item = std::io::Result<Conn>> {
-    let socket = UnixListenerStream::new(listener).map(|r| r.map(Conn::Unix));
+    let socket = Gated {
+        gate: Some(Box::pin(accept_after)),
+        inner: UnixListenerStream::new(listener),
+    }
+    .map(|r| r.map(Conn::Unix));
     let memory = ReceiverStream::new(self_check).map(|d| Ok(Conn::Memory(d)));
     socket.merge(memory)
+}
+
+/// A stream that yields nothing until `gate` resolves. It is pull-based on purpose: `accept()`
+/// runs only when the server polls, so no connection is taken off the backlog and then dropped.
+struct Gated<S> {
+    gate: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    inner: S,
+}
+
+impl<S: tokio_stream::Stream + Unpin> tokio_stream::Stream for Gated<S> {
+    type Item = S::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        if let Some(gate) = self.gate.as_mut() {
+            if gate.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.gate = None;
+        }
+        Pin::new(&mut self.inner).poll_next(cx)
+    }
 }

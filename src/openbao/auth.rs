@@ -105,6 +105,11 @@ impl Auth {
         }
     }
 
+    /// Generation of the current token, if any; `relogin(Some(it))` then forces a new login.
+    pub async fn generation(&self) -> Option<u64> {
+        self.current.read().await.as_ref().map(|t| t.generation)
+    }
+
     /// Logs in again unless another task already replaced token `seen` in the meantime.
     pub async fn relogin(&self, http: &Http, seen: Option<u64>) -> Result<Token, Error> {
         let mut generation = self.login_lock.lock().await;

@@ -73,12 +73,11 @@ impl Client {
         Ok(self.auth.token(&self.http).await?.remaining())
     }
 
-    /// Forces a fresh login now (CLI `doctor`, tests).
+    /// Forces a fresh login now, re-reading the credential files (SIGHUP). On failure the
+    /// previous token stays in use.
     pub async fn login(&self) -> Result<(), Error> {
-        self.auth
-            .relogin(&self.http, Some(u64::MAX))
-            .await
-            .map(|_| ())
+        let seen = self.auth.generation().await;
+        self.auth.relogin(&self.http, seen).await.map(|_| ())
     }
 
     /// Runs `op` with a token; on 403 logs in once more and retries, since the token may have

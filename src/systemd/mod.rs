@@ -46,8 +46,21 @@ pub fn watchdog() {
     send(&[NotifyState::Watchdog]);
 }
 
+/// RELOADING=1 with the CLOCK_MONOTONIC timestamp that `Type=notify-reload` (systemd 253+)
+/// requires; older systemd ignores the timestamp.
 pub fn reloading() {
-    send(&[NotifyState::Reloading]);
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec we pass.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } == 0;
+    let usec = i128::from(ts.tv_sec) * 1_000_000 + i128::from(ts.tv_nsec) / 1_000;
+    if ok {
+        send(&[NotifyState::Reloading, NotifyState::MonotonicUsec(usec)]);
+    } else {
+        send(&[NotifyState::Reloading]);
+    }
 }
 
 pub fn stopping() {

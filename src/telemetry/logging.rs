@@ -2,6 +2,7 @@
 //! on stderr. Field names like `kms_method` become journald's `KMS_METHOD`.
 use std::os::unix::fs::MetadataExt;
 
+use tracing_journald::{Priority, PriorityMappings};
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::{fmt, EnvFilter};
 
@@ -31,6 +32,18 @@ pub fn stderr_is_journal() -> bool {
         && ino.parse::<u64>().is_ok_and(|i| i == meta.ino())
 }
 
+/// Levels map to the syslog priorities operators filter on (`journalctl -p info` hides debug),
+/// not tracing-journald's default that shifts info to notice and debug to info.
+fn priorities() -> PriorityMappings {
+    PriorityMappings {
+        error: Priority::Error,
+        warn: Priority::Warning,
+        info: Priority::Informational,
+        debug: Priority::Debug,
+        trace: Priority::Debug,
+    }
+}
+
 /// Installs the global subscriber. `RUST_LOG` overrides the configured level for debugging.
 pub fn init(level: LogLevel, format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
@@ -47,9 +60,17 @@ pub fn init(level: LogLevel, format: LogFormat) {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
+        // No field prefix: `kms_method` is indexed as KMS_METHOD (not F_KMS_METHOD), so
+        // `journalctl KMS_METHOD=Encrypt` works. No field of ours is named like a journald
+        // standard field (PRIORITY, MESSAGE_ID, ...), and names starting with `_` are refused.
         LogFormat::Journald => match tracing_journald::layer() {
             Ok(layer) => registry
-                .with(layer.with_syslog_identifier("bao-kms-provider".into()))
+                .with(
+                    layer
+                        .with_field_prefix(None)
+                        .with_priority_mappings(priorities())
+                        .with_syslog_identifier("bao-kms-provider".into()),
+                )
                 .try_init(),
             Err(e) => {
                 let r = registry

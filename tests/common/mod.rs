@@ -2,6 +2,8 @@
 //! and a TCP proxy to take OpenBao "down" without losing its in-memory state.
 #![allow(dead_code)]
 
+pub mod etcd;
+
 use std::io::Write;
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};

@@ -28,12 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nspawn import Container, ContainerError, check_host_prerequisites, cleanup_stale  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# The shared build folder (worktrees point BUILD_DIR at the main checkout's build/).
+BUILD_ROOT = Path(os.environ.get("BUILD_DIR", REPO_ROOT / "build"))
 ROOTFS_SCRIPT = REPO_ROOT / "scripts" / "rootfs.sh"
 ROOTFS_BUILD_TIMEOUT = 1800  # first debootstrap takes ~1.5 min here
 
 
 def _nspawn_workdir() -> Path:
-    return Path(os.environ.get("BAO_NSPAWN_WORKDIR", REPO_ROOT / "build" / "nspawn"))
+    return Path(os.environ.get("BAO_NSPAWN_WORKDIR", BUILD_ROOT / "nspawn"))
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +46,7 @@ def nspawn_rootfs() -> Path:
     if problems:
         pytest.fail("systemd-nspawn harness cannot run on this host:\n  - "
                     + "\n  - ".join(problems), pytrace=False)
-    rootfs = Path(os.environ.get("BAO_ROOTFS", REPO_ROOT / "build" / "cache" / "rootfs-bookworm"))
+    rootfs = Path(os.environ.get("BAO_ROOTFS", BUILD_ROOT / "cache" / "rootfs-bookworm"))
     t0 = time.monotonic()
     try:
         r = subprocess.run([str(ROOTFS_SCRIPT), str(rootfs)], capture_output=True, text=True,
