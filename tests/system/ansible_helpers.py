@@ -9,8 +9,8 @@ import base64
 import json
 import os
 import re
+import secrets
 import shutil
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -22,43 +22,24 @@ from pathlib import Path
 
 import yaml
 
+from openbao import free_port_pair, provider_binary  # noqa: F401 (provider_binary is re-exported for the tests)
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ANSIBLE_DIR = REPO_ROOT / "ansible"
 BUILD_DIR = Path(os.environ.get("BUILD_DIR", REPO_ROOT / "build"))
 VENV_BIN = BUILD_DIR / "venv" / "bin"
-TARGET_DIR = Path(os.environ.get("CARGO_TARGET_DIR", REPO_ROOT / "target"))
 PLUGINS_DIR = Path(__file__).resolve().parent / "ansible_plugins"
 SUBJECT, AUDIENCE = "system:bao-kms-provider", "bao-kms-provider"
 
 
-def provider_binary() -> Path:
-    """The provider built by `make build` (cargo build); the tests fail, not skip, without it."""
-    path = TARGET_DIR / "debug" / "bao-kms-provider"
-    if not path.exists():
-        raise AssertionError(f"{path} is missing: run `cargo build` (make build) first")
-    return path
-
-
-def _free_port_pair() -> int:
-    """A port whose neighbour is free too (the dev server also binds PORT+1)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        try:
-            with socket.socket() as s2:
-                s2.bind(("127.0.0.1", port + 1))
-            return port
-        except OSError:
-            continue
-    raise AssertionError("no free port pair found")
-
-
 class OpenBao:
-    """A real OpenBao dev server (TLS, root token `root`) on 127.0.0.1."""
+    """A real OpenBao dev server with TLS (its CA in `ca`) on 127.0.0.1 and a random root token
+    (`root_token`), so tests can check the token never shows in Ansible's output. (The shared
+    tests/system/openbao.py server speaks plain HTTP; the roles' CA handling needs TLS.)"""
 
     def __init__(self, workdir: Path):
         self.dir = workdir
+        self.root_token = "root-" + secrets.token_hex(12)
         self.ca = workdir / "vault-ca.pem"
         self.port = 0
         self.proc: subprocess.Popen | None = None
@@ -73,10 +54,10 @@ class OpenBao:
         if not bao.exists():
             raise AssertionError(f"{bao} is missing: run scripts/tools.sh (make tools)")
         for _ in range(5):
-            self.port = _free_port_pair()
+            self.port = free_port_pair()
             with open(self.log, "wb") as log:
                 self.proc = subprocess.Popen(
-                    [str(bao), "server", "-dev", "-dev-root-token-id=root", "-dev-tls",
+                    [str(bao), "server", "-dev", f"-dev-root-token-id={self.root_token}", "-dev-tls",
                      f"-dev-tls-cert-dir={self.dir}", f"-dev-listen-address=127.0.0.1:{self.port}"],
                     stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HOME": str(self.dir)})
             if self._wait_healthy():
@@ -108,8 +89,9 @@ class OpenBao:
                 self.proc.kill()
                 self.proc.wait(5)
 
-    def api(self, method: str, path: str, token: str | None = "root", body: dict | None = None):
-        """(status, parsed JSON or None) of one API call."""
+    def api(self, method: str, path: str, token: str | None = "", body: dict | None = None):
+        """(status, parsed JSON or None) of one API call; token "" = the root token, None = none."""
+        token = self.root_token if token == "" else token
         ctx = ssl.create_default_context(cafile=str(self.ca))
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(f"{self.addr}/v1/{path}", data=data, method=method)

@@ -37,7 +37,7 @@ def signer():
 def transit_vars(bao: OpenBao, signer: JwtSigner, **overrides) -> dict:
     v = {
         "openbao_transit_address": bao.addr,
-        "openbao_transit_token": "root",
+        "openbao_transit_token": bao.root_token,
         "openbao_transit_ca_file": str(bao.ca),
         "openbao_transit_mount": MOUNT,
         "openbao_transit_key_name": KEY,
@@ -76,6 +76,11 @@ def test_openbao_transit_second_run_changes_nothing(transit_runs):
     # mount, disable_upsert, key, policy, auth method, JWT config, role
     assert first.changed("localhost") == 7, first.output
     assert second.changed("localhost") == 0, second.output
+
+
+def test_openbao_transit_never_prints_the_token(openbao, transit_runs):
+    for run in transit_runs:
+        assert openbao.root_token not in run.output
 
 
 def test_openbao_transit_key_and_mount_are_locked_down(openbao, transit_runs):

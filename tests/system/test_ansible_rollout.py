@@ -24,10 +24,11 @@ import pytest
 import yaml
 
 from ansible_helpers import (BUILD_DIR, REPO_ROOT, JwtSigner, OpenBao, build_minimal_deb, localhost_inventory,
-                             provider_binary, run_playbook)
+                             run_playbook)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nspawn import Container  # noqa: E402
+from openbao import free_port  # noqa: E402
 
 TESTDATA = Path(os.environ.get("BAO_SHARED_TESTDATA", REPO_ROOT.parent / "shared" / "testdata"))
 ORIGINAL_MANIFEST = TESTDATA / "kubeadm" / "kube-apiserver.yaml"
@@ -127,13 +128,6 @@ class ReadyzStandIn:
         self.thread.join(5)
 
 
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Rollout:
     """The container, the servers and the inventory, plus every playbook run made so far."""
 
@@ -144,7 +138,7 @@ class Rollout:
         self.inventory = localhost_inventory()
         self.inventory["all"]["vars"] = {
             "openbao_transit_address": bao.addr,
-            "openbao_transit_token": "root",
+            "openbao_transit_token": bao.root_token,
             "openbao_transit_ca_file": str(bao.ca),
             "openbao_transit_jwt_validation_pubkeys": [signer.public_pem],
         }
@@ -211,7 +205,7 @@ def rollout(request, tmp_path_factory):
         ro.play("site-check", "playbooks/site.yml", check=True, diff=True).assert_ok()
         ro.manifest_after_check = ro.read(MANIFEST)
         ro.backups_after_check = container.run(["ls", "/etc/kubernetes/backup"]).stdout.split()
-        refuse_with_provider_down(ro, work)
+        refuse_with_provider_down(ro)
         container.systemctl("start", "bao-kms-provider.socket", "bao-kms-provider.service")
         # A new JWT for the host: the handler restarts the provider (the socket keeps listening).
         ro.invocation_before_new_jwt = invocation_id(container)
@@ -244,7 +238,7 @@ def invocation_id(container) -> str:
     return container.run(["systemctl", "show", "-P", "InvocationID", "bao-kms-provider.service"]).stdout.strip()
 
 
-def refuse_with_provider_down(ro: Rollout, work: Path) -> None:
+def refuse_with_provider_down(ro: Rollout) -> None:
     """cp1's provider is down and a second host cp2 waits its turn: the API server step stops on cp1
     without touching its manifest, and the rollout never reaches cp2."""
     c = ro.container
@@ -342,8 +336,9 @@ def test_a_new_jwt_is_staged_and_restarts_the_provider_through_the_handler(rollo
     assert "RUNNING HANDLER [bao_kms_provider : Restart bao-kms-provider]" in out, out
     assert rollout.invocation_before_new_jwt and rollout.invocation_after_new_jwt != rollout.invocation_before_new_jwt
     assert rollout.read("/var/lib/openbao-kms/identity.jwt") == rollout.new_jwt + "\n"
-    # no_log and no diff for the token, even in --diff runs
+    # no_log and no diff for the token, even in --diff runs; nor is OpenBao's admin token shown
     assert rollout.new_jwt not in out and rollout.first_jwt not in rollout.runs["site-1"].output
+    assert not [name for name, run in rollout.runs.items() if rollout.bao.root_token in run.output]
 
 
 def test_patched_manifest_has_one_flag_two_mounts_and_differs_only_there(rollout):
