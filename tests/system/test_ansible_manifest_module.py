@@ -1,5 +1,6 @@
-"""Unit tests of the kube_apiserver_manifest module (ansible/roles/kube_apiserver_kms/library) on the
-kubeadm manifest from ../shared/testdata, plus the module run by Ansible itself on the controller."""
+"""Unit tests of the kube_apiserver_manifest module (ansible/roles/kube_apiserver_kms: the edit in
+module_utils/, the module in library/) on the kubeadm manifest from ../shared/testdata, plus the
+module run by Ansible itself on the controller."""
 
 from __future__ import annotations
 
@@ -15,14 +16,16 @@ import yaml
 
 from ansible_helpers import ANSIBLE_DIR, REPO_ROOT, VENV_BIN
 
-LIBRARY = ANSIBLE_DIR / "roles" / "kube_apiserver_kms" / "library"
+ROLE = ANSIBLE_DIR / "roles" / "kube_apiserver_kms"
+LIBRARY, MODULE_UTILS = ROLE / "library", ROLE / "module_utils"
 TESTDATA = Path(os.environ.get("BAO_SHARED_TESTDATA", REPO_ROOT.parent / "shared" / "testdata"))
 KUBEADM = (TESTDATA / "kubeadm" / "kube-apiserver.yaml").read_text()
 CONFIG = "/etc/kubernetes/encryption/openbao-kms/encryption-config.yaml"
 FLAG = f"--encryption-provider-config={CONFIG}"
 RELOAD = "--encryption-provider-config-automatic-reload"
 
-_spec = importlib.util.spec_from_file_location("kube_apiserver_manifest", LIBRARY / "kube_apiserver_manifest.py")
+_spec = importlib.util.spec_from_file_location("kube_apiserver_manifest_edit",
+                                               MODULE_UTILS / "kube_apiserver_manifest_edit.py")
 m = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(m)
 
@@ -144,7 +147,7 @@ def run_module(args: dict, check: bool = False, diff: bool = False) -> dict:
         cmd.append("--check")
     if diff:
         cmd.append("--diff")
-    env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
+    env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_MODULE_UTILS": str(MODULE_UTILS), "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
            "ANSIBLE_STDOUT_CALLBACK": "json", "ANSIBLE_PYTHON_INTERPRETER": str(VENV_BIN / "python"),
            "ANSIBLE_LOCALHOST_WARNING": "0", "ANSIBLE_INVENTORY_UNPARSED_WARNING": "0"}
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
