@@ -1,0 +1,181 @@
+"""Unit tests of the kube_apiserver_manifest module (ansible/roles/kube_apiserver_kms: the edit in
+module_utils/, the module in library/) on the kubeadm manifest from ../shared/testdata, plus the
+module run by Ansible itself on the controller."""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ansible_helpers import ANSIBLE_DIR, REPO_ROOT, VENV_BIN
+
+ROLE = ANSIBLE_DIR / "roles" / "kube_apiserver_kms"
+LIBRARY, MODULE_UTILS = ROLE / "library", ROLE / "module_utils"
+TESTDATA = Path(os.environ.get("BAO_SHARED_TESTDATA", REPO_ROOT.parent / "shared" / "testdata"))
+KUBEADM = (TESTDATA / "kubeadm" / "kube-apiserver.yaml").read_text()
+CONFIG = "/etc/kubernetes/encryption/openbao-kms/encryption-config.yaml"
+FLAG = f"--encryption-provider-config={CONFIG}"
+RELOAD = "--encryption-provider-config-automatic-reload"
+
+_spec = importlib.util.spec_from_file_location("kube_apiserver_manifest_edit",
+                                               MODULE_UTILS / "kube_apiserver_manifest_edit.py")
+m = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(m)
+
+
+def spec(**kw):
+    return m.Spec(CONFIG, **kw)
+
+
+def changed_lines(before: str, after: str) -> tuple[list[str], list[str]]:
+    """(removed, added) lines of a line diff."""
+    d = list(difflib.ndiff(before.splitlines(), after.splitlines()))
+    return [x[2:] for x in d if x.startswith("- ")], [x[2:] for x in d if x.startswith("+ ")]
+
+
+def apiserver(doc):
+    return next(c for c in doc["spec"]["containers"] if c["name"] == "kube-apiserver")
+
+
+def test_kubeadm_manifest_gets_one_flag_two_mounts_two_volumes_and_nothing_else():
+    after, changes = m.plan(KUBEADM, spec())
+    assert len(changes) == 3
+    doc, orig = yaml.safe_load(after), yaml.safe_load(KUBEADM)
+    c = apiserver(doc)
+    assert [a for a in c["command"] if a.startswith("--encryption-provider-config")] == [FLAG]
+    assert c["command"][:-1] == apiserver(orig)["command"]
+    assert c["volumeMounts"][-2:] == [
+        {"mountPath": "/etc/kubernetes/encryption/openbao-kms", "name": "openbao-kms-config", "readOnly": True},
+        {"mountPath": "/run/openbao-kms", "name": "openbao-kms-socket"}]
+    assert doc["spec"]["volumes"][-2:] == [
+        {"hostPath": {"path": "/etc/kubernetes/encryption/openbao-kms", "type": "Directory"}, "name": "openbao-kms-config"},
+        {"hostPath": {"path": "/run/openbao-kms", "type": "DirectoryOrCreate"}, "name": "openbao-kms-socket"}]
+    removed, added = changed_lines(KUBEADM, after)
+    assert removed == []
+    assert added == [
+        f"    - {FLAG}",
+        "    - mountPath: /etc/kubernetes/encryption/openbao-kms", "      name: openbao-kms-config", "      readOnly: true",
+        "    - mountPath: /run/openbao-kms", "      name: openbao-kms-socket",
+        "  - hostPath:", "      path: /etc/kubernetes/encryption/openbao-kms", "      type: Directory",
+        "    name: openbao-kms-config",
+        "  - hostPath:", "      path: /run/openbao-kms", "      type: DirectoryOrCreate", "    name: openbao-kms-socket"]
+    # Apart from the additions, the parsed document is the original.
+    for key in ("volumeMounts", "command"):
+        c[key] = [x for x in c[key] if x not in (FLAG,) and not (isinstance(x, dict) and x["name"].startswith("openbao-kms"))]
+    doc["spec"]["volumes"] = [v for v in doc["spec"]["volumes"] if not v["name"].startswith("openbao-kms")]
+    assert doc == orig
+
+
+def test_second_application_is_a_no_op():
+    once, _ = m.plan(KUBEADM, spec())
+    twice, changes = m.plan(once, spec())
+    assert changes == [] and twice == once
+
+
+def test_automatic_reload_is_added_and_removed_by_the_variable():
+    once, _ = m.plan(KUBEADM, spec())
+    with_reload, changes = m.plan(once, spec(automatic_reload=True))
+    assert changes == [f"add {RELOAD}=true"]
+    assert changed_lines(once, with_reload) == ([], [f"    - {RELOAD}=true"])
+    assert m.plan(with_reload, spec(automatic_reload=True))[1] == []
+    without, changes = m.plan(with_reload, spec())
+    assert without == once and changes == [f"remove {RELOAD}=true"]
+
+
+def test_a_flag_with_another_path_is_replaced_in_place():
+    old = KUBEADM.replace("    - --secure-port=6443\n", "    - --secure-port=6443\n    - --encryption-provider-config=/old.yaml\n")
+    after, changes = m.plan(old, spec())
+    assert changed_lines(old, after)[0] == ["    - --encryption-provider-config=/old.yaml"]
+    assert f"    - {FLAG}" in changed_lines(old, after)[1]
+    assert apiserver(yaml.safe_load(after))["command"].count(FLAG) == 1
+    assert changes[0] == f"replace --encryption-provider-config=/old.yaml with {FLAG}"
+
+
+def test_kubeadm_style_is_kept_when_the_lists_are_missing():
+    bare = ("apiVersion: v1\nkind: Pod\nmetadata:\n  name: kube-apiserver\nspec:\n  containers:\n"
+            "  - command:\n    - kube-apiserver\n    - --secure-port=6443\n    image: x\n    name: kube-apiserver\n"
+            "  hostNetwork: true\n")
+    after, _ = m.plan(bare, spec())
+    doc = yaml.safe_load(after)
+    assert [v["name"] for v in doc["spec"]["volumes"]] == ["openbao-kms-config", "openbao-kms-socket"]
+    assert [v["name"] for v in apiserver(doc)["volumeMounts"]] == ["openbao-kms-config", "openbao-kms-socket"]
+    assert changed_lines(bare, after)[0] == []
+    assert m.plan(after, spec())[1] == []
+    empty = bare.replace("  hostNetwork: true\n", "  hostNetwork: true\n  volumes: []\n")
+    after, _ = m.plan(empty, spec())
+    assert [v["name"] for v in yaml.safe_load(after)["spec"]["volumes"]] == ["openbao-kms-config", "openbao-kms-socket"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("kind: Deployment\n", "expected Pod"),
+    (KUBEADM.replace("  name: kube-apiserver\n  namespace", "  name: x\n  namespace").replace(
+        "    name: kube-apiserver\n", "    name: etcd\n"), "exactly one container named 'kube-apiserver'"),
+    (KUBEADM.replace("    - --secure-port=6443\n", "    - --secure-port=6443\n    - --encryption-provider-config=/a\n"
+                     "    - --encryption-provider-config=/b\n"), "2 times"),
+    (KUBEADM.replace("      name: usr-share-ca-certificates\n      readOnly: true\n",
+                     "      name: usr-share-ca-certificates\n      readOnly: true\n    - mountPath: /somewhere\n"
+                     "      name: openbao-kms-config\n"), "fix or remove it by hand"),
+    (KUBEADM.replace("      name: usr-share-ca-certificates\n      readOnly: true\n",
+                     "      name: usr-share-ca-certificates\n      readOnly: true\n    - mountPath: /run/openbao-kms\n"
+                     "      name: sock\n"), "already uses mountPath under the name 'sock'"),
+    ("kind: Pod\nspec: [\n", "not valid YAML"),
+])
+def test_unexpected_structure_is_refused_with_a_clear_message(text, message):
+    with pytest.raises(m.ManifestError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        m.plan(text, spec())
+
+
+def test_unsafe_paths_are_refused():
+    with pytest.raises(m.ManifestError, match="absolute path"):
+        m.Spec("/etc/kubernetes/enc config.yaml")
+    with pytest.raises(m.ManifestError, match="not inside config_dir"):
+        m.Spec(CONFIG, config_dir="/etc/other")
+
+
+def run_module(args: dict, check: bool = False, diff: bool = False) -> dict:
+    """The module as Ansible runs it (ad hoc, on the controller), JSON result."""
+    cmd = [str(VENV_BIN / "ansible"), "localhost", "-c", "local", "-M", str(LIBRARY), "-m", "kube_apiserver_manifest",
+           "-a", json.dumps(args)]
+    if check:
+        cmd.append("--check")
+    if diff:
+        cmd.append("--diff")
+    env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_MODULE_UTILS": str(MODULE_UTILS), "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
+           "ANSIBLE_STDOUT_CALLBACK": "json", "ANSIBLE_PYTHON_INTERPRETER": str(VENV_BIN / "python"),
+           "ANSIBLE_LOCALHOST_WARNING": "0", "ANSIBLE_INVENTORY_UNPARSED_WARNING": "0"}
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    out = json.loads(p.stdout)
+    return out["plays"][0]["tasks"][0]["hosts"]["localhost"]
+
+
+def test_module_backs_up_outside_the_manifest_dir_and_honours_check_mode(tmp_path):
+    manifests, backup, enc = tmp_path / "manifests", tmp_path / "backup", tmp_path / "encryption"
+    manifests.mkdir()
+    enc.mkdir()
+    (enc / "encryption-config.yaml").write_text("kind: EncryptionConfiguration\n")
+    manifest = manifests / "kube-apiserver.yaml"
+    manifest.write_text(KUBEADM)
+    manifest.chmod(0o600)
+    args = {"path": str(manifest), "encryption_config": str(enc / "encryption-config.yaml"), "backup_dir": str(backup)}
+
+    inside = run_module({**args, "backup_dir": str(manifests / "backup")})
+    assert inside.get("failed") and "kubelet would run a backup" in inside["msg"]
+
+    checked = run_module(args, check=True, diff=True)
+    assert checked["changed"] and manifest.read_text() == KUBEADM and not backup.exists()
+    assert str(enc) in checked["diff"]["after"]
+
+    done = run_module(args)
+    assert done["changed"] and Path(done["backup_file"]).parent == backup
+    assert Path(done["backup_file"]).read_text() == KUBEADM and oct(Path(done["backup_file"]).stat().st_mode)[-3:] == "600"
+    assert oct(manifest.stat().st_mode)[-3:] == "600"
+    assert sorted(p.name for p in manifests.iterdir()) == ["kube-apiserver.yaml"]
+    assert run_module(args)["changed"] is False
+    assert len(list(backup.iterdir())) == 1

@@ -1,0 +1,419 @@
+"""playbooks/site.yml and playbooks/migrate_secrets.yml against a booted systemd container (the
+control-plane host) and a real OpenBao dev server (the OpenBao side, from the controller).
+
+There is no kube-apiserver here: its /readyz is a stand-in HTTP server on the host loopback that
+reports the KMS check once the container's manifest carries the flag; kubectl for the migration is
+a stand-in script; the "Secret reads back" step is a real `bao-kms-provider probe` round trip.
+Every test name that relies on a stand-in says so.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import http.server
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ansible_helpers import (BUILD_DIR, REPO_ROOT, JwtSigner, OpenBao, build_minimal_deb, localhost_inventory,
+                             run_playbook)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from nspawn import Container  # noqa: E402
+from openbao import free_port  # noqa: E402
+
+TESTDATA = Path(os.environ.get("BAO_SHARED_TESTDATA", REPO_ROOT.parent / "shared" / "testdata"))
+ORIGINAL_MANIFEST = TESTDATA / "kubeadm" / "kube-apiserver.yaml"
+MANIFEST = "/etc/kubernetes/manifests/kube-apiserver.yaml"
+CONFIG_DIR = "/etc/kubernetes/encryption/openbao-kms"
+ENC_CONFIG = f"{CONFIG_DIR}/encryption-config.yaml"
+FLAG = f"--encryption-provider-config={ENC_CONFIG}"
+# The rootfs of the shared harness plus what Ansible's apt module and the manifest edit need on a
+# Debian host (python3-apt, python3-yaml); cached like the shared one.
+ROOTFS = Path(os.environ.get("BAO_ANSIBLE_ROOTFS", BUILD_DIR / "cache" / "rootfs-bookworm-ansible"))
+ROOTFS_PACKAGES = "python3-apt,python3-yaml"
+
+KUBECTL_STANDIN = r"""#!/bin/bash
+# Stand-in for kubectl (there is no kube-apiserver in this test): records each call.
+echo "$*" >> /var/tmp/kubectl-standin.log
+case "$*" in
+  *"get secrets --all-namespaces -o json"*)
+    echo '{"apiVersion":"v1","kind":"List","items":[
+      {"apiVersion":"v1","kind":"Secret","metadata":{"name":"a","namespace":"default"},"data":{"k":"dg=="}},
+      {"apiVersion":"v1","kind":"Secret","metadata":{"name":"b","namespace":"kube-system"},"data":{"k":"dg=="}}]}' ;;
+  *"replace -f -"*)
+    cat > /var/tmp/kubectl-standin-replaced.json
+    python3 -c 'import json; [print("secret/%s replaced" % i["metadata"]["name"])
+      for i in json.load(open("/var/tmp/kubectl-standin-replaced.json"))["items"]]' ;;
+  *) echo "unexpected kubectl call: $*" >&2; exit 1 ;;
+esac
+"""
+
+
+def provider_package(request, workdir: Path) -> Path:
+    """The .deb the project ships: the packaging tests' `built_packages` build when that fixture
+    exists (one build per session), else `make deb`; a minimal .deb of the debug build only while
+    this tree has no `deb` target. BAO_ANSIBLE_DEB=/path picks a package by hand."""
+    if os.environ.get("BAO_ANSIBLE_DEB"):
+        return Path(os.environ["BAO_ANSIBLE_DEB"])
+    try:
+        return request.getfixturevalue("built_packages").deb1
+    except pytest.FixtureLookupError:
+        pass
+    if subprocess.run(["make", "-n", "deb"], cwd=REPO_ROOT, capture_output=True).returncode == 0:
+        out = workdir / "packages"
+        p = subprocess.run(["make", "deb", f"PKG_DIR={out}"], cwd=REPO_ROOT, capture_output=True, text=True,
+                           timeout=3600)
+        assert p.returncode == 0, f"make deb failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+        debs = sorted(out.glob("bao-kms-provider_*.deb"))
+        assert len(debs) == 1, f"make deb left {debs} in {out}"
+        return debs[0]
+    return build_minimal_deb(workdir)
+
+
+class ReadyzStandIn:
+    """Stand-in for kube-apiserver's /readyz?verbose on the host loopback (the container shares the
+    network). Like an API server that kubelet restarts after a manifest change, it answers 503 twice
+    after each change of the container's manifest, then lists the KMS check if the manifest carries
+    the flag."""
+
+    RESTART_ANSWERS = 2
+
+    def __init__(self, container: Container):
+        self.container = container
+        self.answers = {"restarting": 0, "with-kms": 0, "without-kms": 0}
+        self._manifest, self._since_change = None, 0
+        standin = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                status, body = standin.answer()
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/readyz?verbose"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def answer(self) -> tuple[int, bytes]:
+        manifest = (self.container.root / MANIFEST.lstrip("/")).read_text()
+        if manifest != self._manifest:
+            self._manifest, self._since_change = manifest, 0
+        self._since_change += 1
+        if self._since_change <= self.RESTART_ANSWERS:
+            self.answers["restarting"] += 1
+            return 503, b"[-]etcd failed: reason withheld\nreadyz check failed\n"
+        kms = FLAG in manifest
+        self.answers["with-kms" if kms else "without-kms"] += 1
+        return 200, ("[+]ping ok\n[+]etcd ok\n" + ("[+]kms-provider-0 ok\n" if kms else "")
+                     + "readyz check passed\n").encode()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+class Rollout:
+    """The container, the servers and the inventory, plus every playbook run made so far."""
+
+    def __init__(self, container, bao, signer, deb, readyz):
+        self.container, self.bao, self.readyz, self.signer = container, bao, readyz, signer
+        self.first_jwt = signer.mint(ttl=3600)
+        self.runs: dict[str, object] = {}
+        self.inventory = localhost_inventory()
+        self.inventory["all"]["vars"] = {
+            "openbao_transit_address": bao.addr,
+            "openbao_transit_token": bao.root_token,
+            "openbao_transit_ca_file": str(bao.ca),
+            "openbao_transit_jwt_validation_pubkeys": [signer.public_pem],
+        }
+        self.inventory["all"]["children"] = {"kube_control_plane": {"hosts": {"cp1": {
+            **self.connection(container),
+            "bao_kms_provider_package_file": str(deb),
+            "bao_kms_provider_openbao_address": bao.addr,
+            "bao_kms_provider_openbao_instance_id": "openbao-test",
+            "bao_kms_provider_openbao_ca_src": str(bao.ca),
+            "bao_kms_provider_jwt": self.first_jwt,
+            "bao_kms_provider_cluster_id": "test-cluster",
+            "bao_kms_provider_transit_mount_id": "transit-test",
+            "bao_kms_provider_key_lineage_id": "lineage-1",
+            "bao_kms_provider_metrics_address": f"127.0.0.1:{free_port()}",
+            "bao_kms_provider_health_address": f"127.0.0.1:{free_port()}",
+            "kube_apiserver_kms_readyz_url": readyz.url,
+            "kube_apiserver_kms_readyz_ca_file": "",
+            "kube_apiserver_kms_wait_delay": 1,
+            "kube_apiserver_kms_secret_check_command": "/usr/bin/bao-kms-provider probe --socket /run/openbao-kms/kms.sock",
+            "kube_apiserver_kms_restart_command": "echo restarted >> /var/tmp/apiserver-restarts",
+            "kms_migrate_secrets_kubectl": "/usr/local/bin/kubectl-standin",
+        }}}}
+
+    @staticmethod
+    def connection(container):
+        return {"ansible_connection": "nsenter", "ansible_nsenter_pid": container.pid,
+                "ansible_python_interpreter": "/usr/bin/python3"}
+
+    def play(self, name, playbook, inventory=None, **kwargs):
+        t0 = time.monotonic()
+        run = run_playbook(playbook, inventory or self.inventory, **kwargs)
+        self.runs[name] = run
+        log_dir = os.environ.get("BAO_ANSIBLE_LOG_DIR")
+        if log_dir:  # keep every run's output for a look afterwards
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
+            (Path(log_dir) / f"{name}.log").write_text(f"# {time.monotonic() - t0:.1f}s\n{run.output}")
+        return run
+
+    def read(self, path):
+        return self.container.read_file(path)
+
+
+@pytest.fixture(scope="module")
+def rollout(request, tmp_path_factory):
+    work = tmp_path_factory.mktemp("rollout")
+    deb = provider_package(request, work)
+    r = subprocess.run([str(REPO_ROOT / "scripts" / "rootfs.sh"), str(ROOTFS)], capture_output=True, text=True,
+                       env={**os.environ, "ROOTFS_EXTRA_PACKAGES": ROOTFS_PACKAGES}, timeout=1800)
+    assert r.returncode == 0, f"scripts/rootfs.sh failed:\n{r.stderr[-3000:]}"
+    bao = OpenBao(work).start()
+    container = Container(ROOTFS, workdir=Path(os.environ.get("BAO_NSPAWN_WORKDIR", BUILD_DIR / "nspawn")))
+    readyz = None
+    try:
+        container.start()
+        container.copy_in(ORIGINAL_MANIFEST, MANIFEST, mode=0o600)
+        container.write_file("/usr/local/bin/kubectl-standin", KUBECTL_STANDIN, mode=0o755)
+        readyz = ReadyzStandIn(container)
+        ro = Rollout(container, bao, JwtSigner(), deb, readyz)
+        ro.play("site-1", "playbooks/site.yml", diff=True).assert_ok()
+        ro.play("site-2", "playbooks/site.yml").assert_ok()
+        # kubeadm upgrade rewrites the manifest without our flag: --check --diff shows the change,
+        # writes nothing; the next real run puts it back.
+        container.copy_in(ORIGINAL_MANIFEST, MANIFEST, mode=0o600)
+        ro.play("site-check", "playbooks/site.yml", check=True, diff=True).assert_ok()
+        ro.manifest_after_check = ro.read(MANIFEST)
+        ro.backups_after_check = container.run(["ls", "/etc/kubernetes/backup"]).stdout.split()
+        refuse_with_provider_down(ro)
+        container.systemctl("start", "bao-kms-provider.socket", "bao-kms-provider.service")
+        # A new JWT for the host: the handler restarts the provider (the socket keeps listening).
+        ro.invocation_before_new_jwt = invocation_id(container)
+        ro.new_jwt = ro.signer.mint(ttl=7200)
+        ro.inventory["all"]["children"]["kube_control_plane"]["hosts"]["cp1"]["bao_kms_provider_jwt"] = ro.new_jwt
+        ro.play("site-3", "playbooks/site.yml").assert_ok()
+        ro.invocation_after_new_jwt = invocation_id(container)
+        ro.play("migrate-1", "playbooks/migrate_secrets.yml").assert_ok()
+        ro.play("migrate-2", "playbooks/migrate_secrets.yml").assert_ok()
+        drop = {"kms_migrate_secrets_remove_identity_fallback": True}
+        ro.play("drop-identity-1", "playbooks/migrate_secrets.yml", extra_vars=drop).assert_ok()
+        ro.play("drop-identity-2", "playbooks/migrate_secrets.yml", extra_vars=drop).assert_ok()
+        ro.enc_config_after_drop = ro.read(ENC_CONFIG)
+        ro.restarts_after_drop = ro.read("/var/tmp/apiserver-restarts").splitlines()
+        # Taking the provider out again starts with identity first on every API server.
+        ro.play("rollback", "playbooks/site.yml", extra_vars={"kube_apiserver_kms_stage": "rollback"}).assert_ok()
+        yield ro
+    except BaseException:
+        if container.running:
+            print(container.run(["journalctl", "-b", "--no-pager", "-n", "80"], check=False).stdout)
+        raise
+    finally:
+        if readyz:
+            readyz.close()
+        container.stop()
+        bao.stop()
+
+
+def invocation_id(container) -> str:
+    return container.run(["systemctl", "show", "-P", "InvocationID", "bao-kms-provider.service"]).stdout.strip()
+
+
+def refuse_with_provider_down(ro: Rollout) -> None:
+    """cp1's provider is down and a second host cp2 waits its turn: the API server step stops on cp1
+    without touching its manifest, and the rollout never reaches cp2."""
+    c = ro.container
+    c.systemctl("stop", "bao-kms-provider.socket", "bao-kms-provider.service")
+    second = Container(ROOTFS, workdir=Path(os.environ.get("BAO_NSPAWN_WORKDIR", BUILD_DIR / "nspawn")))
+    try:
+        second.start()
+        second.copy_in(ORIGINAL_MANIFEST, MANIFEST, mode=0o600)
+        inventory = copy.deepcopy(ro.inventory)
+        hosts = inventory["all"]["children"]["kube_control_plane"]["hosts"]
+        hosts["cp2"] = {**hosts["cp1"], **Rollout.connection(second)}
+        ro.play("refused", "playbooks/site.yml", inventory=inventory, tags="apiserver",
+                extra_vars={"kube_apiserver_kms_probe_wait": "2s"})
+        ro.refused_state = {
+            "cp1 manifest": ro.read(MANIFEST),
+            "cp1 backups": c.run(["ls", "/etc/kubernetes/backup"]).stdout.split(),
+            "cp2 manifest": second.read_file(MANIFEST),
+            "cp2 touched": second.run("ls /etc/kubernetes/encryption /etc/openbao-kms 2>/dev/null", check=False).stdout,
+        }
+    finally:
+        second.stop()
+
+
+def test_site_playbook_lets_the_api_server_read_through_the_provider_before_writing_through_it(rollout):
+    out = rollout.runs["site-1"].output
+    first_pass = out.index("PLAY [Install bao-kms-provider and let every API server read through it]")
+    second_pass = out.index("PLAY [Make every API server write through bao-kms-provider]")
+    # Pass 1 writes identity first, KMS second; pass 2 moves KMS first and restarts the API server.
+    assert "+    providers:\n+      - identity: {}\n+      - kms:" in out[first_pass:second_pass], out
+    assert "-      - identity: {}\n       - kms:" in out[second_pass:], out
+    assert re.search(r"Restart kube-apiserver so it reads the EncryptionConfiguration again\] \*+\nchanged: \[cp1\]",
+                     out[second_pass:]), out
+
+
+def test_site_playbook_second_run_changes_nothing(rollout):
+    first, second = rollout.runs["site-1"], rollout.runs["site-2"]
+    assert first.changed("cp1") > 0 and first.changed("localhost") > 0
+    assert second.changed("cp1") == 0, second.output
+    assert second.changed("localhost") == 0, second.output
+
+
+def test_provider_package_installed_units_active_and_probe_ok(rollout):
+    c = rollout.container
+    assert "install ok installed" in c.run(["dpkg-query", "-W", "-f=${Status}", "bao-kms-provider"]).stdout
+    for unit in ("bao-kms-provider.socket", "bao-kms-provider.service"):
+        assert c.run(["systemctl", "is-active", unit], check=False).stdout.strip() == "active", unit
+        assert c.run(["systemctl", "is-enabled", unit], check=False).stdout.strip() == "enabled", unit
+    probe = c.run(["bao-kms-provider", "probe", "--socket", "/run/openbao-kms/kms.sock"], check=False)
+    assert probe.returncode == 0 and "result:   OK" in probe.stdout, probe.stdout + probe.stderr
+
+
+def test_provider_files_have_strict_owners_and_modes(rollout):
+    stat = {p: rollout.container.run(["stat", "-c", "%U:%G %a", p]).stdout.strip() for p in (
+        "/etc/openbao-kms/config.toml", "/etc/openbao-kms/tls/openbao-ca.pem", "/var/lib/openbao-kms/identity.jwt",
+        ENC_CONFIG, CONFIG_DIR)}
+    assert stat == {
+        "/etc/openbao-kms/config.toml": "root:openbao-kms 640",
+        "/etc/openbao-kms/tls/openbao-ca.pem": "root:openbao-kms 640",
+        "/var/lib/openbao-kms/identity.jwt": "openbao-kms:openbao-kms 600",
+        ENC_CONFIG: "root:root 600",
+        CONFIG_DIR: "root:root 700",
+    }
+    check = rollout.container.run(["bao-kms-provider", "check-config", "--config", "/etc/openbao-kms/config.toml"])
+    assert "valid" in check.stdout
+
+
+def manifest_problems(original: str, patched: str) -> list[str]:
+    doc = yaml.safe_load(patched)
+    c = doc["spec"]["containers"][0]
+    problems = []
+    if [a for a in c["command"] if a.startswith("--encryption-provider-config=")] != [FLAG]:
+        problems.append("not exactly one flag")
+    if [m for m in c["volumeMounts"] if m["name"].startswith("openbao-kms")] != [
+            {"mountPath": CONFIG_DIR, "name": "openbao-kms-config", "readOnly": True},
+            {"mountPath": "/run/openbao-kms", "name": "openbao-kms-socket"}]:
+        problems.append("mounts")
+    if [v for v in doc["spec"]["volumes"] if v["name"].startswith("openbao-kms")] != [
+            {"hostPath": {"path": CONFIG_DIR, "type": "Directory"}, "name": "openbao-kms-config"},
+            {"hostPath": {"path": "/run/openbao-kms", "type": "DirectoryOrCreate"}, "name": "openbao-kms-socket"}]:
+        problems.append("volumes")
+    diff = [d for d in difflib.ndiff(original.splitlines(), patched.splitlines()) if d[:2] in ("- ", "+ ")]
+    added = [d[2:].strip() for d in diff if d.startswith("+ ")]
+    if any(d.startswith("- ") for d in diff):
+        problems.append("original lines removed or changed")
+    if added != [f"- {FLAG}", f"- mountPath: {CONFIG_DIR}", "name: openbao-kms-config", "readOnly: true",
+                 "- mountPath: /run/openbao-kms", "name: openbao-kms-socket", "- hostPath:", f"path: {CONFIG_DIR}",
+                 "type: Directory", "name: openbao-kms-config", "- hostPath:", "path: /run/openbao-kms",
+                 "type: DirectoryOrCreate", "name: openbao-kms-socket"]:
+        problems.append(f"unexpected added lines {added}")
+    return problems
+
+
+def test_a_new_jwt_is_staged_and_restarts_the_provider_through_the_handler(rollout):
+    out = rollout.runs["site-3"].output
+    assert "RUNNING HANDLER [bao_kms_provider : Restart bao-kms-provider]" in out, out
+    assert rollout.invocation_before_new_jwt and rollout.invocation_after_new_jwt != rollout.invocation_before_new_jwt
+    assert rollout.read("/var/lib/openbao-kms/identity.jwt") == rollout.new_jwt + "\n"
+    # no_log and no diff for the token, even in --diff runs; nor is OpenBao's admin token shown
+    assert rollout.new_jwt not in out and rollout.first_jwt not in rollout.runs["site-1"].output
+    assert not [name for name, run in rollout.runs.items() if rollout.bao.root_token in run.output]
+
+
+def test_patched_manifest_has_one_flag_two_mounts_and_differs_only_there(rollout):
+    assert manifest_problems(ORIGINAL_MANIFEST.read_text(), rollout.read(MANIFEST)) == []
+
+
+def test_manifest_backups_are_outside_the_manifests_directory(rollout):
+    c = rollout.container
+    assert c.run(["ls", "-A", "/etc/kubernetes/manifests"]).stdout.split() == ["kube-apiserver.yaml"]
+    backups = c.run(["ls", "/etc/kubernetes/backup"]).stdout.split()
+    # site-1 and site-3 patched the manifest (site-2 and the --check run changed nothing).
+    assert len(backups) == 2 and all(re.fullmatch(r"kube-apiserver\.yaml\.\d{8}T\d{6}(\.\d+)?", b) for b in backups)
+    for b in backups:
+        assert rollout.read(f"/etc/kubernetes/backup/{b}") == ORIGINAL_MANIFEST.read_text()
+
+
+def test_check_diff_shows_the_manifest_change_without_making_it(rollout):
+    check = rollout.runs["site-check"]
+    assert f"+    - {FLAG}" in check.output and "+      name: openbao-kms-config" in check.output, check.output
+    assert check.changed("cp1") >= 1
+    assert rollout.manifest_after_check == ORIGINAL_MANIFEST.read_text()
+    assert len(rollout.backups_after_check) == 1
+    assert rollout.runs["site-3"].changed("cp1") >= 1
+
+
+def test_rollout_refuses_to_patch_without_a_passing_probe_and_stops_before_the_next_host(rollout):
+    run = rollout.runs["refused"]
+    assert run.rc != 0 and "Refusing to point kube-apiserver at the provider" in run.output, run.output
+    assert run.recap["cp1"]["failed"] == 1 and "cp2" not in run.recap, run.recap
+    state = rollout.refused_state
+    assert state["cp1 manifest"] == ORIGINAL_MANIFEST.read_text()
+    assert state["cp1 backups"] == rollout.backups_after_check
+    assert state["cp2 manifest"] == ORIGINAL_MANIFEST.read_text() and state["cp2 touched"] == ""
+
+
+def test_apiserver_wait_against_standin_readyz_sees_the_kms_check(rollout):
+    # site-1 waited through the stand-in's restart (503s) until /readyz listed the KMS check.
+    answers = rollout.readyz.answers
+    assert answers["restarting"] >= ReadyzStandIn.RESTART_ANSWERS and answers["with-kms"] >= 2, answers
+    assert answers["without-kms"] == 0, answers
+
+
+def test_encryption_config_is_the_binary_output_kms_first_identity_last(rollout):
+    c = rollout.container
+    # After drop-identity-1 the file has no identity provider; the rendering is still the binary's.
+    expected = c.run(["bao-kms-provider", "encryption-config", "--config", "/etc/openbao-kms/config.toml",
+                      "--no-identity"]).stdout
+    assert rollout.enc_config_after_drop == expected
+    with_identity = c.run(["bao-kms-provider", "encryption-config", "--config", "/etc/openbao-kms/config.toml"]).stdout
+    providers = yaml.safe_load(with_identity)["resources"][0]["providers"]
+    assert list(providers[0]) == ["kms"] and providers[-1] == {"identity": {}}
+
+
+def test_migration_with_standin_kubectl_rewrites_once_then_drops_identity(rollout):
+    runs = rollout.runs
+    assert runs["migrate-1"].changed("cp1") == 2, runs["migrate-1"].output   # rewrite + marker
+    assert runs["migrate-2"].changed("cp1") == 0, runs["migrate-2"].output
+    # Both ends of the pipe log themselves, in either order.
+    calls = sorted(rollout.read("/var/tmp/kubectl-standin.log").splitlines())
+    assert calls == ["--kubeconfig /etc/kubernetes/admin.conf get secrets --all-namespaces -o json",
+                     "--kubeconfig /etc/kubernetes/admin.conf replace -f -"], calls
+    replaced = yaml.safe_load(rollout.read("/var/tmp/kubectl-standin-replaced.json"))
+    assert [i["metadata"]["name"] for i in replaced["items"]] == ["a", "b"]
+    assert "2 objects" in rollout.read("/var/lib/openbao-kms/secrets-migrated")
+    # Dropping identity: new EncryptionConfiguration + one API server restart, then nothing (the
+    # first restart was site.yml's second pass).
+    assert runs["drop-identity-1"].changed("cp1") == 2, runs["drop-identity-1"].output
+    assert runs["drop-identity-2"].changed("cp1") == 0, runs["drop-identity-2"].output
+    assert rollout.restarts_after_drop == ["restarted", "restarted"]
+    assert "identity" not in rollout.enc_config_after_drop
+
+
+def test_rollback_stage_puts_identity_first_and_keeps_the_provider_readable(rollout):
+    run = rollout.runs["rollback"]
+    assert run.changed("cp1") == 2, run.output   # the EncryptionConfiguration and one restart
+    providers = yaml.safe_load(rollout.read(ENC_CONFIG))["resources"][0]["providers"]
+    assert providers[0] == {"identity": {}} and providers[1]["kms"]["name"] == "openbao-kms"
+    assert rollout.read("/var/tmp/apiserver-restarts").splitlines() == ["restarted"] * 3
