@@ -22,7 +22,8 @@ SUITE=bookworm
 # Keep in sync with docs/testing-systemd.md. Bump ROOTFS_LAYOUT_VERSION when
 # the customisation below changes so caches are rebuilt.
 ROOTFS_LAYOUT_VERSION=2
-BASE_PACKAGES="systemd,systemd-sysv,dbus,iproute2,python3,ca-certificates,procps"
+# rpm: the .rpm install test; python3-apt, python3-yaml: Ansible's apt module and the manifest edit.
+BASE_PACKAGES="systemd,systemd-sysv,dbus,iproute2,python3,ca-certificates,procps,rpm,python3-apt,python3-yaml"
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"

@@ -186,16 +186,8 @@ def built_packages(tmp_path_factory) -> BuiltPackages:
 
 @pytest.fixture(scope="session")
 def rpm_rootfs(nspawn_rootfs) -> Path:
-    """The test rootfs plus Debian's `rpm`, for installing the .rpm under systemd. A separate
-    cache (same scripts/rootfs.sh), so the shared default rootfs stays as it is."""
-    rootfs = BUILD_ROOT / "cache" / "rootfs-bookworm-rpm"
-    r = subprocess.run([str(ROOTFS_SCRIPT), str(rootfs)], capture_output=True, text=True,
-                       timeout=ROOTFS_BUILD_TIMEOUT,
-                       env={**os.environ, "ROOTFS_EXTRA_PACKAGES": "rpm"})
-    if r.returncode != 0:
-        pytest.fail(f"{ROOTFS_SCRIPT} {rootfs} (ROOTFS_EXTRA_PACKAGES=rpm) failed with "
-                    f"rc={r.returncode}\n{r.stderr}", pytrace=False)
-    return rootfs
+    """The test rootfs; it carries Debian's `rpm` for installing the .rpm under systemd."""
+    return nspawn_rootfs
 
 # =========================================================================
 # END packages section

@@ -36,10 +36,9 @@ MANIFEST = "/etc/kubernetes/manifests/kube-apiserver.yaml"
 CONFIG_DIR = "/etc/kubernetes/encryption/openbao-kms"
 ENC_CONFIG = f"{CONFIG_DIR}/encryption-config.yaml"
 FLAG = f"--encryption-provider-config={ENC_CONFIG}"
-# The rootfs of the shared harness plus what Ansible's apt module and the manifest edit need on a
-# Debian host (python3-apt, python3-yaml); cached like the shared one.
-ROOTFS = Path(os.environ.get("BAO_ANSIBLE_ROOTFS", BUILD_DIR / "cache" / "rootfs-bookworm-ansible"))
-ROOTFS_PACKAGES = "python3-apt,python3-yaml"
+# The shared harness rootfs; it carries what Ansible's apt module and the manifest edit need on a
+# Debian host (python3-apt, python3-yaml).
+ROOTFS = Path(os.environ.get("BAO_ROOTFS", BUILD_DIR / "cache" / "rootfs-bookworm"))
 
 KUBECTL_STANDIN = r"""#!/bin/bash
 # Stand-in for kubectl (there is no kube-apiserver in this test): records each call.
@@ -186,7 +185,7 @@ def rollout(request, tmp_path_factory):
     work = tmp_path_factory.mktemp("rollout")
     deb = provider_package(request, work)
     r = subprocess.run([str(REPO_ROOT / "scripts" / "rootfs.sh"), str(ROOTFS)], capture_output=True, text=True,
-                       env={**os.environ, "ROOTFS_EXTRA_PACKAGES": ROOTFS_PACKAGES}, timeout=1800)
+                       timeout=1800)
     assert r.returncode == 0, f"scripts/rootfs.sh failed:\n{r.stderr[-3000:]}"
     bao = OpenBao(work).start()
     container = Container(ROOTFS, workdir=Path(os.environ.get("BAO_NSPAWN_WORKDIR", BUILD_DIR / "nspawn")))
