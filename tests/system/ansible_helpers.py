@@ -26,6 +26,18 @@ from openbao import free_port_pair, provider_binary  # noqa: F401 (provider_bina
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ANSIBLE_DIR = REPO_ROOT / "ansible"
+
+
+def kubeadm_testdata() -> Path:
+    """The kubeadm test data: $BAO_SHARED_TESTDATA, else the project's shared/ beside the checkout
+    (as in CI), else the copy in tests/testdata."""
+    env = os.environ.get("BAO_SHARED_TESTDATA")
+    if env:
+        return Path(env)
+    shared = REPO_ROOT.parent / "shared" / "testdata"
+    if (shared / "kubeadm" / "kube-apiserver.yaml").exists():
+        return shared
+    return REPO_ROOT / "tests" / "testdata"
 BUILD_DIR = Path(os.environ.get("BUILD_DIR", REPO_ROOT / "build"))
 VENV_BIN = BUILD_DIR / "venv" / "bin"
 PLUGINS_DIR = Path(__file__).resolve().parent / "ansible_plugins"

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ansible_helpers import ANSIBLE_DIR, REPO_ROOT, VENV_BIN
+from ansible_helpers import ANSIBLE_DIR, REPO_ROOT, VENV_BIN, kubeadm_testdata
 
 ROLE = ANSIBLE_DIR / "roles" / "kube_apiserver_kms"
 LIBRARY, MODULE_UTILS = ROLE / "library", ROLE / "module_utils"
-TESTDATA = Path(os.environ.get("BAO_SHARED_TESTDATA", REPO_ROOT.parent / "shared" / "testdata"))
+TESTDATA = kubeadm_testdata()
 KUBEADM = (TESTDATA / "kubeadm" / "kube-apiserver.yaml").read_text()
 CONFIG = "/etc/kubernetes/encryption/openbao-kms/encryption-config.yaml"
 FLAG = f"--encryption-provider-config={CONFIG}"

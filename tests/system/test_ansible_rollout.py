@@ -23,14 +23,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ansible_helpers import (BUILD_DIR, REPO_ROOT, JwtSigner, OpenBao, build_minimal_deb, localhost_inventory,
+from ansible_helpers import (BUILD_DIR, kubeadm_testdata, REPO_ROOT, JwtSigner, OpenBao, build_minimal_deb, localhost_inventory,
                              run_playbook)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nspawn import Container  # noqa: E402
 from openbao import free_port  # noqa: E402
 
-TESTDATA = Path(os.environ.get("BAO_SHARED_TESTDATA", REPO_ROOT.parent / "shared" / "testdata"))
+TESTDATA = kubeadm_testdata()
 ORIGINAL_MANIFEST = TESTDATA / "kubeadm" / "kube-apiserver.yaml"
 MANIFEST = "/etc/kubernetes/manifests/kube-apiserver.yaml"
 CONFIG_DIR = "/etc/kubernetes/encryption/openbao-kms"
