@@ -1,6 +1,5 @@
 //! `serve`: wires the provider, the KMS socket, the probe loop, telemetry and systemd together,
 //! and handles signals (SIGTERM: drain and exit 0; SIGHUP: reload credentials and config).
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -92,11 +91,7 @@ impl HealthSource for Health {
 /// One-line state for `systemctl status`.
 fn status_line(provider: &Provider) -> String {
     let snap = provider.snapshot();
-    let key_id = snap
-        .active
-        .as_ref()
-        .map(|(_, k)| k.as_str())
-        .unwrap_or("none");
+    let key_id = snap.key_id().unwrap_or("none");
     match snap.health(provider.max_staleness()) {
         Ok(()) => format!("serving key_id={key_id} healthz=ok"),
         Err(reason) => format!("serving key_id={key_id} healthz=not-ok: {reason}"),
@@ -302,12 +297,6 @@ async fn reload(config_path: &Path, client: &openbao::Client) -> Result<()> {
         .await
         .context("logging in with the reloaded credentials")?;
     Ok(())
-}
-
-/// Permissions check used by `check-config`: a warning, not an error, since the unit may load
-/// credentials differently.
-pub fn world_readable(path: &Path) -> bool {
-    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o004 != 0)
 }
 
 #[cfg(test)]

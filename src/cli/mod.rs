@@ -176,12 +176,19 @@ fn check_config(arg: &ConfigArg) -> Result<ExitCode> {
     if let config::AuthSettings::Jwt { jwt_file: p, .. }
     | config::AuthSettings::Token { token_file: p } = &settings.auth
     {
-        if crate::daemon::world_readable(p) {
+        if world_readable(p) {
             println!("# warning: {} is readable by every user", p.display());
         }
     }
     print!("{}", config::render_effective(&raw));
     Ok(ExitCode::SUCCESS)
+}
+
+/// A secret file every user may read: reported as a warning by `check-config` and `doctor`
+/// (not an error, since the unit may hand the file over differently, e.g. LoadCredential=).
+pub(crate) fn world_readable(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o004 != 0)
 }
 
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -20,19 +20,6 @@ pub async fn connect(path: &Path) -> Result<KmsClient, tonic::transport::Error> 
     Ok(KeyManagementServiceClient::new(channel))
 }
 
-/// Connects lazily: each call dials again if the connection broke, like kube-apiserver's
-/// `WaitForReady` client does across provider restarts.
-pub fn connect_lazy(path: &Path) -> KmsClient {
-    let path: PathBuf = path.to_path_buf();
-    let channel = Endpoint::from_static("http://localhost").connect_with_connector_lazy(
-        tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move { UnixStream::connect(path).await.map(TokioIo::new) }
-        }),
-    );
-    KeyManagementServiceClient::new(channel)
-}
-
 /// A client whose connections are in-memory pipes handed to the server's `self_check` channel:
 /// used by the watchdog to call Status through the real server stack.
 pub fn connect_in_memory(

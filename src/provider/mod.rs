@@ -39,16 +39,15 @@ impl Provider {
             identity,
             rotation: settings.rotation.clone(),
             status: settings.status.clone(),
-            registry: Mutex::new(registry.clone()),
+            // Known key_ids decrypt from the first request on, even before OpenBao answers a probe.
+            snapshot: watch::channel(Arc::new(Snapshot {
+                known: known_keys(&registry),
+                ..Snapshot::default()
+            }))
+            .0,
+            registry: Mutex::new(registry),
             store,
-            snapshot: watch::channel(Arc::new(Snapshot::default())).0,
         };
-        // Known key_ids decrypt from the first request on, even before OpenBao answers a probe.
-        provider.snapshot.send_modify(|s| {
-            let mut fresh = (**s).clone();
-            fresh.known = known_keys(&registry);
-            *s = Arc::new(fresh);
-        });
         Ok(provider)
     }
 
@@ -68,12 +67,9 @@ impl Provider {
         self.status.max_staleness
     }
 
-    pub fn client(&self) -> &Arc<openbao::Client> {
-        &self.client
-    }
-
-    pub async fn registry(&self) -> Registry {
-        self.registry.lock().await.clone()
+    /// The key_id Status currently reports (empty before the first probe).
+    pub fn status_key_id(&self) -> String {
+        self.snapshot().key_id().unwrap_or_default().to_owned()
     }
 }
 
@@ -102,11 +98,7 @@ impl KeyService for Provider {
                 Ok(()) => "ok".to_owned(),
                 Err(reason) => reason,
             },
-            key_id: snap
-                .active
-                .as_ref()
-                .map(|(_, id)| id.clone())
-                .unwrap_or_default(),
+            key_id: snap.key_id().unwrap_or_default().to_owned(),
         }
     }
 
@@ -222,16 +214,5 @@ impl KeyService for Provider {
             .client
             .decrypt(ciphertext, &associated_data(&input.key_id))
             .await?)
-    }
-}
-
-impl Provider {
-    /// The key_id Status currently reports (empty before the first probe).
-    pub fn status_key_id(&self) -> String {
-        self.snapshot()
-            .active
-            .as_ref()
-            .map(|(_, k)| k.clone())
-            .unwrap_or_default()
     }
 }

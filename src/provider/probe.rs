@@ -91,10 +91,7 @@ impl Provider {
             let mut next = reg.clone();
             let changes = next
                 .observe(&meta, &self.identity, &self.rotation, now_unix)
-                .map_err(|refusal| {
-                    metrics::healthy(false);
-                    refusal.to_string()
-                })?;
+                .map_err(|refusal| refusal.to_string())?;
             if next != *reg {
                 self.store
                     .save(&next)

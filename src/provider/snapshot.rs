@@ -55,6 +55,11 @@ impl Snapshot {
         Ok(())
     }
 
+    /// The key_id Status reports and Encrypt uses, once a version is active.
+    pub fn key_id(&self) -> Option<&str> {
+        self.active.as_ref().map(|(_, id)| id.as_str())
+    }
+
     pub fn age(&self) -> Option<Duration> {
         self.metadata_ok_at.map(|t| t.elapsed())
     }

@@ -135,7 +135,7 @@ pub fn run(arg: &ConfigArg) -> Result<ExitCode> {
     );
     match &settings.auth {
         AuthSettings::Jwt { jwt_file: p, .. } | AuthSettings::Token { token_file: p }
-            if crate::daemon::world_readable(p) =>
+            if crate::cli::world_readable(p) =>
         {
             r.warn(
                 "config",
