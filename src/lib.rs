@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod envelope;
+pub mod hardening;
 pub mod keys;
 pub mod kms;
 pub mod openbao;

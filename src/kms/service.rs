@@ -100,9 +100,10 @@ impl<S: KeyService> KeyManagementService for KmsAdapter<S> {
             })
             .await;
         finish("Decrypt", &req.uid, started, &key_id, &result);
-        let plaintext = result?;
+        let mut plaintext = result?;
+        // Moved, not copied: the bytes leave through tonic's encode buffer (docs/security.md).
         Ok(Response::new(pb::DecryptResponse {
-            plaintext: plaintext.to_vec(),
+            plaintext: std::mem::take(&mut *plaintext),
         }))
     }
 

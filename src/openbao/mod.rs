@@ -9,7 +9,7 @@ mod transit;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use reqwest::Method;
-use serde_json::json;
+use serde::Serialize;
 use zeroize::Zeroizing;
 
 pub use diagnostics::{tls_handshake, Handshake, TokenInfo};
@@ -18,10 +18,41 @@ pub use http::{Operation, MAX_RESPONSE_BYTES};
 pub use transit::{ciphertext_version, KeyMetadata, KeysConfig, MountInfo, ServerHealth};
 
 use auth::{Auth, Token};
-use http::Http;
+use http::{Http, JsonBody};
 use transit::{DataBody, DecryptData, EncryptData, RawKey};
 
 use crate::config::{AuthSettings, OpenBaoSettings, TransitSettings};
+
+#[derive(Serialize)]
+struct EncryptRequest<'a> {
+    plaintext: &'a str,
+    associated_data: String,
+    key_version: u32,
+}
+
+#[derive(Serialize)]
+struct DecryptRequest<'a> {
+    ciphertext: &'a str,
+    associated_data: String,
+}
+
+#[derive(Serialize)]
+struct CapabilitiesRequest<'a> {
+    paths: &'a [String],
+}
+
+/// Object-safe "serialise me into a wiped buffer", so `authed` can retry with the same body.
+mod erased {
+    pub(crate) trait Body {
+        fn json(&self) -> Result<super::JsonBody, super::Error>;
+    }
+
+    impl<T: serde::Serialize> Body for T {
+        fn json(&self) -> Result<super::JsonBody, super::Error> {
+            super::JsonBody::new(self)
+        }
+    }
+}
 
 /// A Transit encryption result: the ciphertext as OpenBao returns it and the version it used.
 #[derive(Debug, Clone)]
@@ -81,21 +112,28 @@ impl Client {
     }
 
     /// Runs `op` with a token; on 403 logs in once more and retries, since the token may have
-    /// been revoked or expired early.
+    /// been revoked or expired early. `body` is serialised for each attempt, into a wiped buffer.
     async fn authed<T>(
         &self,
         operation: Operation,
         method: Method,
         path: &str,
-        body: Option<&serde_json::Value>,
+        body: Option<&(dyn erased::Body + Sync)>,
     ) -> Result<Option<T>, Error>
     where
         T: serde::de::DeserializeOwned,
     {
+        let json = |b: Option<&(dyn erased::Body + Sync)>| b.map(|b| b.json()).transpose();
         let token: Token = self.auth.token(&self.http).await?;
         match self
             .http
-            .call(operation, method.clone(), path, Some(&token.secret), body)
+            .call(
+                operation,
+                method.clone(),
+                path,
+                Some(&token.secret),
+                json(body)?,
+            )
             .await
         {
             Err(Error::PermissionDenied(msg)) => {
@@ -105,7 +143,7 @@ impl Client {
                     .relogin(&self.http, Some(token.generation))
                     .await?;
                 self.http
-                    .call(operation, method, path, Some(&fresh.secret), body)
+                    .call(operation, method, path, Some(&fresh.secret), json(body)?)
                     .await
             }
             other => other,
@@ -131,11 +169,11 @@ impl Client {
     ) -> Result<Encrypted, Error> {
         let path = format!("{}/encrypt/{}", self.mount, self.key);
         let b64 = Zeroizing::new(STANDARD.encode(plaintext));
-        let body = json!({
-            "plaintext": b64.as_str(),
-            "associated_data": STANDARD.encode(aad),
-            "key_version": version,
-        });
+        let body = EncryptRequest {
+            plaintext: b64.as_str(),
+            associated_data: STANDARD.encode(aad),
+            key_version: version,
+        };
         let resp: DataBody<EncryptData> = self
             .authed(Operation::Encrypt, Method::POST, &path, Some(&body))
             .await?
@@ -156,7 +194,10 @@ impl Client {
 
     pub async fn decrypt(&self, ciphertext: &str, aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
         let path = format!("{}/decrypt/{}", self.mount, self.key);
-        let body = json!({ "ciphertext": ciphertext, "associated_data": STANDARD.encode(aad) });
+        let body = DecryptRequest {
+            ciphertext,
+            associated_data: STANDARD.encode(aad),
+        };
         let resp: DataBody<DecryptData> = self
             .authed(Operation::Decrypt, Method::POST, &path, Some(&body))
             .await?
@@ -189,7 +230,7 @@ impl Client {
         &self,
         paths: &[String],
     ) -> Result<std::collections::BTreeMap<String, Vec<String>>, Error> {
-        let body = json!({ "paths": paths });
+        let body = CapabilitiesRequest { paths };
         let resp: serde_json::Value = self
             .authed(
                 Operation::Capabilities,

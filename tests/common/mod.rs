@@ -434,6 +434,8 @@ pub struct ProviderOptions {
     pub rotation: String,
     pub state_dir: Option<PathBuf>,
     pub extra: String,
+    /// RUST_LOG for the provider process (default: debug, transport crates at warn).
+    pub rust_log: String,
 }
 
 impl ProviderOptions {
@@ -453,6 +455,9 @@ impl ProviderOptions {
             rotation: "[rotation]\nstable_observations = 1\nactivation_delay = \"0s\"\n".into(),
             state_dir: None,
             extra: String::new(),
+            rust_log:
+                "debug,h2=warn,hyper=warn,tower=warn,reqwest=warn,rustls=warn,hyper_util=warn"
+                    .into(),
         }
     }
 }
@@ -466,6 +471,7 @@ pub struct Provider {
     pub log: PathBuf,
     pub metrics_port: u16,
     pub health_port: u16,
+    rust_log: String,
 }
 
 impl Provider {
@@ -521,6 +527,7 @@ impl Provider {
             log,
             metrics_port,
             health_port,
+            rust_log: o.rust_log.clone(),
         };
         p.start_process();
         p
@@ -537,10 +544,7 @@ impl Provider {
             .arg(&self.config)
             .env_remove("NOTIFY_SOCKET")
             .env_remove("LISTEN_FDS")
-            .env(
-                "RUST_LOG",
-                "debug,h2=warn,hyper=warn,tower=warn,reqwest=warn,rustls=warn,hyper_util=warn",
-            )
+            .env("RUST_LOG", &self.rust_log)
             .stdout(logf.try_clone().expect("clone"))
             .stderr(logf)
             .spawn()
