@@ -24,6 +24,22 @@ pub const MAX_ANNOTATIONS_BYTES: usize = 32 * 1024;
 /// The apiserver sends a 32-byte seed; anything that would not fit a 1 KiB ciphertext is refused.
 pub const MAX_PLAINTEXT_BYTES: usize = 512;
 
+/// Longest client-supplied string (uid, key_id, annotation key) echoed into a log line,
+/// metric or error message: a hostile or broken client cannot flood the journal.
+pub const MAX_ECHO_BYTES: usize = 128;
+
+/// `s` cut to `MAX_ECHO_BYTES` at a character boundary, marked with its full length if cut.
+pub fn clip(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.len() <= MAX_ECHO_BYTES {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut cut = MAX_ECHO_BYTES;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}…({} bytes)", &s[..cut], s.len()))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusReply {
     pub healthz: String,
@@ -42,6 +58,23 @@ pub struct DecryptInput {
     pub ciphertext: Vec<u8>,
     pub key_id: String,
     pub annotations: HashMap<String, Vec<u8>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clip_keeps_short_strings_and_cuts_long_ones_on_a_char_boundary() {
+        assert_eq!(clip("uid-1"), "uid-1");
+        let long = "é".repeat(100); // 200 bytes, 2 per char
+        let c = clip(&long);
+        assert!(
+            c.starts_with(&"é".repeat(64)) && c.ends_with("…(200 bytes)"),
+            "{c}"
+        );
+        assert!(c.len() < MAX_ECHO_BYTES + 20);
+    }
 }
 
 /// What the provider does for kube-apiserver, free of protobuf types.

@@ -181,7 +181,7 @@ impl KeyService for Provider {
             .keys()
             .find(|k| k.as_str() != kms::ANNOTATION_KEY_VERSION)
         {
-            return invalid(format!("unexpected annotation {k:?}"));
+            return invalid(format!("unexpected annotation {:?}", kms::clip(k)));
         }
         let claimed = input
             .annotations
