@@ -198,7 +198,8 @@ pub async fn run(settings: Settings, config_path: PathBuf) -> Result<()> {
 
     loop {
         if !ready_sent {
-            if provider.health().is_ok() {
+            // Degraded (a warning such as an unsaved key registry) still serves: ready.
+            if provider.serving() {
                 last_status = status_line(&provider);
                 systemd::ready(&last_status);
                 ready_sent = true;

@@ -172,7 +172,8 @@ async fn round_trip_leaves_no_avoidable_copies_of_plaintext_or_jwt() {
         assert!(!logs.contains(&needle), "the trace log holds the {what}");
     }
     let explained = |counts: &[usize], max_raw: usize| {
-        counts[0] <= max_raw && counts[1] <= MAX_BASE64 && counts[2] <= MAX_JWT_SIGNATURE
+        let max = [max_raw, MAX_BASE64, MAX_JWT_SIGNATURE];
+        counts.iter().zip(max).all(|(c, m)| *c <= m)
     };
     assert!(
         explained(&open, MAX_RAW_OPEN) && explained(&closed, MAX_RAW_CLOSED),

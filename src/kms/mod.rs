@@ -60,6 +60,15 @@ pub struct DecryptInput {
     pub annotations: HashMap<String, Vec<u8>>,
 }
 
+/// What the provider does for kube-apiserver, free of protobuf types.
+#[tonic::async_trait]
+pub trait KeyService: Send + Sync + 'static {
+    /// Served from memory: never calls OpenBao.
+    fn status(&self) -> StatusReply;
+    async fn encrypt(&self, plaintext: &[u8]) -> Result<EncryptReply, KmsError>;
+    async fn decrypt(&self, input: DecryptInput) -> Result<zeroize::Zeroizing<Vec<u8>>, KmsError>;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,13 +84,4 @@ mod tests {
         );
         assert!(c.len() < MAX_ECHO_BYTES + 20);
     }
-}
-
-/// What the provider does for kube-apiserver, free of protobuf types.
-#[tonic::async_trait]
-pub trait KeyService: Send + Sync + 'static {
-    /// Served from memory: never calls OpenBao.
-    fn status(&self) -> StatusReply;
-    async fn encrypt(&self, plaintext: &[u8]) -> Result<EncryptReply, KmsError>;
-    async fn decrypt(&self, input: DecryptInput) -> Result<zeroize::Zeroizing<Vec<u8>>, KmsError>;
 }

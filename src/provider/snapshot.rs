@@ -25,8 +25,23 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// `Ok` when Status may say `ok`; otherwise a one-line reason.
+    /// `Ok` when Status may say `ok`; otherwise a one-line reason (a problem, else a warning).
     pub fn health(&self, max_staleness: Duration) -> Result<(), String> {
+        if let Some(p) = self.problem(max_staleness) {
+            return Err(p);
+        }
+        if let Some(w) = self.warnings.first() {
+            return Err(w.clone());
+        }
+        Ok(())
+    }
+
+    /// What stops the provider from serving, ignoring warnings (degraded but serving).
+    pub fn problem(&self, max_staleness: Duration) -> Option<String> {
+        self.serving_check(max_staleness).err()
+    }
+
+    fn serving_check(&self, max_staleness: Duration) -> Result<(), String> {
         if self.active.is_none() {
             return Err(match &self.problem {
                 Some(p) => format!("no active key yet: {p}"),
@@ -35,9 +50,6 @@ impl Snapshot {
         }
         if let Some(p) = &self.problem {
             return Err(p.clone());
-        }
-        if let Some(w) = self.warnings.first() {
-            return Err(w.clone());
         }
         match self.metadata_ok_at {
             Some(t) if t.elapsed() <= max_staleness => {}
