@@ -62,7 +62,7 @@ struct RenewRequest {
 }
 
 #[derive(Deserialize)]
-struct AuthBody {
+pub(crate) struct AuthBody {
     auth: AuthInfo,
 }
 

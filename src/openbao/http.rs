@@ -245,7 +245,7 @@ fn transport_error(e: reqwest::Error, timeout: Duration) -> Error {
 }
 
 /// OpenBao's `{"errors": [...]}`, shortened; never echoes request data.
-fn error_messages(body: &[u8]) -> String {
+pub(crate) fn error_messages(body: &[u8]) -> String {
     #[derive(serde::Deserialize)]
     struct Errors {
         #[serde(default)]

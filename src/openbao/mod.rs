@@ -54,6 +54,38 @@ mod erased {
     }
 }
 
+/// `sys/mounts/<mount>`: newer servers wrap the answer in `data`, older ones do not.
+fn mount_info(body: serde_json::Value) -> Result<MountInfo, Error> {
+    let data = body.get("data").cloned().unwrap_or(body);
+    serde_json::from_value(data).map_err(|e| Error::Protocol(format!("mount info: {e}")))
+}
+
+/// Every decoder of an OpenBao answer, fed the same bytes (`cargo fuzz`, fuzz/): none may panic.
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_decoders(body: &[u8]) {
+    if let Ok(b) = serde_json::from_slice::<DataBody<RawKey>>(body) {
+        let _ = b.data.into_metadata();
+    }
+    if let Ok(b) = serde_json::from_slice::<DataBody<EncryptData>>(body) {
+        let _ = ciphertext_version(&b.data.ciphertext);
+    }
+    if let Ok(b) = serde_json::from_slice::<DataBody<DecryptData>>(body) {
+        let _ = b.data.bytes();
+    }
+    if let Ok(b) = serde_json::from_slice::<DataBody<KeysConfig>>(body) {
+        let _ = b.data.disable_upsert;
+    }
+    let _ = serde_json::from_slice::<auth::AuthBody>(body);
+    let _ = serde_json::from_slice::<auth::LookupBody>(body);
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+        let _ = mount_info(v);
+    }
+    let _ = http::error_messages(body);
+    if let Ok(text) = std::str::from_utf8(body) {
+        let _ = ciphertext_version(text);
+    }
+}
+
 /// A Transit encryption result: the ciphertext as OpenBao returns it and the version it used.
 #[derive(Debug, Clone)]
 pub struct Encrypted {
@@ -211,9 +243,7 @@ impl Client {
             .authed(Operation::ReadMount, Method::GET, &path, None)
             .await?
             .ok_or_else(|| Error::Protocol("mount read returned no data".into()))?;
-        // Newer servers wrap the answer in `data`, older ones do not.
-        let data = body.get("data").cloned().unwrap_or(body);
-        serde_json::from_value(data).map_err(|e| Error::Protocol(format!("mount info: {e}")))
+        mount_info(body)
     }
 
     pub async fn read_keys_config(&self) -> Result<KeysConfig, Error> {
