@@ -214,6 +214,9 @@ fn build_client(settings: &OpenBaoSettings, auth: &AuthSettings) -> Result<reqwe
 }
 
 fn transport_error(e: reqwest::Error, timeout: Duration) -> Error {
+    if let Some(p11) = pkcs11_cause(&e) {
+        return Error::Pkcs11(p11);
+    }
     if e.is_timeout() {
         return Error::Timeout(timeout);
     }
@@ -225,6 +228,26 @@ fn transport_error(e: reqwest::Error, timeout: Duration) -> Error {
         source = s.source();
     }
     Error::Unreachable(msg)
+}
+
+/// A handshake that failed because the token could not sign is a token problem, not an
+/// unreachable OpenBao: find our error inside the io::Error rustls reported.
+fn pkcs11_cause(e: &reqwest::Error) -> Option<super::Pkcs11Error> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        let inner = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|i| i as &(dyn std::error::Error + 'static))
+            .unwrap_or(s);
+        if let Some(rustls::Error::Other(other)) = inner.downcast_ref::<rustls::Error>() {
+            if let Some(p) = other.0.downcast_ref::<super::Pkcs11Error>() {
+                return Some(p.clone());
+            }
+        }
+        source = s.source();
+    }
+    None
 }
 
 /// OpenBao's `{"errors": [...]}`, shortened; never echoes request data.
