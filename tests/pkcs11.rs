@@ -510,12 +510,27 @@ async fn full_cycle(token: &str, key_type: &str) -> (String, String) {
     p12.signal(libc::SIGHUP);
     wait_log(&p12, "reload", "reloaded credentials and configuration", 1).await;
     round_trip(&p12).await;
+    // Another token (or module) cannot be swapped in by SIGHUP: named, refused, old one kept.
+    let config = std::fs::read_to_string(&p12.config).expect("config");
+    std::fs::write(
+        &p12.config,
+        config.replace(
+            &format!("token_label = \"{}\"", id.token),
+            "token_label = \"another-token\"",
+        ),
+    )
+    .expect("config");
+    p12.signal(libc::SIGHUP);
+    wait_log(&p12, "refused reload", "auth.cert.token_label differs", 1).await;
+    assert!(p12.logs().contains("needs a restart"), "{}", p12.logs());
+    round_trip(&p12).await;
     assert_eq!(p12.status().await.healthz, "ok", "{}", p12.logs());
     let logs12 = p12.logs();
     assert_eq!(p12.stop(), Some(0), "{logs12}");
 
     let p13 = Provider::start(&id.options(&bao.tls13, &bao.server_ca())).await;
     round_trip(&p13).await;
+    doctor_passes(&p13.config);
     let logs13 = p13.logs();
     for logs in [&logs12, &logs13] {
         assert!(logs.contains("method=\"cert\""), "{logs}");
@@ -540,6 +555,34 @@ async fn rsa_2048_token_key_signs_pkcs1_on_tls12_and_pss_on_tls13() {
         "TLS 1.2 uses PKCS#1 v1.5:\n{l12}"
     );
     assert!(l13.contains("RSA_PSS_SHA256"), "TLS 1.3 uses PSS:\n{l13}");
+}
+
+/// `doctor` finds module, token and key, sees it non-extractable and matching the certificate,
+/// and completes the handshake and login with it.
+fn doctor_passes(config: &Path) {
+    let out = softhsm()
+        .cmd(provider_bin().to_str().expect("path"))
+        .args(["doctor", "--config"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run doctor");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "doctor:\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key_line = text
+        .lines()
+        .find(|l| l.contains("pkcs11-key:"))
+        .unwrap_or_else(|| panic!("no pkcs11-key line:\n{text}"));
+    assert!(
+        key_line.contains("never extractable") && key_line.contains("matches"),
+        "{key_line}"
+    );
+    assert!(!text.contains(PIN), "the PIN must never be printed");
 }
 
 /// Starts a provider expected to refuse to start; returns its log.
