@@ -659,3 +659,136 @@ async fn wrong_pin_missing_key_and_wrong_module_are_refused_by_name() {
         "{logs}"
     );
 }
+
+/// A TCP proxy whose backend can be switched; switching drops every open connection.
+struct SwitchProxy {
+    port: u16,
+    target: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SwitchProxy {
+    async fn start(target: u16) -> SwitchProxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let t = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(target));
+        let g = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (t2, g2) = (t.clone(), g.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let (target, mine, g) = (
+                    t2.load(Ordering::SeqCst),
+                    g2.load(Ordering::SeqCst),
+                    g2.clone(),
+                );
+                tokio::spawn(async move {
+                    let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    else {
+                        return;
+                    };
+                    let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
+                    let switched = async {
+                        while g.load(Ordering::SeqCst) == mine {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    };
+                    tokio::select! { _ = copy => {}, _ = switched => {} }
+                });
+            }
+        });
+        SwitchProxy {
+            port,
+            target: t,
+            generation: g,
+            task,
+        }
+    }
+
+    fn switch_to(&self, target: u16) {
+        use std::sync::atomic::Ordering;
+        self.target.store(target, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl Drop for SwitchProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn port_of(address: &str) -> u16 {
+    address
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port")
+}
+
+/// The token disappears (its store moved away, as if unplugged): the next full handshake fails
+/// with a reason naming the token in Status while the provider keeps answering, and once the
+/// token is back the provider is healthy again. (Switching the backend listener defeats TLS
+/// session resumption, so each switch forces a full handshake that needs the token.)
+#[tokio::test]
+async fn a_removed_token_is_a_named_health_reason_and_a_restart_picks_it_up_again() {
+    let id = identity("removal", "EC:prime256v1");
+    let bao = TlsBao::start(&id.client_ca).await;
+    let proxy = SwitchProxy::start(port_of(&bao.tls13)).await;
+    let address = format!("https://127.0.0.1:{}", proxy.port);
+    let mut p = Provider::start(&id.options(&address, &bao.server_ca())).await;
+    round_trip(&p).await;
+
+    let tokens = softhsm().dir.path().join("tokens");
+    let aside = softhsm().dir.path().join("removed");
+    std::fs::create_dir_all(&aside).expect("aside dir");
+    let token_dir = token_dir(&tokens, &id.token);
+    let parked = aside.join(token_dir.file_name().expect("name"));
+    std::fs::rename(&token_dir, &parked).expect("remove the token");
+    proxy.switch_to(port_of(&bao.tls12));
+    p.wait_status("healthz names the PKCS#11 token", |s| {
+        s.healthz != "ok" && s.healthz.contains("PKCS#11") && s.healthz.contains("removal")
+    })
+    .await;
+    eprintln!(
+        "health while the token is away: {}",
+        p.status().await.healthz
+    );
+
+    // The gRPC server kept answering throughout (the Status calls above); KMS calls fail cleanly.
+    let mut c = p.client().await;
+    let refused = c
+        .encrypt(bao_kms_provider::pb::EncryptRequest {
+            plaintext: vec![1; 32],
+            uid: "u".into(),
+        })
+        .await;
+    let status = refused.expect_err("Encrypt cannot succeed without the token");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+
+    // SoftHSM2 enumerates its tokens once per process (a module with slot events, such as
+    // OpenSC with pcscd, shows a re-inserted token to a new session): after re-insertion a
+    // restart picks it up.
+    std::fs::rename(&parked, &token_dir).expect("re-insert the token");
+    proxy.switch_to(port_of(&bao.tls13));
+    assert_eq!(p.stop(), Some(0), "{}", p.logs());
+    p.start_process();
+    p.wait_healthy().await;
+    round_trip(&p).await;
+}
+
+/// SoftHSM2 keeps each token in its own directory with a token.object file naming its label.
+fn token_dir(tokens: &Path, label: &str) -> PathBuf {
+    std::fs::read_dir(tokens)
+        .expect("tokens dir")
+        .map(|e| e.expect("entry").path())
+        .find(|d| {
+            std::fs::read(d.join("token.object"))
+                .is_ok_and(|b| b.windows(label.len()).any(|w| w == label.as_bytes()))
+        })
+        .unwrap_or_else(|| panic!("no SoftHSM2 token directory for {label}"))
+}

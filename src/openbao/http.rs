@@ -233,19 +233,26 @@ fn transport_error(e: reqwest::Error, timeout: Duration) -> Error {
 /// A handshake that failed because the token could not sign is a token problem, not an
 /// unreachable OpenBao: find our error inside the io::Error rustls reported.
 fn pkcs11_cause(e: &reqwest::Error) -> Option<super::Pkcs11Error> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = source {
-        let inner = s
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .map(|i| i as &(dyn std::error::Error + 'static))
-            .unwrap_or(s);
-        if let Some(rustls::Error::Other(other)) = inner.downcast_ref::<rustls::Error>() {
+    type Dyn<'a> = &'a (dyn std::error::Error + 'static);
+    let mut todo: Vec<Dyn<'_>> = vec![e];
+    // Bounded: error chains are short; a cycle must not loop forever.
+    for _ in 0..32 {
+        let s = todo.pop()?;
+        if let Some(rustls::Error::Other(other)) = s.downcast_ref::<rustls::Error>() {
             if let Some(p) = other.0.downcast_ref::<super::Pkcs11Error>() {
                 return Some(p.clone());
             }
         }
-        source = s.source();
+        // io::Error::source() skips the error it wraps; look at that one too.
+        if let Some(inner) = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            todo.push(inner);
+        }
+        if let Some(next) = s.source() {
+            todo.push(next);
+        }
     }
     None
 }

@@ -75,13 +75,15 @@ pub enum Pkcs11Error {
 }
 
 impl Pkcs11Error {
+    /// Worth one more try on a fresh session: the session broke, or the key vanished from
+    /// it (a token store that was replaced or re-inserted shows up only in a new session).
     fn session_lost(&self) -> bool {
         matches!(
             self,
             Self::Token {
                 session_lost: true,
                 ..
-            }
+            } | Self::KeyNotFound { .. }
         )
     }
 }

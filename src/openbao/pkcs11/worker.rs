@@ -256,14 +256,25 @@ impl Worker {
         let slots = ctx.get_slots_with_token().map_err(op("C_GetSlotList"))?;
         let mut present = Vec::new();
         let mut found = None;
+        let mut broken = None;
         for slot in slots {
-            let info = ctx.get_token_info(slot).map_err(op("C_GetTokenInfo"))?;
+            // A slot whose token went away may fail here; look at the others.
+            let info = match ctx.get_token_info(slot) {
+                Ok(info) => info,
+                Err(e) => {
+                    broken = Some(token_err(label, "C_GetTokenInfo", &e));
+                    continue;
+                }
+            };
             let l = info.label().trim_end().to_owned();
             if &l == label {
                 found = Some(slot);
                 break;
             }
             present.push(l);
+        }
+        if let (None, Some(e)) = (found, broken) {
+            return Err(e);
         }
         let slot = found.ok_or_else(|| Pkcs11Error::TokenNotFound {
             label: label.clone(),
