@@ -524,6 +524,22 @@ async fn full_cycle(token: &str, key_type: &str) -> (String, String) {
     wait_log(&p12, "refused reload", "auth.cert.token_label differs", 1).await;
     assert!(p12.logs().contains("needs a restart"), "{}", p12.logs());
     round_trip(&p12).await;
+    // A wrong PIN in pin_file: the reload is refused by name and the running login stays.
+    std::fs::write(&p12.config, &config).expect("config");
+    std::fs::write(&id.pin_file, "999999\n").expect("pin");
+    p12.signal(libc::SIGHUP);
+    wait_log(&p12, "refused reload", "CKR_PIN_INCORRECT", 1).await;
+    round_trip(&p12).await;
+    std::fs::write(&id.pin_file, format!("{PIN}\n")).expect("pin");
+    p12.signal(libc::SIGHUP);
+    wait_log(
+        &p12,
+        "reload with the right PIN",
+        "reloaded credentials and configuration",
+        2,
+    )
+    .await;
+    round_trip(&p12).await;
     assert_eq!(p12.status().await.healthz, "ok", "{}", p12.logs());
     let logs12 = p12.logs();
     assert_eq!(p12.stop(), Some(0), "{logs12}");
@@ -585,13 +601,14 @@ fn doctor_passes(config: &Path) {
     assert!(!text.contains(PIN), "the PIN must never be printed");
 }
 
-/// Starts a provider expected to refuse to start; returns its log.
-async fn refused(o: &ProviderOptions) -> String {
+/// Starts a provider expected to refuse to start with exit code `expected` (64: the operator
+/// must act, systemd does not restart it; 1: may fix itself, restarted); returns its log.
+async fn refused(o: &ProviderOptions, expected: i32) -> String {
     let p = Provider::spawn(o);
     let end = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(code) = p.exit_code() {
-            assert_ne!(code, Some(0), "{}", p.logs());
+            assert_eq!(code, Some(expected), "{}", p.logs());
             return p.logs();
         }
         assert!(
@@ -618,7 +635,8 @@ async fn wrong_pin_missing_key_and_wrong_module_are_refused_by_name() {
         &id.pin_file.display().to_string(),
         &wrong_pin.display().to_string(),
     );
-    let logs = refused(&o).await;
+    // Exit 64: a restart loop would spend the token's PIN retries.
+    let logs = refused(&o, 64).await;
     assert!(
         logs.contains("auth.cert.pin_file") && logs.contains("CKR_PIN_INCORRECT"),
         "{logs}"
@@ -627,7 +645,7 @@ async fn wrong_pin_missing_key_and_wrong_module_are_refused_by_name() {
 
     let mut o = id.options(&address, &ca);
     o.auth = id.auth("key_label = \"no-such-key\"");
-    let logs = refused(&o).await;
+    let logs = refused(&o, 64).await;
     assert!(
         logs.contains("auth.cert.key_label") && logs.contains("no-such-key"),
         "{logs}"
@@ -635,7 +653,7 @@ async fn wrong_pin_missing_key_and_wrong_module_are_refused_by_name() {
 
     let mut o = id.options(&address, &ca);
     o.auth = o.auth.replace(MODULE, "/usr/lib/no-such-pkcs11-module.so");
-    let logs = refused(&o).await;
+    let logs = refused(&o, 64).await;
     assert!(
         logs.contains("auth.cert.module_path") && logs.contains("no-such-pkcs11-module"),
         "{logs}"
@@ -646,14 +664,15 @@ async fn wrong_pin_missing_key_and_wrong_module_are_refused_by_name() {
         &format!("token_label = \"{}\"", id.token),
         "token_label = \"absent\"",
     );
-    let logs = refused(&o).await;
+    // An absent token may be plugged in later: exit 1, systemd's Restart= tries again.
+    let logs = refused(&o, 1).await;
     assert!(
         logs.contains("auth.cert.token_label") && logs.contains("absent"),
         "{logs}"
     );
 
     std::fs::set_permissions(&id.pin_file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    let logs = refused(&id.options(&address, &ca)).await;
+    let logs = refused(&id.options(&address, &ca), 64).await;
     assert!(
         logs.contains("auth.cert.pin_file") && logs.contains("readable by group or others"),
         "{logs}"

@@ -131,7 +131,12 @@ pub fn run() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("bao-kms-provider: {e:#}");
-            if e.downcast_ref::<ConfigError>().is_some() {
+            if e.downcast_ref::<ConfigError>().is_some()
+                || matches!(
+                    e.downcast_ref::<crate::openbao::Error>(),
+                    Some(crate::openbao::Error::Pkcs11(p)) if p.needs_operator()
+                )
+            {
                 ExitCode::from(EXIT_CONFIG)
             } else if e
                 .downcast_ref::<crate::keys::StoreError>()

@@ -36,7 +36,11 @@ pub enum Pkcs11Error {
     #[error("auth.cert.pin_file {}: {reason}", path.display())]
     Pin { path: PathBuf, reason: String },
     #[error("auth.cert.pin_file: login to PKCS#11 token {token:?} failed: {reason}")]
-    Login { token: String, reason: String },
+    Login {
+        token: String,
+        reason: String,
+        pin_rejected: bool,
+    },
     #[error("{field}: no private key {what} on PKCS#11 token {token:?}")]
     KeyNotFound {
         field: &'static str,
@@ -75,6 +79,23 @@ pub enum Pkcs11Error {
 }
 
 impl Pkcs11Error {
+    /// Restarting cannot fix it and may do harm (a rejected PIN tried again in a restart loop
+    /// locks the token): the operator must change the config or the token.
+    pub fn needs_operator(&self) -> bool {
+        matches!(
+            self,
+            Self::Login {
+                pin_rejected: true,
+                ..
+            } | Self::Pin { .. }
+                | Self::Module { .. }
+                | Self::KeyNotFound { .. }
+                | Self::KeyAmbiguous { .. }
+                | Self::UnsupportedKey { .. }
+                | Self::Cert { .. }
+        )
+    }
+
     /// Worth one more try on a fresh session: the session broke, or the key vanished from
     /// it (a token store that was replaced or re-inserted shows up only in a new session).
     fn session_lost(&self) -> bool {

@@ -2,6 +2,7 @@
 //! runs on these threads (never on a tokio worker); callers wait on a reply channel with a
 //! deadline, so a hung `C_Sign` costs a timeout, not a stuck provider.
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -56,6 +57,9 @@ struct Shared {
     module: PathBuf,
     token_label: String,
     pin: Mutex<AuthPin>,
+    /// The token refused this PIN: it is not tried again until a reload brings one, since
+    /// every try counts against the token's retry limit (a locked PIN needs the SO).
+    pin_rejected: AtomicBool,
 }
 
 type Job = Box<dyn FnOnce(&mut Worker) + Send>;
@@ -91,6 +95,7 @@ impl Token {
             module: module.to_path_buf(),
             token_label: label.to_owned(),
             pin: Mutex::new(pin),
+            pin_rejected: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::sync_channel::<(Instant, Job)>(QUEUE);
         let rx = Arc::new(Mutex::new(rx));
@@ -166,13 +171,14 @@ impl Token {
         }
     }
 
-    /// SIGHUP: a changed PIN is tried on the token; if it fails the old one stays.
+    /// SIGHUP: a changed PIN (or any PIN after one was rejected) is tried on the token; if it
+    /// fails the old login stays.
     pub(crate) fn set_pin(&self, pin: AuthPin, budget: Duration) -> Result<(), Pkcs11Error> {
         let same = {
             let current = self.shared.pin.lock().unwrap_or_else(|p| p.into_inner());
             current.expose_secret() == pin.expose_secret()
         };
-        if same {
+        if same && !self.shared.pin_rejected.load(Ordering::SeqCst) {
             return Ok(());
         }
         self.run(budget, move |w| w.relogin(pin))
@@ -250,6 +256,32 @@ impl Worker {
     }
 
     fn open_session(&self) -> Result<Session, Pkcs11Error> {
+        let session = self.open_session_unauthenticated()?;
+        let label = &self.shared.token_label;
+        if self.shared.pin_rejected.load(Ordering::SeqCst) {
+            return Err(Pkcs11Error::Login {
+                token: label.clone(),
+                reason: "the PIN was rejected before and is not tried again until a reload \
+                         (SIGHUP) brings a new one, so the token's retry counter is kept"
+                    .into(),
+                pin_rejected: true,
+            });
+        }
+        let pin = self.shared.pin.lock().unwrap_or_else(|p| p.into_inner());
+        let result = login(&session, &pin, label);
+        if matches!(
+            result,
+            Err(Pkcs11Error::Login {
+                pin_rejected: true,
+                ..
+            })
+        ) {
+            self.shared.pin_rejected.store(true, Ordering::SeqCst);
+        }
+        result.map(|()| session)
+    }
+
+    fn open_session_unauthenticated(&self) -> Result<Session, Pkcs11Error> {
         let ctx = &self.shared.ctx;
         let label = &self.shared.token_label;
         let op = |op: &'static str| move |e: CkError| token_err(label, op, &e);
@@ -285,27 +317,32 @@ impl Worker {
                 format!("{present:?}")
             },
         })?;
-        let session = ctx.open_ro_session(slot).map_err(op("C_OpenSession"))?;
-        let pin = self.shared.pin.lock().unwrap_or_else(|p| p.into_inner());
-        login(&session, &pin, label)?;
-        Ok(session)
+        ctx.open_ro_session(slot).map_err(op("C_OpenSession"))
     }
 
-    /// Logs out and in with `pin`; on failure logs in with the previous PIN again.
+    /// Logs out and in with `pin`; on failure logs in with the previous PIN again, unless
+    /// that one had been rejected too (one try per reload, never a loop).
     fn relogin(&mut self, pin: AuthPin) -> Result<(), Pkcs11Error> {
         let label = self.token_label();
         let shared = self.shared.clone();
-        let session = self.session()?;
+        if self.session.is_none() {
+            self.session = Some(self.open_session_unauthenticated()?);
+        }
+        let Some(session) = self.session.as_ref() else {
+            return Err(Pkcs11Error::WorkerGone { token: label });
+        };
         let _ = session.logout();
+        let old_was_rejected = shared.pin_rejected.load(Ordering::SeqCst);
         let result = login(session, &pin, &label);
         let mut current = shared.pin.lock().unwrap_or_else(|p| p.into_inner());
         match result {
             Ok(()) => {
                 *current = pin;
+                shared.pin_rejected.store(false, Ordering::SeqCst);
                 Ok(())
             }
             Err(e) => {
-                if login(session, &current, &label).is_err() {
+                if old_was_rejected || login(session, &current, &label).is_err() {
                     drop(current);
                     self.session = None;
                 }
@@ -456,6 +493,17 @@ fn login(session: &Session, pin: &AuthPin, token: &str) -> Result<(), Pkcs11Erro
         Err(e) => Err(Pkcs11Error::Login {
             token: token.to_owned(),
             reason: ck(&e),
+            pin_rejected: matches!(
+                e,
+                CkError::Pkcs11(
+                    RvError::PinIncorrect
+                        | RvError::PinLocked
+                        | RvError::PinInvalid
+                        | RvError::PinLenRange
+                        | RvError::PinExpired,
+                    _
+                )
+            ),
         }),
     }
 }
