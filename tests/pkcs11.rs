@@ -93,24 +93,39 @@ impl SoftHsm {
             ]),
             "softhsm2-util --init-token",
         );
+        self.add_key(token, key_label, key_type, "a1b2", &[], out)
+    }
+
+    /// Generates a key pair on `token` (`extra`: e.g. `--extractable`); returns its public key.
+    fn add_key(
+        &self,
+        token: &str,
+        key_label: &str,
+        key_type: &str,
+        id: &str,
+        extra: &[&str],
+        out: &Path,
+    ) -> PathBuf {
         run(
-            self.cmd("pkcs11-tool").args([
-                "--module",
-                MODULE,
-                "--token-label",
-                token,
-                "--login",
-                "--pin",
-                PIN,
-                "--keypairgen",
-                "--key-type",
-                key_type,
-                "--label",
-                key_label,
-                "--id",
-                "a1b2",
-                "--usage-sign",
-            ]),
+            self.cmd("pkcs11-tool")
+                .args([
+                    "--module",
+                    MODULE,
+                    "--token-label",
+                    token,
+                    "--login",
+                    "--pin",
+                    PIN,
+                    "--keypairgen",
+                    "--key-type",
+                    key_type,
+                    "--label",
+                    key_label,
+                    "--id",
+                    id,
+                    "--usage-sign",
+                ])
+                .args(extra),
             "pkcs11-tool --keypairgen",
         );
         let der = out.join(format!("{key_label}.pub.der"));
@@ -573,9 +588,8 @@ async fn rsa_2048_token_key_signs_pkcs1_on_tls12_and_pss_on_tls13() {
     assert!(l13.contains("RSA_PSS_SHA256"), "TLS 1.3 uses PSS:\n{l13}");
 }
 
-/// `doctor` finds module, token and key, sees it non-extractable and matching the certificate,
-/// and completes the handshake and login with it.
-fn doctor_passes(config: &Path) {
+/// Runs the real `doctor` with the test's SoftHSM2 store; returns its exit code and output.
+fn doctor(config: &Path) -> (Option<i32>, String) {
     let out = softhsm()
         .cmd(provider_bin().to_str().expect("path"))
         .args(["doctor", "--config"])
@@ -584,21 +598,81 @@ fn doctor_passes(config: &Path) {
         .output()
         .expect("run doctor");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "doctor:\n{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let key_line = text
-        .lines()
+    assert!(!text.contains(PIN), "the PIN must never be printed");
+    (out.status.code(), text)
+}
+
+/// A provider config for `o` written to `path` (for `doctor`; no provider is started).
+fn config_file(o: &ProviderOptions, path: PathBuf) -> PathBuf {
+    let dir = path.parent().expect("dir").to_path_buf();
+    let text = Provider::config_text(o, &dir.join("kms.sock"), &dir.join("state"), 1, 1);
+    std::fs::write(&path, text).expect("config");
+    path
+}
+
+fn pkcs11_line(text: &str) -> String {
+    text.lines()
         .find(|l| l.contains("pkcs11-key:"))
-        .unwrap_or_else(|| panic!("no pkcs11-key line:\n{text}"));
+        .unwrap_or_else(|| panic!("no pkcs11-key line:\n{text}"))
+        .to_owned()
+}
+
+/// `doctor` finds module, token and key, sees it non-extractable and matching the certificate,
+/// and completes the handshake and login with it.
+fn doctor_passes(config: &Path) {
+    let (code, text) = doctor(config);
+    assert_eq!(code, Some(0), "doctor:\n{text}");
+    let key_line = pkcs11_line(&text);
     assert!(
         key_line.contains("never extractable") && key_line.contains("matches"),
         "{key_line}"
     );
-    assert!(!text.contains(PIN), "the PIN must never be printed");
+}
+
+#[tokio::test]
+async fn doctor_fails_an_extractable_key_and_a_certificate_for_another_key() {
+    let id = identity("doctor", "EC:prime256v1");
+    let address = format!("https://127.0.0.1:{}", free_port());
+    // A second key on the same token that may leave it, with its own certificate.
+    let loose = softhsm().add_key(
+        &id.token,
+        "loose",
+        "EC:prime256v1",
+        "c3d4",
+        &["--extractable"],
+        id.dir.path(),
+    );
+    let reissue = tempfile::tempdir().expect("tempdir");
+    let (_, loose_cert) = issue_client_cert(reissue.path(), &loose, "loose");
+    let mut o = id.options(&address, &id.client_ca);
+    o.auth = id.auth("key_object_id = \"c3:d4\"").replace(
+        &id.cert.display().to_string(),
+        &loose_cert.display().to_string(),
+    );
+    let (code, text) = doctor(&config_file(&o, id.dir.path().join("loose.toml")));
+    assert_eq!(code, Some(1), "{text}");
+    let line = pkcs11_line(&text);
+    assert!(
+        line.contains("FAIL") && line.contains("extractable"),
+        "{line}"
+    );
+    assert!(text.contains("skip"), "later checks are skipped:\n{text}");
+
+    // The right key with the certificate of the other one: the mismatch is named.
+    let mut o = id.options(&address, &id.client_ca);
+    o.auth = id
+        .auth(&format!("key_label = \"{}\"", id.key_label))
+        .replace(
+            &id.cert.display().to_string(),
+            &loose_cert.display().to_string(),
+        );
+    let (code, text) = doctor(&config_file(&o, id.dir.path().join("mismatch.toml")));
+    assert_eq!(code, Some(1), "{text}");
+    let line = pkcs11_line(&text);
+    assert!(
+        line.contains("auth.cert.cert_file") && line.contains("does not match"),
+        "{line}"
+    );
 }
 
 /// Starts a provider expected to refuse to start with exit code `expected` (64: the operator

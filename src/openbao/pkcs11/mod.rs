@@ -117,7 +117,15 @@ pub(crate) fn client_cert_resolver(
     cert_file: &Path,
     budget: Duration,
 ) -> Result<Arc<dyn ResolvesClientCert>, Pkcs11Error> {
-    let (key, chain, _) = open_key(settings, cert_file, budget)?;
+    let (key, chain, info) = open_key(settings, cert_file, budget)?;
+    if info.extractable || !info.sensitive {
+        tracing::warn!(
+            token = key.token.label(),
+            extractable = info.extractable,
+            sensitive = info.sensitive,
+            "the PKCS#11 client key could leave the token; generate it as sensitive and non-extractable"
+        );
+    }
     let ck = CertifiedKey::new(chain, Arc::new(key));
     Ok(Arc::new(Resolver(Arc::new(ck))))
 }
