@@ -885,3 +885,79 @@ fn token_dir(tokens: &Path, label: &str) -> PathBuf {
         })
         .unwrap_or_else(|| panic!("no SoftHSM2 token directory for {label}"))
 }
+
+/// Builds tests/fixtures/pkcs11_hang_shim.c: SoftHSM2, except that C_Sign hangs while a file
+/// exists (a hung token or module).
+fn hang_shim(dir: &Path) -> PathBuf {
+    let out = dir.join("hang-shim.so");
+    run(
+        Command::new("cc")
+            .args(["-shared", "-fPIC", "-O1", "-o"])
+            .arg(&out)
+            .arg(repo_root().join("tests/fixtures/pkcs11_hang_shim.c"))
+            .arg("-ldl"),
+        "cc (the hanging PKCS#11 shim)",
+    );
+    out
+}
+
+/// A C_Sign that never returns costs each handshake `openbao.timeout` (1 s here), becomes a
+/// health reason naming the token, and never stalls Status or /livez; when the token answers
+/// again the provider recovers without a restart.
+#[tokio::test]
+async fn a_hung_sign_is_bounded_named_and_never_stalls_status() {
+    let id = identity("hung", "EC:prime256v1");
+    let shim = hang_shim(id.dir.path());
+    let hang = id.dir.path().join("hang");
+    let bao = TlsBao::start(&id.client_ca).await;
+    let proxy = SwitchProxy::start(port_of(&bao.tls13)).await;
+    let mut o = id.options(
+        &format!("https://127.0.0.1:{}", proxy.port),
+        &bao.server_ca(),
+    );
+    o.auth = o.auth.replace(MODULE, &shim.display().to_string());
+    o.env.push(("P11_REAL_MODULE".into(), MODULE.into()));
+    o.env
+        .push(("P11_HANG_FILE".into(), hang.display().to_string()));
+    let p = Provider::start(&o).await;
+    round_trip(&p).await;
+
+    std::fs::write(&hang, "").expect("hang the token");
+    proxy.switch_to(port_of(&bao.tls12)); // the next request needs a full handshake
+    let end = Instant::now() + Duration::from_secs(20);
+    let mut slowest = Duration::ZERO;
+    loop {
+        let asked = Instant::now();
+        let s = p.status().await;
+        slowest = slowest.max(asked.elapsed());
+        if s.healthz.contains("did not answer within") && s.healthz.contains("\"hung\"") {
+            eprintln!("health while C_Sign hangs: {}", s.healthz);
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "no timeout reason in Status: {}\n{}",
+            s.healthz,
+            p.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Status is answered from the snapshot: a hung token costs it nothing.
+    for _ in 0..10 {
+        let asked = Instant::now();
+        p.status().await;
+        slowest = slowest.max(asked.elapsed());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        slowest < Duration::from_millis(500),
+        "Status took {slowest:?} while C_Sign hung"
+    );
+    let (code, body) = p.http_get(p.health_port, "/livez").await;
+    assert_eq!(code, 200, "/livez while C_Sign hangs: {body}");
+    eprintln!("Status while C_Sign hangs: slowest {slowest:?}");
+
+    std::fs::remove_file(&hang).expect("unhang");
+    p.wait_healthy().await;
+    round_trip(&p).await;
+}
