@@ -217,7 +217,7 @@ fn check_match(
         .and_then(|(_, a)| a.first())
         .ok_or_else(|| mismatch(format!("no verifier for {scheme:?}")))?;
     let ee = webpki::EndEntityCert::try_from(cert)
-        .map_err(|e| mismatch(format!("not a usable X.509 certificate: {e}")))?;
+        .map_err(|e| mismatch(format!("not a usable X.509 v3 certificate: {e}")))?;
     ee.verify_signature(*alg, &challenge, &signature)
         .map_err(|e| {
             mismatch(format!(
