@@ -1,10 +1,11 @@
 //! Cert auth with the client key on a PKCS#11 token (HSM, TPM via tpm2-pkcs11, SoftHSM2): the
 //! key never leaves the token, it only signs TLS handshakes. The TLS builder asks for one
 //! client-certificate resolver; `doctor` asks for a report on the key.
+mod error;
 mod signer;
 mod worker;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,99 +16,14 @@ use rustls::SignatureScheme;
 use secrecy::SecretString;
 use zeroize::Zeroizing;
 
+pub use error::Pkcs11Error;
+
 use crate::config::Pkcs11Settings;
 use signer::{TokenKey, TokenSigner};
 use worker::KeyKind;
 
 /// Token setup (login, key lookup) may take longer than one signature, e.g. on a TPM.
 const MIN_SETUP_BUDGET: Duration = Duration::from_secs(5);
-
-/// What went wrong with the token, naming the config field an operator would change.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum Pkcs11Error {
-    #[error("auth.cert.module_path {}: cannot load the PKCS#11 module: {reason}", path.display())]
-    Module { path: PathBuf, reason: String },
-    #[error("auth.cert.token_label: no token labelled {label:?} in {module} (tokens present: {present})")]
-    TokenNotFound {
-        label: String,
-        module: String,
-        present: String,
-    },
-    #[error("auth.cert.pin_file {}: {reason}", path.display())]
-    Pin { path: PathBuf, reason: String },
-    #[error("auth.cert.pin_file: login to PKCS#11 token {token:?} failed: {reason}")]
-    Login {
-        token: String,
-        reason: String,
-        pin_rejected: bool,
-    },
-    #[error("{field}: no private key {what} on PKCS#11 token {token:?}")]
-    KeyNotFound {
-        field: &'static str,
-        what: String,
-        token: String,
-    },
-    #[error("{field}: {count} private keys {what} on PKCS#11 token {token:?}; it must name one")]
-    KeyAmbiguous {
-        field: &'static str,
-        what: String,
-        count: usize,
-        token: String,
-    },
-    #[error("the PKCS#11 key is {reason}")]
-    UnsupportedKey { reason: String },
-    #[error("auth.cert.cert_file {}: {reason}", path.display())]
-    Cert { path: PathBuf, reason: String },
-    #[error("{field} differs from the running {running:?}: another PKCS#11 module or token needs a restart")]
-    RestartNeeded {
-        field: &'static str,
-        running: String,
-    },
-    #[error("PKCS#11 token {token:?} did not answer within {after:?} (hung C_Sign or token?)")]
-    Timeout { token: String, after: Duration },
-    #[error("PKCS#11 token {token:?} is busy: too many signatures waiting")]
-    Busy { token: String },
-    #[error("PKCS#11 worker for token {token:?} has stopped")]
-    WorkerGone { token: String },
-    #[error("PKCS#11 token {token:?}: {op} failed: {reason}")]
-    Token {
-        token: String,
-        op: &'static str,
-        reason: String,
-        session_lost: bool,
-    },
-}
-
-impl Pkcs11Error {
-    /// Restarting cannot fix it and may do harm (a rejected PIN tried again in a restart loop
-    /// locks the token): the operator must change the config or the token.
-    pub fn needs_operator(&self) -> bool {
-        matches!(
-            self,
-            Self::Login {
-                pin_rejected: true,
-                ..
-            } | Self::Pin { .. }
-                | Self::Module { .. }
-                | Self::KeyNotFound { .. }
-                | Self::KeyAmbiguous { .. }
-                | Self::UnsupportedKey { .. }
-                | Self::Cert { .. }
-        )
-    }
-
-    /// Worth one more try on a fresh session: the session broke, or the key vanished from
-    /// it (a token store that was replaced or re-inserted shows up only in a new session).
-    fn session_lost(&self) -> bool {
-        matches!(
-            self,
-            Self::Token {
-                session_lost: true,
-                ..
-            } | Self::KeyNotFound { .. }
-        )
-    }
-}
 
 /// The client certificate resolver for the TLS config: the chain from `cert_file`, signing on
 /// the token. Re-reads `pin_file` and `cert_file` (SIGHUP), checks that the key signs and that
@@ -164,7 +80,7 @@ pub fn inspect(
 fn key_name(settings: &Pkcs11Settings) -> String {
     match &settings.key {
         crate::config::Pkcs11KeyRef::Label(l) => format!("label {l:?}"),
-        crate::config::Pkcs11KeyRef::Id(id) => format!("CKA_ID {}", worker::hex(id)),
+        crate::config::Pkcs11KeyRef::Id(id) => format!("CKA_ID {}", error::hex(id)),
     }
 }
 
