@@ -24,6 +24,8 @@ use crate::config::Pkcs11KeyRef;
 const WORKERS: usize = 2;
 /// Jobs waiting for a worker beyond this are refused at once ("busy"), not queued forever.
 const QUEUE: usize = 16;
+/// Loading and initialising the module; a module that hangs here fails the start instead.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The token the process uses. A PKCS#11 module can be initialised once per process, so the
 /// first (module, token) stays for the life of the process; a reload naming another one is
@@ -88,9 +90,30 @@ impl Token {
         if !module.is_file() {
             return Err(module_err("no such file".into()));
         }
-        let ctx = Pkcs11::new(module).map_err(|e| module_err(e.to_string()))?;
-        ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-            .map_err(|e| module_err(format!("C_Initialize: {}", ck(&e))))?;
+        // Loading runs module code (C_Initialize) too: on its own thread, with a deadline.
+        let (tx, rx) = mpsc::sync_channel(1);
+        let path = module.to_path_buf();
+        std::thread::Builder::new()
+            .name("pkcs11-load".into())
+            .spawn(move || {
+                let loaded = Pkcs11::new(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|ctx| {
+                        ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+                            .map_err(|e| format!("C_Initialize: {}", ck(&e)))
+                            .map(|()| ctx)
+                    });
+                let _ = tx.send(loaded);
+            })
+            .map_err(|e| module_err(format!("cannot start a thread to load it: {e}")))?;
+        let ctx = match rx.recv_timeout(LOAD_TIMEOUT) {
+            Ok(loaded) => loaded.map_err(module_err)?,
+            Err(_) => {
+                return Err(module_err(format!(
+                    "did not finish loading within {LOAD_TIMEOUT:?}"
+                )))
+            }
+        };
         let shared = Arc::new(Shared {
             ctx,
             module: module.to_path_buf(),
