@@ -576,6 +576,8 @@ async fn ec_p256_token_key_logs_in_renews_serves_and_reloads_over_tls12_and_tls1
     let (l12, l13) = full_cycle("ec-full", "EC:prime256v1").await;
     assert!(l12.contains("ECDSA_NISTP256_SHA256"), "{l12}");
     assert!(l13.contains("ECDSA_NISTP256_SHA256"), "{l13}");
+    // SoftHSM2 2.6 has no CKM_ECDSA_SHA256: the provider hashes, the token signs the digest.
+    assert!(l13.contains("mechanism=CKM_ECDSA "), "{l13}");
 }
 
 #[tokio::test]
@@ -586,6 +588,41 @@ async fn rsa_2048_token_key_signs_pkcs1_on_tls12_and_pss_on_tls13() {
         "TLS 1.2 uses PKCS#1 v1.5:\n{l12}"
     );
     assert!(l13.contains("RSA_PSS_SHA256"), "TLS 1.3 uses PSS:\n{l13}");
+    assert!(l12.contains("mechanism=CKM_SHA256_RSA_PKCS "), "{l12}");
+    assert!(l13.contains("mechanism=CKM_SHA256_RSA_PKCS_PSS"), "{l13}");
+}
+
+/// A token that lists no combined hash-and-sign mechanism (the shim hides SoftHSM2's): the
+/// provider hashes and the token signs the digest, PSS over TLS 1.3, PKCS#1 v1.5 over TLS 1.2.
+#[tokio::test]
+async fn rsa_token_without_combined_mechanisms_signs_digests_over_tls13_and_tls12() {
+    let id = identity("rsa-raw", "rsa:2048");
+    let shim = hang_shim(id.dir.path());
+    let bao = TlsBao::start(&id.client_ca).await;
+    let proxy = SwitchProxy::start(port_of(&bao.tls13)).await;
+    let mut o = id.options(
+        &format!("https://127.0.0.1:{}", proxy.port),
+        &bao.server_ca(),
+    );
+    o.auth = o.auth.replace(MODULE, &shim.display().to_string());
+    o.env.push(("P11_REAL_MODULE".into(), MODULE.into()));
+    o.env.push(("P11_HIDE_COMBINED".into(), "1".into()));
+    let p = Provider::start(&o).await;
+    round_trip(&p).await;
+    assert!(p.logs().contains("scheme=RSA_PSS_SHA256"), "{}", p.logs());
+    assert!(
+        p.logs().contains("mechanism=CKM_RSA_PKCS_PSS"),
+        "{}",
+        p.logs()
+    );
+
+    proxy.switch_to(port_of(&bao.tls12)); // a full handshake over TLS 1.2 next
+    wait_log(&p, "a TLS 1.2 handshake", "scheme=RSA_PKCS1_SHA256", 1).await;
+    p.wait_healthy().await;
+    round_trip(&p).await;
+    let logs = p.logs();
+    assert!(logs.contains("mechanism=CKM_RSA_PKCS "), "{logs}");
+    assert!(!logs.contains("mechanism=CKM_SHA256_RSA"), "{logs}");
 }
 
 /// Runs the real `doctor` with the test's SoftHSM2 store; returns its exit code and output.
@@ -887,7 +924,7 @@ fn token_dir(tokens: &Path, label: &str) -> PathBuf {
 }
 
 /// Builds tests/fixtures/pkcs11_hang_shim.c: SoftHSM2, except that C_Sign hangs while a file
-/// exists (a hung token or module).
+/// exists (a hung token or module) and, on request, only raw signing mechanisms are listed.
 fn hang_shim(dir: &Path) -> PathBuf {
     let out = dir.join("hang-shim.so");
     run(

@@ -20,7 +20,6 @@ pub use error::Pkcs11Error;
 
 use crate::config::Pkcs11Settings;
 use signer::{TokenKey, TokenSigner};
-use worker::KeyKind;
 
 /// Token setup (login, key lookup) may take longer than one signature, e.g. on a TPM.
 const MIN_SETUP_BUDGET: Duration = Duration::from_secs(5);
@@ -100,6 +99,7 @@ fn open_key(
         token,
         key: settings.key.clone(),
         kind: info.kind,
+        mechanisms: Arc::new(info.mechanisms.clone()),
         budget,
     };
     check_match(&key, &chain[0], cert_file, setup)?;
@@ -113,10 +113,14 @@ fn check_match(
     cert_file: &Path,
     budget: Duration,
 ) -> Result<(), Pkcs11Error> {
-    let scheme = match key.kind {
-        KeyKind::EcP256 => SignatureScheme::ECDSA_NISTP256_SHA256,
-        KeyKind::Rsa { .. } => SignatureScheme::RSA_PKCS1_SHA256,
-    };
+    let scheme = key
+        .any_scheme()
+        .ok_or_else(|| Pkcs11Error::UnsupportedKey {
+            reason: format!(
+                "a {} key on a token that offers no signing mechanism for it",
+                key.kind
+            ),
+        })?;
     let mismatch = |reason: String| Pkcs11Error::Cert {
         path: cert_file.to_path_buf(),
         reason,

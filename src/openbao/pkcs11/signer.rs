@@ -1,6 +1,7 @@
-//! rustls signing with a token key. The message is hashed here and only the digest goes to the
-//! token (raw CKM_ECDSA, CKM_RSA_PKCS over a DigestInfo, CKM_RSA_PKCS_PSS), so tokens without
-//! the combined hash-and-sign mechanisms work too.
+//! rustls signing with a token key. The token's combined hash-and-sign mechanism is used when it
+//! has one (CKM_ECDSA_SHA256, CKM_SHA256_RSA_PKCS, CKM_SHA256_RSA_PKCS_PSS, ...); otherwise the
+//! message is hashed here and only the digest goes to the token (raw CKM_ECDSA, CKM_RSA_PKCS
+//! over a DigestInfo, CKM_RSA_PKCS_PSS). Schemes the token can do neither way are not offered.
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +21,8 @@ pub(crate) struct TokenKey {
     pub token: Arc<Token>,
     pub key: Pkcs11KeyRef,
     pub kind: KeyKind,
+    /// The token's mechanisms (C_GetMechanismList), to pick combined or raw signing.
+    pub mechanisms: Arc<Vec<MechanismType>>,
     /// How long one signature may take before the handshake fails.
     pub budget: Duration,
 }
@@ -36,20 +39,33 @@ const RSA_SCHEMES: &[SignatureScheme] = &[
     SignatureScheme::RSA_PSS_SHA512,
 ];
 
+impl TokenKey {
+    /// Whether the token has a mechanism for `scheme`, combined or raw.
+    pub(crate) fn can_sign(&self, scheme: SignatureScheme) -> bool {
+        SignOp::for_scheme(scheme).is_some_and(|op| op.plan(&self.mechanisms, b"").is_some())
+    }
+
+    /// The first scheme of this key's kind the token can sign with.
+    pub(crate) fn any_scheme(&self) -> Option<SignatureScheme> {
+        let ours = match self.kind {
+            KeyKind::EcP256 => EC_SCHEMES,
+            KeyKind::Rsa { .. } => RSA_SCHEMES,
+        };
+        ours.iter().copied().find(|s| self.can_sign(*s))
+    }
+}
+
 impl SigningKey for TokenKey {
     fn choose_scheme(&self, offered: &[SignatureScheme]) -> Option<Box<dyn Signer>> {
         let ours = match self.kind {
             KeyKind::EcP256 => EC_SCHEMES,
             KeyKind::Rsa { .. } => RSA_SCHEMES,
         };
-        let scheme = *ours.iter().find(|s| offered.contains(s))?;
+        let scheme = *ours
+            .iter()
+            .find(|s| offered.contains(s) && self.can_sign(**s))?;
         tracing::debug!(scheme = ?scheme, token = self.token.label(), "signing the TLS handshake on the PKCS#11 token");
-        Some(Box::new(TokenSigner {
-            token: self.token.clone(),
-            key: self.key.clone(),
-            scheme,
-            budget: self.budget,
-        }))
+        Some(Box::new(TokenSigner::new(self, scheme, self.budget)))
     }
 
     fn algorithm(&self) -> SignatureAlgorithm {
@@ -64,6 +80,7 @@ impl SigningKey for TokenKey {
 pub(crate) struct TokenSigner {
     token: Arc<Token>,
     key: Pkcs11KeyRef,
+    mechanisms: Arc<Vec<MechanismType>>,
     scheme: SignatureScheme,
     budget: Duration,
 }
@@ -73,6 +90,7 @@ impl TokenSigner {
         Self {
             token: key.token.clone(),
             key: key.key.clone(),
+            mechanisms: key.mechanisms.clone(),
             scheme,
             budget,
         }
@@ -80,14 +98,19 @@ impl TokenSigner {
 
     /// The signature in the encoding TLS wants (DER for ECDSA).
     pub(crate) fn sign_message(&self, message: &[u8]) -> Result<Vec<u8>, Pkcs11Error> {
-        let op = SignOp::for_scheme(self.scheme).ok_or(Pkcs11Error::UnsupportedKey {
-            reason: format!("signature scheme {:?}", self.scheme),
-        })?;
-        let data = op.prepare(message);
+        let unsupported = || Pkcs11Error::UnsupportedKey {
+            reason: format!(
+                "on a token without a mechanism for {:?} (neither combined nor raw)",
+                self.scheme
+            ),
+        };
+        let op = SignOp::for_scheme(self.scheme).ok_or_else(unsupported)?;
+        let Plan { mech, data } = op.plan(&self.mechanisms, message).ok_or_else(unsupported)?;
+        tracing::debug!(mechanism = %mech.mechanism().mechanism_type(), token = self.token.label(), "PKCS#11 C_Sign");
         let key = self.key.clone();
         let raw = self
             .token
-            .run(self.budget, move |w| w.sign(&key, &op.mechanism(), &data))?;
+            .run(self.budget, move |w| w.sign(&key, &mech.mechanism(), &data))?;
         match op {
             SignOp::Ecdsa => ecdsa_raw_to_der(&raw).ok_or_else(|| Pkcs11Error::Token {
                 token: self.token.label().to_owned(),
@@ -147,6 +170,24 @@ impl Hash {
         }
     }
 
+    /// The combined hash-and-sign mechanisms for this hash: PKCS#1 v1.5 and PSS.
+    fn combined(self) -> (MechanismType, MechanismType) {
+        match self {
+            Self::Sha256 => (
+                MechanismType::SHA256_RSA_PKCS,
+                MechanismType::SHA256_RSA_PKCS_PSS,
+            ),
+            Self::Sha384 => (
+                MechanismType::SHA384_RSA_PKCS,
+                MechanismType::SHA384_RSA_PKCS_PSS,
+            ),
+            Self::Sha512 => (
+                MechanismType::SHA512_RSA_PKCS,
+                MechanismType::SHA512_RSA_PKCS_PSS,
+            ),
+        }
+    }
+
     fn pss_params(self) -> PkcsPssParams {
         let (hash_alg, mgf, len) = match self {
             Self::Sha256 => (MechanismType::SHA256, PkcsMgfType::MGF1_SHA256, 32u64),
@@ -183,18 +224,60 @@ impl SignOp {
         })
     }
 
-    fn prepare(self, message: &[u8]) -> Vec<u8> {
-        match self {
-            Self::Ecdsa => Hash::Sha256.digest(message),
-            Self::RsaPkcs1(h) => [h.digest_info_prefix(), &h.digest(message)].concat(),
-            Self::RsaPss(h) => h.digest(message),
-        }
+    /// The combined mechanism over the message when the token has it, else the raw mechanism
+    /// over a digest made here; `None` when the token has neither.
+    fn plan(self, mechanisms: &[MechanismType], message: &[u8]) -> Option<Plan> {
+        let has = |m: MechanismType| mechanisms.contains(&m);
+        let (mech, data) = match self {
+            Self::Ecdsa if has(MechanismType::ECDSA_SHA256) => {
+                (Mech::EcdsaSha256, message.to_vec())
+            }
+            Self::Ecdsa if has(MechanismType::ECDSA) => (Mech::Ecdsa, Hash::Sha256.digest(message)),
+            Self::RsaPkcs1(h) if has(h.combined().0) => (Mech::HashRsaPkcs(h), message.to_vec()),
+            Self::RsaPkcs1(h) if has(MechanismType::RSA_PKCS) => (
+                Mech::RsaPkcs,
+                [h.digest_info_prefix(), &h.digest(message)].concat(),
+            ),
+            Self::RsaPss(h) if has(h.combined().1) => (Mech::HashRsaPss(h), message.to_vec()),
+            Self::RsaPss(h) if has(MechanismType::RSA_PKCS_PSS) => {
+                (Mech::RsaPss(h), h.digest(message))
+            }
+            _ => return None,
+        };
+        Some(Plan { mech, data })
     }
+}
 
+/// One signature as the token is asked for it.
+struct Plan {
+    mech: Mech,
+    data: Vec<u8>,
+}
+
+/// A mechanism by name (cryptoki's `Mechanism` holds raw pointers and cannot cross threads; it
+/// is built on the worker).
+#[derive(Debug, Clone, Copy)]
+enum Mech {
+    EcdsaSha256,
+    Ecdsa,
+    HashRsaPkcs(Hash),
+    RsaPkcs,
+    HashRsaPss(Hash),
+    RsaPss(Hash),
+}
+
+impl Mech {
     fn mechanism(self) -> Mechanism<'static> {
         match self {
+            Self::EcdsaSha256 => Mechanism::EcdsaSha256,
             Self::Ecdsa => Mechanism::Ecdsa,
-            Self::RsaPkcs1(_) => Mechanism::RsaPkcs,
+            Self::HashRsaPkcs(Hash::Sha256) => Mechanism::Sha256RsaPkcs,
+            Self::HashRsaPkcs(Hash::Sha384) => Mechanism::Sha384RsaPkcs,
+            Self::HashRsaPkcs(Hash::Sha512) => Mechanism::Sha512RsaPkcs,
+            Self::RsaPkcs => Mechanism::RsaPkcs,
+            Self::HashRsaPss(h @ Hash::Sha256) => Mechanism::Sha256RsaPkcsPss(h.pss_params()),
+            Self::HashRsaPss(h @ Hash::Sha384) => Mechanism::Sha384RsaPkcsPss(h.pss_params()),
+            Self::HashRsaPss(h @ Hash::Sha512) => Mechanism::Sha512RsaPkcsPss(h.pss_params()),
             Self::RsaPss(h) => Mechanism::RsaPkcsPss(h.pss_params()),
         }
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
-use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
@@ -238,6 +238,8 @@ pub(crate) struct Worker {
 #[derive(Debug, Clone)]
 pub(crate) struct KeyInfo {
     pub kind: KeyKind,
+    /// What the token can do (C_GetMechanismList of its slot).
+    pub mechanisms: Vec<MechanismType>,
     pub sensitive: bool,
     pub extractable: bool,
     pub always_sensitive: bool,
@@ -429,8 +431,19 @@ impl Worker {
                     ],
                 )
                 .map_err(|e| token_err(&label, "C_GetAttributeValue", &e))?;
+            let session = w.session()?;
+            let slot = session
+                .get_session_info()
+                .map_err(|e| token_err(&label, "C_GetSessionInfo", &e))?
+                .slot_id();
+            let mechanisms = w
+                .shared
+                .ctx
+                .get_mechanism_list(slot)
+                .map_err(|e| token_err(&label, "C_GetMechanismList", &e))?;
             let mut info = KeyInfo {
                 kind: KeyKind::EcP256,
+                mechanisms,
                 sensitive: false,
                 extractable: true,
                 always_sensitive: false,
