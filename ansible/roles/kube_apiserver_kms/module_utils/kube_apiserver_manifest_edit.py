@@ -520,6 +520,10 @@ def facts(text, container="kube-apiserver"):
         "automatic_reload": _reload_value(reloads[0].value) if reloads else None,
         "advertise_address": address,
         "secure_port": int(port) if port and port.isdigit() else 6443,
+        "etcd_servers": [u for u in (flag("--etcd-servers") or "").split(",") if u],
+        "etcd_cafile": flag("--etcd-cafile"),
+        "etcd_certfile": flag("--etcd-certfile"),
+        "etcd_keyfile": flag("--etcd-keyfile"),
     }
 
 
