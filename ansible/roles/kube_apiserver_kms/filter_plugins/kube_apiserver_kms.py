@@ -34,12 +34,12 @@ def manifest_facts(text, container="kube-apiserver"):
 
 
 def cluster_configuration(text, args, volumes, state="present", previous_config=None):
-    """kubeadm-config's ClusterConfiguration text -> {'text': new text, 'changed': bool, 'changes': [...]}."""
+    """kubeadm-config's ClusterConfiguration text -> {'text': new text, 'changes': [...]}."""
     try:
         new, changes = _kubeadm.patch(text, args, volumes, state, previous_config)
     except _kubeadm.ClusterConfigurationError as e:
         raise AnsibleFilterError("kubeadm-config ClusterConfiguration: %s" % e)
-    return {"text": new, "changed": bool(changes), "changes": changes}
+    return {"text": new, "changes": changes}
 
 
 class FilterModule:
