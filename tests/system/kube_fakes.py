@@ -163,7 +163,18 @@ class FakeApiServer:
                 return False
 
             def body(self):
-                return json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    data = b""
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                        chunk = self.rfile.read(size) if size else b""
+                        self.rfile.readline()
+                        if not size:
+                            break
+                        data += chunk
+                else:
+                    data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                return json.loads(data or b"{}")
 
             def do_GET(self):
                 if self.authenticated():

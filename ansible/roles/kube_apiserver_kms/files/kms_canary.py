@@ -88,7 +88,9 @@ def expected(first):
 def etcd(a):
     value = etcd_value(a)
     prefixes = expected(a.expect_first)
-    shown = value[:40].split(b"\x00")[0].decode("ascii", "replace") if value.startswith(b"k8s:enc:") else "(no prefix)"
+    # Only the prefix (k8s:enc:<type>:<version>:<key or provider name>:), never the stored bytes.
+    shown = (b":".join(value.split(b":", 5)[:5]).decode("ascii", "replace") + ":"
+             if value.startswith(b"k8s:enc:") else "(no prefix)")
     if prefixes is None:
         if value.startswith(b"k8s:enc:"):
             fail("%s is stored with %s, expected plaintext (identity first)" % (a.etcd_key, shown))

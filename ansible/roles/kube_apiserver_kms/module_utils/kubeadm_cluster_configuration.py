@@ -71,8 +71,8 @@ def patch(text, args, volumes, state="present", previous_config=None):
                 extra[name] = back
             else:
                 del extra[name]
-    original = doc.get("apiServer") or {}
-    if extra or "extraArgs" in original:
+    # Empty lists and maps are left out (kubeadm reads a missing and an empty one alike).
+    if extra:
         api["extraArgs"] = extra
     else:
         api.pop("extraArgs", None)
@@ -88,11 +88,11 @@ def patch(text, args, volumes, state="present", previous_config=None):
         elif state == "absent" and same:
             vols = [v for v in vols if v.get("name") != volume["name"]]
             changes.append("remove extraVolumes %s" % volume["name"])
-    if vols or "extraVolumes" in original:
+    if vols:
         api["extraVolumes"] = vols
     else:
         api.pop("extraVolumes", None)
-    if not api and "apiServer" not in doc:
+    if not api:
         new.pop("apiServer")
     if not changes:
         return text, []
