@@ -91,11 +91,16 @@ pub(crate) fn go_duration(d: Duration) -> Result<String> {
     if ns == 0 {
         anyhow::bail!("--timeout: must be more than zero (for example \"3s\")");
     }
-    let (value, unit) = [(1_000_000_000u128, "s"), (1_000_000, "ms"), (1_000, "us"), (1, "ns")]
-        .into_iter()
-        .find(|(n, _)| ns % n == 0)
-        .map(|(n, u)| (ns / n, u))
-        .unwrap_or((ns, "ns"));
+    let (value, unit) = [
+        (1_000_000_000u128, "s"),
+        (1_000_000, "ms"),
+        (1_000, "us"),
+        (1, "ns"),
+    ]
+    .into_iter()
+    .find(|(n, _)| ns % n == 0)
+    .map(|(n, u)| (ns / n, u))
+    .unwrap_or((ns, "ns"));
     Ok(format!("{value}{unit}"))
 }
 
@@ -117,11 +122,20 @@ mod tests {
     #[test]
     fn odd_resources_and_names_stay_strings() {
         let r = ["*.*".to_string(), " *.apps".into(), "true".into()];
-        let doc = encryption_config_document(&r, "true", "/run/x.sock", Duration::from_secs(3), true).unwrap();
-        assert_eq!(doc["resources"][0]["resources"], serde_json::json!(["*.*", "*.apps", "true"]));
+        let doc =
+            encryption_config_document(&r, "true", "/run/x.sock", Duration::from_secs(3), true)
+                .unwrap();
+        assert_eq!(
+            doc["resources"][0]["resources"],
+            serde_json::json!(["*.*", "*.apps", "true"])
+        );
         assert_eq!(doc["resources"][0]["providers"][0]["kms"]["name"], "true");
-        assert_eq!(doc["resources"][0]["providers"][1], serde_json::json!({"identity": {}}));
-        let empty = encryption_config_document(&["".into()], "n", "/s", Duration::from_secs(1), false);
+        assert_eq!(
+            doc["resources"][0]["providers"][1],
+            serde_json::json!({"identity": {}})
+        );
+        let empty =
+            encryption_config_document(&["".into()], "n", "/s", Duration::from_secs(1), false);
         assert!(empty.unwrap_err().to_string().contains("--resources"));
     }
 }

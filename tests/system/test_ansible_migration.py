@@ -93,6 +93,15 @@ def test_verification_fails_when_values_are_not_stored_by_the_provider(pki, clus
     api.prefix = b"k8s:enc:aescbc:v1:key1:"
     p = run(pki, api, etcd, tmp_path)
     assert p.returncode == 1 and "21 objects are not stored by the provider" in p.stderr, p.stdout + p.stderr
+    # Rolling back: the rewrite away from the provider checks that no value carries its prefix.
+    (tmp_path / "state.json").unlink()
+    back = run(pki, api, etcd, tmp_path, "--expect-not")
+    assert back.returncode == 0 and "21 of 21 checked objects do not start with" in back.stdout, back.stdout + back.stderr
+    api.prefix = KMS
+    api.add("default", "late")
+    (tmp_path / "state.json").unlink()
+    still = run(pki, api, etcd, tmp_path, "--expect-not", "--resources", "secrets")
+    assert still.returncode == 1 and "22 objects are still stored by the provider" in still.stderr, still.stderr
 
 
 def test_etcd_size_is_compared_with_the_quota_before_starting(pki, cluster, tmp_path):

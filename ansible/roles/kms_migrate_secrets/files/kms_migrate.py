@@ -320,13 +320,15 @@ def verify(a, api, etcd, plan):
         value = etcd.get(key)
         if value is None:
             continue  # deleted meanwhile
-        if value.startswith(a.expect_prefix.encode()):
+        if value.startswith(a.expect_prefix.encode()) != a.expect_not:
             ok += 1
         else:
             bad.append(key)
-    log("verified in etcd: %d of %d checked objects start with %s (%s)" % (ok, ok + len(bad), a.expect_prefix, a.verify))
+    log("verified in etcd: %d of %d checked objects %s with %s (%s)"
+        % (ok, ok + len(bad), "do not start" if a.expect_not else "start", a.expect_prefix, a.verify))
     if bad:
-        raise Failure("%d objects are not stored by the provider, e.g. %s" % (len(bad), ", ".join(bad[:5])))
+        raise Failure("%d objects are %s the provider, e.g. %s"
+                      % (len(bad), "still stored by" if a.expect_not else "not stored by", ", ".join(bad[:5])))
 
 
 def main():
@@ -346,6 +348,8 @@ def main():
     p.add_argument("--quota-check", choices=["refuse", "warn", "off"], default="refuse")
     p.add_argument("--verify", default="all", help="all, sample:N or none")
     p.add_argument("--expect-prefix", default="k8s:enc:kms:v2:")
+    p.add_argument("--expect-not", action="store_true",
+                   help="rolling back: values must NOT start with --expect-prefix any more")
     a = p.parse_args()
     if a.chunk_size < 1 or a.rate < 0:
         p.error("--chunk-size must be at least 1 and --rate not negative")
