@@ -41,8 +41,11 @@ def log(msg):
 
 class Api:
     def __init__(self, kubeconfig, server=None, timeout=30):
-        with open(kubeconfig, encoding="utf-8") as f:
-            text = f.read()
+        try:
+            with open(kubeconfig, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            raise Failure("cannot read the kubeconfig: %s" % e)
         try:
             cfg = json.loads(text)
         except ValueError:
@@ -61,10 +64,13 @@ class Api:
         os.chmod(self._dir, 0o700)
         self.ctx = None
         if self.server.startswith("https"):
-            self.ctx = ssl.create_default_context(cafile=self._file(cluster, "certificate-authority"))
-            cert, key = self._file(user, "client-certificate"), self._file(user, "client-key")
-            if cert and key:
-                self.ctx.load_cert_chain(cert, key)
+            try:
+                self.ctx = ssl.create_default_context(cafile=self._file(cluster, "certificate-authority"))
+                cert, key = self._file(user, "client-certificate"), self._file(user, "client-key")
+                if cert and key:
+                    self.ctx.load_cert_chain(cert, key)
+            except (OSError, ssl.SSLError) as e:
+                raise Failure("%s: cannot use its certificates: %s" % (kubeconfig, e))
         if user.get("token"):
             self.headers["Authorization"] = "Bearer " + user["token"]
 
@@ -161,9 +167,12 @@ class Etcd:
         self.endpoint = endpoint.rstrip("/")
         self.ctx = None
         if self.endpoint.startswith("https"):
-            self.ctx = ssl.create_default_context(cafile=cacert)
-            if cert:
-                self.ctx.load_cert_chain(cert, key)
+            try:
+                self.ctx = ssl.create_default_context(cafile=cacert)
+                if cert:
+                    self.ctx.load_cert_chain(cert, key)
+            except (OSError, ssl.SSLError) as e:
+                raise Failure("etcd client certificate (%s, %s, %s): %s" % (cacert, cert, key, e))
 
     def call(self, path, body):
         req = urllib.request.Request(self.endpoint + path, data=json.dumps(body).encode(), method="POST",
@@ -236,7 +245,8 @@ def rewrite_one(api, base, name, obj):
 
 def migrate(a):
     api = Api(a.kubeconfig, a.server)
-    etcd = Etcd(a.etcd_endpoint, a.etcd_cacert, a.etcd_cert, a.etcd_key) if a.etcd_endpoint else None
+    needs_etcd = a.etcd_endpoint and (a.quota_check != "off" or a.verify != "none")
+    etcd = Etcd(a.etcd_endpoint, a.etcd_cacert, a.etcd_cert, a.etcd_key) if needs_etcd else None
     state = load_state(a.state)
     resources = [r.strip() for r in a.resources.split(",") if r.strip()]
     interval = 1.0 / a.rate if a.rate > 0 else 0

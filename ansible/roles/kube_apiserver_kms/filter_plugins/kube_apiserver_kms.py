@@ -7,6 +7,7 @@ ClusterConfiguration edit, both pure functions from module_utils (so the unit te
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 
 from ansible.errors import AnsibleFilterError
@@ -35,6 +36,11 @@ def manifest_facts(text, container="kube-apiserver"):
 
 def cluster_configuration(text, args, volumes, state="present", previous_config=None):
     """kubeadm-config's ClusterConfiguration text -> {'text': new text, 'changes': [...]}."""
+    # Plain Python types: Ansible hands filters its own (tagged) str/dict subclasses, which PyYAML's
+    # safe_dump refuses to represent.
+    args, volumes = json.loads(json.dumps(args)), json.loads(json.dumps(volumes))
+    text, state = str(text), str(state)
+    previous_config = str(previous_config) if previous_config else None
     try:
         new, changes = _kubeadm.patch(text, args, volumes, state, previous_config)
     except _kubeadm.ClusterConfigurationError as e:
