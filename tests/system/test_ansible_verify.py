@@ -254,3 +254,19 @@ def test_kubeadm_config_refuses_a_foreign_volume_of_our_name_and_a_wrong_shape()
     wrong = V1BETA4.replace("kubeadm.k8s.io/v1beta4", "kubeadm.k8s.io/v1beta3")
     with pytest.raises(kc.ClusterConfigurationError, match="is a list, expected a map"):
         kc.patch(wrong, ARGS, VOLUMES)
+
+
+def test_a_restart_that_did_not_happen_fails_the_run(tmp_path):
+    """The default restart command under pipefail fails without a working crictl (none here), and the
+    wait refuses an unchanged container id, so the checks never run against the old API server."""
+    assert shutil.which("crictl") is None, "this test expects no crictl on the test machine"
+    restart = run_playbook(playbook(tmp_path, "restart.yml"), local_inventory({"cp1": {}}))
+    assert restart.rc != 0 and "crictl" in restart.output, restart.output
+    same = {"kube_apiserver_kms_container_id_command": "echo 3f2a9c", "kube_apiserver_kms_wait_retries": 2,
+            "kube_apiserver_kms_wait_delay": 1}
+    pre = [{"name": "record", "ansible.builtin.include_role": {"name": "kube_apiserver_kms",
+                                                                "tasks_from": "container_id.yml"}}]
+    wait = run_playbook(playbook(tmp_path, "wait_restart.yml", pre_tasks=pre), local_inventory({"cp1": {}}), same)
+    assert wait.rc != 0 and "Wait for a new kube-apiserver container" in wait.output, wait.output
+    changing = {**same, "kube_apiserver_kms_container_id_command": "date +%s%N"}
+    run_playbook(playbook(tmp_path, "wait_restart.yml", pre_tasks=pre), local_inventory({"cp1": {}}), changing).assert_ok()
