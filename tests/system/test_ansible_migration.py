@@ -53,8 +53,9 @@ def test_conflicts_are_retried_with_a_fresh_read_and_every_object_is_verified_in
     api.conflict_once = {"default/s03", "kube-system/s00", "team-a/s04"}
     before = {k: etcd.get(f"/registry/secrets/{k}") for k in api.objects}
     assert not any(v.startswith(KMS) for v in before.values())
-    p = run(pki, api, etcd, tmp_path)
+    p = run(pki, api, etcd, tmp_path, "--progress-file", str(tmp_path / "progress.log"))
     assert p.returncode == 0, p.stdout + p.stderr
+    assert "secrets team-a: 5/5" in (tmp_path / "progress.log").read_text()
     assert api.conflicts_sent == 3 and set(api.replaces) == set(api.objects)
     assert all(n == 1 for n in api.replaces.values()), api.replaces
     assert all(etcd.get(f"/registry/secrets/{k}").startswith(KMS) for k in api.objects)

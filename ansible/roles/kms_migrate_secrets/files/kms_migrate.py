@@ -33,8 +33,18 @@ class Failure(Exception):
     pass
 
 
+PROGRESS_FILE = None
+
+
 def log(msg):
+    """stdout (Ansible shows it at the end) and, while it runs, --progress-file (tail -f it)."""
     print(msg, flush=True)
+    if PROGRESS_FILE:
+        try:
+            with open(PROGRESS_FILE, "a", encoding="utf-8") as f:
+                f.write("%s %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S"), msg))
+        except OSError:
+            pass
 
 
 # ---------------------------------------------------------------------------- kube API
@@ -349,6 +359,7 @@ def main():
     p.add_argument("--chunk-size", type=int, default=250)
     p.add_argument("--rate", type=float, default=50, help="objects per second (0: no limit)")
     p.add_argument("--state", help="resume state file (JSON)")
+    p.add_argument("--progress-file", help="also append progress lines here while running")
     p.add_argument("--etcd-endpoint")
     p.add_argument("--etcd-cacert")
     p.add_argument("--etcd-cert")
@@ -365,6 +376,8 @@ def main():
         p.error("--chunk-size must be at least 1 and --rate not negative")
     if not (a.verify in ("all", "none") or (a.verify.startswith("sample:") and a.verify[7:].isdigit())):
         p.error("--verify must be all, none or sample:N")
+    global PROGRESS_FILE  # pylint: disable=global-statement
+    PROGRESS_FILE = a.progress_file
     # SIGTERM (systemd, a timeout) ends like Ctrl-C: the resume state is saved on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
