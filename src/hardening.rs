@@ -6,7 +6,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::config::{AuthSettings, Settings};
+use crate::config::{AuthSettings, ClientKey, Settings};
 
 /// Marks the process non-dumpable (`PR_SET_DUMPABLE=0`): no core file holds plaintext, tokens
 /// or the JWT even if `LimitCORE=` is raised, and `/proc/PID/mem` is readable by root only.
@@ -105,9 +105,14 @@ pub fn check_permissions(settings: &Settings, config_path: &Path) -> Vec<Permiss
         AuthSettings::Token { token_file } => {
             not_world_readable("token file", token_file, &mut out)
         }
-        AuthSettings::Cert { key_file, .. } => {
-            not_world_readable("client key file", key_file, &mut out)
-        }
+        AuthSettings::Cert {
+            key: ClientKey::File(key_file),
+            ..
+        } => not_world_readable("client key file", key_file, &mut out),
+        AuthSettings::Cert {
+            key: ClientKey::Pkcs11(p11),
+            ..
+        } => not_world_readable("PKCS#11 PIN file", &p11.pin_file, &mut out),
     }
     out
 }

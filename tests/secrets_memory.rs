@@ -104,7 +104,7 @@ fn scan(pid: u32, needles: &[&[u8]]) -> Vec<usize> {
 async fn round_trip_leaves_no_avoidable_copies_of_plaintext_or_jwt() {
     let bao = Bao::start().await;
     let mut o = ProviderOptions::new(&bao);
-    o.rust_log = "trace".into();
+    o.env.push(("RUST_LOG".into(), "trace".into()));
     // Production-like probe intervals, so that no background probe reuses (and so hides) the
     // buffers of the call under test before the scan.
     let mut p = Provider::start(&o).await;

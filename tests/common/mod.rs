@@ -434,8 +434,8 @@ pub struct ProviderOptions {
     pub rotation: String,
     pub state_dir: Option<PathBuf>,
     pub extra: String,
-    /// RUST_LOG for the provider process (default: debug, transport crates at warn).
-    pub rust_log: String,
+    /// Extra environment for the provider process (e.g. SOFTHSM2_CONF).
+    pub env: Vec<(String, String)>,
 }
 
 impl ProviderOptions {
@@ -455,9 +455,7 @@ impl ProviderOptions {
             rotation: "[rotation]\nstable_observations = 1\nactivation_delay = \"0s\"\n".into(),
             state_dir: None,
             extra: String::new(),
-            rust_log:
-                "debug,h2=warn,hyper=warn,tower=warn,reqwest=warn,rustls=warn,hyper_util=warn"
-                    .into(),
+            env: Vec::new(),
         }
     }
 }
@@ -471,7 +469,7 @@ pub struct Provider {
     pub log: PathBuf,
     pub metrics_port: u16,
     pub health_port: u16,
-    rust_log: String,
+    pub env: Vec<(String, String)>,
 }
 
 impl Provider {
@@ -527,7 +525,7 @@ impl Provider {
             log,
             metrics_port,
             health_port,
-            rust_log: o.rust_log.clone(),
+            env: o.env.clone(),
         };
         p.start_process();
         p
@@ -544,7 +542,12 @@ impl Provider {
             .arg(&self.config)
             .env_remove("NOTIFY_SOCKET")
             .env_remove("LISTEN_FDS")
-            .env("RUST_LOG", &self.rust_log)
+            .env(
+                "RUST_LOG",
+                "debug,h2=warn,hyper=warn,tower=warn,reqwest=warn,rustls=warn,hyper_util=warn",
+            )
+            // After RUST_LOG, so a test may override it.
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(logf.try_clone().expect("clone"))
             .stderr(logf)
             .spawn()
@@ -607,7 +610,7 @@ impl Provider {
         }
     }
 
-    fn exit_code(&self) -> Option<Option<i32>> {
+    pub fn exit_code(&self) -> Option<Option<i32>> {
         None.or_else(|| {
             let c = self.child.as_ref()?;
             let pid = c.id() as i32;
