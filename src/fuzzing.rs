@@ -7,6 +7,12 @@ use crate::config::{self, Environment};
 use crate::envelope;
 use crate::keys::{Registry, Store};
 
+/// KMS v2 Decrypt/Encrypt requests (first byte: which), decoded and validated as the service
+/// does before OpenBao is asked anything.
+pub fn kms_request(data: &[u8]) {
+    crate::kms::fuzz_request(data);
+}
+
 /// An etcd value as kube-apiserver would hand it to the restore drill: prefix, protobuf
 /// `EncryptedObject`, kube-apiserver's validation; and the protobuf alone.
 pub fn etcd_value(data: &[u8]) {

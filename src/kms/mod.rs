@@ -6,6 +6,7 @@ mod conn;
 mod error;
 mod server;
 mod service;
+pub mod validate;
 
 use std::collections::HashMap;
 
@@ -23,6 +24,38 @@ pub const MAX_KEY_ID_BYTES: usize = 1024;
 pub const MAX_ANNOTATIONS_BYTES: usize = 32 * 1024;
 /// The apiserver sends a 32-byte seed; anything that would not fit a 1 KiB ciphertext is refused.
 pub const MAX_PLAINTEXT_BYTES: usize = 512;
+
+/// Decrypt and Encrypt requests as the service sees them (decoded by prost, as tonic does), run
+/// through the input rules and the Transit ciphertext check (`cargo fuzz`, fuzz/).
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_request(data: &[u8]) {
+    use prost::Message;
+    let Some((kind, wire)) = data.split_first() else {
+        return;
+    };
+    if kind & 1 == 0 {
+        if let Ok(req) = crate::pb::EncryptRequest::decode(wire) {
+            let _ = clip(&req.uid);
+            let _ = validate::plaintext(&req.plaintext);
+        }
+        return;
+    }
+    let Ok(req) = crate::pb::DecryptRequest::decode(wire) else {
+        return;
+    };
+    let _ = (clip(&req.uid), clip(&req.key_id));
+    let input = DecryptInput {
+        ciphertext: req.ciphertext,
+        key_id: req.key_id,
+        annotations: req.annotations,
+    };
+    if validate::decrypt_input(&input).is_ok() {
+        let _ = input.claimed_key_version().map_err(|e| e.to_string());
+        if let Ok(text) = std::str::from_utf8(&input.ciphertext) {
+            let _ = crate::openbao::ciphertext_version(text);
+        }
+    }
+}
 
 /// Longest client-supplied string (uid, key_id, annotation key) echoed into a log line,
 /// metric or error message: a hostile or broken client cannot flood the journal.

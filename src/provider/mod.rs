@@ -143,13 +143,7 @@ impl KeyService for Provider {
     }
 
     async fn encrypt(&self, plaintext: &[u8]) -> Result<EncryptReply, KmsError> {
-        if plaintext.is_empty() || plaintext.len() > kms::MAX_PLAINTEXT_BYTES {
-            return Err(KmsError::InvalidArgument(format!(
-                "plaintext must be 1 to {} bytes, got {}",
-                kms::MAX_PLAINTEXT_BYTES,
-                plaintext.len()
-            )));
-        }
+        kms::validate::plaintext(plaintext)?;
         let snap = self.snapshot();
         let (version, key_id) = snap
             .active
@@ -186,57 +180,14 @@ impl KeyService for Provider {
 
     async fn decrypt(&self, input: DecryptInput) -> Result<Zeroizing<Vec<u8>>, KmsError> {
         let invalid = |m: String| Err(KmsError::InvalidArgument(m));
-        if input.ciphertext.is_empty() || input.ciphertext.len() > kms::MAX_CIPHERTEXT_BYTES {
-            return invalid(format!(
-                "ciphertext must be 1 to {} bytes, got {}",
-                kms::MAX_CIPHERTEXT_BYTES,
-                input.ciphertext.len()
-            ));
-        }
-        if input.key_id.is_empty() || input.key_id.len() > kms::MAX_KEY_ID_BYTES {
-            return invalid(format!(
-                "key_id must be 1 to {} bytes",
-                kms::MAX_KEY_ID_BYTES
-            ));
-        }
-        let annotation_bytes: usize = input
-            .annotations
-            .iter()
-            .map(|(k, v)| k.len() + v.len())
-            .sum();
-        if annotation_bytes > kms::MAX_ANNOTATIONS_BYTES {
-            return invalid(format!(
-                "annotations exceed {} bytes",
-                kms::MAX_ANNOTATIONS_BYTES
-            ));
-        }
+        kms::validate::decrypt_input(&input)?;
         let known = self
             .snapshot()
             .known
             .get(&input.key_id)
             .cloned()
             .ok_or(KmsError::UnknownKeyId)?;
-        if let Some(k) = input
-            .annotations
-            .keys()
-            .find(|k| k.as_str() != kms::ANNOTATION_KEY_VERSION)
-        {
-            return invalid(format!("unexpected annotation {:?}", kms::clip(k)));
-        }
-        let claimed = input
-            .annotations
-            .get(kms::ANNOTATION_KEY_VERSION)
-            .ok_or_else(|| {
-                KmsError::InvalidArgument(format!(
-                    "annotation {} is missing",
-                    kms::ANNOTATION_KEY_VERSION
-                ))
-            })?;
-        if std::str::from_utf8(claimed)
-            .ok()
-            .and_then(|s| s.parse::<u32>().ok())
-            != Some(known.version)
-        {
+        if input.claimed_key_version()? != Some(known.version) {
             return invalid(format!(
                 "annotation {} does not match the key_id",
                 kms::ANNOTATION_KEY_VERSION
