@@ -72,7 +72,7 @@ impl HealthSource for Health {
         if let Err(r) = self.live() {
             reasons.push(r);
         }
-        if let Err(r) = self.provider.health() {
+        if let Err(r) = self.provider.health().verdict() {
             reasons.push(r);
         }
         if reasons.is_empty() {
@@ -84,7 +84,7 @@ impl HealthSource for Health {
 
     fn refresh_metrics(&self) {
         telemetry::metrics::snapshot_age(self.provider.snapshot().age());
-        telemetry::metrics::healthy(self.provider.health().is_ok());
+        telemetry::metrics::healthy(self.provider.health().is_healthy());
     }
 }
 
@@ -92,7 +92,7 @@ impl HealthSource for Health {
 fn status_line(provider: &Provider) -> String {
     let snap = provider.snapshot();
     let key_id = snap.key_id().unwrap_or("none");
-    match snap.health(provider.max_staleness()) {
+    match snap.health(provider.max_staleness()).verdict() {
         Ok(()) => format!("serving key_id={key_id} healthz=ok"),
         Err(reason) => format!("serving key_id={key_id} healthz=not-ok: {reason}"),
     }
@@ -198,7 +198,7 @@ pub async fn run(settings: Settings, config_path: PathBuf) -> Result<()> {
 
     loop {
         if !ready_sent {
-            if provider.health().is_ok() {
+            if provider.health().is_healthy() {
                 last_status = status_line(&provider);
                 systemd::ready(&last_status);
                 ready_sent = true;
@@ -209,7 +209,7 @@ pub async fn run(settings: Settings, config_path: PathBuf) -> Result<()> {
             } else {
                 let line = format!(
                     "waiting for OpenBao: {}",
-                    provider.health().err().unwrap_or_default()
+                    provider.health().verdict().err().unwrap_or_default()
                 );
                 systemd::status(&line);
                 // Extend the start timeout only up to server.start_timeout: after that the

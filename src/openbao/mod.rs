@@ -23,6 +23,9 @@ use transit::{DataBody, DecryptData, EncryptData, RawKey};
 
 use crate::config::{AuthSettings, OpenBaoSettings, TransitSettings};
 
+/// The only Transit key type the provider encrypts with (AES-256-GCM, 96-bit nonce).
+pub const TRANSIT_KEY_TYPE: &str = "aes256-gcm96";
+
 /// A Transit encryption result: the ciphertext as OpenBao returns it and the version it used.
 #[derive(Debug, Clone)]
 pub struct Encrypted {

@@ -1,5 +1,6 @@
 //! The provider itself: ties the OpenBao client and the key registry together, keeps the Status
 //! snapshot fresh from a background probe loop, and implements `kms::KeyService`.
+mod health;
 mod probe;
 mod snapshot;
 
@@ -10,7 +11,8 @@ use std::time::Duration;
 use tokio::sync::{watch, Mutex};
 use zeroize::Zeroizing;
 
-pub use snapshot::{KnownKey, Snapshot};
+use health::Health;
+pub(crate) use snapshot::{KnownKey, Snapshot};
 
 use crate::config::{RotationSettings, Settings, StatusSettings};
 use crate::keys::{associated_data, KeyIdentity, Registry};
@@ -51,15 +53,15 @@ impl Provider {
         Ok(provider)
     }
 
-    pub fn snapshot(&self) -> Arc<Snapshot> {
+    pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.borrow().clone()
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.snapshot.subscribe()
     }
 
-    pub fn health(&self) -> Result<(), String> {
+    pub(crate) fn health(&self) -> Health {
         self.snapshot().health(self.status.max_staleness)
     }
 
@@ -94,7 +96,7 @@ impl KeyService for Provider {
     fn status(&self) -> StatusReply {
         let snap = self.snapshot();
         StatusReply {
-            healthz: match snap.health(self.status.max_staleness) {
+            healthz: match snap.health(self.status.max_staleness).verdict() {
                 Ok(()) => "ok".to_owned(),
                 Err(reason) => reason,
             },
