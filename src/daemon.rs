@@ -114,7 +114,7 @@ fn listener(settings: &Settings) -> Result<(tokio::net::UnixListener, PathBuf, b
 }
 
 /// Runs until SIGTERM/SIGINT. Errors here are start-up failures (exit non-zero).
-pub async fn run(settings: Settings, config_path: PathBuf) -> Result<()> {
+pub(crate) async fn run(settings: Settings, config_path: PathBuf) -> Result<()> {
     let client = Arc::new(
         openbao::Client::new(&settings.openbao, &settings.auth, &settings.transit)
             .context("setting up the OpenBao client")?,

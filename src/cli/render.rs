@@ -8,7 +8,7 @@ use super::{load, parse_duration, ConfigArg};
 use crate::config::Settings;
 
 /// Least privilege: read the key and mount, encrypt/decrypt, keep its own token alive.
-pub fn policy(s: &Settings) -> String {
+pub(crate) fn policy(s: &Settings) -> String {
     let m = &s.transit.mount_path;
     let k = &s.transit.key_name;
     format!(
@@ -25,22 +25,22 @@ pub fn policy(s: &Settings) -> String {
 }
 
 #[derive(clap::Args, Debug)]
-pub struct EncryptionConfigArgs {
+pub(crate) struct EncryptionConfigArgs {
     #[command(flatten)]
-    pub config: ConfigArg,
+    pub(crate) config: ConfigArg,
     /// Resources to encrypt (comma separated).
     #[arg(long, value_delimiter = ',', default_value = "secrets")]
-    pub resources: Vec<String>,
+    pub(crate) resources: Vec<String>,
     /// Per-call deadline kube-apiserver uses for the provider.
     #[arg(long, value_parser = parse_duration, default_value = "3s")]
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// Leave out the trailing identity provider. Only after every object was rewritten
     /// (migration), or objects stored in plaintext become unreadable.
     #[arg(long)]
-    pub no_identity: bool,
+    pub(crate) no_identity: bool,
 }
 
-pub fn encryption_config(a: &EncryptionConfigArgs) -> Result<ExitCode> {
+pub(crate) fn encryption_config(a: &EncryptionConfigArgs) -> Result<ExitCode> {
     let s = load(&a.config)?;
     let mut out = String::from("apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n  - resources:\n");
     for r in &a.resources {

@@ -12,13 +12,13 @@ use sha2::{Digest, Sha256};
 
 use super::registry::Registry;
 
-pub const REGISTRY_FILE: &str = "key-registry.json";
+pub(crate) const REGISTRY_FILE: &str = "key-registry.json";
 const WITNESS_FILE: &str = "key-registry.generation";
 const LOCK_FILE: &str = "key-registry.lock";
 const FORMAT: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub(crate) enum StoreError {
     #[error("state directory {}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -54,7 +54,7 @@ struct Envelope {
 
 impl StoreError {
     /// Damage that a restart cannot fix (as opposed to I/O trouble or a lock held by a peer).
-    pub fn needs_operator(&self) -> bool {
+    pub(crate) fn needs_operator(&self) -> bool {
         matches!(
             self,
             Self::Damaged { .. }
@@ -75,12 +75,12 @@ struct BodyRef {
 
 /// Result of `verify`, for `state verify`.
 #[derive(Debug)]
-pub struct Verified {
-    pub generation: u64,
-    pub registry: Registry,
+pub(crate) struct Verified {
+    pub(crate) generation: u64,
+    pub(crate) registry: Registry,
 }
 
-pub struct Store {
+pub(crate) struct Store {
     dir: PathBuf,
     scope: String,
     generation: std::sync::atomic::AtomicU64,
@@ -96,7 +96,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 
 impl Store {
     /// Opens the state directory and takes the exclusive lock (for `serve`).
-    pub fn open(dir: &Path, scope: &str) -> Result<Self, StoreError> {
+    pub(crate) fn open(dir: &Path, scope: &str) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let lock_path = dir.join(LOCK_FILE);
         let mut lock = OpenOptions::new()
@@ -125,7 +125,7 @@ impl Store {
     }
 
     /// Read-only access without the lock (`state show` / `state verify` next to a running service).
-    pub fn open_readonly(dir: &Path, scope: &str) -> Self {
+    pub(crate) fn open_readonly(dir: &Path, scope: &str) -> Self {
         Self::unlocked(dir, scope, None)
     }
 
@@ -138,19 +138,19 @@ impl Store {
         }
     }
 
-    pub fn path(&self) -> PathBuf {
+    pub(crate) fn path(&self) -> PathBuf {
         self.dir.join(REGISTRY_FILE)
     }
 
     /// Loads and checks the registry; an absent file (first start) is an empty registry.
-    pub fn load(&self) -> Result<Registry, StoreError> {
+    pub(crate) fn load(&self) -> Result<Registry, StoreError> {
         let v = self.verify()?;
         self.generation
             .store(v.generation, std::sync::atomic::Ordering::SeqCst);
         Ok(v.registry)
     }
 
-    pub fn verify(&self) -> Result<Verified, StoreError> {
+    pub(crate) fn verify(&self) -> Result<Verified, StoreError> {
         let path = self.path();
         let witness = self.read_witness()?;
         let text = match std::fs::read(&path) {
@@ -208,7 +208,7 @@ impl Store {
     }
 
     /// Writes a new generation: temp file, fsync, rename, fsync dir; then the generation witness.
-    pub fn save(&self, registry: &Registry) -> Result<(), StoreError> {
+    pub(crate) fn save(&self, registry: &Registry) -> Result<(), StoreError> {
         let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst) + 1;
         let body = BodyRef {
             format: FORMAT,

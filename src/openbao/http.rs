@@ -13,11 +13,11 @@ use crate::config::{AuthSettings, OpenBaoSettings};
 use crate::telemetry::metrics;
 
 /// OpenBao answers for this provider are small; anything larger is refused unread.
-pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
+pub(crate) const MAX_RESPONSE_BYTES: usize = 1 << 20;
 
 /// Bounded label set for metrics and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operation {
+pub(crate) enum Operation {
     Login,
     Renew,
     Lookup,
@@ -31,7 +31,7 @@ pub enum Operation {
 }
 
 impl Operation {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Login => "login",
             Self::Renew => "renew",
@@ -55,7 +55,7 @@ pub(crate) struct Http {
 }
 
 impl Http {
-    pub fn new(settings: &OpenBaoSettings, auth: &AuthSettings) -> Result<Self, Error> {
+    pub(crate) fn new(settings: &OpenBaoSettings, auth: &AuthSettings) -> Result<Self, Error> {
         Ok(Self {
             client: RwLock::new(Arc::new(build_client(settings, auth)?)),
             base: settings.address.clone(),
@@ -65,7 +65,7 @@ impl Http {
     }
 
     /// Re-reads CA and client certificate files (SIGHUP); the old client stays on error.
-    pub fn reload(&self, settings: &OpenBaoSettings, auth: &AuthSettings) -> Result<(), Error> {
+    pub(crate) fn reload(&self, settings: &OpenBaoSettings, auth: &AuthSettings) -> Result<(), Error> {
         let fresh = Arc::new(build_client(settings, auth)?);
         if let Ok(mut guard) = self.client.write() {
             *guard = fresh;
@@ -81,7 +81,7 @@ impl Http {
     }
 
     /// Sends one request and returns the JSON body decoded as `T` (or `None` for 204).
-    pub async fn call<T: DeserializeOwned>(
+    pub(crate) async fn call<T: DeserializeOwned>(
         &self,
         op: Operation,
         method: Method,
@@ -106,7 +106,7 @@ impl Http {
     }
 
     /// Like `call`, but any HTTP status is returned rather than turned into an error (sys/health).
-    pub async fn status_of(&self, op: Operation, path: &str) -> Result<u16, Error> {
+    pub(crate) async fn status_of(&self, op: Operation, path: &str) -> Result<u16, Error> {
         let started = Instant::now();
         let url = self.url(path)?;
         let sent = self

@@ -12,10 +12,10 @@ use reqwest::Method;
 use serde_json::json;
 use zeroize::Zeroizing;
 
-pub use diagnostics::{tls_handshake, Handshake, TokenInfo};
-pub use error::Error;
-pub use http::{Operation, MAX_RESPONSE_BYTES};
-pub use transit::{ciphertext_version, KeyMetadata, KeysConfig, MountInfo, ServerHealth};
+pub(crate) use diagnostics::tls_handshake;
+pub(crate) use error::Error;
+pub(crate) use http::Operation;
+pub(crate) use transit::{ciphertext_version, KeyMetadata, KeysConfig, MountInfo, ServerHealth};
 
 use auth::{Auth, Token};
 use http::Http;
@@ -24,17 +24,16 @@ use transit::{DataBody, DecryptData, EncryptData, RawKey};
 use crate::config::{AuthSettings, OpenBaoSettings, TransitSettings};
 
 /// The only Transit key type the provider encrypts with (AES-256-GCM, 96-bit nonce).
-pub const TRANSIT_KEY_TYPE: &str = "aes256-gcm96";
+pub(crate) const TRANSIT_KEY_TYPE: &str = "aes256-gcm96";
 
 /// A Transit encryption result: the ciphertext as OpenBao returns it and the version it used.
 #[derive(Debug, Clone)]
-pub struct Encrypted {
-    pub ciphertext: String,
-    pub version: u32,
+pub(crate) struct Encrypted {
+    pub(crate) ciphertext: String,
 }
 
 /// Client for one OpenBao instance and one Transit key.
-pub struct Client {
+pub(crate) struct Client {
     http: Http,
     auth: Auth,
     mount: String,
@@ -42,7 +41,7 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(
+    pub(crate) fn new(
         openbao: &OpenBaoSettings,
         auth: &AuthSettings,
         transit: &TransitSettings,
@@ -56,7 +55,7 @@ impl Client {
     }
 
     /// SIGHUP: re-read TLS files and auth settings; the next login re-reads the JWT.
-    pub async fn reload(
+    pub(crate) async fn reload(
         &self,
         openbao: &OpenBaoSettings,
         auth: &AuthSettings,
@@ -66,19 +65,16 @@ impl Client {
         Ok(())
     }
 
-    pub async fn auth_method(&self) -> &'static str {
-        self.auth.method_name().await
-    }
 
     /// Makes sure a token exists and renews it when due; called from the probe loop so that
     /// request paths rarely pay for a login.
-    pub async fn maintain_token(&self) -> Result<Option<std::time::Duration>, Error> {
+    pub(crate) async fn maintain_token(&self) -> Result<Option<std::time::Duration>, Error> {
         Ok(self.auth.token(&self.http).await?.remaining())
     }
 
     /// Forces a fresh login now, re-reading the credential files (SIGHUP). On failure the
     /// previous token stays in use.
-    pub async fn login(&self) -> Result<(), Error> {
+    pub(crate) async fn login(&self) -> Result<(), Error> {
         let seen = self.auth.generation().await;
         self.auth.relogin(&self.http, seen).await.map(|_| ())
     }
@@ -115,7 +111,7 @@ impl Client {
         }
     }
 
-    pub async fn read_key(&self) -> Result<KeyMetadata, Error> {
+    pub(crate) async fn read_key(&self) -> Result<KeyMetadata, Error> {
         let path = format!("{}/keys/{}", self.mount, self.key);
         let body: DataBody<RawKey> = self
             .authed(Operation::ReadKey, Method::GET, &path, None)
@@ -126,7 +122,7 @@ impl Client {
 
     /// Encrypts with an explicit key version, so a rotation in OpenBao never changes which
     /// version (and so which key_id) a write uses before the provider has promoted it.
-    pub async fn encrypt(
+    pub(crate) async fn encrypt(
         &self,
         plaintext: &[u8],
         aad: &[u8],
@@ -153,11 +149,10 @@ impl Client {
         }
         Ok(Encrypted {
             ciphertext: resp.data.ciphertext,
-            version,
         })
     }
 
-    pub async fn decrypt(&self, ciphertext: &str, aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
+    pub(crate) async fn decrypt(&self, ciphertext: &str, aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
         let path = format!("{}/decrypt/{}", self.mount, self.key);
         let body = json!({ "ciphertext": ciphertext, "associated_data": STANDARD.encode(aad) });
         let resp: DataBody<DecryptData> = self
@@ -167,7 +162,7 @@ impl Client {
         resp.data.bytes()
     }
 
-    pub async fn read_mount(&self) -> Result<MountInfo, Error> {
+    pub(crate) async fn read_mount(&self) -> Result<MountInfo, Error> {
         let path = format!("sys/mounts/{}", self.mount);
         let body: serde_json::Value = self
             .authed(Operation::ReadMount, Method::GET, &path, None)
@@ -178,7 +173,7 @@ impl Client {
         serde_json::from_value(data).map_err(|e| Error::Protocol(format!("mount info: {e}")))
     }
 
-    pub async fn read_keys_config(&self) -> Result<KeysConfig, Error> {
+    pub(crate) async fn read_keys_config(&self) -> Result<KeysConfig, Error> {
         let path = format!("{}/config/keys", self.mount);
         let body: DataBody<KeysConfig> = self
             .authed(Operation::ReadKeysConfig, Method::GET, &path, None)
@@ -188,7 +183,7 @@ impl Client {
     }
 
     /// Capabilities of the provider's own token on each path (least-privilege check).
-    pub async fn capabilities(
+    pub(crate) async fn capabilities(
         &self,
         paths: &[String],
     ) -> Result<std::collections::BTreeMap<String, Vec<String>>, Error> {
@@ -219,7 +214,7 @@ impl Client {
         Ok(out)
     }
 
-    pub async fn health(&self) -> Result<ServerHealth, Error> {
+    pub(crate) async fn health(&self) -> Result<ServerHealth, Error> {
         Ok(self
             .http
             .status_of(Operation::Health, "sys/health")
@@ -227,11 +222,5 @@ impl Client {
             .into())
     }
 
-    pub fn mount_path(&self) -> &str {
-        &self.mount
-    }
 
-    pub fn key_name(&self) -> &str {
-        &self.key
-    }
 }

@@ -18,7 +18,7 @@ const FIRST_RETRY: Duration = Duration::from_millis(500);
 impl Provider {
     /// Runs probes until `shutdown` resolves. `heartbeat` is called after every probe attempt,
     /// so the watchdog and /livez see that this loop is alive.
-    pub async fn run_probes<F: Fn() + Send + Sync>(
+    pub(crate) async fn run_probes<F: Fn() + Send + Sync>(
         self: Arc<Self>,
         shutdown: impl Future<Output = ()>,
         heartbeat: F,
@@ -83,6 +83,7 @@ impl Provider {
                 found: meta.key_type.clone(),
             });
         }
+        let observation = super::translate::observation(&meta);
         let now_unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
@@ -92,7 +93,7 @@ impl Provider {
             let before_active = reg.active().map(|r| r.version);
             let mut next = reg.clone();
             let changes = next
-                .observe(&meta, &self.identity, &self.rotation, now_unix)
+                .observe(&observation, &self.identity, &self.rotation, now_unix)
                 ?;
             if next != *reg {
                 self.store
@@ -108,7 +109,7 @@ impl Provider {
             .active()
             .map(|r| (r.version, r.key_id.clone()))
             .ok_or(ProbeError::NoActiveVersion)?;
-        let blocked = registry.blocked_by_min_decryption(&meta);
+        let blocked = registry.blocked_by_min_decryption(&observation);
         let warnings: Vec<String> = if blocked.is_empty() {
             Vec::new()
         } else {

@@ -9,25 +9,25 @@ const WRITE: &[&str] = &["create", "update", "patch", "delete"];
 
 /// A path the token must not reach with `caps` (empty: with any capability).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Forbidden {
-    pub path: String,
-    pub caps: &'static [&'static str],
+pub(crate) struct Forbidden {
+    pub(crate) path: String,
+    pub(crate) caps: &'static [&'static str],
     /// What the capability would allow, e.g. "rotate".
-    pub what: &'static str,
+    pub(crate) what: &'static str,
 }
 
 /// A path the token needs `cap` on; `fatal` when the provider cannot work without it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Needed {
-    pub path: String,
-    pub cap: &'static str,
-    pub why: &'static str,
-    pub fatal: bool,
+pub(crate) struct Needed {
+    pub(crate) path: String,
+    pub(crate) cap: &'static str,
+    pub(crate) why: &'static str,
+    pub(crate) fatal: bool,
 }
 
 /// Everything that could destroy, leak, replace or re-scope the key, or widen the token itself.
 /// `policies` are the token's own policy names (it must not be able to rewrite them).
-pub fn forbidden(mount: &str, key: &str, policies: &[String]) -> Vec<Forbidden> {
+pub(crate) fn forbidden(mount: &str, key: &str, policies: &[String]) -> Vec<Forbidden> {
     let f = |path: String, caps, what| Forbidden { path, caps, what };
     let mut out = vec![
         f(format!("{mount}/keys/{key}/rotate"), ANY, "rotate"),
@@ -99,7 +99,7 @@ pub fn forbidden(mount: &str, key: &str, policies: &[String]) -> Vec<Forbidden> 
 }
 
 /// What the daemon (and this doctor) use.
-pub fn needed(mount: &str, key: &str, token_auth: bool) -> Vec<Needed> {
+pub(crate) fn needed(mount: &str, key: &str, token_auth: bool) -> Vec<Needed> {
     let n = |path: String, cap, why, fatal| Needed {
         path,
         cap,
@@ -138,7 +138,7 @@ pub fn needed(mount: &str, key: &str, token_auth: bool) -> Vec<Needed> {
 }
 
 /// Every path to ask `sys/capabilities-self` about, without duplicates.
-pub fn paths(forbidden: &[Forbidden], needed: &[Needed]) -> Vec<String> {
+pub(crate) fn paths(forbidden: &[Forbidden], needed: &[Needed]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for p in forbidden
         .iter()
@@ -164,7 +164,7 @@ fn granted<'a>(caps: &'a BTreeMap<String, Vec<String>>, path: &str) -> Vec<&'a s
 }
 
 /// One entry per forbidden grant: "rotate: transit/keys/k/rotate [update]".
-pub fn violations(rules: &[Forbidden], caps: &BTreeMap<String, Vec<String>>) -> Vec<String> {
+pub(crate) fn violations(rules: &[Forbidden], caps: &BTreeMap<String, Vec<String>>) -> Vec<String> {
     rules
         .iter()
         .filter_map(|r| {
@@ -179,7 +179,7 @@ pub fn violations(rules: &[Forbidden], caps: &BTreeMap<String, Vec<String>>) -> 
 }
 
 /// Needed capabilities the token lacks, split into (fatal, advisory).
-pub fn missing(
+pub(crate) fn missing(
     needs: &[Needed],
     caps: &BTreeMap<String, Vec<String>>,
 ) -> (Vec<String>, Vec<String>) {

@@ -2,11 +2,11 @@
 use crate::openbao::KeyMetadata;
 
 /// The only key type the provider encrypts with.
-pub const KEY_TYPE: &str = "aes256-gcm96";
+pub(crate) const KEY_TYPE: &str = "aes256-gcm96";
 
 /// Problems with the key's settings, each with its consequence and fix. Empty means the
 /// profile is right.
-pub fn problems(meta: &KeyMetadata, mount: &str, key: &str) -> Vec<String> {
+pub(crate) fn problems(meta: &KeyMetadata, mount: &str, key: &str) -> Vec<String> {
     let mut out = Vec::new();
     if meta.key_type != KEY_TYPE {
         out.push(format!(
@@ -46,7 +46,7 @@ pub fn problems(meta: &KeyMetadata, mount: &str, key: &str) -> Vec<String> {
 }
 
 /// One-line summary of a good key.
-pub fn summary(meta: &KeyMetadata, mount: &str, key: &str) -> String {
+pub(crate) fn summary(meta: &KeyMetadata, mount: &str, key: &str) -> String {
     let rotate = if meta.auto_rotate_period_seconds > 0 {
         format!(
             ", auto-rotates every {}",
