@@ -317,8 +317,12 @@ impl Supervisor {
             systemd::reloading();
         }
         match reload(&self.config_path, &self.client).await {
-            Ok(()) => tracing::info!(config = %self.config_path.display(), "reloaded credentials and configuration"),
-            Err(e) => tracing::error!(error = %format!("{e:#}"), "reload failed; keeping the previous configuration"),
+            Ok(()) => {
+                tracing::info!(config = %self.config_path.display(), "reloaded credentials and configuration")
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "reload failed; keeping the previous configuration")
+            }
         }
         if self.ready_sent {
             self.last_status = status_line(&self.provider);

@@ -7,21 +7,10 @@ use anyhow::Result;
 use super::{load, parse_duration, ConfigArg};
 use crate::config::Settings;
 
-/// Least privilege: read the key and mount, encrypt/decrypt, keep its own token alive.
+/// Least privilege: read the key and mount, encrypt/decrypt, keep its own token alive
+/// (generated from the path table in `openbao::contract`).
 pub(crate) fn policy(s: &Settings) -> String {
-    let m = &s.transit.mount_path;
-    let k = &s.transit.key_name;
-    format!(
-        "# OpenBao policy for bao-kms-provider (transit mount \"{m}\", key \"{k}\").\n\
-         # It cannot create, rotate, export, back up, restore, trim, delete or reconfigure keys.\n\
-         path \"{m}/keys/{k}\" {{\n  capabilities = [\"read\"]\n}}\n\
-         path \"{m}/encrypt/{k}\" {{\n  capabilities = [\"update\"]\n}}\n\
-         path \"{m}/decrypt/{k}\" {{\n  capabilities = [\"update\"]\n}}\n\
-         path \"{m}/config/keys\" {{\n  capabilities = [\"read\"]\n}}\n\
-         path \"sys/mounts/{m}\" {{\n  capabilities = [\"read\"]\n}}\n\
-         path \"auth/token/renew-self\" {{\n  capabilities = [\"update\"]\n}}\n\
-         path \"auth/token/lookup-self\" {{\n  capabilities = [\"read\"]\n}}\n"
-    )
+    crate::openbao::contract::policy_hcl(&s.transit.mount_path, &s.transit.key_name)
 }
 
 #[derive(clap::Args, Debug)]

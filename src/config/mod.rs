@@ -7,10 +7,10 @@ mod validate;
 use std::path::Path;
 
 pub use error::ConfigError;
-pub(crate) use raw::*;
 pub use raw::RawConfig;
-pub(crate) use settings::*;
+pub(crate) use raw::*;
 pub use settings::Settings;
+pub(crate) use settings::*;
 pub use validate::{validate, Environment};
 
 /// Parse TOML text; `path` is only used to name the file in errors.

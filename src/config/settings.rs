@@ -65,7 +65,6 @@ impl AuthSettings {
             Self::Token { .. } => "token",
         }
     }
-
 }
 
 #[derive(Debug, Clone)]

@@ -13,11 +13,11 @@ mod writer;
 
 pub use crypto::DekSourceType;
 pub use error::EnvelopeError;
+pub(crate) use error::Failure;
 #[cfg(feature = "testkit")]
 pub use error::WriteError;
-pub(crate) use error::Failure;
-pub use parse::{decode, encode};
 pub(crate) use parse::Envelope;
+pub use parse::{decode, encode};
 /// Writes etcd values as kube-apiserver does; for tests only (feature `testkit`).
 #[cfg(feature = "testkit")]
 pub use writer::Writer;

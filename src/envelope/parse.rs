@@ -76,7 +76,10 @@ pub(super) fn check_provider_name(name: &str) -> Result<(), EnvelopeError> {
 
 /// Sorts a raw value into ours (returns the protobuf after the prefix) / plaintext / another
 /// provider or scheme. Never echoes value bytes but the public prefix: plaintext is a Secret.
-pub(crate) fn classify<'a>(value: &'a [u8], provider_name: &str) -> Result<&'a [u8], EnvelopeError> {
+pub(crate) fn classify<'a>(
+    value: &'a [u8],
+    provider_name: &str,
+) -> Result<&'a [u8], EnvelopeError> {
     check_provider_name(provider_name)?;
     let ours = prefix_for(provider_name);
     if let Some(body) = value.strip_prefix(ours.as_slice()) {

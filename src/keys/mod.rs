@@ -4,8 +4,8 @@ mod registry;
 
 pub use id::short_hash;
 pub(crate) use id::{associated_data, KeyIdentity};
-pub(crate) use registry::{Observation, Promotion};
 pub(crate) use registry::{Change, KeyState, Refusal, Registry};
+pub(crate) use registry::{Observation, Promotion};
 mod store;
 
 pub(crate) use store::{Store, StoreError};

@@ -64,9 +64,12 @@ impl DecryptInput {
         {
             return invalid(format!("unexpected annotation {k:?}"));
         }
-        let claimed = self.annotations.get(ANNOTATION_KEY_VERSION).ok_or_else(|| {
-            KmsError::InvalidArgument(format!("annotation {ANNOTATION_KEY_VERSION} is missing"))
-        })?;
+        let claimed = self
+            .annotations
+            .get(ANNOTATION_KEY_VERSION)
+            .ok_or_else(|| {
+                KmsError::InvalidArgument(format!("annotation {ANNOTATION_KEY_VERSION} is missing"))
+            })?;
         Ok(std::str::from_utf8(claimed)
             .ok()
             .and_then(|s| s.parse::<u32>().ok()))

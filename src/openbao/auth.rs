@@ -152,7 +152,7 @@ impl Auth {
             .call(
                 Operation::Renew,
                 Method::POST,
-                "auth/token/renew-self",
+                super::contract::RENEW_SELF.fixed(),
                 Some(&token.secret),
                 Some(&json!({ "increment": format!("{requested}s") })),
             )
@@ -265,7 +265,7 @@ impl Auth {
             .call(
                 Operation::Lookup,
                 Method::GET,
-                "auth/token/lookup-self",
+                super::contract::LOOKUP_SELF.fixed(),
                 Some(&secret),
                 None,
             )

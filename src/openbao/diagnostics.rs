@@ -104,7 +104,7 @@ impl Client {
             .authed(
                 Operation::Lookup,
                 Method::GET,
-                "auth/token/lookup-self",
+                super::contract::LOOKUP_SELF.fixed(),
                 None,
             )
             .await?

@@ -65,7 +65,11 @@ impl Http {
     }
 
     /// Re-reads CA and client certificate files (SIGHUP); the old client stays on error.
-    pub(crate) fn reload(&self, settings: &OpenBaoSettings, auth: &AuthSettings) -> Result<(), Error> {
+    pub(crate) fn reload(
+        &self,
+        settings: &OpenBaoSettings,
+        auth: &AuthSettings,
+    ) -> Result<(), Error> {
         let fresh = Arc::new(build_client(settings, auth)?);
         if let Ok(mut guard) = self.client.write() {
             *guard = fresh;

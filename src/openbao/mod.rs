@@ -1,5 +1,6 @@
 //! The OpenBao side: authentication, Transit encrypt/decrypt and key metadata over HTTPS.
 mod auth;
+pub(crate) mod contract;
 mod diagnostics;
 mod error;
 mod http;
@@ -22,9 +23,6 @@ use http::Http;
 use transit::{DataBody, DecryptData, EncryptData, RawKey};
 
 use crate::config::{AuthSettings, OpenBaoSettings, TransitSettings};
-
-/// The only Transit key type the provider encrypts with (AES-256-GCM, 96-bit nonce).
-pub(crate) const TRANSIT_KEY_TYPE: &str = "aes256-gcm96";
 
 /// A Transit encryption result: the ciphertext as OpenBao returns it and the version it used.
 #[derive(Debug, Clone)]
@@ -64,7 +62,6 @@ impl Client {
         self.auth.set_settings(auth.clone()).await;
         Ok(())
     }
-
 
     /// Makes sure a token exists and renews it when due; called from the probe loop so that
     /// request paths rarely pay for a login.
@@ -112,7 +109,7 @@ impl Client {
     }
 
     pub(crate) async fn read_key(&self) -> Result<KeyMetadata, Error> {
-        let path = format!("{}/keys/{}", self.mount, self.key);
+        let path = contract::KEY.render(&self.mount, &self.key);
         let body: DataBody<RawKey> = self
             .authed(Operation::ReadKey, Method::GET, &path, None)
             .await?
@@ -128,7 +125,7 @@ impl Client {
         aad: &[u8],
         version: u32,
     ) -> Result<Encrypted, Error> {
-        let path = format!("{}/encrypt/{}", self.mount, self.key);
+        let path = contract::ENCRYPT.render(&self.mount, &self.key);
         let b64 = Zeroizing::new(STANDARD.encode(plaintext));
         let body = json!({
             "plaintext": b64.as_str(),
@@ -152,8 +149,12 @@ impl Client {
         })
     }
 
-    pub(crate) async fn decrypt(&self, ciphertext: &str, aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
-        let path = format!("{}/decrypt/{}", self.mount, self.key);
+    pub(crate) async fn decrypt(
+        &self,
+        ciphertext: &str,
+        aad: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, Error> {
+        let path = contract::DECRYPT.render(&self.mount, &self.key);
         let body = json!({ "ciphertext": ciphertext, "associated_data": STANDARD.encode(aad) });
         let resp: DataBody<DecryptData> = self
             .authed(Operation::Decrypt, Method::POST, &path, Some(&body))
@@ -163,7 +164,7 @@ impl Client {
     }
 
     pub(crate) async fn read_mount(&self) -> Result<MountInfo, Error> {
-        let path = format!("sys/mounts/{}", self.mount);
+        let path = contract::MOUNT.render(&self.mount, &self.key);
         let body: serde_json::Value = self
             .authed(Operation::ReadMount, Method::GET, &path, None)
             .await?
@@ -174,7 +175,7 @@ impl Client {
     }
 
     pub(crate) async fn read_keys_config(&self) -> Result<KeysConfig, Error> {
-        let path = format!("{}/config/keys", self.mount);
+        let path = contract::KEYS_CONFIG.render(&self.mount, &self.key);
         let body: DataBody<KeysConfig> = self
             .authed(Operation::ReadKeysConfig, Method::GET, &path, None)
             .await?
@@ -221,6 +222,4 @@ impl Client {
             .await?
             .into())
     }
-
-
 }

@@ -19,7 +19,7 @@ pub(crate) enum ProbeError {
     Login(#[source] openbao::Error),
     #[error("reading Transit key: {0}")]
     ReadKey(#[source] openbao::Error),
-    #[error("Transit key type is {found:?}, expected {:?}", openbao::TRANSIT_KEY_TYPE)]
+    #[error("Transit key type is {found:?}, expected {:?}", openbao::contract::KEY_PROFILE.key_type)]
     WrongKeyType { found: String },
     #[error(transparent)]
     Refused(#[from] Refusal),
@@ -58,9 +58,7 @@ impl fmt::Display for NotOk {
             Self::Probe(p) => write!(f, "{p}"),
             Self::Stale(age) => write!(f, "key metadata is stale ({}s old)", age.as_secs()),
             Self::NoMetadata => f.write_str("no key metadata yet"),
-            Self::WaitingForDeepProbe => {
-                f.write_str("waiting for the first encrypt/decrypt probe")
-            }
+            Self::WaitingForDeepProbe => f.write_str("waiting for the first encrypt/decrypt probe"),
         }
     }
 }
@@ -102,6 +100,9 @@ mod tests {
         assert_eq!(h.verdict(), Err("min_decryption_version blocks v1".into()));
         assert!(Health::Ok.is_healthy());
         let stale = Health::NotOk(NotOk::Stale(Duration::from_secs(7)));
-        assert_eq!(stale.verdict(), Err("key metadata is stale (7s old)".into()));
+        assert_eq!(
+            stale.verdict(),
+            Err("key metadata is stale (7s old)".into())
+        );
     }
 }

@@ -34,7 +34,10 @@ pub(crate) struct Provider {
 
 impl Provider {
     /// Opens (and locks) the key registry under `state_dir`; fails if it is damaged or in use.
-    pub(crate) fn new(settings: &Settings, client: Arc<openbao::Client>) -> Result<Self, StoreError> {
+    pub(crate) fn new(
+        settings: &Settings,
+        client: Arc<openbao::Client>,
+    ) -> Result<Self, StoreError> {
         let identity = key_identity(settings);
         let store = Store::open(&settings.server.state_dir, &identity.fingerprint())?;
         let registry = store.load()?;

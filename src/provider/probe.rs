@@ -73,12 +73,8 @@ impl Provider {
             Some(ttl) => metrics::token_ttl(ttl),
             None => metrics::token_never_expires(),
         }
-        let meta = self
-            .client
-            .read_key()
-            .await
-            .map_err(ProbeError::ReadKey)?;
-        if meta.key_type != openbao::TRANSIT_KEY_TYPE {
+        let meta = self.client.read_key().await.map_err(ProbeError::ReadKey)?;
+        if meta.key_type != openbao::contract::KEY_PROFILE.key_type {
             return Err(ProbeError::WrongKeyType {
                 found: meta.key_type.clone(),
             });
@@ -92,13 +88,9 @@ impl Provider {
             let mut reg = self.registry.lock().await;
             let before_active = reg.active().map(|r| r.version);
             let mut next = reg.clone();
-            let changes = next
-                .observe(&observation, &self.identity, &self.rotation, now_unix)
-                ?;
+            let changes = next.observe(&observation, &self.identity, &self.rotation, now_unix)?;
             if next != *reg {
-                self.store
-                    .save(&next)
-                    .map_err(ProbeError::SaveRegistry)?;
+                self.store.save(&next).map_err(ProbeError::SaveRegistry)?;
                 *reg = next;
             }
             log_changes(&changes, &reg);
