@@ -109,10 +109,10 @@ pub fn run() -> ExitCode {
         // Rust's default (SIGPIPE ignored) so a closed log stream can never kill it; so does
         // `probe`, which writes to the KMS socket: a provider closing it (a restart) must be a
         // reported failure, not a silent death by SIGPIPE.
-        // SAFETY: setting a signal disposition before any thread is started.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
+        use nix::sys::signal::{signal, SigHandler, Signal};
+        // SAFETY: restores the default disposition (no handler runs) before any thread starts.
+        // A failure leaves Rust's default (ignored), which only means an EPIPE error message.
+        let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
     }
     let result = match cli.command {
         Command::Serve(a) => serve(&a),

@@ -4,9 +4,9 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -84,7 +84,7 @@ pub(crate) struct Store {
     dir: PathBuf,
     scope: String,
     generation: std::sync::atomic::AtomicU64,
-    _lock: Option<File>,
+    _lock: Option<Flock<File>>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -99,7 +99,7 @@ impl Store {
     pub(crate) fn open(dir: &Path, scope: &str) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let lock_path = dir.join(LOCK_FILE);
-        let mut lock = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
@@ -107,8 +107,7 @@ impl Store {
             .mode(0o600)
             .open(&lock_path)
             .map_err(io(&lock_path))?;
-        // SAFETY: flock on a file descriptor we own; no memory is shared.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let Ok(mut lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
             let holder = std::fs::read_to_string(&lock_path).unwrap_or_default();
             let holder = match holder.trim() {
                 "" => "unknown pid".to_owned(),
@@ -118,7 +117,7 @@ impl Store {
                 path: dir.join(REGISTRY_FILE),
                 holder,
             });
-        }
+        };
         lock.set_len(0).map_err(io(&lock_path))?;
         writeln!(lock, "{}", std::process::id()).map_err(io(&lock_path))?;
         Ok(Self::unlocked(dir, scope, Some(lock)))
@@ -129,7 +128,7 @@ impl Store {
         Self::unlocked(dir, scope, None)
     }
 
-    fn unlocked(dir: &Path, scope: &str, lock: Option<File>) -> Self {
+    fn unlocked(dir: &Path, scope: &str, lock: Option<Flock<File>>) -> Self {
         Self {
             dir: dir.to_path_buf(),
             scope: scope.to_owned(),

@@ -49,17 +49,12 @@ pub(crate) fn watchdog() {
 /// RELOADING=1 with the CLOCK_MONOTONIC timestamp that `Type=notify-reload` (systemd 253+)
 /// requires; older systemd ignores the timestamp.
 pub(crate) fn reloading() {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime only writes the timespec we pass.
-    let ok = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } == 0;
-    let usec = i128::from(ts.tv_sec) * 1_000_000 + i128::from(ts.tv_nsec) / 1_000;
-    if ok {
-        send(&[NotifyState::Reloading, NotifyState::MonotonicUsec(usec)]);
-    } else {
-        send(&[NotifyState::Reloading]);
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
+        Ok(ts) => {
+            let usec = i128::from(ts.tv_sec()) * 1_000_000 + i128::from(ts.tv_nsec()) / 1_000;
+            send(&[NotifyState::Reloading, NotifyState::MonotonicUsec(usec)]);
+        }
+        Err(_) => send(&[NotifyState::Reloading]),
     }
 }
 
