@@ -18,6 +18,7 @@ pub mod keys;
 pub mod kms;
 mod openbao;
 mod provider;
+mod support;
 mod systemd;
 mod telemetry;
 

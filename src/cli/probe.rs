@@ -38,7 +38,7 @@ pub(crate) fn run(a: ProbeArgs) -> Result<ExitCode> {
         Some(s) => s.clone(),
         None => crate::config::load(&a.config, &Environment::from_process())
             .map(|s| s.server.socket_path)
-            .unwrap_or_else(|_| PathBuf::from("/run/openbao-kms/kms.sock")),
+            .unwrap_or_else(|_| PathBuf::from(crate::config::DEFAULT_SOCKET_PATH)),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

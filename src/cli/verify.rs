@@ -128,7 +128,7 @@ pub(crate) fn run(a: VerifyArgs) -> Result<ExitCode> {
     let socket = match (&a.socket, &settings) {
         (Some(s), _) => s.clone(),
         (None, Ok(s)) => s.server.socket_path.clone(),
-        (None, Err(_)) => PathBuf::from("/run/openbao-kms/kms.sock"),
+        (None, Err(_)) => PathBuf::from(crate::config::DEFAULT_SOCKET_PATH),
     };
     let mut report = Report { lines: Vec::new() };
     report.add("key", a.key.clone());

@@ -3,6 +3,8 @@ use serde::{Deserialize, Serialize};
 
 /// Default location of the provider's configuration file.
 pub(crate) const DEFAULT_CONFIG_PATH: &str = "/etc/openbao-kms/config.toml";
+/// Where the KMS socket is, when neither the config nor `--socket` says (also the CLI's default).
+pub(crate) const DEFAULT_SOCKET_PATH: &str = "/run/openbao-kms/kms.sock";
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -30,7 +32,7 @@ pub(crate) struct RawServer {
 impl Default for RawServer {
     fn default() -> Self {
         Self {
-            socket_path: "/run/openbao-kms/kms.sock".into(),
+            socket_path: DEFAULT_SOCKET_PATH.into(),
             socket_mode: "0600".into(),
             state_dir: "/var/lib/openbao-kms".into(),
             drain_timeout: "10s".into(),

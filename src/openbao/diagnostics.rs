@@ -59,7 +59,12 @@ pub(crate) async fn tls_handshake(
     let tls = tokio::time::timeout(timeout, connector.connect(sni, tcp))
         .await
         .map_err(|_| Error::Timeout(timeout))?
-        .map_err(|e| Error::Tls(format!("handshake with {endpoint}: {}", chain(&e))))?;
+        .map_err(|e| {
+            Error::Tls(format!(
+                "handshake with {endpoint}: {}",
+                crate::support::error_chain(&e)
+            ))
+        })?;
     let (_, session) = tls.get_ref();
     Ok(Some(Handshake {
         endpoint,
@@ -75,17 +80,6 @@ pub(crate) async fn tls_handshake(
             .unwrap_or("unknown")
             .to_owned(),
     }))
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
 }
 
 /// The provider token as `auth/token/lookup-self` describes it (never the token itself).

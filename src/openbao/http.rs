@@ -10,6 +10,7 @@ use zeroize::Zeroizing;
 use super::tls::from_settings;
 use super::Error;
 use crate::config::{AuthSettings, OpenBaoSettings};
+use crate::support::{read_capped, ReadError};
 use crate::telemetry::metrics;
 
 /// OpenBao answers for this provider are small; anything larger is refused unread.
@@ -169,23 +170,13 @@ impl Http {
             .await
             .map_err(|e| transport_error(e, self.timeout))?;
         let status = resp.status();
-        if resp
-            .content_length()
-            .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
-        {
-            return Err(Error::ResponseTooLarge(MAX_RESPONSE_BYTES));
-        }
         let mut buf = Zeroizing::new(Vec::new());
-        while let Some(chunk) = resp
-            .chunk()
+        read_capped(&mut resp, MAX_RESPONSE_BYTES, &mut buf)
             .await
-            .map_err(|e| transport_error(e, self.timeout))?
-        {
-            if buf.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                return Err(Error::ResponseTooLarge(MAX_RESPONSE_BYTES));
-            }
-            buf.extend_from_slice(&chunk);
-        }
+            .map_err(|e| match e {
+                ReadError::TooLarge => Error::ResponseTooLarge(MAX_RESPONSE_BYTES),
+                ReadError::Transport(e) => transport_error(e, self.timeout),
+            })?;
         if status.is_success() {
             return Ok((status, buf));
         }
@@ -221,14 +212,7 @@ fn transport_error(e: reqwest::Error, timeout: Duration) -> Error {
     if e.is_timeout() {
         return Error::Timeout(timeout);
     }
-    let mut msg = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    Error::Unreachable(msg)
+    Error::Unreachable(crate::support::error_chain(&e))
 }
 
 /// OpenBao's `{"errors": [...]}`, shortened; never echoes request data.

@@ -18,12 +18,6 @@ pub(crate) struct TlsFiles<'a> {
     pub(crate) client_cert: Option<(&'a Path, &'a Path)>,
 }
 
-/// ring, also installed as the process default so no later client can panic for lack of one.
-pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 /// The TLS config for the configured OpenBao: its CA, name override and, for cert auth, the
 /// client certificate (shared by the HTTP client and the doctor's handshake check).
 pub(crate) fn from_settings(
@@ -46,7 +40,7 @@ pub(crate) fn from_settings(
 }
 
 pub(crate) fn client_config(files: &TlsFiles<'_>) -> Result<rustls::ClientConfig, Error> {
-    let provider = provider();
+    let provider = crate::support::crypto_provider();
     let mut roots = RootCertStore::empty();
     if let Some(ca) = files.ca_file {
         let certs = read_certs("CA file", ca)?;
