@@ -1,7 +1,8 @@
 //! bao-kms-provider: a Kubernetes KMS v2 plugin whose keys live in OpenBao Transit.
 //!
 //! `kms` is the Kubernetes side, `openbao` the OpenBao side, `keys` key identity and lifecycle,
-//! `provider` ties them together, `systemd` and `telemetry` are the host integration.
+//! `provider` ties them together (the only module that translates between them), `daemon`
+//! supervises it, `systemd` and `telemetry` are the host integration.
 //!
 //! The public API is what the binary, the integration tests and the fuzz targets need: `cli`
 //! (the binary), `config` (parse/validate), `envelope` (etcd values), `kms` (socket and client),

@@ -44,7 +44,7 @@ pub(crate) enum StoreError {
 /// The file: the body fields plus `sha256` over the body's canonical JSON.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Envelope {
+struct StoredRegistry {
     format: u32,
     generation: u64,
     scope: String,
@@ -169,7 +169,7 @@ impl Store {
             path: path.clone(),
             reason,
         };
-        let env: Envelope = serde_json::from_slice(&text)
+        let env: StoredRegistry = serde_json::from_slice(&text)
             .map_err(|e| damaged(format!("not a valid registry file (truncated?): {e}")))?;
         if env.format != FORMAT {
             return Err(damaged(format!(
@@ -216,7 +216,7 @@ impl Store {
             registry: registry.clone(),
         };
         let sha256 = hash(&body)?;
-        let env = Envelope {
+        let env = StoredRegistry {
             format: body.format,
             generation: body.generation,
             scope: body.scope,
