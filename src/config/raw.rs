@@ -108,6 +108,22 @@ pub(crate) struct RawCertAuth {
     pub(crate) name: String,
     pub(crate) cert_file: String,
     pub(crate) key_file: String,
+    /// Where the client key lives: a PEM file (`key_file`) or a PKCS#11 token (HSM, TPM).
+    pub(crate) key_source: KeySource,
+    pub(crate) module_path: String,
+    pub(crate) token_label: String,
+    pub(crate) key_label: String,
+    /// CKA_ID in hex; exactly one of `key_label` and `key_object_id`.
+    pub(crate) key_object_id: String,
+    pub(crate) pin_file: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum KeySource {
+    #[default]
+    File,
+    Pkcs11,
 }
 
 impl Default for RawCertAuth {
@@ -117,6 +133,12 @@ impl Default for RawCertAuth {
             name: String::new(),
             cert_file: String::new(),
             key_file: String::new(),
+            key_source: KeySource::File,
+            module_path: String::new(),
+            token_label: String::new(),
+            key_label: String::new(),
+            key_object_id: String::new(),
+            pin_file: String::new(),
         }
     }
 }

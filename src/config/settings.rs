@@ -50,7 +50,7 @@ pub(crate) enum AuthSettings {
         mount_path: String,
         name: Option<String>,
         cert_file: PathBuf,
-        key_file: PathBuf,
+        key: ClientKey,
     },
     Token {
         token_file: PathBuf,
@@ -65,6 +65,29 @@ impl AuthSettings {
             Self::Token { .. } => "token",
         }
     }
+}
+
+/// Where the cert-auth client key lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ClientKey {
+    File(PathBuf),
+    Pkcs11(Pkcs11Settings),
+}
+
+/// A non-extractable key on a PKCS#11 token; the PIN is read from `pin_file` at (re)load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Pkcs11Settings {
+    pub(crate) module_path: PathBuf,
+    pub(crate) token_label: String,
+    pub(crate) key: Pkcs11KeyRef,
+    pub(crate) pin_file: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Pkcs11KeyRef {
+    Label(String),
+    /// CKA_ID bytes.
+    Id(Vec<u8>),
 }
 
 #[derive(Debug, Clone)]

@@ -4,6 +4,7 @@ pub(crate) mod contract;
 mod diagnostics;
 mod error;
 mod http;
+mod pkcs11;
 mod tls;
 mod transit;
 
@@ -16,6 +17,7 @@ use zeroize::Zeroizing;
 pub(crate) use diagnostics::tls_handshake;
 pub(crate) use error::Error;
 pub(crate) use http::Operation;
+pub(crate) use pkcs11::{inspect as inspect_pkcs11_key, Pkcs11Error};
 pub(crate) use transit::{ciphertext_version, KeyMetadata, KeysConfig, MountInfo, ServerHealth};
 
 use auth::{Auth, Token};

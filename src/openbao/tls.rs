@@ -16,6 +16,8 @@ pub(crate) struct TlsFiles<'a> {
     pub(crate) ca_file: Option<&'a Path>,
     pub(crate) server_name: Option<&'a str>,
     pub(crate) client_cert: Option<(&'a Path, &'a Path)>,
+    /// A client certificate whose key signs elsewhere (PKCS#11); wins over `client_cert`.
+    pub(crate) client_resolver: Option<Arc<dyn rustls::client::ResolvesClientCert>>,
 }
 
 /// The TLS config for the configured OpenBao: its CA, name override and, for cert auth, the
@@ -24,18 +26,32 @@ pub(crate) fn from_settings(
     openbao: &crate::config::OpenBaoSettings,
     auth: &crate::config::AuthSettings,
 ) -> Result<rustls::ClientConfig, Error> {
-    let client_cert = match auth {
-        crate::config::AuthSettings::Cert {
+    use crate::config::{AuthSettings, ClientKey};
+    let (client_cert, client_resolver) = match auth {
+        AuthSettings::Cert {
             cert_file,
-            key_file,
+            key: ClientKey::File(key_file),
             ..
-        } => Some((cert_file.as_path(), key_file.as_path())),
-        _ => None,
+        } => (Some((cert_file.as_path(), key_file.as_path())), None),
+        AuthSettings::Cert {
+            cert_file,
+            key: ClientKey::Pkcs11(p11),
+            ..
+        } => (
+            None,
+            Some(super::pkcs11::client_cert_resolver(
+                p11,
+                cert_file,
+                openbao.timeout,
+            )?),
+        ),
+        _ => (None, None),
     };
     client_config(&TlsFiles {
         ca_file: openbao.ca_file.as_deref(),
         server_name: openbao.tls_server_name.as_deref(),
         client_cert,
+        client_resolver,
     })
 }
 
@@ -76,6 +92,9 @@ pub(crate) fn client_config(files: &TlsFiles<'_>) -> Result<rustls::ClientConfig
     } else {
         builder.with_root_certificates(roots)
     };
+    if let Some(resolver) = &files.client_resolver {
+        return Ok(builder.with_client_cert_resolver(resolver.clone()));
+    }
     match files.client_cert {
         Some((cert, key)) => {
             let chain = read_certs("client certificate", cert)?;

@@ -52,6 +52,8 @@ impl From<openbao::Error> for KmsError {
             E::NoToken(_) | E::Credential { .. } => {
                 Self::Unauthenticated(format!("OpenBao authentication failed: {e}"))
             }
+            // The token may come back (re-inserted, unhung); the caller should retry.
+            E::Pkcs11(_) => Self::Unavailable(format!("OpenBao unavailable: {e}")),
             E::NotFound(_) | E::ResponseTooLarge(_) | E::Protocol(_) | E::Tls(_) => {
                 Self::Internal(e.to_string())
             }
