@@ -77,7 +77,8 @@ impl BenchProvider {
         notify.drain();
         let logf = std::fs::OpenOptions::new()
             .create(true)
-            .append(true)
+            .write(true)
+            .truncate(true)
             .open(&self.log)
             .expect("log");
         let mut cmd = Command::new(provider_bin());
@@ -110,6 +111,7 @@ impl BenchProvider {
         let Some(mut child) = self.child.take() else {
             return;
         };
+        let pid = child.id();
         // SAFETY: plain kill(2) on our own child.
         unsafe {
             libc::kill(child.id() as i32, libc::SIGTERM);
@@ -117,12 +119,21 @@ impl BenchProvider {
         let end = Instant::now() + Duration::from_secs(15);
         while Instant::now() < end {
             if let Ok(Some(_)) = child.try_wait() {
+                self.keep_log(pid);
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = child.kill();
         let _ = child.wait();
+    }
+
+    /// BENCH_KEEP_LOGS=DIR: append this run's provider log to DIR/provider-<pid>.log.
+    fn keep_log(&self, pid: u32) {
+        if let Some(dir) = std::env::var_os("BENCH_KEEP_LOGS") {
+            let to = PathBuf::from(dir).join(format!("provider-{pid}.log"));
+            let _ = std::fs::copy(&self.log, to);
+        }
     }
 
     pub fn pid(&self) -> u32 {

@@ -10,7 +10,8 @@
 //!
 //! Environment: QUICK=1 for a short smoke run; BENCH_ROUNDS (default 5) and BENCH_SECONDS
 //! (measured seconds per scenario, default 1.0) override; BENCH_OPS (e.g. "Decrypt,Status") and
-//! BENCH_CALLERS (e.g. "1") narrow the run, to hold one load steady while profiling.
+//! BENCH_CALLERS (e.g. "1") narrow the run, to hold one load steady while profiling;
+//! BENCH_KEEP_LOGS=DIR keeps each provider process's log.
 #[path = "../../tests/common/mod.rs"]
 mod common;
 mod direct;
@@ -247,7 +248,9 @@ async fn measure(
         b.stop().await;
     }
     let n = run.calls().max(1) as f64;
-    let per_call = |a: f64, b: f64| (b - a) * 1e6 / n;
+    // With a background load, CPU and OpenBao calls belong to the background, not to this call.
+    let alone = s.background.is_none();
+    let per_call = |a: f64, b: f64| if alone { (b - a) * 1e6 / n } else { f64::NAN };
     Measurement {
         transport: t.name,
         path: s.path,
@@ -265,6 +268,7 @@ async fn measure(
         client_cpu_us: per_call(before.2, after.2),
         openbao_calls: requests_before
             .zip(requests_after)
+            .filter(|_| alone)
             .map(|(b, a)| (a - b) / n),
     }
 }
@@ -283,6 +287,14 @@ async fn round(
     let ready = t.provider.start(notify);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let pid = t.provider.pid();
+    if settings.ops.is_some() {
+        // Narrowed runs are for profiling: say which processes to attach to.
+        println!(
+            "{}: provider pid {pid}, OpenBao pid {}",
+            t.name,
+            t.bao.pid()
+        );
+    }
     let idle_rss_kib = vm_kib(pid, "VmRSS");
     let kms = connect(&t.provider.socket)
         .await
@@ -388,7 +400,7 @@ async fn main() {
         settings.rounds,
         settings.seconds.as_secs_f64(),
         if settings.quick { " (QUICK)" } else { "" },
-        CALLERS,
+        settings.callers,
         machine.nproc,
         machine.cpu_model,
         loadavg()
