@@ -4,7 +4,7 @@
 //! Each round restarts the release provider (timing exec -> READY=1 on a NOTIFY_SOCKET the bench
 //! owns), then drives Status, Decrypt and Encrypt through the unix socket and the same Transit
 //! calls directly (the baseline, `direct`) at 1, 8 and 64 concurrent callers, recording p50/p99,
-//! throughput, CPU per call of the provider, OpenBao and the bench (from /proc/PID/stat) and
+//! throughput, CPU per call of the provider, OpenBao and the bench (per-process CPU clocks) and
 //! RSS. Prints a table and writes target/bench/results.json. Not a test: figures depend on the
 //! machine; the ratios are what docs/performance.md tracks.
 //!
@@ -53,11 +53,12 @@ impl Settings {
             std::env::var(name)
                 .ok()
                 .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|v| v.is_finite() && *v > 0.0)
         };
         let seconds = num("BENCH_SECONDS").unwrap_or(if quick { 0.2 } else { 1.0 });
         Settings {
-            rounds: num("BENCH_ROUNDS").map_or(5, |r| r.max(1.0) as usize),
-            seconds: Duration::from_secs_f64(seconds.max(0.05)),
+            rounds: num("BENCH_ROUNDS").map_or(5, |r| r.clamp(1.0, 1000.0) as usize),
+            seconds: Duration::from_secs_f64(seconds.clamp(0.05, 3600.0)),
             warmup: Duration::from_secs_f64((seconds / 4.0).clamp(0.05, 0.25)),
             quick,
             ops: std::env::var("BENCH_OPS")
