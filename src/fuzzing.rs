@@ -18,10 +18,8 @@ pub fn kms_request(data: &[u8]) {
 pub fn etcd_value(data: &[u8]) {
     let _ = envelope::Envelope::parse(data, "openbao-kms");
     if let Ok(o) = envelope::decode(data) {
-        if envelope::validate(&o).is_ok() {
-            // What validates must encode again.
-            let _ = envelope::encode("openbao-kms", &o);
-        }
+        // `encode` validates first, as kube-apiserver's write path does.
+        let _ = envelope::encode("openbao-kms", &o);
     }
 }
 

@@ -10,12 +10,8 @@ use crate::config::{AuthSettings, ClientKey, Settings};
 
 /// Marks the process non-dumpable (`PR_SET_DUMPABLE=0`): no core file holds plaintext, tokens
 /// or the JWT even if `LimitCORE=` is raised, and `/proc/PID/mem` is readable by root only.
-pub fn forbid_core_dumps() -> std::io::Result<()> {
-    // SAFETY: prctl(PR_SET_DUMPABLE) takes plain integers and touches no memory of ours.
-    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+pub(crate) fn forbid_core_dumps() -> std::io::Result<()> {
+    nix::sys::prctl::set_dumpable(false).map_err(std::io::Error::from)
 }
 
 /// The binary's global allocator: the system allocator, but every block is wiped before it is
@@ -45,7 +41,7 @@ unsafe impl GlobalAlloc for WipingAllocator {
 
 /// One file or directory whose mode lets others change or read what it protects.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PermissionProblem {
+pub(crate) enum PermissionProblem {
     #[error("{what} {} is writable by {who} (mode {mode:04o}); others could change it — chmod go-w", path.display())]
     Writable {
         what: &'static str,
@@ -96,7 +92,7 @@ fn not_world_readable(what: &'static str, path: &Path, out: &mut Vec<PermissionP
 
 /// The shared check: a group- or world-writable state directory or config file, or a
 /// world-readable JWT, token or client key file.
-pub fn check_permissions(settings: &Settings, config_path: &Path) -> Vec<PermissionProblem> {
+pub(crate) fn check_permissions(settings: &Settings, config_path: &Path) -> Vec<PermissionProblem> {
     let mut out = Vec::new();
     not_writable("config file", config_path, &mut out);
     not_writable("state directory", &settings.server.state_dir, &mut out);
@@ -152,7 +148,6 @@ mod tests {
     #[test]
     fn non_dumpable_after_forbid_core_dumps() {
         forbid_core_dumps().expect("prctl");
-        // SAFETY: PR_GET_DUMPABLE reads a process flag.
-        assert_eq!(unsafe { libc::prctl(libc::PR_GET_DUMPABLE) }, 0);
+        assert_eq!(nix::sys::prctl::get_dumpable(), Ok(false));
     }
 }

@@ -4,21 +4,21 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::registry::Registry;
 
-pub const REGISTRY_FILE: &str = "key-registry.json";
+pub(crate) const REGISTRY_FILE: &str = "key-registry.json";
 const WITNESS_FILE: &str = "key-registry.generation";
 const LOCK_FILE: &str = "key-registry.lock";
 const FORMAT: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub(crate) enum StoreError {
     #[error("state directory {}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -44,7 +44,7 @@ pub enum StoreError {
 /// The file: the body fields plus `sha256` over the body's canonical JSON.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Envelope {
+struct StoredRegistry {
     format: u32,
     generation: u64,
     scope: String,
@@ -54,7 +54,7 @@ struct Envelope {
 
 impl StoreError {
     /// Damage that a restart cannot fix (as opposed to I/O trouble or a lock held by a peer).
-    pub fn needs_operator(&self) -> bool {
+    pub(crate) fn needs_operator(&self) -> bool {
         matches!(
             self,
             Self::Damaged { .. }
@@ -75,17 +75,17 @@ struct BodyRef {
 
 /// Result of `verify`, for `state verify`.
 #[derive(Debug)]
-pub struct Verified {
-    pub generation: u64,
-    pub registry: Registry,
+pub(crate) struct Verified {
+    pub(crate) generation: u64,
+    pub(crate) registry: Registry,
 }
 
-pub struct Store {
+pub(crate) struct Store {
     dir: PathBuf,
     scope: String,
     generation: std::sync::atomic::AtomicU64,
     /// The exclusive lock on `key-registry.lock`; `save` never writes without it.
-    lock: std::sync::Mutex<Option<File>>,
+    lock: std::sync::Mutex<Option<Flock<File>>>,
     /// Whether this store may take the lock later (serve) or is read-only for good (CLI).
     may_lock: bool,
 }
@@ -98,19 +98,12 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 }
 
 impl Store {
-    /// Opens the state directory and takes the exclusive lock.
-    pub fn open(dir: &Path, scope: &str) -> Result<Self, StoreError> {
-        let store = Self::unlocked(dir, scope, true);
-        store.try_lock()?;
-        Ok(store)
-    }
-
     /// For `serve`: takes the lock when the directory allows it. A directory that cannot be
     /// written (read-only, full, missing and not creatable) gives an unlocked store and the
     /// reason, so the provider serves from the verified registry, degraded, and `save` takes
     /// the lock once the directory is writable again. A lock held by another process is an
     /// error: two providers must never share a state_dir.
-    pub fn open_for_serving(
+    pub(crate) fn open_for_serving(
         dir: &Path,
         scope: &str,
     ) -> Result<(Self, Option<StoreError>), StoreError> {
@@ -123,7 +116,7 @@ impl Store {
     }
 
     /// Read-only access without the lock (`state show` / `state verify` next to a running service).
-    pub fn open_readonly(dir: &Path, scope: &str) -> Self {
+    pub(crate) fn open_readonly(dir: &Path, scope: &str) -> Self {
         Self::unlocked(dir, scope, false)
     }
 
@@ -137,13 +130,8 @@ impl Store {
         }
     }
 
-    /// Whether this process holds the registry lock.
-    pub fn is_locked(&self) -> bool {
-        self.lock.lock().map(|l| l.is_some()).unwrap_or(false)
-    }
-
     /// Takes the exclusive lock unless it is already held.
-    pub fn try_lock(&self) -> Result<(), StoreError> {
+    pub(crate) fn try_lock(&self) -> Result<(), StoreError> {
         let mut held = self
             .lock
             .lock()
@@ -153,7 +141,7 @@ impl Store {
         }
         std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
         let lock_path = self.dir.join(LOCK_FILE);
-        let mut lock = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
@@ -161,8 +149,7 @@ impl Store {
             .mode(0o600)
             .open(&lock_path)
             .map_err(io(&lock_path))?;
-        // SAFETY: flock on a file descriptor we own; no memory is shared.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let Ok(mut lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
             let holder = std::fs::read_to_string(&lock_path).unwrap_or_default();
             let holder = match holder.trim() {
                 "" => "unknown pid".to_owned(),
@@ -172,7 +159,7 @@ impl Store {
                 path: self.dir.join(REGISTRY_FILE),
                 holder,
             });
-        }
+        };
         // The pid is for people; on a full disk the lock is held without it.
         let _ = lock
             .set_len(0)
@@ -181,19 +168,19 @@ impl Store {
         Ok(())
     }
 
-    pub fn path(&self) -> PathBuf {
+    pub(crate) fn path(&self) -> PathBuf {
         self.dir.join(REGISTRY_FILE)
     }
 
     /// Loads and checks the registry; an absent file (first start) is an empty registry.
-    pub fn load(&self) -> Result<Registry, StoreError> {
+    pub(crate) fn load(&self) -> Result<Registry, StoreError> {
         let v = self.verify()?;
         self.generation
             .store(v.generation, std::sync::atomic::Ordering::SeqCst);
         Ok(v.registry)
     }
 
-    pub fn verify(&self) -> Result<Verified, StoreError> {
+    pub(crate) fn verify(&self) -> Result<Verified, StoreError> {
         let path = self.path();
         let witness = self.read_witness()?;
         let text = match std::fs::read(&path) {
@@ -220,7 +207,7 @@ impl Store {
             path: path.clone(),
             reason,
         };
-        let env: Envelope = serde_json::from_slice(text)
+        let env: StoredRegistry = serde_json::from_slice(text)
             .map_err(|e| damaged(format!("not a valid registry file (truncated?): {e}")))?;
         if env.format != FORMAT {
             return Err(damaged(format!(
@@ -259,7 +246,7 @@ impl Store {
 
     /// Writes a new generation: temp file, fsync, rename, fsync dir; then the generation witness.
     /// Never writes without the lock: an unlocked store takes it first (or fails).
-    pub fn save(&self, registry: &Registry) -> Result<(), StoreError> {
+    pub(crate) fn save(&self, registry: &Registry) -> Result<(), StoreError> {
         if !self.may_lock {
             return Err(io(&self.dir)(std::io::Error::other(
                 "opened read-only; not saving",
@@ -274,7 +261,7 @@ impl Store {
             registry: registry.clone(),
         };
         let sha256 = hash(&body)?;
-        let env = Envelope {
+        let env = StoredRegistry {
             format: body.format,
             generation: body.generation,
             scope: body.scope,
@@ -350,7 +337,7 @@ impl Store {
             registry: registry.clone(),
         };
         let sha256 = hash(&body).ok()?;
-        serde_json::to_vec(&Envelope {
+        serde_json::to_vec(&StoredRegistry {
             format: body.format,
             generation: body.generation,
             scope: body.scope,

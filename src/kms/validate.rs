@@ -1,6 +1,8 @@
-//! The KMS v2 input rules, checked in one place before OpenBao is asked anything.
+//! The KMS v2 input rules, checked in one place before a `KeyService` sees a request.
+use std::collections::HashMap;
+
 use super::{
-    clip, DecryptInput, KmsError, ANNOTATION_KEY_VERSION, MAX_ANNOTATIONS_BYTES,
+    DecryptInput, EncryptReply, KmsError, ANNOTATION_KEY_VERSION, MAX_ANNOTATIONS_BYTES,
     MAX_CIPHERTEXT_BYTES, MAX_KEY_ID_BYTES, MAX_PLAINTEXT_BYTES,
 };
 
@@ -9,7 +11,7 @@ fn invalid<T>(message: String) -> Result<T, KmsError> {
 }
 
 /// Encrypt: 1 to `MAX_PLAINTEXT_BYTES` of plaintext.
-pub fn plaintext(plaintext: &[u8]) -> Result<(), KmsError> {
+pub(super) fn plaintext(plaintext: &[u8]) -> Result<(), KmsError> {
     if plaintext.is_empty() || plaintext.len() > MAX_PLAINTEXT_BYTES {
         return invalid(format!(
             "plaintext must be 1 to {MAX_PLAINTEXT_BYTES} bytes, got {}",
@@ -19,8 +21,18 @@ pub fn plaintext(plaintext: &[u8]) -> Result<(), KmsError> {
     Ok(())
 }
 
+/// Encrypt's answer must fit what the apiserver stores.
+pub(super) fn encrypt_reply(reply: &EncryptReply) -> Result<(), KmsError> {
+    if reply.ciphertext.len() > MAX_CIPHERTEXT_BYTES {
+        return Err(KmsError::Internal(
+            "Transit ciphertext exceeds the 1 KiB KMS limit".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Decrypt: the sizes of ciphertext, key_id and annotations.
-pub fn decrypt_input(input: &DecryptInput) -> Result<(), KmsError> {
+pub(super) fn decrypt_input(input: &DecryptInput) -> Result<(), KmsError> {
     if input.ciphertext.is_empty() || input.ciphertext.len() > MAX_CIPHERTEXT_BYTES {
         return invalid(format!(
             "ciphertext must be 1 to {MAX_CIPHERTEXT_BYTES} bytes, got {}",
@@ -43,14 +55,14 @@ pub fn decrypt_input(input: &DecryptInput) -> Result<(), KmsError> {
 
 impl DecryptInput {
     /// The key version the annotations claim; only `ANNOTATION_KEY_VERSION` may be present.
-    /// Called once the key_id is known, so an unknown key_id is reported first.
-    pub fn claimed_key_version(&self) -> Result<Option<u32>, KmsError> {
+    /// Called by the service once it knows the key_id, so an unknown key_id is reported first.
+    pub(crate) fn claimed_key_version(&self) -> Result<Option<u32>, KmsError> {
         if let Some(k) = self
             .annotations
             .keys()
             .find(|k| k.as_str() != ANNOTATION_KEY_VERSION)
         {
-            return invalid(format!("unexpected annotation {:?}", clip(k)));
+            return invalid(format!("unexpected annotation {:?}", super::clip(k)));
         }
         let claimed = self
             .annotations
@@ -62,4 +74,12 @@ impl DecryptInput {
             .ok()
             .and_then(|s| s.parse::<u32>().ok()))
     }
+}
+
+/// The annotations Encrypt attaches for `version`.
+pub(crate) fn key_version_annotation(version: u32) -> HashMap<String, Vec<u8>> {
+    HashMap::from([(
+        ANNOTATION_KEY_VERSION.to_owned(),
+        version.to_string().into_bytes(),
+    )])
 }

@@ -1,5 +1,6 @@
 //! The OpenBao side: authentication, Transit encrypt/decrypt and key metadata over HTTPS.
 mod auth;
+pub(crate) mod contract;
 mod diagnostics;
 mod error;
 mod http;
@@ -13,11 +14,11 @@ use reqwest::Method;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
-pub use diagnostics::{tls_handshake, Handshake, TokenInfo};
-pub use error::Error;
-pub use http::{Operation, MAX_RESPONSE_BYTES};
-pub use pkcs11::{inspect as inspect_pkcs11_key, KeyReport, Pkcs11Error};
-pub use transit::{ciphertext_version, KeyMetadata, KeysConfig, MountInfo, ServerHealth};
+pub(crate) use diagnostics::tls_handshake;
+pub(crate) use error::Error;
+pub(crate) use http::Operation;
+pub(crate) use pkcs11::{inspect as inspect_pkcs11_key, Pkcs11Error};
+pub(crate) use transit::{ciphertext_version, KeyMetadata, KeysConfig, MountInfo, ServerHealth};
 
 use auth::{Auth, Token};
 use http::{Http, JsonBody};
@@ -64,7 +65,7 @@ fn mount_info(body: serde_json::Value) -> Result<MountInfo, Error> {
 
 /// Every decoder of an OpenBao answer, fed the same bytes (`cargo fuzz`, fuzz/): none may panic.
 #[cfg(feature = "fuzzing")]
-pub fn fuzz_decoders(body: &[u8]) {
+pub(crate) fn fuzz_decoders(body: &[u8]) {
     if let Ok(b) = serde_json::from_slice::<DataBody<RawKey>>(body) {
         let _ = b.data.into_metadata();
     }
@@ -90,13 +91,12 @@ pub fn fuzz_decoders(body: &[u8]) {
 
 /// A Transit encryption result: the ciphertext as OpenBao returns it and the version it used.
 #[derive(Debug, Clone)]
-pub struct Encrypted {
-    pub ciphertext: String,
-    pub version: u32,
+pub(crate) struct Encrypted {
+    pub(crate) ciphertext: String,
 }
 
 /// Client for one OpenBao instance and one Transit key.
-pub struct Client {
+pub(crate) struct Client {
     http: Http,
     auth: Auth,
     mount: String,
@@ -104,7 +104,7 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(
+    pub(crate) fn new(
         openbao: &OpenBaoSettings,
         auth: &AuthSettings,
         transit: &TransitSettings,
@@ -118,7 +118,7 @@ impl Client {
     }
 
     /// SIGHUP: re-read TLS files and auth settings; the next login re-reads the JWT.
-    pub async fn reload(
+    pub(crate) async fn reload(
         &self,
         openbao: &OpenBaoSettings,
         auth: &AuthSettings,
@@ -128,19 +128,15 @@ impl Client {
         Ok(())
     }
 
-    pub async fn auth_method(&self) -> &'static str {
-        self.auth.method_name().await
-    }
-
     /// Makes sure a token exists and renews it when due; called from the probe loop so that
     /// request paths rarely pay for a login.
-    pub async fn maintain_token(&self) -> Result<Option<std::time::Duration>, Error> {
+    pub(crate) async fn maintain_token(&self) -> Result<Option<std::time::Duration>, Error> {
         Ok(self.auth.token(&self.http).await?.remaining())
     }
 
     /// Forces a fresh login now, re-reading the credential files (SIGHUP). On failure the
     /// previous token stays in use.
-    pub async fn login(&self) -> Result<(), Error> {
+    pub(crate) async fn login(&self) -> Result<(), Error> {
         let seen = self.auth.generation().await;
         self.auth.relogin(&self.http, seen).await.map(|_| ())
     }
@@ -184,8 +180,8 @@ impl Client {
         }
     }
 
-    pub async fn read_key(&self) -> Result<KeyMetadata, Error> {
-        let path = format!("{}/keys/{}", self.mount, self.key);
+    pub(crate) async fn read_key(&self) -> Result<KeyMetadata, Error> {
+        let path = contract::KEY.render(&self.mount, &self.key);
         let body: DataBody<RawKey> = self
             .authed(Operation::ReadKey, Method::GET, &path, None)
             .await?
@@ -195,13 +191,13 @@ impl Client {
 
     /// Encrypts with an explicit key version, so a rotation in OpenBao never changes which
     /// version (and so which key_id) a write uses before the provider has promoted it.
-    pub async fn encrypt(
+    pub(crate) async fn encrypt(
         &self,
         plaintext: &[u8],
         aad: &[u8],
         version: u32,
     ) -> Result<Encrypted, Error> {
-        let path = format!("{}/encrypt/{}", self.mount, self.key);
+        let path = contract::ENCRYPT.render(&self.mount, &self.key);
         let b64 = Zeroizing::new(STANDARD.encode(plaintext));
         let body = EncryptRequest {
             plaintext: b64.as_str(),
@@ -222,12 +218,15 @@ impl Client {
         }
         Ok(Encrypted {
             ciphertext: resp.data.ciphertext,
-            version,
         })
     }
 
-    pub async fn decrypt(&self, ciphertext: &str, aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
-        let path = format!("{}/decrypt/{}", self.mount, self.key);
+    pub(crate) async fn decrypt(
+        &self,
+        ciphertext: &str,
+        aad: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, Error> {
+        let path = contract::DECRYPT.render(&self.mount, &self.key);
         let body = DecryptRequest {
             ciphertext,
             associated_data: STANDARD.encode(aad),
@@ -239,8 +238,8 @@ impl Client {
         resp.data.bytes()
     }
 
-    pub async fn read_mount(&self) -> Result<MountInfo, Error> {
-        let path = format!("sys/mounts/{}", self.mount);
+    pub(crate) async fn read_mount(&self) -> Result<MountInfo, Error> {
+        let path = contract::MOUNT.render(&self.mount, &self.key);
         let body: serde_json::Value = self
             .authed(Operation::ReadMount, Method::GET, &path, None)
             .await?
@@ -248,8 +247,8 @@ impl Client {
         mount_info(body)
     }
 
-    pub async fn read_keys_config(&self) -> Result<KeysConfig, Error> {
-        let path = format!("{}/config/keys", self.mount);
+    pub(crate) async fn read_keys_config(&self) -> Result<KeysConfig, Error> {
+        let path = contract::KEYS_CONFIG.render(&self.mount, &self.key);
         let body: DataBody<KeysConfig> = self
             .authed(Operation::ReadKeysConfig, Method::GET, &path, None)
             .await?
@@ -258,7 +257,7 @@ impl Client {
     }
 
     /// Capabilities of the provider's own token on each path (least-privilege check).
-    pub async fn capabilities(
+    pub(crate) async fn capabilities(
         &self,
         paths: &[String],
     ) -> Result<std::collections::BTreeMap<String, Vec<String>>, Error> {
@@ -289,19 +288,11 @@ impl Client {
         Ok(out)
     }
 
-    pub async fn health(&self) -> Result<ServerHealth, Error> {
+    pub(crate) async fn health(&self) -> Result<ServerHealth, Error> {
         Ok(self
             .http
             .status_of(Operation::Health, "sys/health")
             .await?
             .into())
-    }
-
-    pub fn mount_path(&self) -> &str {
-        &self.mount
-    }
-
-    pub fn key_name(&self) -> &str {
-        &self.key
     }
 }

@@ -1,7 +1,9 @@
 //! The provider itself: ties the OpenBao client and the key registry together, keeps the Status
 //! snapshot fresh from a background probe loop, and implements `kms::KeyService`.
+mod health;
 mod probe;
 mod snapshot;
+mod translate;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,18 +12,20 @@ use std::time::Duration;
 use tokio::sync::{watch, Mutex};
 use zeroize::Zeroizing;
 
-pub use snapshot::{KnownKey, Snapshot};
+use health::Health;
+pub(crate) use snapshot::{KnownKey, Snapshot};
+pub(crate) use translate::key_identity;
 
-use crate::config::{RotationSettings, Settings, StatusSettings};
-use crate::keys::{associated_data, KeyIdentity, Registry};
+use crate::config::{Settings, StatusSettings};
+use crate::keys::{associated_data, KeyIdentity, Promotion, Registry};
 use crate::keys::{Store, StoreError};
 use crate::kms::{self, DecryptInput, EncryptReply, KeyService, KmsError, StatusReply};
 use crate::openbao;
 
-pub struct Provider {
+pub(crate) struct Provider {
     client: Arc<openbao::Client>,
     identity: KeyIdentity,
-    rotation: RotationSettings,
+    rotation: Promotion,
     status: StatusSettings,
     registry: Mutex<Registries>,
     store: Store,
@@ -33,8 +37,11 @@ impl Provider {
     /// by another process. A state_dir that cannot be written is no reason to stop: the
     /// provider serves from the verified registry (or adopts the key in memory on a first
     /// start), degraded, and takes the lock and saves once the directory is writable again.
-    pub fn new(settings: &Settings, client: Arc<openbao::Client>) -> Result<Self, StoreError> {
-        let identity = KeyIdentity::from_settings(settings);
+    pub(crate) fn new(
+        settings: &Settings,
+        client: Arc<openbao::Client>,
+    ) -> Result<Self, StoreError> {
+        let identity = key_identity(settings);
         let (store, unwritable) =
             Store::open_for_serving(&settings.server.state_dir, &identity.fingerprint())?;
         if let Some(e) = &unwritable {
@@ -44,7 +51,7 @@ impl Provider {
         let provider = Self {
             client,
             identity,
-            rotation: settings.rotation.clone(),
+            rotation: translate::promotion(settings),
             status: settings.status.clone(),
             // Known key_ids decrypt from the first request on, even before OpenBao answers a probe.
             snapshot: watch::channel(Arc::new(Snapshot {
@@ -62,30 +69,30 @@ impl Provider {
         Ok(provider)
     }
 
-    pub fn snapshot(&self) -> Arc<Snapshot> {
+    pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.borrow().clone()
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.snapshot.subscribe()
     }
 
-    pub fn health(&self) -> Result<(), String> {
+    pub(crate) fn health(&self) -> Health {
         self.snapshot().health(self.status.max_staleness)
     }
 
     /// Whether the provider can do its job (Status, Encrypt, Decrypt), even when degraded by a
     /// warning such as an unsaved key registry; readiness waits for this, not for `health`.
-    pub fn serving(&self) -> bool {
-        self.snapshot().problem(self.status.max_staleness).is_none()
+    pub(crate) fn serving(&self) -> bool {
+        !matches!(self.health(), Health::NotOk(_))
     }
 
-    pub fn max_staleness(&self) -> Duration {
+    pub(crate) fn max_staleness(&self) -> Duration {
         self.status.max_staleness
     }
 
     /// The key_id Status currently reports (empty before the first probe).
-    pub fn status_key_id(&self) -> String {
+    pub(crate) fn status_key_id(&self) -> String {
         self.snapshot().key_id().unwrap_or_default().to_owned()
     }
 }
@@ -134,7 +141,7 @@ impl KeyService for Provider {
     fn status(&self) -> StatusReply {
         let snap = self.snapshot();
         StatusReply {
-            healthz: match snap.health(self.status.max_staleness) {
+            healthz: match snap.health(self.status.max_staleness).verdict() {
                 Ok(()) => "ok".to_owned(),
                 Err(reason) => reason,
             },
@@ -142,8 +149,8 @@ impl KeyService for Provider {
         }
     }
 
+    /// `plaintext` is within the KMS limits (checked by `kms`).
     async fn encrypt(&self, plaintext: &[u8]) -> Result<EncryptReply, KmsError> {
-        kms::validate::plaintext(plaintext)?;
         let snap = self.snapshot();
         let (version, key_id) = snap
             .active
@@ -163,24 +170,16 @@ impl KeyService for Provider {
             .client
             .encrypt(plaintext, &associated_data(&key_id), version)
             .await?;
-        if out.ciphertext.len() > kms::MAX_CIPHERTEXT_BYTES {
-            return Err(KmsError::Internal(
-                "Transit ciphertext exceeds the 1 KiB KMS limit".into(),
-            ));
-        }
         Ok(EncryptReply {
             ciphertext: out.ciphertext.into_bytes(),
             key_id,
-            annotations: HashMap::from([(
-                kms::ANNOTATION_KEY_VERSION.to_owned(),
-                version.to_string().into_bytes(),
-            )]),
+            annotations: kms::key_version_annotation(version),
         })
     }
 
+    /// `input` is within the KMS size limits (checked by `kms`).
     async fn decrypt(&self, input: DecryptInput) -> Result<Zeroizing<Vec<u8>>, KmsError> {
         let invalid = |m: String| Err(KmsError::InvalidArgument(m));
-        kms::validate::decrypt_input(&input)?;
         let known = self
             .snapshot()
             .known
