@@ -14,6 +14,7 @@ help:
 	@echo "make demo   - local OpenBao dev server + provider + a KMS v2 round trip (the main job)"
 	@echo "make test   - install what the tests need, then lint and run every test"
 	@echo "make bench  - the provider vs direct Transit calls on a real OpenBao (QUICK=1: short run)"
+	@echo "make fuzz   - run every fuzz target for FUZZ_SECONDS (default 60) each (nightly, cargo-fuzz)"
 	@echo "make build  - cargo build"
 	@echo "make deb    - Debian package (cargo-deb) into $$CARGO_TARGET_DIR/packages (default target/packages)"
 	@echo "make rpm    - RPM package (cargo-generate-rpm) into the same directory"
@@ -41,7 +42,16 @@ test-rust: tools
 test-system: tools build
 	$(PYTHON) -m pytest -v tests/system
 
-test: tools lint test-rust test-system
+test: tools lint test-rust fuzz-smoke test-system
+
+# Fuzzing (docs/reliability.md): every cargo-fuzz target for FUZZ_SECONDS; make test runs a smoke.
+FUZZ_SECONDS ?= 60
+.PHONY: fuzz fuzz-smoke
+fuzz: tools
+	scripts/fuzz.sh $(FUZZ_SECONDS)
+
+fuzz-smoke: tools
+	FUZZ_BUILD_FLAGS="--dev -s none" scripts/fuzz.sh 10
 
 demo: tools-openbao build
 	scripts/demo.sh

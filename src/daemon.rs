@@ -282,7 +282,8 @@ impl Supervisor {
                 systemd::status(&line);
                 self.last_status = line;
             }
-        } else if self.provider.health().is_healthy() {
+        } else if self.provider.serving() {
+            // Degraded (e.g. an unsaved key registry) still serves: ready.
             self.last_status = status_line(&self.provider);
             systemd::ready(&self.last_status);
             self.ready_sent = true;

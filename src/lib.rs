@@ -15,6 +15,9 @@ pub mod cli;
 pub mod config;
 mod daemon;
 pub mod envelope;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
+pub mod hardening;
 pub mod keys;
 pub mod kms;
 mod openbao;

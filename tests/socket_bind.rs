@@ -101,6 +101,51 @@ async fn bind_replaces_a_stale_socket_and_sets_the_mode() {
     connected.expect("the new socket accepts");
 }
 
+/// A watcher polls the socket path while it is bound over and over: it must never see the
+/// socket with another mode than the configured one, and no private bind directory is left.
+#[tokio::test]
+async fn a_self_bound_socket_is_never_visible_with_a_wider_mode() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("kms.sock");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (path, stop) = (path.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut seen, mut wrong) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(m) = std::fs::symlink_metadata(&path) {
+                    seen += 1;
+                    let mode = m.permissions().mode() & 0o777;
+                    if mode != 0o600 {
+                        wrong.push(mode);
+                    }
+                }
+            }
+            (seen, wrong)
+        })
+    };
+    for _ in 0..200 {
+        let listener = bind_unix_socket(&path, 0o600).expect("bind");
+        drop(listener);
+        std::fs::remove_file(&path).expect("remove");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (seen, wrong) = watcher.join().expect("watcher");
+    assert!(seen > 0, "the watcher saw the socket at least once");
+    assert!(
+        wrong.is_empty(),
+        "socket seen {} times with another mode, first {:o}",
+        wrong.len(),
+        wrong[0]
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("read_dir")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .collect();
+    assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+}
+
 #[tokio::test]
 async fn bind_creates_missing_parent_directories() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -55,7 +55,9 @@ pub(crate) enum Command {
     Serve(ConfigArg),
     /// Validate a config file and print the effective configuration (secrets are never printed).
     ///
-    /// Exit 0 when valid, 64 with a message naming the field when not. Does not contact OpenBao.
+    /// Exit 0 when valid, 64 with a message naming the field when not. Also 64 when the config
+    /// file or state directory is group- or world-writable, or the JWT, token or client key file
+    /// is readable by every user (`serve` only warns about these). Does not contact OpenBao.
     CheckConfig(ConfigArg),
     /// Act like kube-apiserver against a running provider: Status, Encrypt of 32 random bytes,
     /// Decrypt, compare.
@@ -157,6 +159,12 @@ pub(crate) fn load(arg: &ConfigArg) -> Result<config::Settings> {
 fn serve(arg: &ConfigArg) -> Result<ExitCode> {
     let settings = load(arg)?;
     crate::telemetry::logging::init(settings.log.level, settings.log.format);
+    if let Err(e) = crate::hardening::forbid_core_dumps() {
+        tracing::warn!(error = %e, "cannot mark the process non-dumpable; a core dump could hold secrets");
+    }
+    for p in crate::hardening::check_permissions(&settings, &arg.config) {
+        tracing::warn!(problem = %p, "UNSAFE PERMISSIONS: `check-config` refuses this; fix it before the next rollout");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -178,12 +186,13 @@ fn check_config(arg: &ConfigArg) -> Result<ExitCode> {
         settings.auth.method_name(),
         settings.server.socket_path.display()
     );
-    if let config::AuthSettings::Jwt { jwt_file: p, .. }
-    | config::AuthSettings::Token { token_file: p } = &settings.auth
-    {
-        if world_readable(p) {
-            println!("# warning: {} is readable by every user", p.display());
+    // The same check `serve` runs; here it is an error, there a warning (docs/security.md).
+    let problems = crate::hardening::check_permissions(&settings, &arg.config);
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("bao-kms-provider: {p}");
         }
+        return Ok(ExitCode::from(EXIT_CONFIG));
     }
     if let config::AuthSettings::Cert {
         cert_file,
@@ -227,13 +236,6 @@ fn pkcs11_file_warnings(cert_file: &std::path::Path, p11: &config::Pkcs11Setting
         Ok(_) => {}
     }
     out
-}
-
-/// A secret file every user may read: reported as a warning by `check-config` and `doctor`
-/// (not an error, since the unit may hand the file over differently, e.g. LoadCredential=).
-pub(crate) fn world_readable(path: &std::path::Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o004 != 0)
 }
 
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -84,7 +84,10 @@ pub(crate) struct Store {
     dir: PathBuf,
     scope: String,
     generation: std::sync::atomic::AtomicU64,
-    _lock: Option<Flock<File>>,
+    /// The exclusive lock on `key-registry.lock`; `save` never writes without it.
+    lock: std::sync::Mutex<Option<Flock<File>>>,
+    /// Whether this store may take the lock later (serve) or is read-only for good (CLI).
+    may_lock: bool,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -95,10 +98,49 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 }
 
 impl Store {
-    /// Opens the state directory and takes the exclusive lock (for `serve`).
-    pub(crate) fn open(dir: &Path, scope: &str) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let lock_path = dir.join(LOCK_FILE);
+    /// For `serve`: takes the lock when the directory allows it. A directory that cannot be
+    /// written (read-only, full, missing and not creatable) gives an unlocked store and the
+    /// reason, so the provider serves from the verified registry, degraded, and `save` takes
+    /// the lock once the directory is writable again. A lock held by another process is an
+    /// error: two providers must never share a state_dir.
+    pub(crate) fn open_for_serving(
+        dir: &Path,
+        scope: &str,
+    ) -> Result<(Self, Option<StoreError>), StoreError> {
+        let store = Self::unlocked(dir, scope, true);
+        match store.try_lock() {
+            Ok(()) => Ok((store, None)),
+            Err(e @ StoreError::Io { .. }) => Ok((store, Some(e))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Read-only access without the lock (`state show` / `state verify` next to a running service).
+    pub(crate) fn open_readonly(dir: &Path, scope: &str) -> Self {
+        Self::unlocked(dir, scope, false)
+    }
+
+    fn unlocked(dir: &Path, scope: &str, may_lock: bool) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            scope: scope.to_owned(),
+            generation: std::sync::atomic::AtomicU64::new(0),
+            lock: std::sync::Mutex::new(None),
+            may_lock,
+        }
+    }
+
+    /// Takes the exclusive lock unless it is already held.
+    pub(crate) fn try_lock(&self) -> Result<(), StoreError> {
+        let mut held = self
+            .lock
+            .lock()
+            .map_err(|_| io(&self.dir)(std::io::Error::other("registry lock poisoned")))?;
+        if held.is_some() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        let lock_path = self.dir.join(LOCK_FILE);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -114,27 +156,16 @@ impl Store {
                 pid => format!("pid {pid}"),
             };
             return Err(StoreError::Locked {
-                path: dir.join(REGISTRY_FILE),
+                path: self.dir.join(REGISTRY_FILE),
                 holder,
             });
         };
-        lock.set_len(0).map_err(io(&lock_path))?;
-        writeln!(lock, "{}", std::process::id()).map_err(io(&lock_path))?;
-        Ok(Self::unlocked(dir, scope, Some(lock)))
-    }
-
-    /// Read-only access without the lock (`state show` / `state verify` next to a running service).
-    pub(crate) fn open_readonly(dir: &Path, scope: &str) -> Self {
-        Self::unlocked(dir, scope, None)
-    }
-
-    fn unlocked(dir: &Path, scope: &str, lock: Option<Flock<File>>) -> Self {
-        Self {
-            dir: dir.to_path_buf(),
-            scope: scope.to_owned(),
-            generation: std::sync::atomic::AtomicU64::new(0),
-            _lock: lock,
-        }
+        // The pid is for people; on a full disk the lock is held without it.
+        let _ = lock
+            .set_len(0)
+            .and_then(|()| writeln!(lock, "{}", std::process::id()));
+        *held = Some(lock);
+        Ok(())
     }
 
     pub(crate) fn path(&self) -> PathBuf {
@@ -165,11 +196,18 @@ impl Store {
             }
             Err(e) => return Err(io(&path)(e)),
         };
+        self.check(&text, witness)
+    }
+
+    /// The integrity check of a registry file's bytes against the scope and the generation
+    /// witness: pure, so it can be fuzzed.
+    pub(crate) fn check(&self, text: &[u8], witness: Option<u64>) -> Result<Verified, StoreError> {
+        let path = self.path();
         let damaged = |reason: String| StoreError::Damaged {
             path: path.clone(),
             reason,
         };
-        let env: StoredRegistry = serde_json::from_slice(&text)
+        let env: StoredRegistry = serde_json::from_slice(text)
             .map_err(|e| damaged(format!("not a valid registry file (truncated?): {e}")))?;
         if env.format != FORMAT {
             return Err(damaged(format!(
@@ -207,7 +245,14 @@ impl Store {
     }
 
     /// Writes a new generation: temp file, fsync, rename, fsync dir; then the generation witness.
+    /// Never writes without the lock: an unlocked store takes it first (or fails).
     pub(crate) fn save(&self, registry: &Registry) -> Result<(), StoreError> {
+        if !self.may_lock {
+            return Err(io(&self.dir)(std::io::Error::other(
+                "opened read-only; not saving",
+            )));
+        }
+        self.try_lock()?;
         let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst) + 1;
         let body = BodyRef {
             format: FORMAT,
@@ -247,24 +292,59 @@ impl Store {
     }
 
     fn write_atomic(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
-        let target = self.dir.join(name);
         let tmp = self.dir.join(format!(".{name}.tmp"));
+        let written = self.write_via(&tmp, name, data);
+        if written.is_err() {
+            // A partial temp file (full disk) is never read; do not let it hold the space.
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
+    }
+
+    fn write_via(&self, tmp: &Path, name: &str, data: &[u8]) -> Result<(), StoreError> {
+        let target = self.dir.join(name);
         let mut f = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
-            .open(&tmp)
-            .map_err(io(&tmp))?;
-        f.write_all(data).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
+            .open(tmp)
+            .map_err(io(tmp))?;
+        f.write_all(data).map_err(io(tmp))?;
+        f.sync_all().map_err(io(tmp))?;
         drop(f);
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &target).map_err(io(&target))?;
+        std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o600)).map_err(io(tmp))?;
+        std::fs::rename(tmp, &target).map_err(io(&target))?;
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io(&self.dir))?;
         Ok(())
+    }
+}
+
+#[cfg(feature = "fuzzing")]
+impl Store {
+    /// A registry file as `save` writes it (correct hash), for the fuzzer to get past the hash.
+    pub(crate) fn seal_for_fuzzing(
+        scope: &str,
+        generation: u64,
+        registry: &Registry,
+    ) -> Option<Vec<u8>> {
+        let body = BodyRef {
+            format: FORMAT,
+            generation,
+            scope: scope.to_owned(),
+            registry: registry.clone(),
+        };
+        let sha256 = hash(&body).ok()?;
+        serde_json::to_vec(&StoredRegistry {
+            format: body.format,
+            generation: body.generation,
+            scope: body.scope,
+            registry: body.registry,
+            sha256,
+        })
+        .ok()
     }
 }
 

@@ -28,6 +28,54 @@ pub(crate) const MAX_ANNOTATIONS_BYTES: usize = 32 * 1024;
 /// The apiserver sends a 32-byte seed; anything that would not fit a 1 KiB ciphertext is refused.
 pub(crate) const MAX_PLAINTEXT_BYTES: usize = 512;
 
+/// Decrypt and Encrypt requests as the service sees them (decoded by prost, as tonic does), run
+/// through the input rules and the Transit ciphertext check (`cargo fuzz`, fuzz/).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_request(data: &[u8]) {
+    use prost::Message;
+    let Some((kind, wire)) = data.split_first() else {
+        return;
+    };
+    if kind & 1 == 0 {
+        if let Ok(req) = crate::pb::EncryptRequest::decode(wire) {
+            let _ = clip(&req.uid);
+            let _ = validate::plaintext(&req.plaintext);
+        }
+        return;
+    }
+    let Ok(req) = crate::pb::DecryptRequest::decode(wire) else {
+        return;
+    };
+    let _ = (clip(&req.uid), clip(&req.key_id));
+    let input = DecryptInput {
+        ciphertext: req.ciphertext,
+        key_id: req.key_id,
+        annotations: req.annotations,
+    };
+    if validate::decrypt_input(&input).is_ok() {
+        let _ = input.claimed_key_version().map_err(|e| e.to_string());
+        if let Ok(text) = std::str::from_utf8(&input.ciphertext) {
+            let _ = crate::openbao::ciphertext_version(text);
+        }
+    }
+}
+
+/// Longest client-supplied string (uid, key_id, annotation key) echoed into a log line,
+/// metric or error message: a hostile or broken client cannot flood the journal.
+pub(crate) const MAX_ECHO_BYTES: usize = 128;
+
+/// `s` cut to `MAX_ECHO_BYTES` at a character boundary, marked with its full length if cut.
+pub(crate) fn clip(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.len() <= MAX_ECHO_BYTES {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut cut = MAX_ECHO_BYTES;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}…({} bytes)", &s[..cut], s.len()))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct StatusReply {
     pub(crate) healthz: String,
@@ -55,4 +103,21 @@ pub(crate) trait KeyService: Send + Sync + 'static {
     fn status(&self) -> StatusReply;
     async fn encrypt(&self, plaintext: &[u8]) -> Result<EncryptReply, KmsError>;
     async fn decrypt(&self, input: DecryptInput) -> Result<zeroize::Zeroizing<Vec<u8>>, KmsError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clip_keeps_short_strings_and_cuts_long_ones_on_a_char_boundary() {
+        assert_eq!(clip("uid-1"), "uid-1");
+        let long = "é".repeat(100); // 200 bytes, 2 per char
+        let c = clip(&long);
+        assert!(
+            c.starts_with(&"é".repeat(64)) && c.ends_with("…(200 bytes)"),
+            "{c}"
+        );
+        assert!(c.len() < MAX_ECHO_BYTES + 20);
+    }
 }

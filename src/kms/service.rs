@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 
-use super::{validate, DecryptInput, KeyService, KmsError, API_VERSION};
+use super::{clip, validate, DecryptInput, KeyService, KmsError, API_VERSION};
 use crate::pb;
 use crate::pb::key_management_service_server::KeyManagementService;
 use crate::telemetry::metrics;
@@ -20,6 +20,7 @@ impl<S> KmsAdapter<S> {
 }
 
 /// Logs one finished call with the structured fields journald indexes (KMS_METHOD, KMS_UID, ...).
+/// The client's uid and key_id are clipped to `MAX_ECHO_BYTES`.
 fn finish<T>(
     method: &'static str,
     uid: &str,
@@ -28,6 +29,8 @@ fn finish<T>(
     result: &Result<T, KmsError>,
 ) {
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let (uid, key_id) = (clip(uid), clip(key_id));
+    let (uid, key_id) = (uid.as_ref(), key_id.as_ref());
     let code = match result {
         Ok(_) => tonic::Code::Ok,
         Err(e) => e.code(),
@@ -101,9 +104,10 @@ impl<S: KeyService> KeyManagementService for KmsAdapter<S> {
             Err(e) => Err(e),
         };
         finish("Decrypt", &req.uid, started, &key_id, &result);
-        let plaintext = result?;
+        let mut plaintext = result?;
+        // Moved, not copied: the bytes leave through tonic's encode buffer (docs/security.md).
         Ok(Response::new(pb::DecryptResponse {
-            plaintext: plaintext.to_vec(),
+            plaintext: std::mem::take(&mut *plaintext),
         }))
     }
 

@@ -62,7 +62,7 @@ impl DecryptInput {
             .keys()
             .find(|k| k.as_str() != ANNOTATION_KEY_VERSION)
         {
-            return invalid(format!("unexpected annotation {k:?}"));
+            return invalid(format!("unexpected annotation {:?}", super::clip(k)));
         }
         let claimed = self
             .annotations

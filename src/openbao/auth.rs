@@ -5,12 +5,11 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use secrecy::SecretString;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, RwLock};
 use zeroize::Zeroizing;
 
-use super::http::{Http, Operation};
+use super::http::{Http, JsonBody, Operation};
 use super::Error;
 use crate::config::AuthSettings;
 use crate::telemetry::metrics;
@@ -45,8 +44,25 @@ impl Token {
     }
 }
 
+#[derive(Serialize)]
+struct JwtLogin<'a> {
+    role: &'a str,
+    jwt: &'a str,
+}
+
+#[derive(Serialize)]
+struct CertLogin<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct RenewRequest {
+    increment: String,
+}
+
 #[derive(Deserialize)]
-struct AuthBody {
+pub(crate) struct AuthBody {
     auth: AuthInfo,
 }
 
@@ -154,7 +170,9 @@ impl Auth {
                 Method::POST,
                 super::contract::RENEW_SELF.fixed(),
                 Some(&token.secret),
-                Some(&json!({ "increment": format!("{requested}s") })),
+                Some(JsonBody::new(&RenewRequest {
+                    increment: format!("{requested}s"),
+                })?),
             )
             .await?;
         let info = body
@@ -194,18 +212,21 @@ impl Auth {
                 jwt_file,
             } => {
                 let jwt = read_secret_file("JWT file", jwt_file)?;
-                let body = json!({ "role": role, "jwt": jwt.as_str() });
-                self.login_call(http, &format!("auth/{mount_path}/login"), &body, generation)
+                let body = JsonBody::new(&JwtLogin {
+                    role,
+                    jwt: jwt.as_str(),
+                })?;
+                drop(jwt);
+                self.login_call(http, &format!("auth/{mount_path}/login"), body, generation)
                     .await
             }
             AuthSettings::Cert {
                 mount_path, name, ..
             } => {
-                let body = match name {
-                    Some(n) => json!({ "name": n }),
-                    None => json!({}),
-                };
-                self.login_call(http, &format!("auth/{mount_path}/login"), &body, generation)
+                let body = JsonBody::new(&CertLogin {
+                    name: name.as_deref(),
+                })?;
+                self.login_call(http, &format!("auth/{mount_path}/login"), body, generation)
                     .await
             }
             AuthSettings::Token { token_file } => {
@@ -235,7 +256,7 @@ impl Auth {
         &self,
         http: &Http,
         path: &str,
-        body: &serde_json::Value,
+        body: JsonBody,
         generation: u64,
     ) -> Result<Token, Error> {
         let resp: Option<AuthBody> = http
@@ -287,7 +308,7 @@ fn read_secret_file(
     what: &'static str,
     path: &std::path::Path,
 ) -> Result<Zeroizing<String>, Error> {
-    let raw =
+    let mut trimmed =
         Zeroizing::new(
             std::fs::read_to_string(path).map_err(|source| Error::Credential {
                 what,
@@ -295,7 +316,11 @@ fn read_secret_file(
                 source,
             })?,
         );
-    let trimmed = Zeroizing::new(raw.trim().to_owned());
+    // Trimmed in place: no second copy of the credential.
+    let end = trimmed.trim_end().len();
+    trimmed.truncate(end);
+    let start = trimmed.len() - trimmed.trim_start().len();
+    trimmed.drain(..start);
     if trimmed.is_empty() {
         return Err(Error::NoToken(format!(
             "{what} {} is empty",

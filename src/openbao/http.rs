@@ -16,6 +16,23 @@ use crate::telemetry::metrics;
 /// OpenBao answers for this provider are small; anything larger is refused unread.
 pub(crate) const MAX_RESPONSE_BYTES: usize = 1 << 20;
 
+/// A request body serialised straight into a buffer that is wiped when the request is done:
+/// bodies carry the JWT and base64 plaintext, so no `serde_json::Value` or plain `Vec` holds them.
+pub(crate) struct JsonBody(Zeroizing<Vec<u8>>);
+
+impl JsonBody {
+    pub(crate) fn new(value: &impl serde::Serialize) -> Result<Self, Error> {
+        let mut buf = Zeroizing::new(Vec::with_capacity(256));
+        serde_json::to_writer(&mut *buf, value).map_err(|e| Error::Protocol(e.to_string()))?;
+        Ok(Self(buf))
+    }
+
+    /// Hands the buffer to the HTTP stack without a copy; the last reference wipes it.
+    fn into_body(self) -> reqwest::Body {
+        reqwest::Body::from(bytes::Bytes::from_owner(self.0))
+    }
+}
+
 /// Bounded label set for metrics and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Operation {
@@ -92,7 +109,7 @@ impl Http {
         method: Method,
         path: &str,
         token: Option<&SecretString>,
-        body: Option<&serde_json::Value>,
+        body: Option<JsonBody>,
     ) -> Result<Option<T>, Error> {
         let started = Instant::now();
         let result = self.send(method, path, token, body).await;
@@ -140,7 +157,7 @@ impl Http {
         method: Method,
         path: &str,
         token: Option<&SecretString>,
-        body: Option<&serde_json::Value>,
+        body: Option<JsonBody>,
     ) -> Result<(StatusCode, Zeroizing<Vec<u8>>), Error> {
         let mut req = self
             .client()
@@ -150,20 +167,20 @@ impl Http {
             req = req.header("X-Vault-Namespace", ns);
         }
         if let Some(token) = token {
+            // The header shares a wiped-on-drop buffer instead of copying the token.
+            let shared =
+                bytes::Bytes::from_owner(Zeroizing::new(token.expose_secret().as_bytes().to_vec()));
             let mut value =
-                reqwest::header::HeaderValue::from_str(token.expose_secret()).map_err(|_| {
+                reqwest::header::HeaderValue::from_maybe_shared(shared).map_err(|_| {
                     Error::NoToken("token holds characters not allowed in a header".into())
                 })?;
             value.set_sensitive(true);
             req = req.header("X-Vault-Token", value);
         }
         if let Some(body) = body {
-            let bytes = Zeroizing::new(
-                serde_json::to_vec(body).map_err(|e| Error::Protocol(e.to_string()))?,
-            );
             req = req
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(bytes.to_vec());
+                .body(body.into_body());
         }
         let mut resp = req
             .send()
@@ -246,7 +263,7 @@ fn pkcs11_cause(e: &reqwest::Error) -> Option<super::Pkcs11Error> {
 }
 
 /// OpenBao's `{"errors": [...]}`, shortened; never echoes request data.
-fn error_messages(body: &[u8]) -> String {
+pub(crate) fn error_messages(body: &[u8]) -> String {
     #[derive(serde::Deserialize)]
     struct Errors {
         #[serde(default)]

@@ -11,7 +11,7 @@ mod transit;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use reqwest::Method;
-use serde_json::json;
+use serde::Serialize;
 use zeroize::Zeroizing;
 
 pub(crate) use diagnostics::tls_handshake;
@@ -21,10 +21,73 @@ pub(crate) use pkcs11::{inspect as inspect_pkcs11_key, Pkcs11Error};
 pub(crate) use transit::{ciphertext_version, KeyMetadata, KeysConfig, MountInfo, ServerHealth};
 
 use auth::{Auth, Token};
-use http::Http;
+use http::{Http, JsonBody};
 use transit::{DataBody, DecryptData, EncryptData, RawKey};
 
 use crate::config::{AuthSettings, OpenBaoSettings, TransitSettings};
+
+#[derive(Serialize)]
+struct EncryptRequest<'a> {
+    plaintext: &'a str,
+    associated_data: String,
+    key_version: u32,
+}
+
+#[derive(Serialize)]
+struct DecryptRequest<'a> {
+    ciphertext: &'a str,
+    associated_data: String,
+}
+
+#[derive(Serialize)]
+struct CapabilitiesRequest<'a> {
+    paths: &'a [String],
+}
+
+/// Object-safe "serialise me into a wiped buffer", so `authed` can retry with the same body.
+mod erased {
+    pub(crate) trait Body {
+        fn json(&self) -> Result<super::JsonBody, super::Error>;
+    }
+
+    impl<T: serde::Serialize> Body for T {
+        fn json(&self) -> Result<super::JsonBody, super::Error> {
+            super::JsonBody::new(self)
+        }
+    }
+}
+
+/// `sys/mounts/<mount>`: newer servers wrap the answer in `data`, older ones do not.
+fn mount_info(body: serde_json::Value) -> Result<MountInfo, Error> {
+    let data = body.get("data").cloned().unwrap_or(body);
+    serde_json::from_value(data).map_err(|e| Error::Protocol(format!("mount info: {e}")))
+}
+
+/// Every decoder of an OpenBao answer, fed the same bytes (`cargo fuzz`, fuzz/): none may panic.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_decoders(body: &[u8]) {
+    if let Ok(b) = serde_json::from_slice::<DataBody<RawKey>>(body) {
+        let _ = b.data.into_metadata();
+    }
+    if let Ok(b) = serde_json::from_slice::<DataBody<EncryptData>>(body) {
+        let _ = ciphertext_version(&b.data.ciphertext);
+    }
+    if let Ok(b) = serde_json::from_slice::<DataBody<DecryptData>>(body) {
+        let _ = b.data.bytes();
+    }
+    if let Ok(b) = serde_json::from_slice::<DataBody<KeysConfig>>(body) {
+        let _ = b.data.disable_upsert;
+    }
+    let _ = serde_json::from_slice::<auth::AuthBody>(body);
+    let _ = serde_json::from_slice::<auth::LookupBody>(body);
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+        let _ = mount_info(v);
+    }
+    let _ = http::error_messages(body);
+    if let Ok(text) = std::str::from_utf8(body) {
+        let _ = ciphertext_version(text);
+    }
+}
 
 /// A Transit encryption result: the ciphertext as OpenBao returns it and the version it used.
 #[derive(Debug, Clone)]
@@ -79,21 +142,28 @@ impl Client {
     }
 
     /// Runs `op` with a token; on 403 logs in once more and retries, since the token may have
-    /// been revoked or expired early.
+    /// been revoked or expired early. `body` is serialised for each attempt, into a wiped buffer.
     async fn authed<T>(
         &self,
         operation: Operation,
         method: Method,
         path: &str,
-        body: Option<&serde_json::Value>,
+        body: Option<&(dyn erased::Body + Sync)>,
     ) -> Result<Option<T>, Error>
     where
         T: serde::de::DeserializeOwned,
     {
+        let json = |b: Option<&(dyn erased::Body + Sync)>| b.map(|b| b.json()).transpose();
         let token: Token = self.auth.token(&self.http).await?;
         match self
             .http
-            .call(operation, method.clone(), path, Some(&token.secret), body)
+            .call(
+                operation,
+                method.clone(),
+                path,
+                Some(&token.secret),
+                json(body)?,
+            )
             .await
         {
             Err(Error::PermissionDenied(msg)) => {
@@ -103,7 +173,7 @@ impl Client {
                     .relogin(&self.http, Some(token.generation))
                     .await?;
                 self.http
-                    .call(operation, method, path, Some(&fresh.secret), body)
+                    .call(operation, method, path, Some(&fresh.secret), json(body)?)
                     .await
             }
             other => other,
@@ -129,11 +199,11 @@ impl Client {
     ) -> Result<Encrypted, Error> {
         let path = contract::ENCRYPT.render(&self.mount, &self.key);
         let b64 = Zeroizing::new(STANDARD.encode(plaintext));
-        let body = json!({
-            "plaintext": b64.as_str(),
-            "associated_data": STANDARD.encode(aad),
-            "key_version": version,
-        });
+        let body = EncryptRequest {
+            plaintext: b64.as_str(),
+            associated_data: STANDARD.encode(aad),
+            key_version: version,
+        };
         let resp: DataBody<EncryptData> = self
             .authed(Operation::Encrypt, Method::POST, &path, Some(&body))
             .await?
@@ -157,7 +227,10 @@ impl Client {
         aad: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, Error> {
         let path = contract::DECRYPT.render(&self.mount, &self.key);
-        let body = json!({ "ciphertext": ciphertext, "associated_data": STANDARD.encode(aad) });
+        let body = DecryptRequest {
+            ciphertext,
+            associated_data: STANDARD.encode(aad),
+        };
         let resp: DataBody<DecryptData> = self
             .authed(Operation::Decrypt, Method::POST, &path, Some(&body))
             .await?
@@ -171,9 +244,7 @@ impl Client {
             .authed(Operation::ReadMount, Method::GET, &path, None)
             .await?
             .ok_or_else(|| Error::Protocol("mount read returned no data".into()))?;
-        // Newer servers wrap the answer in `data`, older ones do not.
-        let data = body.get("data").cloned().unwrap_or(body);
-        serde_json::from_value(data).map_err(|e| Error::Protocol(format!("mount info: {e}")))
+        mount_info(body)
     }
 
     pub(crate) async fn read_keys_config(&self) -> Result<KeysConfig, Error> {
@@ -190,7 +261,7 @@ impl Client {
         &self,
         paths: &[String],
     ) -> Result<std::collections::BTreeMap<String, Vec<String>>, Error> {
-        let body = json!({ "paths": paths });
+        let body = CapabilitiesRequest { paths };
         let resp: serde_json::Value = self
             .authed(
                 Operation::Capabilities,

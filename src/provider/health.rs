@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::keys::{Refusal, StoreError};
+use crate::keys::Refusal;
 use crate::openbao;
 
 /// Whether a snapshot that is `Degraded` (serving, with warnings) counts as healthy for Status,
@@ -23,8 +23,6 @@ pub(crate) enum ProbeError {
     WrongKeyType { found: String },
     #[error(transparent)]
     Refused(#[from] Refusal),
-    #[error("saving key registry: {0}")]
-    SaveRegistry(#[source] StoreError),
     #[error("the key registry has no active version")]
     NoActiveVersion,
     #[error("probe encrypt: {0}")]

@@ -27,19 +27,26 @@ pub(crate) struct Provider {
     identity: KeyIdentity,
     rotation: Promotion,
     status: StatusSettings,
-    registry: Mutex<Registry>,
+    registry: Mutex<Registries>,
     store: Store,
     snapshot: watch::Sender<Arc<Snapshot>>,
 }
 
 impl Provider {
-    /// Opens (and locks) the key registry under `state_dir`; fails if it is damaged or in use.
+    /// Opens (and locks) the key registry under `state_dir`; fails if it is damaged or in use
+    /// by another process. A state_dir that cannot be written is no reason to stop: the
+    /// provider serves from the verified registry (or adopts the key in memory on a first
+    /// start), degraded, and takes the lock and saves once the directory is writable again.
     pub(crate) fn new(
         settings: &Settings,
         client: Arc<openbao::Client>,
     ) -> Result<Self, StoreError> {
         let identity = key_identity(settings);
-        let store = Store::open(&settings.server.state_dir, &identity.fingerprint())?;
+        let (store, unwritable) =
+            Store::open_for_serving(&settings.server.state_dir, &identity.fingerprint())?;
+        if let Some(e) = &unwritable {
+            tracing::warn!(error = %e, "state directory is not writable: serving from the verified key registry, degraded; retrying every probe");
+        }
         let registry = store.load()?;
         let provider = Self {
             client,
@@ -52,7 +59,11 @@ impl Provider {
                 ..Snapshot::default()
             }))
             .0,
-            registry: Mutex::new(registry),
+            registry: Mutex::new(Registries {
+                current: registry.clone(),
+                saved: registry,
+                degraded: unwritable.is_some(),
+            }),
             store,
         };
         Ok(provider)
@@ -70,6 +81,12 @@ impl Provider {
         self.snapshot().health(self.status.max_staleness)
     }
 
+    /// Whether the provider can do its job (Status, Encrypt, Decrypt), even when degraded by a
+    /// warning such as an unsaved key registry; readiness waits for this, not for `health`.
+    pub(crate) fn serving(&self) -> bool {
+        !matches!(self.health(), Health::NotOk(_))
+    }
+
     pub(crate) fn max_staleness(&self) -> Duration {
         self.status.max_staleness
     }
@@ -77,6 +94,29 @@ impl Provider {
     /// The key_id Status currently reports (empty before the first probe).
     pub(crate) fn status_key_id(&self) -> String {
         self.snapshot().key_id().unwrap_or_default().to_owned()
+    }
+}
+
+/// The key registry as the probe loop sees it (`current`, every version observed, never
+/// forgotten) and as it was last saved or loaded (`saved`). They differ only while the state
+/// directory cannot be written; then Encrypt keeps the saved active key (a promotion is held
+/// back) while every version in `current` still decrypts.
+struct Registries {
+    current: Registry,
+    saved: Registry,
+    /// The last probe could not save or lock (so recovery is logged once).
+    degraded: bool,
+}
+
+impl Registries {
+    /// The registry whose active version Status reports and Encrypt uses: the saved one, or on
+    /// a first start whose registry could not be written yet, the key adopted in memory.
+    fn served(&self) -> &Registry {
+        if self.saved.active().is_some() {
+            &self.saved
+        } else {
+            &self.current
+        }
     }
 }
 

@@ -84,25 +84,25 @@ impl Provider {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
-        let (registry, changed_active) = {
-            let mut reg = self.registry.lock().await;
-            let before_active = reg.active().map(|r| r.version);
-            let mut next = reg.clone();
+        let (registry, active, changed_active, unsaved) = {
+            let mut regs = self.registry.lock().await;
+            let before_active = regs.served().active().map(|r| r.version);
+            let mut next = regs.current.clone();
             let changes = next.observe(&observation, &self.identity, &self.rotation, now_unix)?;
-            if next != *reg {
-                self.store.save(&next).map_err(ProbeError::SaveRegistry)?;
-                *reg = next;
-            }
-            log_changes(&changes, &reg);
-            let after_active = reg.active().map(|r| r.version);
-            (reg.clone(), before_active != after_active)
+            // Observations count in memory even while they cannot be saved.
+            regs.current = next;
+            let unsaved = self.persist(&mut regs);
+            log_changes(&changes, &regs.current, unsaved.is_some());
+            let active = regs
+                .served()
+                .active()
+                .map(|r| (r.version, r.key_id.clone()))
+                .ok_or(ProbeError::NoActiveVersion)?;
+            let changed = before_active != Some(active.0);
+            (regs.current.clone(), active, changed, unsaved)
         };
-        let active = registry
-            .active()
-            .map(|r| (r.version, r.key_id.clone()))
-            .ok_or(ProbeError::NoActiveVersion)?;
         let blocked = registry.blocked_by_min_decryption(&observation);
-        let warnings: Vec<String> = if blocked.is_empty() {
+        let mut warnings: Vec<String> = if blocked.is_empty() {
             Vec::new()
         } else {
             let names: Vec<String> = blocked.iter().map(|v| format!("v{v}")).collect();
@@ -112,6 +112,8 @@ impl Provider {
                 names.join(", ")
             )]
         };
+        metrics::registry_unsaved(unsaved.is_some());
+        warnings.extend(unsaved);
         metrics::key_version(active.0);
         metrics::active_key_id(&short_hash(&active.1));
 
@@ -133,6 +135,41 @@ impl Provider {
             s.warnings = warnings;
         });
         Ok(did_deep)
+    }
+
+    /// Saves the registry when it changed (or an earlier save failed), taking the lock first
+    /// if the state directory was not writable before. `Some(reason)` while it cannot: the
+    /// degradation that health, metrics and logs report.
+    fn persist(&self, regs: &mut super::Registries) -> Option<String> {
+        let result = if regs.current != regs.saved {
+            self.store.save(&regs.current).map(|()| {
+                regs.saved = regs.current.clone();
+            })
+        } else {
+            self.store.try_lock()
+        };
+        match result {
+            Ok(()) => {
+                if std::mem::take(&mut regs.degraded) {
+                    tracing::info!(path = %self.store.path().display(), "key registry saved and locked again; no longer degraded");
+                }
+                None
+            }
+            Err(e) => {
+                let reason = if regs.saved.is_empty() {
+                    format!("key registry not saved, key adopted in memory only: {e}")
+                } else if regs.current != regs.saved {
+                    format!("key registry not saved, Encrypt keeps the saved active key and promotions wait: {e}")
+                } else {
+                    format!(
+                        "key registry cannot be locked, serving from the verified registry: {e}"
+                    )
+                };
+                tracing::warn!(error = %e, "{reason}");
+                regs.degraded = true;
+                Some(reason)
+            }
+        }
     }
 
     /// Encrypts 32 random bytes with the active version and decrypts them again, as the
@@ -167,7 +204,7 @@ impl Provider {
     }
 }
 
-fn log_changes(changes: &[Change], reg: &crate::keys::Registry) {
+fn log_changes(changes: &[Change], reg: &crate::keys::Registry, unsaved: bool) {
     for c in changes {
         match c {
             Change::Adopted { active, retired } => {
@@ -196,6 +233,9 @@ fn log_changes(changes: &[Change], reg: &crate::keys::Registry) {
                     observations,
                     "pending Transit key version observed again"
                 )
+            }
+            Change::Promoted { from, to } if unsaved => {
+                tracing::warn!(from = ?from, to, "Transit key version is ready for promotion, held back until the key registry can be saved")
             }
             Change::Promoted { from, to } => {
                 let key_id = reg.records.get(to).map(|r| r.key_id.as_str()).unwrap_or("");

@@ -61,6 +61,7 @@ struct Metrics {
     token_ttl: Gauge,
     logins: Family<MethodResult, Counter>,
     healthy: Gauge,
+    registry_unsaved: Gauge,
 }
 
 fn buckets() -> impl Iterator<Item = f64> {
@@ -85,6 +86,7 @@ fn metrics() -> &'static Metrics {
             token_ttl: Gauge::default(),
             logins: Family::default(),
             healthy: Gauge::default(),
+            registry_unsaved: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -136,6 +138,11 @@ fn metrics() -> &'static Metrics {
             "healthy",
             "1 when Status reports healthz ok",
             m.healthy.clone(),
+        );
+        registry.register(
+            "registry_unsaved",
+            "1 while the key registry cannot be saved or locked (state directory full or read-only): Encrypt keeps the saved active key, promotions wait",
+            m.registry_unsaved.clone(),
         );
         let build = Family::<Version, Gauge>::default();
         build
@@ -220,6 +227,10 @@ pub(crate) fn auth_login(method: &str, result: &str) {
 
 pub(crate) fn healthy(ok: bool) {
     metrics().healthy.set(i64::from(ok));
+}
+
+pub(crate) fn registry_unsaved(unsaved: bool) {
+    metrics().registry_unsaved.set(i64::from(unsaved));
 }
 
 /// The Prometheus text exposition of every metric.

@@ -547,11 +547,12 @@ impl Provider {
             .arg(&self.config)
             .env_remove("NOTIFY_SOCKET")
             .env_remove("LISTEN_FDS")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env(
                 "RUST_LOG",
                 "debug,h2=warn,hyper=warn,tower=warn,reqwest=warn,rustls=warn,hyper_util=warn",
             )
+            // After RUST_LOG, so a test may override it.
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(logf.try_clone().expect("clone"))
             .stderr(logf)
             .spawn()

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use super::{ConfigArg, EXIT_CONFIG, EXIT_FAILED};
-use crate::config::{self, AuthSettings, Environment};
+use crate::config::{self, Environment};
 
 /// Every check in the order it runs; a check that cannot run is printed as `skip`.
 pub(crate) const CHECKS: &[&str] = &[
@@ -134,19 +134,9 @@ pub(crate) fn run(arg: &ConfigArg) -> Result<ExitCode> {
         settings.transit.mount_path,
         settings.transit.key_name
     );
-    match &settings.auth {
-        AuthSettings::Jwt { jwt_file: p, .. } | AuthSettings::Token { token_file: p }
-            if crate::cli::world_readable(p) =>
-        {
-            r.warn(
-                "config",
-                format!(
-                    "{detail}; but {} is readable by every user (chmod 0600)",
-                    p.display()
-                ),
-            )
-        }
-        _ => r.ok("config", detail),
+    match crate::hardening::check_permissions(&settings, &arg.config).first() {
+        Some(p) => r.warn("config", format!("{detail}; but {p}")),
+        None => r.ok("config", detail),
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

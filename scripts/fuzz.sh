@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Builds every cargo-fuzz target (fuzz/, nightly toolchain, cargo-fuzz from scripts/tools.sh)
+# and runs each for SECONDS; a crash, leak or timeout fails the run and leaves the input in
+# fuzz/artifacts/<target>/ (turn it into a regression test, docs/reliability.md "Fuzzing").
+# Usage: scripts/fuzz.sh [SECONDS]   (make fuzz: 60 s per target; make test: a 10 s smoke run)
+# FUZZ_BUILD_FLAGS: extra `cargo fuzz build/run` flags; the smoke run uses "--dev -s none"
+# (an unoptimised build without AddressSanitizer compiles in about a third of the CPU time).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(dirname "$here")"
+BUILD_DIR="${BUILD_DIR:-$root/build}"
+export PATH="$BUILD_DIR/tools/bin:$PATH"
+seconds="${1:-60}"
+read -r -a flags <<<"${FUZZ_BUILD_FLAGS:-}"
+
+cd "$root"
+if ! cargo +nightly --version >/dev/null 2>&1; then
+  echo "fuzz: the nightly toolchain is missing (rustup toolchain install nightly)" >&2
+  exit 1
+fi
+command -v cargo-fuzz >/dev/null || { echo "fuzz: cargo-fuzz is missing: run scripts/tools.sh" >&2; exit 1; }
+
+started=$(date +%s)
+cargo +nightly fuzz build "${flags[@]}"
+echo "fuzz: built every target in $(( $(date +%s) - started ))s"
+
+summary=()
+for target in $(cargo +nightly fuzz list); do
+  corpus="fuzz/corpus/$target"
+  mkdir -p "$corpus" "fuzz/seeds/$target"
+  log="fuzz/target/$target.log"
+  # -rss_limit_mb: the parsers handle at most a few hundred KiB; a blow-up is a finding too.
+  if ! cargo +nightly fuzz run "${flags[@]}" "$target" "$corpus" "fuzz/seeds/$target" -- \
+      -max_total_time="$seconds" -rss_limit_mb=1024 -timeout=10 -print_final_stats=1 >"$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    echo "fuzz: $target FAILED; the input is in fuzz/artifacts/$target/" >&2
+    exit 1
+  fi
+  execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
+  summary+=("$target: ${execs:-?} executions in ${seconds}s")
+done
+printf 'fuzz: %s\n' "${summary[@]}"
+echo "fuzz: no crash; total $(( $(date +%s) - started ))s"
