@@ -116,7 +116,12 @@ fn listener(settings: &Settings) -> Result<(tokio::net::UnixListener, PathBuf, b
 /// Runs until SIGTERM/SIGINT. Errors here are start-up failures (exit non-zero).
 pub async fn run(settings: Settings, config_path: PathBuf) -> Result<()> {
     let client = Arc::new(
-        openbao::Client::new(&settings.openbao, &settings.auth, &settings.transit)
+        openbao::Client::new(
+            &settings.openbao,
+            &settings.auth,
+            &settings.transit,
+            settings.server.kms_timeout,
+        )
             .context("setting up the OpenBao client")?,
     );
     let provider = Arc::new(Provider::new(&settings, client.clone())?);
@@ -158,7 +163,12 @@ pub async fn run(settings: Settings, config_path: PathBuf) -> Result<()> {
         self_check_rx,
         accept_after,
         stopped(),
-        settings.server.drain_timeout,
+        kms::Limits {
+            drain: settings.server.drain_timeout,
+            kms_timeout: settings.server.kms_timeout,
+            max_concurrent_streams: settings.server.max_concurrent_streams,
+            idle_timeout: settings.server.idle_timeout,
+        },
     ));
 
     let probes = {
@@ -291,11 +301,10 @@ pub async fn run(settings: Settings, config_path: PathBuf) -> Result<()> {
 /// (key scope, socket, state_dir) need a restart and are reported, not applied.
 async fn reload(config_path: &Path, client: &openbao::Client) -> Result<()> {
     let settings = config::load(config_path, &config::Environment::from_process())?;
-    client.reload(&settings.openbao, &settings.auth).await?;
     client
-        .login()
+        .reload(&settings.openbao, &settings.auth)
         .await
-        .context("logging in with the reloaded credentials")?;
+        .context("building the OpenBao client and logging in with the reloaded configuration")?;
     Ok(())
 }
 

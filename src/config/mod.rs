@@ -9,7 +9,7 @@ use std::path::Path;
 pub use error::ConfigError;
 pub use raw::*;
 pub use settings::*;
-pub use validate::{validate, Environment};
+pub use validate::{upgrade_checks, validate, Environment};
 
 /// Parse TOML text; `path` is only used to name the file in errors.
 pub fn parse(text: &str, path: &Path) -> Result<RawConfig, ConfigError> {

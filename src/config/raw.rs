@@ -25,6 +25,12 @@ pub struct RawServer {
     pub state_dir: String,
     pub drain_timeout: String,
     pub start_timeout: String,
+    /// The budget kube-apiserver gives each KMS call (its EncryptionConfiguration `timeout`).
+    pub kms_timeout: String,
+    /// HTTP/2 streams (concurrent KMS calls) per kube-apiserver connection.
+    pub max_concurrent_streams: u32,
+    /// KMS connections with no traffic for this long are closed.
+    pub idle_timeout: String,
 }
 
 impl Default for RawServer {
@@ -35,6 +41,9 @@ impl Default for RawServer {
             state_dir: "/var/lib/openbao-kms".into(),
             drain_timeout: "10s".into(),
             start_timeout: "2m".into(),
+            kms_timeout: "3s".into(),
+            max_concurrent_streams: 256,
+            idle_timeout: "5m".into(),
         }
     }
 }
@@ -42,23 +51,56 @@ impl Default for RawServer {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawOpenBao {
-    pub address: String,
+    pub address: RawAddresses,
     pub ca_file: String,
     pub tls_server_name: String,
     pub namespace: String,
     pub timeout: String,
     pub instance_id: String,
+    /// Concurrent requests (and so connections) to OpenBao.
+    pub max_connections: u32,
+}
+
+/// `address = "https://a:8200"`, or a list of nodes of one HA cluster, each a URL or a table
+/// `{ url = "...", tls_server_name = "..." }` for a node whose certificate carries another name.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum RawAddresses {
+    One(String),
+    Many(Vec<RawAddress>),
+}
+
+impl Default for RawAddresses {
+    fn default() -> Self {
+        Self::One(String::new())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum RawAddress {
+    Url(String),
+    Node(RawNode),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNode {
+    pub url: String,
+    #[serde(default)]
+    pub tls_server_name: String,
 }
 
 impl Default for RawOpenBao {
     fn default() -> Self {
         Self {
-            address: String::new(),
+            address: RawAddresses::default(),
             ca_file: String::new(),
             tls_server_name: String::new(),
             namespace: String::new(),
             timeout: "2s".into(),
             instance_id: String::new(),
+            max_connections: 64,
         }
     }
 }
@@ -169,6 +211,8 @@ pub struct RawStatus {
     pub probe_interval: String,
     pub deep_probe_interval: String,
     pub max_staleness: String,
+    /// Consecutive failed probes before Status reports not ok (one blip must not flip every host).
+    pub unhealthy_after: u32,
 }
 
 impl Default for RawStatus {
@@ -177,6 +221,7 @@ impl Default for RawStatus {
             probe_interval: "30s".into(),
             deep_probe_interval: "5m".into(),
             max_staleness: "2m".into(),
+            unhealthy_after: 3,
         }
     }
 }

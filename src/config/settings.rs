@@ -27,16 +27,31 @@ pub struct ServerSettings {
     /// How long systemd is asked to wait for OpenBao at start before the start job fails (so
     /// units ordered after this one, like kubelet, are not held back indefinitely).
     pub start_timeout: Duration,
+    /// Budget of one KMS call end to end (login, retries and failover included).
+    pub kms_timeout: Duration,
+    pub max_concurrent_streams: u32,
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
 pub struct OpenBaoSettings {
+    /// The first node; what logs and the doctor name.
     pub address: reqwest::Url,
+    /// Every node of the cluster, in the configured order (one for a single server).
+    pub nodes: Vec<OpenBaoNode>,
     pub ca_file: Option<PathBuf>,
     pub tls_server_name: Option<String>,
     pub namespace: Option<String>,
     pub timeout: Duration,
     pub instance_id: String,
+    pub max_connections: usize,
+}
+
+/// One OpenBao node: its URL and the name its certificate is checked against (`None`: the host).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenBaoNode {
+    pub url: reqwest::Url,
+    pub tls_server_name: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -96,6 +111,7 @@ pub struct StatusSettings {
     pub probe_interval: Duration,
     pub deep_probe_interval: Duration,
     pub max_staleness: Duration,
+    pub unhealthy_after: NonZeroU32,
 }
 
 #[derive(Debug, Clone)]

@@ -57,16 +57,23 @@ impl From<openbao::Error> for KmsError {
     fn from(e: openbao::Error) -> Self {
         use openbao::Error as E;
         match e {
-            E::Unreachable(_) | E::Timeout(_) | E::Sealed | E::RateLimited | E::Server { .. } => {
-                Self::Unavailable(e.to_string())
-            }
+            E::Unreachable(_)
+            | E::Timeout(_)
+            | E::Sealed
+            | E::RateLimited
+            | E::Server { .. }
+            | E::Overloaded(_) => Self::Unavailable(e.to_string()),
             // Wrong AAD or a tampered ciphertext: the caller's data is bad, not OpenBao.
             E::BadRequest(_) => Self::InvalidArgument(e.to_string()),
             E::PermissionDenied(_) => Self::PermissionDenied(e.to_string()),
-            E::NoToken(_) | E::Credential { .. } => Self::Unauthenticated(e.to_string()),
-            E::NotFound(_) | E::ResponseTooLarge(_) | E::Protocol(_) | E::Tls(_) => {
-                Self::Internal(e.to_string())
+            E::NoToken(_) | E::Credential { .. } | E::LoginRefused(_) => {
+                Self::Unauthenticated(e.to_string())
             }
+            E::NotFound(_)
+            | E::ResponseTooLarge(_)
+            | E::Protocol(_)
+            | E::Tls(_)
+            | E::RedirectRefused(_) => Self::Internal(e.to_string()),
         }
     }
 }

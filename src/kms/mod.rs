@@ -10,7 +10,7 @@ mod service;
 use std::collections::HashMap;
 
 pub use error::KmsError;
-pub use server::{bind_unix_socket, serve, SocketError};
+pub use server::{bind_unix_socket, serve, Limits, SocketError};
 pub use service::{code_name, KmsAdapter};
 
 /// The only API version this plugin speaks; kube-apiserver pins the first value it sees.

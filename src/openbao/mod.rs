@@ -17,8 +17,10 @@ pub use error::Error;
 pub use http::{Operation, MAX_RESPONSE_BYTES};
 pub use transit::{ciphertext_version, KeyMetadata, KeysConfig, MountInfo, ServerHealth};
 
+use std::sync::Arc;
+
 use auth::{Auth, Token};
-use http::Http;
+use http::{Http, Nodes};
 use transit::{DataBody, DecryptData, EncryptData, RawKey};
 
 use crate::config::{AuthSettings, OpenBaoSettings, TransitSettings};
@@ -30,41 +32,45 @@ pub struct Encrypted {
     pub version: u32,
 }
 
-/// Client for one OpenBao instance and one Transit key.
+/// Client for one OpenBao cluster (one or more nodes) and one Transit key.
 pub struct Client {
-    http: Http,
-    auth: Auth,
+    http: Arc<Http>,
+    auth: Arc<Auth>,
     mount: String,
     key: String,
 }
 
 impl Client {
+    /// `budget` bounds requests made outside a KMS call (probe loop, logins, CLI); inside one,
+    /// the call's own deadline (`crate::deadline`) applies.
     pub fn new(
         openbao: &OpenBaoSettings,
         auth: &AuthSettings,
         transit: &TransitSettings,
+        budget: std::time::Duration,
     ) -> Result<Self, Error> {
         Ok(Self {
-            http: Http::new(openbao, auth)?,
-            auth: Auth::new(auth.clone()),
+            http: Arc::new(Http::new(openbao, auth, budget)?),
+            auth: Arc::new(Auth::new(auth.clone())),
             mount: transit.mount_path.clone(),
             key: transit.key_name.clone(),
         })
     }
 
-    /// SIGHUP: re-read TLS files and auth settings; the next login re-reads the JWT.
-    pub async fn reload(
-        &self,
-        openbao: &OpenBaoSettings,
-        auth: &AuthSettings,
-    ) -> Result<(), Error> {
-        self.http.reload(openbao, auth)?;
-        self.auth.set_settings(auth.clone()).await;
+    /// SIGHUP, all or nothing: builds the node clients (CA, client certificate, addresses) and
+    /// logs in with the new credentials on the side, and only then swaps both in. On any error
+    /// nothing changed and the previous client and token stay in use.
+    pub async fn reload(&self, openbao: &OpenBaoSettings, auth: &AuthSettings) -> Result<(), Error> {
+        let nodes = Nodes::build(openbao, auth)?;
+        let token = auth::login_with(&self.http, &nodes, auth, 0).await?;
+        self.http.install(nodes);
+        self.auth.install(auth.clone(), token);
+        tracing::info!(method = auth.method_name(), "logged in to OpenBao with the reloaded configuration");
         Ok(())
     }
 
-    pub async fn auth_method(&self) -> &'static str {
-        self.auth.method_name().await
+    pub fn auth_method(&self) -> &'static str {
+        self.auth.method_name()
     }
 
     /// Makes sure a token exists and renews it when due; called from the probe loop so that
@@ -73,15 +79,15 @@ impl Client {
         Ok(self.auth.token(&self.http).await?.remaining())
     }
 
-    /// Forces a fresh login now, re-reading the credential files (SIGHUP). On failure the
-    /// previous token stays in use.
+    /// Forces a fresh login now, re-reading the credential files. On failure the previous
+    /// token stays in use.
     pub async fn login(&self) -> Result<(), Error> {
-        let seen = self.auth.generation().await;
-        self.auth.relogin(&self.http, seen).await.map(|_| ())
+        self.auth.relogin(&self.http).await.map(|_| ())
     }
 
     /// Runs `op` with a token; on 403 logs in once more and retries, since the token may have
-    /// been revoked or expired early.
+    /// been revoked or expired early. A token that keeps getting 403 (a policy change) is not
+    /// replaced more than once per 30 s, however many calls fail.
     async fn authed<T>(
         &self,
         operation: Operation,
@@ -99,13 +105,16 @@ impl Client {
             .await
         {
             Err(Error::PermissionDenied(msg)) => {
-                tracing::info!(operation = operation.as_str(), reason = %msg, "403 from OpenBao; logging in again and retrying once");
-                let fresh = self
+                let Some(fresh) = self
                     .auth
-                    .relogin(&self.http, Some(token.generation))
-                    .await?;
+                    .relogin_after_denial(&self.http, token.generation)
+                    .await
+                else {
+                    return Err(Error::PermissionDenied(msg));
+                };
+                tracing::info!(operation = operation.as_str(), reason = %msg, "403 from OpenBao; retrying once with a fresh token");
                 self.http
-                    .call(operation, method, path, Some(&fresh.secret), body)
+                    .call(operation, method, path, Some(&fresh?.secret), body)
                     .await
             }
             other => other,

@@ -30,6 +30,15 @@ pub fn from_settings(
     openbao: &crate::config::OpenBaoSettings,
     auth: &crate::config::AuthSettings,
 ) -> Result<rustls::ClientConfig, Error> {
+    for_node(openbao, openbao.tls_server_name.as_deref(), auth)
+}
+
+/// The TLS config for one node: the shared CA and client certificate, the node's own name.
+pub fn for_node(
+    openbao: &crate::config::OpenBaoSettings,
+    server_name: Option<&str>,
+    auth: &crate::config::AuthSettings,
+) -> Result<rustls::ClientConfig, Error> {
     let client_cert = match auth {
         crate::config::AuthSettings::Cert {
             cert_file,
@@ -40,7 +49,7 @@ pub fn from_settings(
     };
     client_config(&TlsFiles {
         ca_file: openbao.ca_file.as_deref(),
-        server_name: openbao.tls_server_name.as_deref(),
+        server_name,
         client_cert,
     })
 }

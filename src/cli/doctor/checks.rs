@@ -12,7 +12,7 @@ use crate::openbao::{self, Client, Error, KeyMetadata, ServerHealth};
 const PROBE_AAD: &[u8] = b"bao-kms-provider doctor probe";
 
 pub async fn run(s: &Settings, r: &mut Report) {
-    let client = match Client::new(&s.openbao, &s.auth, &s.transit) {
+    let client = match Client::new(&s.openbao, &s.auth, &s.transit, s.server.kms_timeout) {
         Ok(c) => c,
         Err(e) => {
             r.fail("tls", e);
