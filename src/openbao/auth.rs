@@ -92,8 +92,23 @@ type Outcome = Option<Result<Token, Error>>;
 struct Flight {
     running: Option<watch::Receiver<Outcome>>,
     last_unavailable: Option<(Instant, Error)>,
-    last_forced: Option<Instant>,
+    /// When a 403 last forced a login, and the credential file's stamp then.
+    last_forced: Option<(Instant, Option<CredentialStamp>)>,
     generation: u64,
+}
+
+/// Size and modification time of the credential file: a changed file (an operator fixed the
+/// JWT) allows a new forced login at once.
+type CredentialStamp = (u64, std::time::SystemTime);
+
+fn credential_stamp(settings: &AuthSettings) -> Option<CredentialStamp> {
+    let path = match settings {
+        AuthSettings::Jwt { jwt_file, .. } => jwt_file,
+        AuthSettings::Cert { cert_file, .. } => cert_file,
+        AuthSettings::Token { token_file } => token_file,
+    };
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.len(), meta.modified().ok()?))
 }
 
 pub(crate) struct Auth {
@@ -151,8 +166,10 @@ impl Auth {
     }
 
     /// After a 403 with token `seen`: a fresh login, unless another caller already replaced it
-    /// (then that token) or `seen` was already replaced by a forced login less than
-    /// `FORCED_RELOGIN_EVERY` ago (then `None`: the 403 stands).
+    /// (then that token), or a 403 already forced a login less than `FORCED_RELOGIN_EVERY` ago
+    /// and the credential file is unchanged (then `None`: the 403 stands). So a revoked token
+    /// costs one login however many calls see it, and a persistent 403 (a policy change) one
+    /// login per 30 s, not one per call.
     pub async fn relogin_after_denial(
         self: &Arc<Self>,
         http: &Arc<Http>,
@@ -166,13 +183,15 @@ impl Auth {
                 }
             }
             if f.running.is_none() {
-                if f
-                    .last_forced
-                    .is_some_and(|at| at.elapsed() < FORCED_RELOGIN_EVERY)
-                {
+                let stamp = credential_stamp(&read(&self.settings));
+                if f.last_forced.as_ref().is_some_and(|(at, before)| {
+                    at.elapsed() < FORCED_RELOGIN_EVERY && *before == stamp
+                }) {
                     return None;
                 }
-                f.last_forced = Some(Instant::now());
+                f.last_forced = Some((Instant::now(), stamp));
+                // A forced login is not deferred by an earlier outage: OpenBao just answered.
+                f.last_unavailable = None;
             }
         }
         Some(self.join(http, None).await)

@@ -112,7 +112,7 @@ impl Client {
                 else {
                     return Err(Error::PermissionDenied(msg));
                 };
-                tracing::info!(operation = operation.as_str(), reason = %msg, "403 from OpenBao; retrying once with a fresh token");
+                tracing::info!(operation = operation.as_str(), reason = %msg, "403 from OpenBao; logging in again and retrying once");
                 self.http
                     .call(operation, method, path, Some(&fresh?.secret), body)
                     .await
