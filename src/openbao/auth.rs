@@ -92,6 +92,9 @@ type Outcome = Option<Result<Token, Error>>;
 struct Flight {
     running: Option<watch::Receiver<Outcome>>,
     last_unavailable: Option<(Instant, Error)>,
+    /// Why the last login failed, until one succeeds: what a call blocked from forcing
+    /// another login reports (a refused login, not a bare 403).
+    last_failure: Option<Error>,
     /// When a 403 last forced a login, and the credential file's stamp then.
     last_forced: Option<(Instant, Option<CredentialStamp>)>,
     generation: u64,
@@ -167,7 +170,8 @@ impl Auth {
 
     /// After a 403 with token `seen`: a fresh login, unless another caller already replaced it
     /// (then that token), or a 403 already forced a login less than `FORCED_RELOGIN_EVERY` ago
-    /// and the credential file is unchanged (then `None`: the 403 stands). So a revoked token
+    /// and the credential file is unchanged (then the last login failure, or `None`: the 403
+    /// stands). So a revoked token
     /// costs one login however many calls see it, and a persistent 403 (a policy change) one
     /// login per 30 s, not one per call.
     pub async fn relogin_after_denial(
@@ -187,7 +191,7 @@ impl Auth {
                 if f.last_forced.as_ref().is_some_and(|(at, before)| {
                     at.elapsed() < FORCED_RELOGIN_EVERY && *before == stamp
                 }) {
-                    return None;
+                    return f.last_failure.clone().map(Err);
                 }
                 f.last_forced = Some((Instant::now(), stamp));
                 // A forced login is not deferred by an earlier outage: OpenBao just answered.
@@ -235,6 +239,7 @@ impl Auth {
                     Err(e) if e.is_unavailable() => Some((Instant::now(), e.clone())),
                     _ => None,
                 };
+                f.last_failure = outcome.as_ref().err().cloned();
                 if let Ok(t) = &outcome {
                     write(&me.current, Some(t.clone()));
                 }
@@ -336,6 +341,7 @@ impl Auth {
         write(&self.settings, settings);
         write(&self.current, Some(token));
         f.last_unavailable = None;
+        f.last_failure = None;
     }
 }
 
