@@ -74,7 +74,11 @@ impl Provider {
             .client
             .read_key()
             .await
-            .map_err(|e| format!("reading Transit key: {e}"))?;
+            .map_err(|e| match e.class() {
+                // A refused or impossible login is the reason, whatever request met it.
+                "auth" | "local_setup" => format!("OpenBao login: {e}"),
+                _ => format!("reading Transit key: {e}"),
+            })?;
         if meta.key_type != "aes256-gcm96" {
             return Err(format!(
                 "Transit key type is {:?}, expected \"aes256-gcm96\"",
