@@ -64,10 +64,35 @@ pub struct RawOpenBao {
 /// `address = "https://a:8200"`, or a list of nodes of one HA cluster, each a URL or a table
 /// `{ url = "...", tls_server_name = "..." }` for a node whose certificate carries another name.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(untagged)]
+#[serde(untagged, try_from = "toml::Value")]
 pub enum RawAddresses {
     One(String),
     Many(Vec<RawAddress>),
+}
+
+/// By hand, so a wrong shape is named (serde's untagged enums only say "did not match").
+impl TryFrom<toml::Value> for RawAddresses {
+    type Error = String;
+
+    fn try_from(v: toml::Value) -> Result<Self, String> {
+        const SHAPE: &str = "openbao.address must be a URL string, or a list of URL strings and \
+             { url = \"...\", tls_server_name = \"...\" } tables";
+        match v {
+            toml::Value::String(s) => Ok(Self::One(s)),
+            toml::Value::Array(items) => items
+                .into_iter()
+                .map(|item| match item {
+                    toml::Value::String(s) => Ok(RawAddress::Url(s)),
+                    toml::Value::Table(t) => RawNode::deserialize(toml::Value::Table(t))
+                        .map(RawAddress::Node)
+                        .map_err(|e| format!("openbao.address: {}", e.message())),
+                    other => Err(format!("{SHAPE}; found a {}", other.type_str())),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Self::Many),
+            other => Err(format!("{SHAPE}; found a {}", other.type_str())),
+        }
+    }
 }
 
 impl Default for RawAddresses {
