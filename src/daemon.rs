@@ -204,6 +204,7 @@ pub async fn run(settings: Settings, config_path: PathBuf) -> Result<()> {
     );
     let mut ready_sent = false;
     let mut last_status = String::new();
+    let mut running = settings.clone();
     let self_client = kms::client::connect_in_memory(self_check_tx);
 
     loop {
@@ -248,9 +249,12 @@ pub async fn run(settings: Settings, config_path: PathBuf) -> Result<()> {
                 if ready_sent {
                     systemd::reloading();
                 }
-                match reload(&config_path, &client).await {
-                    Ok(()) => tracing::info!(config = %config_path.display(), "reloaded credentials and configuration"),
-                    Err(e) => tracing::error!(error = %format!("{e:#}"), "reload failed; keeping the previous configuration"),
+                match reload(&config_path, &client, &running).await {
+                    Ok(applied) => {
+                        running = applied;
+                        tracing::info!(config = %config_path.display(), "reloaded: new OpenBao client and credentials in use");
+                    }
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "reload failed; the previous OpenBao client, credentials and token stay in use"),
                 }
                 if ready_sent {
                     last_status = status_line(&provider);
@@ -297,15 +301,30 @@ pub async fn run(settings: Settings, config_path: PathBuf) -> Result<()> {
     Ok(())
 }
 
-/// SIGHUP: re-read the config; apply credentials and TLS files. Identity-bearing settings
-/// (key scope, socket, state_dir) need a restart and are reported, not applied.
-async fn reload(config_path: &Path, client: &openbao::Client) -> Result<()> {
-    let settings = config::load(config_path, &config::Environment::from_process())?;
+/// SIGHUP, all or nothing: re-read the config, build the OpenBao client (addresses, CA, client
+/// certificate) and log in with the new credentials on the side, then swap. Fields that need a
+/// restart are named in a warning and keep their running values. Returns the settings now in
+/// effect.
+async fn reload(config_path: &Path, client: &openbao::Client, running: &Settings) -> Result<Settings> {
+    let new = config::load(config_path, &config::Environment::from_process())?;
+    for w in config::upgrade_checks(&new) {
+        tracing::warn!(field = w.field().unwrap_or(""), "{w}; `check-config` refuses this");
+    }
+    let restart = running.restart_needed(&new);
+    if !restart.is_empty() {
+        tracing::warn!(
+            fields = restart.join(", "),
+            "these settings changed but take effect only after a restart (systemctl restart bao-kms-provider); the running values stay"
+        );
+    }
+    let mut applied = running.clone();
+    applied.openbao = openbao::reloadable(&running.openbao, &new.openbao);
+    applied.auth = new.auth.clone();
     client
-        .reload(&settings.openbao, &settings.auth)
+        .reload(&applied.openbao, &applied.auth)
         .await
         .context("building the OpenBao client and logging in with the reloaded configuration")?;
-    Ok(())
+    Ok(applied)
 }
 
 #[cfg(test)]

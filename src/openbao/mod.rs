@@ -25,6 +25,17 @@ use transit::{DataBody, DecryptData, EncryptData, RawKey};
 
 use crate::config::{AuthSettings, OpenBaoSettings, TransitSettings};
 
+/// The `[openbao]` settings a reload applies: addresses, TLS and the request timeout from `new`;
+/// identity (instance_id, namespace) and the connection cap stay as they run.
+pub fn reloadable(running: &OpenBaoSettings, new: &OpenBaoSettings) -> OpenBaoSettings {
+    OpenBaoSettings {
+        instance_id: running.instance_id.clone(),
+        namespace: running.namespace.clone(),
+        max_connections: running.max_connections,
+        ..new.clone()
+    }
+}
+
 /// A Transit encryption result: the ciphertext as OpenBao returns it and the version it used.
 #[derive(Debug, Clone)]
 pub struct Encrypted {
