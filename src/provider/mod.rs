@@ -25,6 +25,9 @@ pub struct Provider {
     status: StatusSettings,
     registry: Mutex<Registry>,
     store: Store,
+    /// When key metadata was last re-read for an unknown key_id (one at a time, at most once a
+    /// second, so junk key_ids cannot turn into a flood of OpenBao reads).
+    refreshed: Mutex<Option<std::time::Instant>>,
     snapshot: watch::Sender<Arc<Snapshot>>,
 }
 
@@ -47,6 +50,7 @@ impl Provider {
             .0,
             registry: Mutex::new(registry),
             store,
+            refreshed: Mutex::new(None),
         };
         Ok(provider)
     }
@@ -170,12 +174,7 @@ impl KeyService for Provider {
                 kms::MAX_ANNOTATIONS_BYTES
             ));
         }
-        let known = self
-            .snapshot()
-            .known
-            .get(&input.key_id)
-            .cloned()
-            .ok_or(KmsError::UnknownKeyId)?;
+        let known = self.known_or_refresh(&input.key_id).await?;
         if let Some(k) = input
             .annotations
             .keys()

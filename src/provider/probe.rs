@@ -13,6 +13,9 @@ use crate::telemetry::metrics;
 /// After a failure, probe again soon (but not in a tight loop) so recovery shows quickly.
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 
+/// Unknown key_ids re-read key metadata at most this often.
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
+
 impl Provider {
     /// Runs probes until `shutdown` resolves. `heartbeat` is called after every probe attempt,
     /// so the watchdog and /livez see that this loop is alive.
@@ -46,6 +49,32 @@ impl Provider {
                 _ = tokio::time::sleep(delay) => {}
             }
         }
+    }
+
+    /// The version behind `key_id`. A key_id this host has not seen may come from another host
+    /// that already promoted a version this one has not read yet: key metadata is read once
+    /// more before answering NotFound.
+    pub(super) async fn known_or_refresh(&self, key_id: &str) -> Result<super::KnownKey, crate::kms::KmsError> {
+        if let Some(k) = self.snapshot().known.get(key_id) {
+            return Ok(k.clone());
+        }
+        {
+            let mut last = self.refreshed.lock().await;
+            // Another caller may have refreshed while this one waited for the lock.
+            if let Some(k) = self.snapshot().known.get(key_id) {
+                return Ok(k.clone());
+            }
+            if last.is_none_or(|t| t.elapsed() >= REFRESH_EVERY) {
+                *last = Some(Instant::now());
+                tracing::info!(key_id, "Decrypt for a key_id not seen yet; reading key metadata once more");
+                let _ = self.probe_once(false).await;
+            }
+        }
+        self.snapshot()
+            .known
+            .get(key_id)
+            .cloned()
+            .ok_or(crate::kms::KmsError::UnknownKeyId)
     }
 
     /// One probe. Returns whether a deep probe ran; `Err` when anything failed (recorded in the snapshot).
