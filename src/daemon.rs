@@ -122,7 +122,7 @@ pub async fn run(settings: Settings, config_path: PathBuf) -> Result<()> {
             &settings.transit,
             settings.server.kms_timeout,
         )
-            .context("setting up the OpenBao client")?,
+        .context("setting up the OpenBao client")?,
     );
     let provider = Arc::new(Provider::new(&settings, client.clone())?);
     let (socket, socket_path, activated) = listener(&settings)?;
@@ -305,10 +305,17 @@ pub async fn run(settings: Settings, config_path: PathBuf) -> Result<()> {
 /// certificate) and log in with the new credentials on the side, then swap. Fields that need a
 /// restart are named in a warning and keep their running values. Returns the settings now in
 /// effect.
-async fn reload(config_path: &Path, client: &openbao::Client, running: &Settings) -> Result<Settings> {
+async fn reload(
+    config_path: &Path,
+    client: &openbao::Client,
+    running: &Settings,
+) -> Result<Settings> {
     let new = config::load(config_path, &config::Environment::from_process())?;
     for w in config::upgrade_checks(&new) {
-        tracing::warn!(field = w.field().unwrap_or(""), "{w}; `check-config` refuses this");
+        tracing::warn!(
+            field = w.field().unwrap_or(""),
+            "{w}; `check-config` refuses this"
+        );
     }
     let restart = running.restart_needed(&new);
     if !restart.is_empty() {

@@ -55,7 +55,10 @@ mod tests {
     #[test]
     fn grpc_timeout_header_parses_every_unit_and_refuses_junk() {
         assert_eq!(parse_grpc_timeout("3S"), Some(Duration::from_secs(3)));
-        assert_eq!(parse_grpc_timeout("2999m"), Some(Duration::from_millis(2999)));
+        assert_eq!(
+            parse_grpc_timeout("2999m"),
+            Some(Duration::from_millis(2999))
+        );
         assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
         assert_eq!(parse_grpc_timeout("5u"), Some(Duration::from_micros(5)));
         assert_eq!(parse_grpc_timeout(""), None);

@@ -222,14 +222,26 @@ fn address_takes_a_string_a_list_or_tables_with_their_own_server_name() {
     for (value, expect) in [
         ("[]", "openbao.address"),
         (r#"["https://a:8200", "https://a:8200"]"#, "listed twice"),
-        (r#"["https://a:8200", "http://127.0.0.1:8200"]"#, "mixes http"),
+        (
+            r#"["https://a:8200", "http://127.0.0.1:8200"]"#,
+            "mixes http",
+        ),
         (r#"["https://a:8200", "http://b:8200"]"#, "loopback"),
-        (r#"[{ url = "https://a:8200", tls_server_name = "bad name!" }]"#, "tls_server_name"),
-        (r#"[{ url = "https://a:8200", servername = "x" }]"#, "openbao.address"),
+        (
+            r#"[{ url = "https://a:8200", tls_server_name = "bad name!" }]"#,
+            "tls_server_name",
+        ),
+        (
+            r#"[{ url = "https://a:8200", servername = "x" }]"#,
+            "openbao.address",
+        ),
     ] {
         let (code, _, stderr) = check(&with("openbao", "address", value));
         assert_eq!(code, 64, "{value}: {stderr}");
-        assert!(stderr.contains(expect), "{value}: expected {expect:?} in {stderr}");
+        assert!(
+            stderr.contains(expect),
+            "{value}: expected {expect:?} in {stderr}"
+        );
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
@@ -252,7 +264,11 @@ fn new_rules_are_errors_in_check_config_and_warnings_in_serve() {
     let ok = format!("{VALID}\n[rotation]\nactivation_delay = \"1m\"\n");
     let (code, _, stderr) = check(&ok);
     assert_eq!(code, 0, "{stderr}");
-    let (code, _, stderr) = check(&with("status", "max_staleness", "\"2m\"\nunhealthy_after = 0"));
+    let (code, _, stderr) = check(&with(
+        "status",
+        "max_staleness",
+        "\"2m\"\nunhealthy_after = 0",
+    ));
     assert_eq!(code, 64);
     assert!(stderr.contains("status.unhealthy_after"), "{stderr}");
     let (code, _, stderr) = check(&with("openbao", "timeout", "\"2s\"\nmax_connections = 0"));

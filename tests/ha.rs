@@ -21,7 +21,10 @@ struct Call {
 }
 
 /// Encrypt + Decrypt in a loop, each with kube-apiserver's 3 s deadline, until `stop`.
-fn load(p: &Provider, stop: Arc<AtomicBool>) -> (tokio::task::JoinHandle<()>, Arc<Mutex<Vec<Call>>>) {
+fn load(
+    p: &Provider,
+    stop: Arc<AtomicBool>,
+) -> (tokio::task::JoinHandle<()>, Arc<Mutex<Vec<Call>>>) {
     let calls: Arc<Mutex<Vec<Call>>> = Arc::default();
     let socket = p.socket.clone();
     let c = calls.clone();
@@ -48,7 +51,10 @@ fn load(p: &Provider, stop: Arc<AtomicBool>) -> (tokio::task::JoinHandle<()>, Ar
                 at,
                 took: at.elapsed(),
                 ok: r.is_ok(),
-                code: r.err().map(|s| format!("{:?}: {}", s.code(), s.message())).unwrap_or_default(),
+                code: r
+                    .err()
+                    .map(|s| format!("{:?}: {}", s.code(), s.message()))
+                    .unwrap_or_default(),
             });
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -132,6 +138,11 @@ async fn killing_the_node_in_use_fails_over_without_a_login_storm() {
     assert!(ok_at_end, "calls still failing at the end:\n{}", p.logs());
     // No re-login: the token survives the leader election.
     let logins = p.logs().matches("logged in to OpenBao").count();
-    assert_eq!(logins, 1, "a node change must not cause logins:\n{}", p.logs());
+    assert_eq!(
+        logins,
+        1,
+        "a node change must not cause logins:\n{}",
+        p.logs()
+    );
     p.wait_healthy().await;
 }

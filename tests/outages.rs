@@ -44,9 +44,15 @@ async fn redirects_to_unconfigured_origins_are_refused_and_carry_nothing_there()
 
     // A 307 to another port of the same host: a different origin, not followed.
     for location in [
-        format!("http://127.0.0.1:{}/v1/transit/encrypt/k8s-etcd", canary.port),
+        format!(
+            "http://127.0.0.1:{}/v1/transit/encrypt/k8s-etcd",
+            canary.port
+        ),
         // The same port with another scheme is another origin too (a downgrade when https).
-        format!("https://127.0.0.1:{}/v1/transit/encrypt/k8s-etcd", proxy.port),
+        format!(
+            "https://127.0.0.1:{}/v1/transit/encrypt/k8s-etcd",
+            proxy.port
+        ),
     ] {
         proxy.answer_next(http_response(
             "307 Temporary Redirect",
@@ -196,7 +202,10 @@ async fn a_slow_openbao_under_200_concurrent_decrypts_answers_every_call_before_
         if r.is_ok() {
             break;
         }
-        assert!(healed.elapsed() < Duration::from_secs(5), "no recovery: {r:?}");
+        assert!(
+            healed.elapsed() < Duration::from_secs(5),
+            "no recovery: {r:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let recovered = healed.elapsed();
@@ -206,8 +215,14 @@ async fn a_slow_openbao_under_200_concurrent_decrypts_answers_every_call_before_
     eprintln!(
         "FIGURES slow: 200 Decrypts with a 3 s deadline through a 5 s delay: slowest answer {worst:?}, all answered after {all_done:?}, results {codes:?}; OpenBao connections at peak {conns_peak} (max_connections 16); fds {fds_before} -> peak {fds_peak} -> {fds_after}; threads at peak {threads_peak}; RSS {rss_before} kB -> {rss_after} kB; first success {recovered:?} after the delay was removed"
     );
-    assert!(recovered < Duration::from_secs(1), "recovery took {recovered:?}");
-    assert!(fds_after <= fds_before + 20, "fds {fds_before} -> {fds_after}");
+    assert!(
+        recovered < Duration::from_secs(1),
+        "recovery took {recovered:?}"
+    );
+    assert!(
+        fds_after <= fds_before + 20,
+        "fds {fds_before} -> {fds_after}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,7 +256,12 @@ async fn a_revoked_token_under_50_concurrent_calls_costs_one_login_and_a_persist
         ok += usize::from(t.await.expect("task"));
     }
     let after_revoke = logins(&p);
-    assert_eq!(ok, 50, "every call succeeds after one re-login:\n{}", p.logs());
+    assert_eq!(
+        ok,
+        50,
+        "every call succeeds after one re-login:\n{}",
+        p.logs()
+    );
     assert_eq!(after_revoke, 2, "one login for 50 calls:\n{}", p.logs());
 
     // A persistent 403: the policy no longer grants Transit. Calls fail; logins stay bounded.
@@ -256,7 +276,10 @@ async fn a_revoked_token_under_50_concurrent_calls_costs_one_login_and_a_persist
     let mut c = p.client().await;
     while started.elapsed() < Duration::from_secs(3) {
         let r = c
-            .decrypt(with_deadline(decrypt_request(&sample), Duration::from_secs(3)))
+            .decrypt(with_deadline(
+                decrypt_request(&sample),
+                Duration::from_secs(3),
+            ))
             .await;
         if let Err(s) = r {
             assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s:?}");
@@ -267,7 +290,11 @@ async fn a_revoked_token_under_50_concurrent_calls_costs_one_login_and_a_persist
     eprintln!(
         "FIGURES 403: 50 concurrent calls after a revocation: {ok} succeeded, 1 login; persistent 403: {denied} calls denied in 3 s with {during} login(s)"
     );
-    assert!(during <= 1, "{during} logins during a persistent 403:\n{}", p.logs());
+    assert!(
+        during <= 1,
+        "{during} logins during a persistent 403:\n{}",
+        p.logs()
+    );
     assert!(denied > 10);
 }
 
@@ -280,8 +307,11 @@ async fn a_login_refused_for_an_expired_jwt_is_unauthenticated_with_a_login_reas
     let o = ProviderOptions::with(&bao.addr, &jwt);
     let p = Provider::start(&o).await;
     // A JWT that expired five minutes ago (beyond the JWT role's default 150 s leeway).
-    std::fs::copy(bao.dir.path().join("jwt-signing.pem"), dir.path().join("jwt-signing.pem"))
-        .expect("copy key");
+    std::fs::copy(
+        bao.dir.path().join("jwt-signing.pem"),
+        dir.path().join("jwt-signing.pem"),
+    )
+    .expect("copy key");
     let out = std::process::Command::new(repo_root().join("scripts/openbao-lab.sh"))
         .args(["jwt", &dir.path().to_string_lossy(), "-300"])
         .output()
@@ -290,7 +320,12 @@ async fn a_login_refused_for_an_expired_jwt_is_unauthenticated_with_a_login_reas
     bao.revoke_all_tokens().await;
     let err = try_encrypt(&p).await.expect_err("login must fail");
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
-    p.wait_status("healthz names the login", |s| s.healthz.contains("login")).await;
+    p.wait_status("healthz names the login", |s| s.healthz.contains("login"))
+        .await;
     let s = p.status().await;
-    eprintln!("FIGURES login: Encrypt -> {:?}; healthz {:?}", err.code(), s.healthz);
+    eprintln!(
+        "FIGURES login: Encrypt -> {:?}; healthz {:?}",
+        err.code(),
+        s.healthz
+    );
 }

@@ -36,7 +36,8 @@ async fn hup(p: &Provider, marker: &str) {
     }
 }
 
-const FAILED: &str = "reload failed; the previous OpenBao client, credentials and token stay in use";
+const FAILED: &str =
+    "reload failed; the previous OpenBao client, credentials and token stay in use";
 const DONE: &str = "reloaded: new OpenBao client and credentials in use";
 
 #[tokio::test]
@@ -53,11 +54,23 @@ async fn a_broken_or_foreign_ca_is_refused_and_the_old_client_keeps_working() {
     // Not PEM at all.
     std::fs::write(&ca, "not a certificate\n").expect("write");
     hup(&p, FAILED).await;
-    assert!(encrypt_ok(&p).await, "old client must keep working:\n{}", p.logs());
+    assert!(
+        encrypt_ok(&p).await,
+        "old client must keep working:\n{}",
+        p.logs()
+    );
 
     // A valid CA of another authority: parses, but the login with it fails; nothing is swapped.
     let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
         .arg("-keyout")
         .arg(dir.path().join("other.key"))
         .arg("-out")
@@ -65,10 +78,18 @@ async fn a_broken_or_foreign_ca_is_refused_and_the_old_client_keeps_working() {
         .args(["-subj", "/CN=another authority", "-days", "1"])
         .output()
         .expect("openssl");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     hup(&p, FAILED).await;
     for _ in 0..10 {
-        assert!(encrypt_ok(&p).await, "old client must keep working:\n{}", p.logs());
+        assert!(
+            encrypt_ok(&p).await,
+            "old client must keep working:\n{}",
+            p.logs()
+        );
     }
     // The probes keep working too: Status stays ok for longer than max_staleness (3 s).
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -98,7 +119,10 @@ async fn a_reload_moves_to_new_addresses_and_names_fields_that_need_a_restart() 
 
     // Move to the new node (and change a field that needs a restart): applied without one.
     let moved = text
-        .replace(&format!("\"{}\"", old.addr()), &format!("[\"{}\", \"{dead}\"]", new.addr()))
+        .replace(
+            &format!("\"{}\"", old.addr()),
+            &format!("[\"{}\", \"{dead}\"]", new.addr()),
+        )
         .replace("drain_timeout = \"5s\"", "drain_timeout = \"6s\"");
     std::fs::write(&p.config, moved).expect("write");
     hup(&p, DONE).await;

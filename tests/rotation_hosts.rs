@@ -31,7 +31,12 @@ async fn rotate_under_cross_host_traffic(rotation: &str) -> Outcome {
     for h in &hosts {
         clients.push(h.client().await);
     }
-    let first = clients[0].status(pb::StatusRequest {}).await.expect("status").into_inner().key_id;
+    let first = clients[0]
+        .status(pb::StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner()
+        .key_id;
 
     bao.rotate().await;
     let rotated = Instant::now();
@@ -44,7 +49,10 @@ async fn rotate_under_cross_host_traffic(rotation: &str) -> Outcome {
         let (w, r) = (i % 3, (i + 1) % 3);
         i += 1;
         let enc = clients[w]
-            .encrypt(pb::EncryptRequest { plaintext: vec![4; 32], uid: "rot".into() })
+            .encrypt(pb::EncryptRequest {
+                plaintext: vec![4; 32],
+                uid: "rot".into(),
+            })
             .await;
         if let Ok(enc) = enc {
             writes += 1;
@@ -55,7 +63,12 @@ async fn rotate_under_cross_host_traffic(rotation: &str) -> Outcome {
             }
         }
         for (h, c) in clients.iter_mut().enumerate() {
-            let id = c.status(pb::StatusRequest {}).await.expect("status").into_inner().key_id;
+            let id = c
+                .status(pb::StatusRequest {})
+                .await
+                .expect("status")
+                .into_inner()
+                .key_id;
             if history[h].last() != Some(&id) {
                 history[h].push(id.clone());
                 if id != first && switched[h].is_none() {
@@ -96,7 +109,11 @@ async fn three_hosts_switch_together_and_read_each_others_writes_through_a_rotat
         "FIGURES rotation: 3 hosts, stable_observations 2, activation_delay 1s, probe_interval 300ms: switched after {times:?} (spread {spread:?}); {writes} cross-host writes, {not_found} NotFound, other errors {other_errors:?}"
     );
     for h in &history {
-        assert_eq!(h.len(), 2, "each host switches exactly once (no flip-flop): {history:?}");
+        assert_eq!(
+            h.len(),
+            2,
+            "each host switches exactly once (no flip-flop): {history:?}"
+        );
         assert_eq!(h[1], history[0][1], "all hosts report the same key_id");
     }
     assert_eq!(not_found, 0, "no host may fail to read another's write");

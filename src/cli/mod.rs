@@ -155,7 +155,10 @@ fn serve(arg: &ConfigArg) -> Result<ExitCode> {
     // Newer rules only warn here: an upgrade must not stop a host whose config the previous
     // release accepted (check-config refuses them, so new rollouts fix them).
     for w in config::upgrade_checks(&settings) {
-        tracing::warn!(field = w.field().unwrap_or(""), "{w}; `check-config` refuses this, serving anyway");
+        tracing::warn!(
+            field = w.field().unwrap_or(""),
+            "{w}; `check-config` refuses this, serving anyway"
+        );
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -30,22 +30,52 @@ impl Settings {
                 out.push(field);
             }
         };
-        check(a.openbao.instance_id != b.openbao.instance_id, "openbao.instance_id");
-        check(a.openbao.namespace != b.openbao.namespace, "openbao.namespace");
-        check(a.openbao.max_connections != b.openbao.max_connections, "openbao.max_connections");
-        check(a.transit.mount_path != b.transit.mount_path, "transit.mount_path");
+        check(
+            a.openbao.instance_id != b.openbao.instance_id,
+            "openbao.instance_id",
+        );
+        check(
+            a.openbao.namespace != b.openbao.namespace,
+            "openbao.namespace",
+        );
+        check(
+            a.openbao.max_connections != b.openbao.max_connections,
+            "openbao.max_connections",
+        );
+        check(
+            a.transit.mount_path != b.transit.mount_path,
+            "transit.mount_path",
+        );
         check(a.transit.key_name != b.transit.key_name, "transit.key_name");
-        check(a.transit.key_id_scope != b.transit.key_id_scope, "transit.key_id_scope");
-        check(a.server.socket_path != b.server.socket_path, "server.socket_path");
-        check(a.server.socket_mode != b.server.socket_mode, "server.socket_mode");
+        check(
+            a.transit.key_id_scope != b.transit.key_id_scope,
+            "transit.key_id_scope",
+        );
+        check(
+            a.server.socket_path != b.server.socket_path,
+            "server.socket_path",
+        );
+        check(
+            a.server.socket_mode != b.server.socket_mode,
+            "server.socket_mode",
+        );
         check(a.server.state_dir != b.server.state_dir, "server.state_dir");
-        check(a.server.kms_timeout != b.server.kms_timeout, "server.kms_timeout");
+        check(
+            a.server.kms_timeout != b.server.kms_timeout,
+            "server.kms_timeout",
+        );
         check(
             a.server.max_concurrent_streams != b.server.max_concurrent_streams,
             "server.max_concurrent_streams",
         );
-        check(a.server.idle_timeout != b.server.idle_timeout, "server.idle_timeout");
-        check(a.server.drain_timeout != b.server.drain_timeout, "server.drain_timeout");
+        check(
+            a.server.idle_timeout != b.server.idle_timeout,
+            "server.idle_timeout",
+        );
+        check(
+            a.server.drain_timeout != b.server.drain_timeout,
+            "server.drain_timeout",
+        );
         check(
             a.telemetry.metrics_address != b.telemetry.metrics_address,
             "telemetry.metrics_address",

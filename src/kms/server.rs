@@ -245,7 +245,10 @@ impl<C: AsyncRead + Unpin> AsyncRead for Idle<C> {
             }
             Poll::Pending => {
                 if self.timer.as_mut().poll(cx).is_ready() {
-                    tracing::debug!(idle_seconds = self.limit.as_secs(), "closing an idle KMS connection");
+                    tracing::debug!(
+                        idle_seconds = self.limit.as_secs(),
+                        "closing an idle KMS connection"
+                    );
                     return Poll::Ready(Err(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
                         "idle KMS connection closed (server.idle_timeout)",

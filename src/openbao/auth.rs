@@ -209,7 +209,11 @@ impl Auth {
     /// Starts the shared login (or, with `renew`, the renewal of that token) unless one runs;
     /// returns the receiver of its outcome. The task is spawned so that a caller whose deadline
     /// passes stops waiting without aborting the login for everyone else.
-    fn start(self: &Arc<Self>, http: &Arc<Http>, renew: Option<Token>) -> Result<watch::Receiver<Outcome>, Error> {
+    fn start(
+        self: &Arc<Self>,
+        http: &Arc<Http>,
+        renew: Option<Token>,
+    ) -> Result<watch::Receiver<Outcome>, Error> {
         let mut f = self.flight();
         if let Some(rx) = &f.running {
             return Ok(rx.clone());
@@ -250,23 +254,38 @@ impl Auth {
     }
 
     /// Waits, within the caller's deadline, for the shared login.
-    async fn join(self: &Arc<Self>, http: &Arc<Http>, renew: Option<Token>) -> Result<Token, Error> {
+    async fn join(
+        self: &Arc<Self>,
+        http: &Arc<Http>,
+        renew: Option<Token>,
+    ) -> Result<Token, Error> {
         let deadline = crate::deadline::current_or(http.default_budget());
         let mut rx = self.start(http, renew)?;
         let waited = tokio::time::timeout_at(deadline.into(), rx.wait_for(Option::is_some)).await;
         match waited {
             Ok(Ok(outcome)) => match &*outcome {
                 Some(result) => result.clone(),
-                None => Err(Error::NoToken("the login task ended without a result".into())),
+                None => Err(Error::NoToken(
+                    "the login task ended without a result".into(),
+                )),
             },
-            Ok(Err(_)) => Err(Error::NoToken("the login task ended without a result".into())),
-            Err(_) => Err(Error::Timeout(deadline.saturating_duration_since(Instant::now()))),
+            Ok(Err(_)) => Err(Error::NoToken(
+                "the login task ended without a result".into(),
+            )),
+            Err(_) => Err(Error::Timeout(
+                deadline.saturating_duration_since(Instant::now()),
+            )),
         }
     }
 
     /// Renews `token`; when that fails, logs in; when that fails too, keeps `token` while it is
     /// still valid (a failed re-login must not throw away a working token).
-    async fn renew_or_login(&self, http: &Http, token: Token, generation: u64) -> Result<Token, Error> {
+    async fn renew_or_login(
+        &self,
+        http: &Http,
+        token: Token,
+        generation: u64,
+    ) -> Result<Token, Error> {
         if token.renewable {
             match self.renew(http, &token).await {
                 Ok(Some(renewed)) => return Ok(renewed),
@@ -379,7 +398,14 @@ pub(crate) async fn login_with(
         } => {
             let jwt = read_secret_file("JWT file", jwt_file)?;
             let body = json!({ "role": role, "jwt": jwt.as_str() });
-            login_call(http, nodes, &format!("auth/{mount_path}/login"), &body, generation).await
+            login_call(
+                http,
+                nodes,
+                &format!("auth/{mount_path}/login"),
+                &body,
+                generation,
+            )
+            .await
         }
         AuthSettings::Cert {
             mount_path, name, ..
@@ -388,7 +414,14 @@ pub(crate) async fn login_with(
                 Some(n) => json!({ "name": n }),
                 None => json!({}),
             };
-            login_call(http, nodes, &format!("auth/{mount_path}/login"), &body, generation).await
+            login_call(
+                http,
+                nodes,
+                &format!("auth/{mount_path}/login"),
+                &body,
+                generation,
+            )
+            .await
         }
         AuthSettings::Token { token_file } => {
             token_from_file(http, nodes, token_file, generation).await
@@ -406,7 +439,14 @@ async fn login_call(
     generation: u64,
 ) -> Result<Token, Error> {
     let resp: Option<AuthBody> = http
-        .call_on(nodes, Operation::Login, Method::POST, path, None, Some(body))
+        .call_on(
+            nodes,
+            Operation::Login,
+            Method::POST,
+            path,
+            None,
+            Some(body),
+        )
         .await
         .map_err(|e| match e {
             Error::BadRequest(m) | Error::PermissionDenied(m) => Error::LoginRefused(m),

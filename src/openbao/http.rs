@@ -178,7 +178,15 @@ impl Http {
             .transpose()
             .map_err(|e| Error::Protocol(e.to_string()))?;
         let (code, bytes) = self
-            .failover(nodes, op, &method, path, token, body.as_deref().map(|b| b.as_slice()), false)
+            .failover(
+                nodes,
+                op,
+                &method,
+                path,
+                token,
+                body.as_deref().map(|b| b.as_slice()),
+                false,
+            )
             .await?;
         if code == StatusCode::NO_CONTENT || bytes.is_empty() {
             return Ok(None);
@@ -302,8 +310,7 @@ impl Http {
         deadline: Instant,
     ) -> Result<Attempt, Error> {
         let started = Instant::now();
-        let _permit = match tokio::time::timeout_at(deadline.into(), self.permits.acquire()).await
-        {
+        let _permit = match tokio::time::timeout_at(deadline.into(), self.permits.acquire()).await {
             Ok(Ok(p)) => p,
             _ => return Err(Error::Overloaded(self.max_connections)),
         };
@@ -333,10 +340,8 @@ async fn send(
         req = req.header("X-Vault-Namespace", ns);
     }
     if let Some(token) = token {
-        let mut value =
-            reqwest::header::HeaderValue::from_str(token.expose_secret()).map_err(|_| {
-                Error::NoToken("token holds characters not allowed in a header".into())
-            })?;
+        let mut value = reqwest::header::HeaderValue::from_str(token.expose_secret())
+            .map_err(|_| Error::NoToken("token holds characters not allowed in a header".into()))?;
         value.set_sensitive(true);
         req = req.header("X-Vault-Token", value);
     }

@@ -71,12 +71,19 @@ impl Client {
     /// SIGHUP, all or nothing: builds the node clients (CA, client certificate, addresses) and
     /// logs in with the new credentials on the side, and only then swaps both in. On any error
     /// nothing changed and the previous client and token stay in use.
-    pub async fn reload(&self, openbao: &OpenBaoSettings, auth: &AuthSettings) -> Result<(), Error> {
+    pub async fn reload(
+        &self,
+        openbao: &OpenBaoSettings,
+        auth: &AuthSettings,
+    ) -> Result<(), Error> {
         let nodes = Nodes::build(openbao, auth)?;
         let token = auth::login_with(&self.http, &nodes, auth, 0).await?;
         self.http.install(nodes);
         self.auth.install(auth.clone(), token);
-        tracing::info!(method = auth.method_name(), "logged in to OpenBao with the reloaded configuration");
+        tracing::info!(
+            method = auth.method_name(),
+            "logged in to OpenBao with the reloaded configuration"
+        );
         Ok(())
     }
 

@@ -54,7 +54,10 @@ impl Provider {
     /// The version behind `key_id`. A key_id this host has not seen may come from another host
     /// that already promoted a version this one has not read yet: key metadata is read once
     /// more before answering NotFound.
-    pub(super) async fn known_or_refresh(&self, key_id: &str) -> Result<super::KnownKey, crate::kms::KmsError> {
+    pub(super) async fn known_or_refresh(
+        &self,
+        key_id: &str,
+    ) -> Result<super::KnownKey, crate::kms::KmsError> {
         if let Some(k) = self.snapshot().known.get(key_id) {
             return Ok(k.clone());
         }
@@ -66,7 +69,10 @@ impl Provider {
             }
             if last.is_none_or(|t| t.elapsed() >= REFRESH_EVERY) {
                 *last = Some(Instant::now());
-                tracing::info!(key_id, "Decrypt for a key_id not seen yet; reading key metadata once more");
+                tracing::info!(
+                    key_id,
+                    "Decrypt for a key_id not seen yet; reading key metadata once more"
+                );
                 let _ = self.probe_once(false).await;
             }
         }
@@ -99,15 +105,11 @@ impl Provider {
             Some(ttl) => metrics::token_ttl(ttl),
             None => metrics::token_never_expires(),
         }
-        let meta = self
-            .client
-            .read_key()
-            .await
-            .map_err(|e| match e.class() {
-                // A refused or impossible login is the reason, whatever request met it.
-                "auth" | "local_setup" => format!("OpenBao login: {e}"),
-                _ => format!("reading Transit key: {e}"),
-            })?;
+        let meta = self.client.read_key().await.map_err(|e| match e.class() {
+            // A refused or impossible login is the reason, whatever request met it.
+            "auth" | "local_setup" => format!("OpenBao login: {e}"),
+            _ => format!("reading Transit key: {e}"),
+        })?;
         if meta.key_type != "aes256-gcm96" {
             return Err(format!(
                 "Transit key type is {:?}, expected \"aes256-gcm96\"",

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{bao_bin, die_with_parent, free_port, free_port_pair, http, policy_text, repo_root, wait_for};
+use super::{
+    bao_bin, die_with_parent, free_port, free_port_pair, http, policy_text, repo_root, wait_for,
+};
 
 pub struct ClusterNode {
     child: Option<Child>,
@@ -106,15 +108,32 @@ impl Cluster {
         for n in &nodes {
             let url = format!("{}/v1/sys/seal-status", n.addr);
             let h = http.clone();
-            wait_for(&format!("OpenBao node {} listening", n.name), Duration::from_secs(20), || {
-                let (h, u) = (h.clone(), url.clone());
-                async move { h.get(u).send().await.is_ok() }
-            })
+            wait_for(
+                &format!("OpenBao node {} listening", n.name),
+                Duration::from_secs(20),
+                || {
+                    let (h, u) = (h.clone(), url.clone());
+                    async move { h.get(u).send().await.is_ok() }
+                },
+            )
             .await;
         }
-        let init = bao(&nodes[0].addr, None, &["operator", "init", "-key-shares=1", "-key-threshold=1", "-format=json"]);
+        let init = bao(
+            &nodes[0].addr,
+            None,
+            &[
+                "operator",
+                "init",
+                "-key-shares=1",
+                "-key-threshold=1",
+                "-format=json",
+            ],
+        );
         let init: Value = serde_json::from_str(&init).expect("init json");
-        let unseal_key = init["unseal_keys_b64"][0].as_str().expect("unseal key").to_owned();
+        let unseal_key = init["unseal_keys_b64"][0]
+            .as_str()
+            .expect("unseal key")
+            .to_owned();
         let root_token = init["root_token"].as_str().expect("root token").to_owned();
         bao(&nodes[0].addr, None, &["operator", "unseal", &unseal_key]);
         let cluster = Cluster {
@@ -131,7 +150,13 @@ impl Cluster {
         bao(
             &leader,
             Some(&cluster.root_token),
-            &["operator", "raft", "autopilot", "set-config", "-server-stabilization-time=1s"],
+            &[
+                "operator",
+                "raft",
+                "autopilot",
+                "set-config",
+                "-server-stabilization-time=1s",
+            ],
         );
         for i in 1..3 {
             let addr = cluster.nodes[i].addr.clone();
@@ -145,7 +170,12 @@ impl Cluster {
         let policy = cluster.dir.path().join("policy.hcl");
         std::fs::write(&policy, policy_text("transit", "k8s-etcd")).expect("policy");
         let out = Command::new(repo_root().join("scripts/openbao-lab.sh"))
-            .args(["setup", &leader, &cluster.dir.path().to_string_lossy(), &policy.to_string_lossy()])
+            .args([
+                "setup",
+                &leader,
+                &cluster.dir.path().to_string_lossy(),
+                &policy.to_string_lossy(),
+            ])
             .env("BAO_TOKEN", &cluster.root_token)
             .env("BAO_BIN", bao_bin())
             .output()

@@ -169,15 +169,9 @@ async fn pump(inbound: TcpStream, outbound: TcpStream, f: &Arc<Faults>) {
 }
 
 fn starts_request(chunk: &[u8]) -> bool {
-    [
-        &b"GET "[..],
-        b"POST ",
-        b"PUT ",
-        b"LIST ",
-        b"DELETE ",
-    ]
-    .iter()
-    .any(|m| chunk.starts_with(m))
+    [&b"GET "[..], b"POST ", b"PUT ", b"LIST ", b"DELETE "]
+        .iter()
+        .any(|m| chunk.starts_with(m))
 }
 
 /// A listener that records every byte sent to it and never answers.
@@ -227,6 +221,8 @@ pub fn http_response(status: &str, headers: &[(&str, String)]) -> String {
     for (k, v) in headers {
         r.push_str(&format!("{k}: {v}\r\n"));
     }
-    r.push_str("Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}");
+    r.push_str(
+        "Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+    );
     r
 }
