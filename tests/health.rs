@@ -68,3 +68,55 @@ async fn a_key_adopted_with_min_decryption_version_3_is_healthy_and_warned_about
             .collect::<Vec<_>>()
     );
 }
+
+#[tokio::test]
+async fn one_failed_probe_keeps_status_ok_and_unhealthy_after_failures_turn_it_not_ok() {
+    let bao = Bao::start().await;
+    let proxy = FaultProxy::start(bao.port).await;
+    let o = ProviderOptions::with(&proxy.addr(), &bao.jwt_path());
+    let p = Provider::start(&o).await;
+    let key_id = p.status().await.key_id;
+
+    // One probe fails (a non-transient 400 is not retried within the probe).
+    let failed_before = p.logs().matches("probe failed").count();
+    proxy.answer_next(http_response("400 Bad Request", &[]));
+    let end = Instant::now() + Duration::from_secs(5);
+    let mut seen_not_ok = Vec::new();
+    while p.logs().matches("probe failed").count() == failed_before {
+        assert!(Instant::now() < end, "the probe never failed:\n{}", p.logs());
+        let s = p.status().await;
+        if s.healthz != "ok" {
+            seen_not_ok.push(s.healthz);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let until = Instant::now() + Duration::from_millis(800);
+    while Instant::now() < until {
+        let s = p.status().await;
+        if s.healthz != "ok" {
+            seen_not_ok.push(s.healthz);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        seen_not_ok.is_empty(),
+        "one failed probe turned Status not ok: {seen_not_ok:?}"
+    );
+
+    // OpenBao unreachable: not ok after three consecutive failures, key_id kept throughout.
+    proxy.set_down();
+    let down = Instant::now();
+    p.wait_status("healthz not ok", |s| s.healthz != "ok").await;
+    let took = down.elapsed();
+    let s = p.status().await;
+    assert_eq!(s.key_id, key_id);
+    assert!(s.healthz.contains("OpenBao"), "{}", s.healthz);
+    proxy.set_up();
+    let up = Instant::now();
+    p.wait_healthy().await;
+    eprintln!(
+        "FIGURES unhealthy-after: one failed probe: Status stayed ok; OpenBao down: not ok after {took:?} (probe_interval 300ms, unhealthy_after 3): {:?}; ok again {:?} after OpenBao returned",
+        s.healthz,
+        up.elapsed()
+    );
+}
