@@ -92,8 +92,11 @@ impl HealthSource for Health {
 fn status_line(provider: &Provider) -> String {
     let snap = provider.snapshot();
     let key_id = snap.key_id().unwrap_or("none");
-    match snap.health(provider.max_staleness()) {
+    match provider.health() {
         Ok(()) => format!("serving key_id={key_id} healthz=ok"),
+        Err(reason) if snap.waiting_for_openbao() => {
+            format!("degraded: {reason} (serving key_id={key_id} from the key registry)")
+        }
         Err(reason) => format!("serving key_id={key_id} healthz=not-ok: {reason}"),
     }
 }
@@ -151,8 +154,14 @@ pub async fn run(settings: Settings, config_path: PathBuf) -> Result<()> {
     // The socket is served once the first probe attempt has finished (or failed): a client
     // queued in the backlog during a restart then gets a provider that can encrypt, and while
     // OpenBao is down Status still answers with the reason.
+    // With a verified key registry, Status is served from it at once (the saved key_id):
+    // no wait, so a restart during an OpenBao outage never leaves kube-apiserver without one.
     let (probed_tx, mut probed_rx) = watch::channel(false);
-    let first_probe_limit = settings.openbao.timeout * 6 + Duration::from_secs(1);
+    let first_probe_limit = if provider.serves_from_registry() {
+        Duration::ZERO
+    } else {
+        settings.server.kms_timeout * 2 + Duration::from_secs(1)
+    };
     let accept_after = async move {
         let _ = tokio::time::timeout(first_probe_limit, probed_rx.wait_for(|done| *done)).await;
     };
@@ -216,6 +225,17 @@ pub async fn run(settings: Settings, config_path: PathBuf) -> Result<()> {
                 tracing::info!(
                     key_id = provider.status_key_id(),
                     "ready: login, key metadata and encrypt/decrypt probe succeeded"
+                );
+            } else if provider.serves_from_registry() && provider.snapshot().problem.is_some() {
+                // The first probe failed, but Status is served from the verified registry: the
+                // provider is doing its job; systemd must not kill it for OpenBao being away.
+                last_status = status_line(&provider);
+                systemd::ready(&last_status);
+                ready_sent = true;
+                tracing::warn!(
+                    key_id = provider.status_key_id(),
+                    status = %last_status,
+                    "ready, degraded: serving Status from the key registry while OpenBao does not answer"
                 );
             } else {
                 let line = format!(

@@ -60,6 +60,7 @@ async fn a_key_adopted_with_min_decryption_version_3_is_healthy_and_warned_about
         "a warning does not fail doctor: {doctor}"
     );
     let (_, metrics) = p.http_get(p.metrics_port, "/metrics").await;
+    assert!(metrics.contains("openbao_kms_key_warnings 1"), "{metrics}");
     eprintln!(
         "FIGURES min-decryption: adopted at v3 with min_decryption_version 3: Status ok; doctor {line:?}; metrics {:?}",
         metrics
@@ -116,6 +117,49 @@ async fn one_failed_probe_keeps_status_ok_and_unhealthy_after_failures_turn_it_n
     p.wait_healthy().await;
     eprintln!(
         "FIGURES unhealthy-after: one failed probe: Status stayed ok; OpenBao down: not ok after {took:?} (probe_interval 300ms, unhealthy_after 3): {:?}; ok again {:?} after OpenBao returned",
+        s.healthz,
+        up.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_restart_during_an_outage_serves_the_saved_key_id_at_once() {
+    let bao = Bao::start().await;
+    let proxy = FaultProxy::start(bao.port).await;
+    let o = ProviderOptions::with(&proxy.addr(), &bao.jwt_path());
+    let mut p = Provider::start(&o).await;
+    let key_id = p.status().await.key_id;
+    assert_eq!(p.stop(), Some(0));
+
+    proxy.set_down();
+    let restarted = Instant::now();
+    p.start_process();
+    p.wait_status("the saved key_id", |s| s.key_id == key_id).await;
+    let first = restarted.elapsed();
+    let s = p.status().await;
+    assert!(s.healthz.starts_with("waiting for OpenBao"), "{}", s.healthz);
+    assert!(first < Duration::from_secs(1), "first Status after {first:?}");
+
+    let t = Instant::now();
+    let err = p
+        .client()
+        .await
+        .encrypt(tonic::Request::new(bao_kms_provider::pb::EncryptRequest {
+            plaintext: vec![1; 32],
+            uid: "outage".into(),
+        }))
+        .await
+        .expect_err("no Encrypt without OpenBao");
+    let took = t.elapsed();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+
+    proxy.set_up();
+    let up = Instant::now();
+    p.wait_healthy().await;
+    assert_eq!(p.status().await.key_id, key_id);
+    eprintln!(
+        "FIGURES restart-outage (process): first Status {first:?} after the restart with the saved key_id, healthz {:?}; Encrypt Unavailable after {took:?}; healthy {:?} after OpenBao returned",
         s.healthz,
         up.elapsed()
     );

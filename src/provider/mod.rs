@@ -42,9 +42,12 @@ impl Provider {
             identity,
             rotation: settings.rotation.clone(),
             status: settings.status.clone(),
-            // Known key_ids decrypt from the first request on, even before OpenBao answers a probe.
+            // Known key_ids decrypt from the first request on, and Status reports the saved active
+            // key_id, even before OpenBao answers a probe (a restart during an outage must not
+            // make kube-apiserver stop writing).
             snapshot: watch::channel(Arc::new(Snapshot {
                 known: known_keys(&registry),
+                active: registry.active().map(|r| (r.version, r.key_id.clone())),
                 ..Snapshot::default()
             }))
             .0,
@@ -64,7 +67,39 @@ impl Provider {
     }
 
     pub fn health(&self) -> Result<(), String> {
-        self.snapshot().health(self.status.max_staleness)
+        self.snapshot()
+            .health(self.status.max_staleness, self.status.unhealthy_after.get())
+    }
+
+    /// True when the key registry gave an active key_id at start: Status can be served at once.
+    pub fn serves_from_registry(&self) -> bool {
+        self.snapshot().active.is_some()
+    }
+
+    /// Before the first successful probe after a restart, Encrypt waits this long (within the
+    /// call's budget) for the probe, then fails Unavailable.
+    const FIRST_PROBE_WAIT: Duration = Duration::from_secs(1);
+
+    /// Waits (bounded) while Status is served from the registry and the first probe has not
+    /// finished; `Unavailable` when OpenBao has not answered.
+    async fn wait_first_probe(&self) -> Result<(), KmsError> {
+        let mut rx = self.snapshot.subscribe();
+        let done = |s: &Arc<Snapshot>| !s.waiting_for_openbao() || s.problem.is_some();
+        let bound = Self::FIRST_PROBE_WAIT.min(
+            crate::deadline::current_or(Self::FIRST_PROBE_WAIT)
+                .saturating_duration_since(std::time::Instant::now())
+                / 2,
+        );
+        let _ = tokio::time::timeout(bound, rx.wait_for(done)).await;
+        let snap = self.snapshot();
+        if snap.waiting_for_openbao() {
+            return Err(KmsError::Unavailable(
+                snap.health(self.status.max_staleness, self.status.unhealthy_after.get())
+                    .err()
+                    .unwrap_or_else(|| "waiting for OpenBao".into()),
+            ));
+        }
+        Ok(())
     }
 
     pub fn max_staleness(&self) -> Duration {
@@ -98,7 +133,7 @@ impl KeyService for Provider {
     fn status(&self) -> StatusReply {
         let snap = self.snapshot();
         StatusReply {
-            healthz: match snap.health(self.status.max_staleness) {
+            healthz: match snap.health(self.status.max_staleness, self.status.unhealthy_after.get()) {
                 Ok(()) => "ok".to_owned(),
                 Err(reason) => reason,
             },
@@ -114,6 +149,7 @@ impl KeyService for Provider {
                 plaintext.len()
             )));
         }
+        self.wait_first_probe().await?;
         let snap = self.snapshot();
         let (version, key_id) = snap
             .active

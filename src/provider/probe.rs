@@ -13,6 +13,9 @@ use crate::telemetry::metrics;
 /// After a failure, probe again soon (but not in a tight loop) so recovery shows quickly.
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 
+/// Shortest delay between probes after a failure while serving.
+const MIN_RETRY: Duration = Duration::from_millis(100);
+
 /// Unknown key_ids re-read key metadata at most this often.
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
 
@@ -36,6 +39,12 @@ impl Provider {
                     }
                     retry = FIRST_RETRY;
                     self.status.probe_interval
+                }
+                Err(()) if self.snapshot().age().is_some() => {
+                    // Serving with fresh metadata: `unhealthy_after` failures take about one
+                    // probe interval, so a blip does not flip Status but an outage shows.
+                    (self.status.probe_interval / self.status.unhealthy_after.get())
+                        .max(MIN_RETRY)
                 }
                 Err(()) => {
                     let d = retry.min(self.status.probe_interval);
@@ -88,8 +97,12 @@ impl Provider {
         match self.try_probe(deep_due).await {
             Ok(did_deep) => Ok(did_deep),
             Err(reason) => {
-                tracing::warn!(reason = %reason, "probe failed; Status reports not ok");
-                self.update(|s| s.problem = Some(reason));
+                let failures = self.snapshot().failures.saturating_add(1);
+                tracing::warn!(reason = %reason, failures, unhealthy_after = self.status.unhealthy_after.get(), "probe failed");
+                self.update(|s| {
+                    s.problem = Some(reason);
+                    s.failures = failures;
+                });
                 Err(())
             }
         }
@@ -142,16 +155,26 @@ impl Provider {
             .map(|r| (r.version, r.key_id.clone()))
             .ok_or_else(|| "the key registry has no active version".to_owned())?;
         let blocked = registry.blocked_by_min_decryption(&meta);
-        let warnings: Vec<String> = if blocked.is_empty() {
-            Vec::new()
-        } else {
+        let mut warnings: Vec<String> = Vec::new();
+        if !blocked.is_empty() {
             let names: Vec<String> = blocked.iter().map(|v| format!("v{v}")).collect();
-            vec![format!(
+            warnings.push(format!(
                 "Transit min_decryption_version {} (or trimming) blocks retained key versions {}; data written with them cannot be read",
                 meta.min_decryption_version,
                 names.join(", ")
-            )]
-        };
+            ));
+        } else if meta.min_decryption_version > 1 {
+            warnings.push(format!(
+                "Transit min_decryption_version is {}: data written with older versions (before this provider adopted the key) cannot be read",
+                meta.min_decryption_version
+            ));
+        }
+        if warnings != self.snapshot().warnings {
+            for w in &warnings {
+                tracing::warn!(warning = %w, "key warning (serving continues; see `doctor`)");
+            }
+        }
+        metrics::warnings(warnings.len());
         metrics::key_version(active.0);
         metrics::active_key_id(&short_hash(&active.1));
 
@@ -170,6 +193,7 @@ impl Provider {
                 s.deep_ok_at = deep_ok;
             }
             s.problem = None;
+            s.failures = 0;
             s.warnings = warnings;
         });
         Ok(did_deep)

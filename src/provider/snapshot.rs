@@ -20,24 +20,37 @@ pub struct Snapshot {
     pub deep_ok_at: Option<Instant>,
     /// Why the last probe failed or what the registry refused; `None` when all is well.
     pub problem: Option<String>,
-    /// Conditions that do not stop serving but must be seen (e.g. min_decryption_version).
+    /// Conditions that do not stop serving but must be seen (e.g. min_decryption_version):
+    /// reported in metrics, logs and `doctor`, never in Status healthz.
     pub warnings: Vec<String>,
+    /// Consecutive failed probes; Status turns not ok at `status.unhealthy_after`.
+    pub failures: u32,
 }
 
 impl Snapshot {
-    /// `Ok` when Status may say `ok`; otherwise a one-line reason.
-    pub fn health(&self, max_staleness: Duration) -> Result<(), String> {
+    /// `Ok` when Status may say `ok`; otherwise a one-line reason. A failing probe counts only
+    /// from `unhealthy_after` consecutive failures on, so one blip does not turn every API
+    /// server's KMS health not ok at the same moment; stale metadata always does.
+    pub fn health(&self, max_staleness: Duration, unhealthy_after: u32) -> Result<(), String> {
         if self.active.is_none() {
             return Err(match &self.problem {
                 Some(p) => format!("no active key yet: {p}"),
                 None => "no active key yet: waiting for the first key metadata probe".into(),
             });
         }
-        if let Some(p) = &self.problem {
-            return Err(p.clone());
+        if self.metadata_ok_at.is_none() {
+            // Serving the saved key_id from the key registry after a restart.
+            return Err(format!(
+                "waiting for OpenBao: {}",
+                self.problem
+                    .as_deref()
+                    .unwrap_or("the first key metadata probe has not finished")
+            ));
         }
-        if let Some(w) = self.warnings.first() {
-            return Err(w.clone());
+        if let Some(p) = &self.problem {
+            if self.failures >= unhealthy_after {
+                return Err(p.clone());
+            }
         }
         match self.metadata_ok_at {
             Some(t) if t.elapsed() <= max_staleness => {}
@@ -58,6 +71,11 @@ impl Snapshot {
     /// The key_id Status reports and Encrypt uses, once a version is active.
     pub fn key_id(&self) -> Option<&str> {
         self.active.as_ref().map(|(_, id)| id.as_str())
+    }
+
+    /// Status is served from the saved key registry, no probe has succeeded yet.
+    pub fn waiting_for_openbao(&self) -> bool {
+        self.active.is_some() && self.metadata_ok_at.is_none()
     }
 
     pub fn age(&self) -> Option<Duration> {

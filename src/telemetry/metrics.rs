@@ -61,6 +61,7 @@ struct Metrics {
     token_ttl: Gauge,
     logins: Family<MethodResult, Counter>,
     healthy: Gauge,
+    warnings: Gauge,
 }
 
 fn buckets() -> impl Iterator<Item = f64> {
@@ -85,6 +86,7 @@ fn metrics() -> &'static Metrics {
             token_ttl: Gauge::default(),
             logins: Family::default(),
             healthy: Gauge::default(),
+            warnings: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -126,6 +128,11 @@ fn metrics() -> &'static Metrics {
             "token_ttl_seconds",
             "Remaining TTL of the OpenBao token, updated every probe; -1 when it never expires",
             m.token_ttl.clone(),
+        );
+        registry.register(
+            "key_warnings",
+            "Key conditions that do not stop serving but need an operator (e.g. min_decryption_version > 1); details in the log and `doctor`",
+            m.warnings.clone(),
         );
         registry.register(
             "auth_logins",
@@ -220,6 +227,10 @@ pub fn auth_login(method: &str, result: &str) {
 
 pub fn healthy(ok: bool) {
     metrics().healthy.set(i64::from(ok));
+}
+
+pub fn warnings(count: usize) {
+    metrics().warnings.set(count as i64);
 }
 
 /// The Prometheus text exposition of every metric.
