@@ -24,6 +24,10 @@ apt_missing() {
 install_apt() {
   local missing
   missing=$(apt_missing "${APT_PACKAGES[@]}")
+  # kubectl for the Ansible checks' tests (tests/system/test_ansible_verify.py): Debian's
+  # kubernetes-client unless a kubectl is already on PATH (another package may own /usr/bin/kubectl).
+  if ! command -v kubectl >/dev/null; then missing="$missing $(apt_missing kubernetes-client)"; fi
+  missing="${missing# }"
   [[ -z "$missing" ]] && return
   log "apt-get install $missing"
   export DEBIAN_FRONTEND=noninteractive
