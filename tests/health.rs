@@ -84,7 +84,11 @@ async fn one_failed_probe_keeps_status_ok_and_unhealthy_after_failures_turn_it_n
     let end = Instant::now() + Duration::from_secs(5);
     let mut seen_not_ok = Vec::new();
     while p.logs().matches("probe failed").count() == failed_before {
-        assert!(Instant::now() < end, "the probe never failed:\n{}", p.logs());
+        assert!(
+            Instant::now() < end,
+            "the probe never failed:\n{}",
+            p.logs()
+        );
         let s = p.status().await;
         if s.healthz != "ok" {
             seen_not_ok.push(s.healthz);
@@ -134,11 +138,19 @@ async fn a_restart_during_an_outage_serves_the_saved_key_id_at_once() {
     proxy.set_down();
     let restarted = Instant::now();
     p.start_process();
-    p.wait_status("the saved key_id", |s| s.key_id == key_id).await;
+    p.wait_status("the saved key_id", |s| s.key_id == key_id)
+        .await;
     let first = restarted.elapsed();
     let s = p.status().await;
-    assert!(s.healthz.starts_with("waiting for OpenBao"), "{}", s.healthz);
-    assert!(first < Duration::from_secs(1), "first Status after {first:?}");
+    assert!(
+        s.healthz.starts_with("waiting for OpenBao"),
+        "{}",
+        s.healthz
+    );
+    assert!(
+        first < Duration::from_secs(1),
+        "first Status after {first:?}"
+    );
 
     let t = Instant::now();
     let err = p

@@ -283,7 +283,11 @@ async fn raised_min_decryption_version_and_a_recreated_key_are_reported_by_name(
     // `openbao_kms_key_warnings` gauge name it (and `doctor`).
     let end = std::time::Instant::now() + Duration::from_secs(10);
     while !p.logs().contains("blocks retained key versions v1") {
-        assert!(std::time::Instant::now() < end, "no warning naming v1:\n{}", p.logs());
+        assert!(
+            std::time::Instant::now() < end,
+            "no warning naming v1:\n{}",
+            p.logs()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(p.status().await.healthz, "ok");

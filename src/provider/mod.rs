@@ -133,7 +133,8 @@ impl KeyService for Provider {
     fn status(&self) -> StatusReply {
         let snap = self.snapshot();
         StatusReply {
-            healthz: match snap.health(self.status.max_staleness, self.status.unhealthy_after.get()) {
+            healthz: match snap.health(self.status.max_staleness, self.status.unhealthy_after.get())
+            {
                 Ok(()) => "ok".to_owned(),
                 Err(reason) => reason,
             },

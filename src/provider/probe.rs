@@ -43,8 +43,7 @@ impl Provider {
                 Err(()) if self.snapshot().age().is_some() => {
                     // Serving with fresh metadata: `unhealthy_after` failures take about one
                     // probe interval, so a blip does not flip Status but an outage shows.
-                    (self.status.probe_interval / self.status.unhealthy_after.get())
-                        .max(MIN_RETRY)
+                    (self.status.probe_interval / self.status.unhealthy_after.get()).max(MIN_RETRY)
                 }
                 Err(()) => {
                     let d = retry.min(self.status.probe_interval);
