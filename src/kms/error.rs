@@ -69,6 +69,8 @@ impl From<openbao::Error> for KmsError {
             E::NoToken(_) | E::Credential { .. } | E::LoginRefused(_) => {
                 Self::Unauthenticated(e.to_string())
             }
+            // The token may come back (re-inserted, unhung); the caller should retry.
+            E::Pkcs11(_) => Self::Unavailable(e.to_string()),
             E::NotFound(_)
             | E::ResponseTooLarge(_)
             | E::Protocol(_)

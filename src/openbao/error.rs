@@ -44,6 +44,9 @@ pub enum Error {
     /// A redirect to an origin that is not one of the configured nodes; never followed.
     #[error("OpenBao redirected to {0}, which is not a configured openbao.address; not followed")]
     RedirectRefused(String),
+    /// The client key's token: module, login, key lookup or a signature (timeout, removal).
+    #[error(transparent)]
+    Pkcs11(#[from] super::Pkcs11Error),
 }
 
 /// Errors are shared by every waiter of one login; `io::Error` is not `Clone`, so that one
@@ -74,6 +77,7 @@ impl Clone for Error {
             Self::LoginRefused(m) => Self::LoginRefused(m.clone()),
             Self::Overloaded(n) => Self::Overloaded(*n),
             Self::RedirectRefused(m) => Self::RedirectRefused(m.clone()),
+            Self::Pkcs11(e) => Self::Pkcs11(e.clone()),
         }
     }
 }
@@ -95,6 +99,7 @@ impl Error {
             Self::NoToken(_) | Self::LoginRefused(_) => "auth",
             Self::Overloaded(_) => "overloaded",
             Self::RedirectRefused(_) => "redirect_refused",
+            Self::Pkcs11(_) => "pkcs11",
         }
     }
 

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
-use super::tls::for_node;
+use super::tls::for_names;
 use super::Error;
 use crate::config::{AuthSettings, OpenBaoSettings};
 use crate::telemetry::metrics;
@@ -73,13 +73,20 @@ pub(crate) struct Nodes {
 impl Nodes {
     /// Builds a client per node (reading CA and client certificate files); nothing is swapped.
     pub fn build(settings: &OpenBaoSettings, auth: &AuthSettings) -> Result<Self, Error> {
+        let names: Vec<Option<&str>> = settings
+            .nodes
+            .iter()
+            .map(|n| n.tls_server_name.as_deref())
+            .collect();
+        let tls = for_names(settings, &names, auth)?;
         let nodes = settings
             .nodes
             .iter()
-            .map(|n| {
+            .zip(tls)
+            .map(|(n, tls)| {
                 Ok(Node {
                     url: n.url.clone(),
-                    client: build_client(settings, n.tls_server_name.as_deref(), auth)?,
+                    client: build_client(settings, tls)?,
                 })
             })
             .collect::<Result<Vec<_>, Error>>()?;
@@ -406,10 +413,8 @@ fn classify(
 /// configured node. With https addresses the client refuses plain http outright.
 fn build_client(
     settings: &OpenBaoSettings,
-    server_name: Option<&str>,
-    auth: &AuthSettings,
+    tls: rustls::ClientConfig,
 ) -> Result<reqwest::Client, Error> {
-    let tls = for_node(settings, server_name, auth)?;
     reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .timeout(settings.timeout)
@@ -424,6 +429,9 @@ fn build_client(
 }
 
 fn transport_error(e: reqwest::Error, timeout: Duration) -> Error {
+    if let Some(p11) = pkcs11_cause(&e) {
+        return Error::Pkcs11(p11);
+    }
     if e.is_timeout() {
         return Error::Timeout(timeout);
     }
@@ -435,6 +443,33 @@ fn transport_error(e: reqwest::Error, timeout: Duration) -> Error {
         source = s.source();
     }
     Error::Unreachable(msg)
+}
+
+/// A handshake that failed because the token could not sign is a token problem, not an
+/// unreachable OpenBao: find our error inside the io::Error rustls reported.
+fn pkcs11_cause(e: &reqwest::Error) -> Option<super::Pkcs11Error> {
+    type Dyn<'a> = &'a (dyn std::error::Error + 'static);
+    let mut todo: Vec<Dyn<'_>> = vec![e];
+    // Bounded: error chains are short; a cycle must not loop forever.
+    for _ in 0..32 {
+        let s = todo.pop()?;
+        if let Some(rustls::Error::Other(other)) = s.downcast_ref::<rustls::Error>() {
+            if let Some(p) = other.0.downcast_ref::<super::Pkcs11Error>() {
+                return Some(p.clone());
+            }
+        }
+        // io::Error::source() skips the error it wraps; look at that one too.
+        if let Some(inner) = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            todo.push(inner);
+        }
+        if let Some(next) = s.source() {
+            todo.push(next);
+        }
+    }
+    None
 }
 
 /// OpenBao's `{"errors": [...]}`, shortened; never echoes request data.

@@ -16,6 +16,8 @@ pub struct TlsFiles<'a> {
     pub ca_file: Option<&'a Path>,
     pub server_name: Option<&'a str>,
     pub client_cert: Option<(&'a Path, &'a Path)>,
+    /// A client certificate whose key signs elsewhere (PKCS#11); wins over `client_cert`.
+    pub client_resolver: Option<Arc<dyn rustls::client::ResolvesClientCert>>,
 }
 
 /// ring, also installed as the process default so no later client can panic for lack of one.
@@ -33,25 +35,58 @@ pub fn from_settings(
     for_node(openbao, openbao.tls_server_name.as_deref(), auth)
 }
 
-/// The TLS config for one node: the shared CA and client certificate, the node's own name.
+/// The TLS config for one node: the shared CA and client certificate (or token-held key), the
+/// node's own name.
 pub fn for_node(
     openbao: &crate::config::OpenBaoSettings,
     server_name: Option<&str>,
     auth: &crate::config::AuthSettings,
 ) -> Result<rustls::ClientConfig, Error> {
-    let client_cert = match auth {
-        crate::config::AuthSettings::Cert {
+    let mut configs = for_names(openbao, &[server_name], auth)?;
+    configs
+        .pop()
+        .ok_or_else(|| Error::Tls("no TLS configuration built".into()))
+}
+
+/// One TLS config per name, sharing one client identity: a key on a PKCS#11 token is opened
+/// once however many OpenBao nodes there are.
+pub fn for_names(
+    openbao: &crate::config::OpenBaoSettings,
+    names: &[Option<&str>],
+    auth: &crate::config::AuthSettings,
+) -> Result<Vec<rustls::ClientConfig>, Error> {
+    use crate::config::{AuthSettings, ClientKey};
+    let (client_cert, client_resolver) = match auth {
+        AuthSettings::Cert {
             cert_file,
-            key_file,
+            key: ClientKey::File(key_file),
             ..
-        } => Some((cert_file.as_path(), key_file.as_path())),
-        _ => None,
+        } => (Some((cert_file.as_path(), key_file.as_path())), None),
+        AuthSettings::Cert {
+            cert_file,
+            key: ClientKey::Pkcs11(p11),
+            ..
+        } => (
+            None,
+            Some(super::pkcs11::client_cert_resolver(
+                p11,
+                cert_file,
+                openbao.timeout,
+            )?),
+        ),
+        _ => (None, None),
     };
-    client_config(&TlsFiles {
-        ca_file: openbao.ca_file.as_deref(),
-        server_name,
-        client_cert,
-    })
+    names
+        .iter()
+        .map(|server_name| {
+            client_config(&TlsFiles {
+                ca_file: openbao.ca_file.as_deref(),
+                server_name: *server_name,
+                client_cert,
+                client_resolver: client_resolver.clone(),
+            })
+        })
+        .collect()
 }
 
 pub fn client_config(files: &TlsFiles<'_>) -> Result<rustls::ClientConfig, Error> {
@@ -91,6 +126,9 @@ pub fn client_config(files: &TlsFiles<'_>) -> Result<rustls::ClientConfig, Error
     } else {
         builder.with_root_certificates(roots)
     };
+    if let Some(resolver) = &files.client_resolver {
+        return Ok(builder.with_client_cert_resolver(resolver.clone()));
+    }
     match files.client_cert {
         Some((cert, key)) => {
             let chain = read_certs("client certificate", cert)?;
