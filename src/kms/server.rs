@@ -70,7 +70,7 @@ pub fn bind_unix_socket(path: &Path, mode: u32) -> Result<UnixListener, SocketEr
 
 /// Limits of the KMS server (from `[server]`).
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// In-flight calls may finish for this long after `shutdown`.
     pub drain: Duration,
     /// `server.kms_timeout`: no call runs longer, whatever its `grpc-timeout` says.
@@ -87,7 +87,7 @@ pub struct Limits {
 /// wait in the kernel's backlog (systemd holds the socket across restarts), so a client never
 /// reaches a process that cannot encrypt yet. After `shutdown` nothing more is accepted, so
 /// queued connections are left for the next process.
-pub async fn serve<S: KeyService>(
+pub(crate) async fn serve<S: KeyService>(
     listener: UnixListener,
     service: Arc<S>,
     self_check: mpsc::Receiver<DuplexStream>,
@@ -195,13 +195,13 @@ impl tokio_stream::Stream for Accept {
 fn out_of_resources(e: &std::io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        Some(nix::libc::EMFILE | nix::libc::ENFILE | nix::libc::ENOBUFS | nix::libc::ENOMEM)
     )
 }
 
 /// A connection that reports EOF-by-timeout once it has had no traffic for `limit`, so
 /// connections a client forgot do not hold descriptors forever.
-pub struct Idle<C> {
+pub(crate) struct Idle<C> {
     inner: C,
     limit: Duration,
     timer: Pin<Box<tokio::time::Sleep>>,

@@ -4,20 +4,20 @@ use std::time::{Duration, Instant};
 
 use tonic::{Request, Response, Status};
 
-use super::{DecryptInput, KeyService, KmsError, API_VERSION};
+use super::{validate, DecryptInput, KeyService, KmsError, API_VERSION};
 use crate::deadline;
 use crate::pb;
 use crate::pb::key_management_service_server::KeyManagementService;
 use crate::telemetry::metrics;
 
-pub struct KmsAdapter<S> {
+pub(crate) struct KmsAdapter<S> {
     inner: Arc<S>,
     /// `server.kms_timeout`: the longest any call may take, whatever the caller asks.
     budget: Duration,
 }
 
 impl<S> KmsAdapter<S> {
-    pub fn new(inner: Arc<S>, budget: Duration) -> Self {
+    pub(crate) fn new(inner: Arc<S>, budget: Duration) -> Self {
         Self { inner, budget }
     }
 
@@ -96,7 +96,7 @@ fn finish<T>(
     }
 }
 
-pub fn code_name(code: tonic::Code) -> &'static str {
+pub(crate) fn code_name(code: tonic::Code) -> &'static str {
     use tonic::Code::*;
     match code {
         Ok => "OK",
@@ -138,12 +138,15 @@ impl<S: KeyService> KeyManagementService for KmsAdapter<S> {
         let deadline = self.deadline(&request);
         let req = request.into_inner();
         let key_id = req.key_id.clone();
-        let call = self.inner.decrypt(DecryptInput {
+        let input = DecryptInput {
             ciphertext: req.ciphertext,
             key_id: req.key_id,
             annotations: req.annotations,
-        });
-        let result = deadline::scope(deadline, call).await;
+        };
+        let result = match validate::decrypt_input(&input) {
+            Ok(()) => deadline::scope(deadline, self.inner.decrypt(input)).await,
+            Err(e) => Err(e),
+        };
         pending.done = true;
         finish("Decrypt", &req.uid, started, &key_id, &result);
         let plaintext = result?;
@@ -161,7 +164,12 @@ impl<S: KeyService> KeyManagementService for KmsAdapter<S> {
         let deadline = self.deadline(&request);
         let req = request.into_inner();
         let plaintext = zeroize::Zeroizing::new(req.plaintext);
-        let result = deadline::scope(deadline, self.inner.encrypt(&plaintext)).await;
+        let result = match validate::plaintext(&plaintext) {
+            Ok(()) => deadline::scope(deadline, self.inner.encrypt(&plaintext))
+                .await
+                .and_then(|r| validate::encrypt_reply(&r).map(|()| r)),
+            Err(e) => Err(e),
+        };
         pending.done = true;
         let key_id = result.as_ref().map(|r| r.key_id.as_str()).unwrap_or("");
         finish("Encrypt", &req.uid, started, key_id, &result);

@@ -19,16 +19,16 @@ use crate::telemetry::metrics;
 /// A token with what we know of its lifetime. `generation` tells racing callers whether
 /// someone else already replaced it.
 #[derive(Clone)]
-pub struct Token {
-    pub secret: Arc<SecretString>,
-    pub generation: u64,
+pub(crate) struct Token {
+    pub(crate) secret: Arc<SecretString>,
+    pub(crate) generation: u64,
     obtained: Instant,
     ttl: Option<Duration>,
     renewable: bool,
 }
 
 impl Token {
-    pub fn remaining(&self) -> Option<Duration> {
+    pub(crate) fn remaining(&self) -> Option<Duration> {
         self.ttl
             .map(|ttl| ttl.saturating_sub(self.obtained.elapsed()))
     }
@@ -63,19 +63,19 @@ struct AuthInfo {
 /// `auth/token/lookup-self` (also read by the doctor).
 #[derive(Deserialize)]
 pub(crate) struct LookupBody {
-    pub data: LookupData,
+    pub(crate) data: LookupData,
 }
 
 #[derive(Deserialize)]
 pub(crate) struct LookupData {
     #[serde(default)]
-    pub ttl: u64,
+    pub(crate) ttl: u64,
     #[serde(default)]
-    pub renewable: bool,
+    pub(crate) renewable: bool,
     #[serde(default)]
-    pub policies: Vec<String>,
+    pub(crate) policies: Vec<String>,
     #[serde(default)]
-    pub identity_policies: Vec<String>,
+    pub(crate) identity_policies: Vec<String>,
 }
 
 /// After a login failed because no node answered, waiters get that failure for this long
@@ -135,7 +135,7 @@ fn write<T>(lock: &StdRwLock<T>, value: T) {
 }
 
 impl Auth {
-    pub fn new(settings: AuthSettings) -> Self {
+    pub(crate) fn new(settings: AuthSettings) -> Self {
         Self {
             settings: StdRwLock::new(settings),
             current: StdRwLock::new(None),
@@ -150,13 +150,9 @@ impl Auth {
         }
     }
 
-    pub fn method_name(&self) -> &'static str {
-        read(&self.settings).method_name()
-    }
-
     /// A usable token. A token due for renewal is still returned at once while the renewal runs
     /// in the background; only a missing or expired token makes the caller wait for a login.
-    pub async fn token(self: &Arc<Self>, http: &Arc<Http>) -> Result<Token, Error> {
+    pub(crate) async fn token(self: &Arc<Self>, http: &Arc<Http>) -> Result<Token, Error> {
         match read(&self.current) {
             Some(t) if !t.expired() && !t.wants_renewal() => Ok(t),
             Some(t) if !t.expired() => {
@@ -174,7 +170,7 @@ impl Auth {
     /// stands). So a revoked token
     /// costs one login however many calls see it, and a persistent 403 (a policy change) one
     /// login per 30 s, not one per call.
-    pub async fn relogin_after_denial(
+    pub(crate) async fn relogin_after_denial(
         self: &Arc<Self>,
         http: &Arc<Http>,
         seen: u64,
@@ -202,7 +198,7 @@ impl Auth {
     }
 
     /// Forces a fresh login now (SIGHUP, `login`): joins one in flight or starts one.
-    pub async fn relogin(self: &Arc<Self>, http: &Arc<Http>) -> Result<Token, Error> {
+    pub(crate) async fn relogin(self: &Arc<Self>, http: &Arc<Http>) -> Result<Token, Error> {
         self.join(http, None).await
     }
 
@@ -316,7 +312,7 @@ impl Auth {
             .call(
                 Operation::Renew,
                 Method::POST,
-                "auth/token/renew-self",
+                super::contract::RENEW_SELF.fixed(),
                 Some(&token.secret),
                 Some(&json!({ "increment": format!("{requested}s") })),
             )
@@ -350,7 +346,7 @@ impl Auth {
     }
 
     /// Installs settings and a token proven on the side (reload).
-    pub fn install(&self, settings: AuthSettings, token: Token) {
+    pub(crate) fn install(&self, settings: AuthSettings, token: Token) {
         let mut f = self.flight();
         f.generation += 1;
         let token = Token {
@@ -477,7 +473,7 @@ async fn token_from_file(
             nodes,
             Operation::Lookup,
             Method::GET,
-            "auth/token/lookup-self",
+            super::contract::LOOKUP_SELF.fixed(),
             Some(&secret),
             None,
         )

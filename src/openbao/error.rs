@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     #[error("cannot reach OpenBao: {0}")]
     Unreachable(String),
     #[error("OpenBao did not answer within {0:?}")]
@@ -84,7 +84,7 @@ impl Clone for Error {
 
 impl Error {
     /// A short, bounded-cardinality class for logs and metrics.
-    pub fn class(&self) -> &'static str {
+    pub(crate) fn class(&self) -> &'static str {
         match self {
             Self::Unreachable(_) => "unreachable",
             Self::Timeout(_) => "timeout",
@@ -104,7 +104,7 @@ impl Error {
     }
 
     /// True when OpenBao itself (or the way to it) is down, as opposed to refusing the request.
-    pub fn is_unavailable(&self) -> bool {
+    pub(crate) fn is_unavailable(&self) -> bool {
         matches!(
             self,
             Self::Unreachable(_)
@@ -118,7 +118,7 @@ impl Error {
 
     /// Worth trying on another node (or once more): the node is down, slow, sealed, a standby
     /// without an active node, rate limiting, or failing with a 5xx.
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         matches!(
             self,
             Self::Unreachable(_) | Self::Timeout(_) | Self::Sealed | Self::RateLimited

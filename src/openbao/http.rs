@@ -17,7 +17,7 @@ use crate::config::{AuthSettings, OpenBaoSettings};
 use crate::telemetry::metrics;
 
 /// OpenBao answers for this provider are small; anything larger is refused unread.
-pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
+pub(crate) const MAX_RESPONSE_BYTES: usize = 1 << 20;
 
 /// An attempt with less time left than this is not started: it could not finish.
 const MIN_ATTEMPT: Duration = Duration::from_millis(50);
@@ -27,7 +27,7 @@ const RETRY_JITTER_MS: std::ops::RangeInclusive<u64> = 20..=120;
 
 /// Bounded label set for metrics and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operation {
+pub(crate) enum Operation {
     Login,
     Renew,
     Lookup,
@@ -41,7 +41,7 @@ pub enum Operation {
 }
 
 impl Operation {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Login => "login",
             Self::Renew => "renew",
@@ -72,7 +72,7 @@ pub(crate) struct Nodes {
 
 impl Nodes {
     /// Builds a client per node (reading CA and client certificate files); nothing is swapped.
-    pub fn build(settings: &OpenBaoSettings, auth: &AuthSettings) -> Result<Self, Error> {
+    pub(crate) fn build(settings: &OpenBaoSettings, auth: &AuthSettings) -> Result<Self, Error> {
         let names: Vec<Option<&str>> = settings
             .nodes
             .iter()
@@ -122,7 +122,7 @@ enum Attempt {
 }
 
 impl Http {
-    pub fn new(
+    pub(crate) fn new(
         settings: &OpenBaoSettings,
         auth: &AuthSettings,
         default_budget: Duration,
@@ -137,7 +137,7 @@ impl Http {
     }
 
     /// Swaps in nodes built (and proven by a login) on the side.
-    pub fn install(&self, fresh: Nodes) {
+    pub(crate) fn install(&self, fresh: Nodes) {
         let fresh = Arc::new(fresh);
         match self.nodes.write() {
             Ok(mut guard) => *guard = fresh,
@@ -146,11 +146,11 @@ impl Http {
         self.preferred.store(0, Ordering::Relaxed);
     }
 
-    pub fn default_budget(&self) -> Duration {
+    pub(crate) fn default_budget(&self) -> Duration {
         self.default_budget
     }
 
-    pub fn nodes(&self) -> Arc<Nodes> {
+    pub(crate) fn nodes(&self) -> Arc<Nodes> {
         match self.nodes.read() {
             Ok(guard) => guard.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -158,7 +158,7 @@ impl Http {
     }
 
     /// Sends one request and returns the JSON body decoded as `T` (or `None` for 204).
-    pub async fn call<T: DeserializeOwned>(
+    pub(crate) async fn call<T: DeserializeOwned>(
         &self,
         op: Operation,
         method: Method,
@@ -171,7 +171,7 @@ impl Http {
     }
 
     /// `call` against a given node set (a reload's candidate before it is installed).
-    pub async fn call_on<T: DeserializeOwned>(
+    pub(crate) async fn call_on<T: DeserializeOwned>(
         &self,
         nodes: &Nodes,
         op: Operation,
@@ -205,7 +205,7 @@ impl Http {
 
     /// Like `call`, but any HTTP status of the preferred node is returned rather than turned
     /// into an error (sys/health).
-    pub async fn status_of(&self, op: Operation, path: &str) -> Result<u16, Error> {
+    pub(crate) async fn status_of(&self, op: Operation, path: &str) -> Result<u16, Error> {
         let nodes = self.nodes();
         let (code, _) = self
             .failover(&nodes, op, &Method::GET, path, None, None, true)
