@@ -58,7 +58,7 @@ impl KeyIdentity {
 
 /// Transit associated data for a key_id: a ciphertext only decrypts under the same key_id
 /// (so the same scope and version), never when copied to another cluster or key.
-pub(crate) fn associated_data(key_id: &str) -> Vec<u8> {
+pub fn associated_data(key_id: &str) -> Vec<u8> {
     let mut aad = b"bao-kms-provider/v1/".to_vec();
     aad.extend_from_slice(key_id.as_bytes());
     aad
