@@ -121,8 +121,11 @@ impl HealthSource for Health {
 fn status_line(provider: &Provider) -> String {
     let snap = provider.snapshot();
     let key_id = snap.key_id().unwrap_or("none");
-    match snap.health(provider.max_staleness()).verdict() {
+    match provider.health().verdict() {
         Ok(()) => format!("serving key_id={key_id} healthz=ok"),
+        Err(reason) if snap.waiting_for_openbao() => {
+            format!("degraded: {reason} (serving key_id={key_id} from the key registry)")
+        }
         Err(reason) => format!("serving key_id={key_id} healthz=not-ok: {reason}"),
     }
 }
@@ -171,8 +174,13 @@ impl Supervisor {
     /// Wires the provider, the KMS socket, the probe loop and the telemetry endpoints.
     async fn start(settings: Settings, config_path: PathBuf) -> Result<Self> {
         let client = Arc::new(
-            openbao::Client::new(&settings.openbao, &settings.auth, &settings.transit)
-                .context("setting up the OpenBao client")?,
+            openbao::Client::new(
+                &settings.openbao,
+                &settings.auth,
+                &settings.transit,
+                settings.server.kms_timeout,
+            )
+            .context("setting up the OpenBao client")?,
         );
         let provider = Arc::new(Provider::new(&settings, client.clone())?);
         let (socket, socket_path, socket_activated) = listener(&settings)?;
@@ -190,8 +198,14 @@ impl Supervisor {
         // The socket is served once the first probe attempt has finished (or failed): a client
         // queued in the backlog during a restart then gets a provider that can encrypt, and
         // while OpenBao is down Status still answers with the reason.
+        // With a verified key registry, Status is served from it at once (the saved key_id):
+        // no wait, so a restart during an OpenBao outage never leaves kube-apiserver without one.
         let (probed_tx, mut probed_rx) = watch::channel(false);
-        let first_probe_limit = settings.openbao.timeout * PROBE_CALL_BUDGET + FIRST_PROBE_SLACK;
+        let first_probe_limit = if provider.serves_from_registry() {
+            Duration::ZERO
+        } else {
+            settings.server.kms_timeout * 2 + FIRST_PROBE_SLACK
+        };
         let accept_after = async move {
             let _ = tokio::time::timeout(first_probe_limit, probed_rx.wait_for(|done| *done)).await;
         };
@@ -202,7 +216,12 @@ impl Supervisor {
             self_check_rx,
             accept_after,
             stopped(),
-            settings.server.drain_timeout,
+            kms::Limits {
+                drain: settings.server.drain_timeout,
+                kms_timeout: settings.server.kms_timeout,
+                max_concurrent_streams: settings.server.max_concurrent_streams,
+                idle_timeout: settings.server.idle_timeout,
+            },
         ));
 
         let probes = {
@@ -291,6 +310,18 @@ impl Supervisor {
                 key_id = self.provider.status_key_id(),
                 "ready: login, key metadata and encrypt/decrypt probe succeeded"
             );
+        } else if self.provider.serves_from_registry() && self.provider.snapshot().problem.is_some()
+        {
+            // The first probe failed, but Status is served from the verified registry: the
+            // provider is doing its job; systemd must not kill it for OpenBao being away.
+            self.last_status = status_line(&self.provider);
+            systemd::ready(&self.last_status);
+            self.ready_sent = true;
+            tracing::warn!(
+                key_id = self.provider.status_key_id(),
+                status = %self.last_status,
+                "ready, degraded: serving Status from the key registry while OpenBao does not answer"
+            );
         } else {
             let reason = self.provider.health().verdict().err().unwrap_or_default();
             systemd::status(&format!("waiting for OpenBao: {reason}"));
@@ -317,12 +348,13 @@ impl Supervisor {
         if self.ready_sent {
             systemd::reloading();
         }
-        match reload(&self.config_path, &self.client).await {
-            Ok(()) => {
-                tracing::info!(config = %self.config_path.display(), "reloaded credentials and configuration")
+        match reload(&self.config_path, &self.client, &self.settings).await {
+            Ok(applied) => {
+                self.settings = applied;
+                tracing::info!(config = %self.config_path.display(), "reloaded: new OpenBao client and credentials in use")
             }
             Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "reload failed; keeping the previous configuration")
+                tracing::error!(error = %format!("{e:#}"), "reload failed; the previous OpenBao client, credentials and token stay in use")
             }
         }
         if self.ready_sent {
@@ -378,16 +410,37 @@ impl Supervisor {
     }
 }
 
-/// SIGHUP: re-read the config; apply credentials and TLS files. Identity-bearing settings
-/// (key scope, socket, state_dir) need a restart and are reported, not applied.
-async fn reload(config_path: &Path, client: &openbao::Client) -> Result<()> {
-    let settings = config::load(config_path, &config::Environment::from_process())?;
-    client.reload(&settings.openbao, &settings.auth).await?;
+/// SIGHUP, all or nothing: re-read the config, build the OpenBao client (addresses, CA, client
+/// certificate) and log in with the new credentials on the side, then swap. Fields that need a
+/// restart are named in a warning and keep their running values. Returns the settings now in
+/// effect.
+async fn reload(
+    config_path: &Path,
+    client: &openbao::Client,
+    running: &Settings,
+) -> Result<Settings> {
+    let new = config::load(config_path, &config::Environment::from_process())?;
+    for w in config::upgrade_checks(&new) {
+        tracing::warn!(
+            field = w.field().unwrap_or(""),
+            "{w}; `check-config` refuses this"
+        );
+    }
+    let restart = running.restart_needed(&new);
+    if !restart.is_empty() {
+        tracing::warn!(
+            fields = restart.join(", "),
+            "these settings changed but take effect only after a restart (systemctl restart bao-kms-provider); the running values stay"
+        );
+    }
+    let mut applied = running.clone();
+    applied.openbao = openbao::reloadable(&running.openbao, &new.openbao);
+    applied.auth = new.auth.clone();
     client
-        .login()
+        .reload(&applied.openbao, &applied.auth)
         .await
-        .context("logging in with the reloaded credentials")?;
-    Ok(())
+        .context("building the OpenBao client and logging in with the reloaded configuration")?;
+    Ok(applied)
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 pub mod cli;
 pub mod config;
 mod daemon;
+pub mod deadline;
 pub mod envelope;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

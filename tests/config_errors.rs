@@ -213,6 +213,69 @@ fn http_is_allowed_to_loopback_only() {
     assert_eq!(code, 0);
 }
 
+#[test]
+fn address_takes_a_string_a_list_or_tables_with_their_own_server_name() {
+    let list = r#"["https://bao-1:8200", "https://bao-2:8200", { url = "https://10.0.0.3:8200", tls_server_name = "bao-3.example" }]"#;
+    let (code, stdout, stderr) = check(&with("openbao", "address", list));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("bao-3.example"), "{stdout}");
+    for (value, expect) in [
+        ("[]", "openbao.address"),
+        (r#"["https://a:8200", "https://a:8200"]"#, "listed twice"),
+        (
+            r#"["https://a:8200", "http://127.0.0.1:8200"]"#,
+            "mixes http",
+        ),
+        (r#"["https://a:8200", "http://b:8200"]"#, "loopback"),
+        (
+            r#"[{ url = "https://a:8200", tls_server_name = "bad name!" }]"#,
+            "tls_server_name",
+        ),
+        (
+            r#"[{ url = "https://a:8200", servername = "x" }]"#,
+            "openbao.address",
+        ),
+    ] {
+        let (code, _, stderr) = check(&with("openbao", "address", value));
+        assert_eq!(code, 64, "{value}: {stderr}");
+        assert!(
+            stderr.contains(expect),
+            "{value}: expected {expect:?} in {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn new_rules_are_errors_in_check_config_and_warnings_in_serve() {
+    // openbao.timeout must leave room inside server.kms_timeout for another node.
+    let slow = with("openbao", "timeout", "\"3s\"");
+    let (code, _, stderr) = check(&slow);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(
+        stderr.contains("openbao.timeout") && stderr.contains("server.kms_timeout"),
+        "{stderr}"
+    );
+    // An activation_delay shorter than two probe intervals lets hosts disagree on the key_id.
+    let fast = format!("{VALID}\n[rotation]\nactivation_delay = \"30s\"\n");
+    let (code, _, stderr) = check(&fast);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("rotation.activation_delay"), "{stderr}");
+    let ok = format!("{VALID}\n[rotation]\nactivation_delay = \"1m\"\n");
+    let (code, _, stderr) = check(&ok);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = check(&with(
+        "status",
+        "max_staleness",
+        "\"2m\"\nunhealthy_after = 0",
+    ));
+    assert_eq!(code, 64);
+    assert!(stderr.contains("status.unhealthy_after"), "{stderr}");
+    let (code, _, stderr) = check(&with("openbao", "timeout", "\"2s\"\nmax_connections = 0"));
+    assert_eq!(code, 64);
+    assert!(stderr.contains("openbao.max_connections"), "{stderr}");
+}
+
 const PKCS11_AUTH: &str = "[auth]\nmethod = \"cert\"\n[auth.cert]\ncert_file = \"/etc/openbao-kms/tls/client.pem\"\nkey_source = \"pkcs11\"\nmodule_path = \"/usr/lib/softhsm/libsofthsm2.so\"\ntoken_label = \"kms\"\nkey_label = \"client\"\npin_file = \"/etc/openbao-kms/token.pin\"\n";
 
 fn pkcs11_config(auth: &str) -> String {

@@ -447,6 +447,8 @@ impl Identity {
     fn options(&self, address: &str, server_ca: &Path) -> ProviderOptions {
         ProviderOptions {
             address: address.to_owned(),
+            server_extra: String::new(),
+            status_extra: String::new(),
             openbao_extra: format!("ca_file = \"{}\"\n", server_ca.display()),
             cluster_id: "test-cluster".into(),
             auth: self.auth(&format!("key_label = \"{}\"", self.key_label)),
@@ -523,7 +525,13 @@ async fn full_cycle(token: &str, key_type: &str) -> (String, String) {
     );
     std::fs::copy(&new_cert, &id.cert).expect("replace cert");
     p12.signal(libc::SIGHUP);
-    wait_log(&p12, "reload", "reloaded credentials and configuration", 1).await;
+    wait_log(
+        &p12,
+        "reload",
+        "reloaded: new OpenBao client and credentials in use",
+        1,
+    )
+    .await;
     round_trip(&p12).await;
     // Another token (or module) cannot be swapped in by SIGHUP: named, refused, old one kept.
     let config = std::fs::read_to_string(&p12.config).expect("config");
@@ -550,7 +558,7 @@ async fn full_cycle(token: &str, key_type: &str) -> (String, String) {
     wait_log(
         &p12,
         "reload with the right PIN",
-        "reloaded credentials and configuration",
+        "reloaded: new OpenBao client and credentials in use",
         2,
     )
     .await;

@@ -165,6 +165,14 @@ fn serve(arg: &ConfigArg) -> Result<ExitCode> {
     for p in crate::hardening::check_permissions(&settings, &arg.config) {
         tracing::warn!(problem = %p, "UNSAFE PERMISSIONS: `check-config` refuses this; fix it before the next rollout");
     }
+    // Newer rules only warn here: an upgrade must not stop a host whose config the previous
+    // release accepted (check-config refuses them, so new rollouts fix them).
+    for w in config::upgrade_checks(&settings) {
+        tracing::warn!(
+            field = w.field().unwrap_or(""),
+            "{w}; `check-config` refuses this, serving anyway"
+        );
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -180,6 +188,10 @@ fn check_config(arg: &ConfigArg) -> Result<ExitCode> {
     })?;
     let raw = config::parse(&text, &arg.config)?;
     let settings = config::validate(&raw, &Environment::from_process())?;
+    if let Some(e) = config::upgrade_checks(&settings).into_iter().next() {
+        // A running `serve` only warns about these; a config being rolled out must pass them.
+        return Err(e.into());
+    }
     println!("# {}: valid", arg.config.display());
     println!(
         "# auth method: {}; socket: {}",

@@ -11,7 +11,7 @@ pub use raw::RawConfig;
 pub(crate) use raw::*;
 pub use settings::Settings;
 pub(crate) use settings::*;
-pub use validate::{validate, Environment};
+pub use validate::{upgrade_checks, validate, Environment};
 
 /// Parse TOML text; `path` is only used to name the file in errors.
 pub fn parse(text: &str, path: &Path) -> Result<RawConfig, ConfigError> {

@@ -27,6 +27,12 @@ pub(crate) struct RawServer {
     pub(crate) state_dir: String,
     pub(crate) drain_timeout: String,
     pub(crate) start_timeout: String,
+    /// The budget kube-apiserver gives each KMS call (its EncryptionConfiguration `timeout`).
+    pub(crate) kms_timeout: String,
+    /// HTTP/2 streams (concurrent KMS calls) per kube-apiserver connection.
+    pub(crate) max_concurrent_streams: u32,
+    /// KMS connections with no traffic for this long are closed.
+    pub(crate) idle_timeout: String,
 }
 
 impl Default for RawServer {
@@ -37,6 +43,9 @@ impl Default for RawServer {
             state_dir: "/var/lib/openbao-kms".into(),
             drain_timeout: "10s".into(),
             start_timeout: "2m".into(),
+            kms_timeout: "3s".into(),
+            max_concurrent_streams: 256,
+            idle_timeout: "5m".into(),
         }
     }
 }
@@ -44,23 +53,81 @@ impl Default for RawServer {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawOpenBao {
-    pub(crate) address: String,
+    pub(crate) address: RawAddresses,
     pub(crate) ca_file: String,
     pub(crate) tls_server_name: String,
     pub(crate) namespace: String,
     pub(crate) timeout: String,
     pub(crate) instance_id: String,
+    /// Concurrent requests (and so connections) to OpenBao.
+    pub(crate) max_connections: u32,
+}
+
+/// `address = "https://a:8200"`, or a list of nodes of one HA cluster, each a URL or a table
+/// `{ url = "...", tls_server_name = "..." }` for a node whose certificate carries another name.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged, try_from = "toml::Value")]
+pub(crate) enum RawAddresses {
+    One(String),
+    Many(Vec<RawAddress>),
+}
+
+/// By hand, so a wrong shape is named (serde's untagged enums only say "did not match").
+impl TryFrom<toml::Value> for RawAddresses {
+    type Error = String;
+
+    fn try_from(v: toml::Value) -> Result<Self, String> {
+        const SHAPE: &str = "openbao.address must be a URL string, or a list of URL strings and \
+             { url = \"...\", tls_server_name = \"...\" } tables";
+        match v {
+            toml::Value::String(s) => Ok(Self::One(s)),
+            toml::Value::Array(items) => items
+                .into_iter()
+                .map(|item| match item {
+                    toml::Value::String(s) => Ok(RawAddress::Url(s)),
+                    toml::Value::Table(t) => RawNode::deserialize(toml::Value::Table(t))
+                        .map(RawAddress::Node)
+                        .map_err(|e| format!("openbao.address: {}", e.message())),
+                    other => Err(format!("{SHAPE}; found a {}", other.type_str())),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Self::Many),
+            other => Err(format!("{SHAPE}; found a {}", other.type_str())),
+        }
+    }
+}
+
+impl Default for RawAddresses {
+    fn default() -> Self {
+        Self::One(String::new())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub(crate) enum RawAddress {
+    Url(String),
+    Node(RawNode),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawNode {
+    pub(crate) url: String,
+    #[serde(default)]
+    pub(crate) tls_server_name: String,
 }
 
 impl Default for RawOpenBao {
     fn default() -> Self {
         Self {
-            address: String::new(),
+            address: RawAddresses::default(),
             ca_file: String::new(),
             tls_server_name: String::new(),
             namespace: String::new(),
             timeout: "2s".into(),
             instance_id: String::new(),
+            max_connections: 64,
         }
     }
 }
@@ -193,6 +260,8 @@ pub(crate) struct RawStatus {
     pub(crate) probe_interval: String,
     pub(crate) deep_probe_interval: String,
     pub(crate) max_staleness: String,
+    /// Consecutive failed probes before Status reports not ok (one blip must not flip every host).
+    pub(crate) unhealthy_after: u32,
 }
 
 impl Default for RawStatus {
@@ -201,6 +270,7 @@ impl Default for RawStatus {
             probe_interval: "30s".into(),
             deep_probe_interval: "5m".into(),
             max_staleness: "2m".into(),
+            unhealthy_after: 3,
         }
     }
 }

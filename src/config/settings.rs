@@ -18,6 +18,92 @@ pub struct Settings {
     pub(crate) telemetry: TelemetrySettings,
 }
 
+impl Settings {
+    /// Fields that differ in `new` but only take effect after a restart: identity-bearing
+    /// names (they are hashed into every key_id), the socket, the state directory, listeners
+    /// and limits fixed at start. A reload applies `[openbao]` (but its identity) and `[auth]`.
+    pub fn restart_needed(&self, new: &Settings) -> Vec<&'static str> {
+        let (a, b) = (self, new);
+        let mut out = Vec::new();
+        let mut check = |changed: bool, field: &'static str| {
+            if changed {
+                out.push(field);
+            }
+        };
+        check(
+            a.openbao.instance_id != b.openbao.instance_id,
+            "openbao.instance_id",
+        );
+        check(
+            a.openbao.namespace != b.openbao.namespace,
+            "openbao.namespace",
+        );
+        check(
+            a.openbao.max_connections != b.openbao.max_connections,
+            "openbao.max_connections",
+        );
+        check(
+            a.transit.mount_path != b.transit.mount_path,
+            "transit.mount_path",
+        );
+        check(a.transit.key_name != b.transit.key_name, "transit.key_name");
+        check(
+            a.transit.key_id_scope != b.transit.key_id_scope,
+            "transit.key_id_scope",
+        );
+        check(
+            a.server.socket_path != b.server.socket_path,
+            "server.socket_path",
+        );
+        check(
+            a.server.socket_mode != b.server.socket_mode,
+            "server.socket_mode",
+        );
+        check(a.server.state_dir != b.server.state_dir, "server.state_dir");
+        check(
+            a.server.kms_timeout != b.server.kms_timeout,
+            "server.kms_timeout",
+        );
+        check(
+            a.server.max_concurrent_streams != b.server.max_concurrent_streams,
+            "server.max_concurrent_streams",
+        );
+        check(
+            a.server.idle_timeout != b.server.idle_timeout,
+            "server.idle_timeout",
+        );
+        check(
+            a.server.drain_timeout != b.server.drain_timeout,
+            "server.drain_timeout",
+        );
+        check(
+            a.telemetry.metrics_address != b.telemetry.metrics_address,
+            "telemetry.metrics_address",
+        );
+        check(
+            a.telemetry.health_address != b.telemetry.health_address,
+            "telemetry.health_address",
+        );
+        check(
+            a.status.probe_interval != b.status.probe_interval
+                || a.status.deep_probe_interval != b.status.deep_probe_interval
+                || a.status.max_staleness != b.status.max_staleness
+                || a.status.unhealthy_after != b.status.unhealthy_after,
+            "status",
+        );
+        check(
+            a.rotation.stable_observations != b.rotation.stable_observations
+                || a.rotation.activation_delay != b.rotation.activation_delay,
+            "rotation",
+        );
+        check(
+            a.log.level != b.log.level || a.log.format != b.log.format,
+            "log",
+        );
+        out
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct ServerSettings {
     pub(crate) socket_path: PathBuf,
@@ -27,16 +113,31 @@ pub(crate) struct ServerSettings {
     /// How long systemd is asked to wait for OpenBao at start before the start job fails (so
     /// units ordered after this one, like kubelet, are not held back indefinitely).
     pub(crate) start_timeout: Duration,
+    /// Budget of one KMS call end to end (login, retries and failover included).
+    pub(crate) kms_timeout: Duration,
+    pub(crate) max_concurrent_streams: u32,
+    pub(crate) idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
 pub(crate) struct OpenBaoSettings {
+    /// The first node; what logs and the doctor name.
     pub(crate) address: reqwest::Url,
+    /// Every node of the cluster, in the configured order (one for a single server).
+    pub(crate) nodes: Vec<OpenBaoNode>,
     pub(crate) ca_file: Option<PathBuf>,
     pub(crate) tls_server_name: Option<String>,
     pub(crate) namespace: Option<String>,
     pub(crate) timeout: Duration,
     pub(crate) instance_id: String,
+    pub(crate) max_connections: usize,
+}
+
+/// One OpenBao node: its URL and the name its certificate is checked against (`None`: the host).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OpenBaoNode {
+    pub(crate) url: reqwest::Url,
+    pub(crate) tls_server_name: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -111,6 +212,7 @@ pub(crate) struct StatusSettings {
     pub(crate) probe_interval: Duration,
     pub(crate) deep_probe_interval: Duration,
     pub(crate) max_staleness: Duration,
+    pub(crate) unhealthy_after: NonZeroU32,
 }
 
 #[derive(Debug, Clone)]

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::error::ConfigError;
-use super::raw::{AuthMethodName, KeySource, RawCertAuth, RawConfig};
+use super::raw::{AuthMethodName, KeySource, RawAddress, RawAddresses, RawCertAuth, RawConfig};
 use super::settings::*;
 
 /// Facts from the environment that validation may use (kept out of it so it stays pure).
@@ -41,6 +41,27 @@ pub fn validate(raw: &RawConfig, env: &Environment) -> Result<Settings> {
             &raw.server.start_timeout,
             secs(5),
             secs(3600),
+        )?,
+        kms_timeout: duration(
+            "server.kms_timeout",
+            &raw.server.kms_timeout,
+            ms(500),
+            secs(60),
+        )?,
+        max_concurrent_streams: match raw.server.max_concurrent_streams {
+            n @ 1..=65536 => n,
+            n => {
+                return Err(ConfigError::invalid(
+                    "server.max_concurrent_streams",
+                    format!("{n} is out of range (1 to 65536)"),
+                ))
+            }
+        },
+        idle_timeout: duration(
+            "server.idle_timeout",
+            &raw.server.idle_timeout,
+            secs(1),
+            secs(86400),
         )?,
     };
     let openbao = openbao(raw, env)?;
@@ -80,50 +101,85 @@ pub fn validate(raw: &RawConfig, env: &Environment) -> Result<Settings> {
     })
 }
 
+/// Rules added after configs were already deployed. `check-config` refuses a config that breaks
+/// one; `serve` only logs them, so a package upgrade that restarts the provider never turns a
+/// config the previous release accepted into an outage.
+pub fn upgrade_checks(s: &Settings) -> Vec<ConfigError> {
+    let mut out = Vec::new();
+    if s.openbao.timeout >= s.server.kms_timeout {
+        out.push(ConfigError::invalid(
+            "openbao.timeout",
+            format!(
+                "{} must be shorter than server.kms_timeout ({}), or one slow node uses the whole KMS call budget and no other node is tried",
+                humantime::format_duration(s.openbao.timeout),
+                humantime::format_duration(s.server.kms_timeout)
+            ),
+        ));
+    }
+    if s.rotation.activation_delay < s.status.probe_interval * 2 {
+        out.push(ConfigError::invalid(
+            "rotation.activation_delay",
+            format!(
+                "{} is shorter than two status.probe_interval ({}): hosts sharing one OpenBao may promote a new key version before the others have read it, and their Decrypts fail with NotFound",
+                humantime::format_duration(s.rotation.activation_delay),
+                humantime::format_duration(s.status.probe_interval * 2)
+            ),
+        ));
+    }
+    out
+}
+
 fn openbao(raw: &RawConfig, env: &Environment) -> Result<OpenBaoSettings> {
     let o = &raw.openbao;
-    if o.address.trim().is_empty() {
+    let global_name = optional(&o.tls_server_name).map(str::to_owned);
+    if let Some(name) = &global_name {
+        server_name("openbao.tls_server_name", name)?;
+    }
+    let entries: Vec<(&str, Option<&str>)> = match &o.address {
+        RawAddresses::One(url) => vec![(url.as_str(), None)],
+        RawAddresses::Many(list) => list
+            .iter()
+            .map(|a| match a {
+                RawAddress::Url(url) => (url.as_str(), None),
+                RawAddress::Node(n) => (n.url.as_str(), optional(&n.tls_server_name)),
+            })
+            .collect(),
+    };
+    if entries.is_empty() || entries.iter().all(|(u, _)| u.trim().is_empty()) {
         return Err(ConfigError::invalid(
             "openbao.address",
-            "is required (e.g. \"https://openbao.example.internal:8200\")",
+            "is required (e.g. \"https://openbao.example.internal:8200\", or a list of the HA nodes)",
         ));
     }
-    let address = reqwest::Url::parse(o.address.trim()).map_err(|e| {
-        ConfigError::invalid(
-            "openbao.address",
-            format!("{:?} is not a URL: {e}", o.address),
-        )
-    })?;
-    if !address.username().is_empty() || address.password().is_some() || address.query().is_some() {
+    if entries.len() > 16 {
         return Err(ConfigError::invalid(
             "openbao.address",
-            "must not carry credentials or a query",
+            "lists more than 16 nodes",
         ));
     }
-    if !matches!(address.path(), "" | "/") {
-        return Err(ConfigError::invalid(
-            "openbao.address",
-            "must not have a path (the provider adds /v1/...)",
-        ));
-    }
-    let host = address.host_str().unwrap_or_default();
-    match address.scheme() {
-        "https" => {}
-        "http" if is_loopback(host) => {}
-        "http" => {
+    let mut nodes: Vec<OpenBaoNode> = Vec::with_capacity(entries.len());
+    for (url, name) in entries {
+        let url = node_url(url)?;
+        if nodes.iter().any(|n| n.url == url) {
             return Err(ConfigError::invalid(
                 "openbao.address",
-                format!(
-                    "http:// is only allowed to a loopback address, not {host:?}; use https://"
-                ),
-            ))
+                format!("{url} is listed twice"),
+            ));
         }
-        other => {
-            return Err(ConfigError::invalid(
-                "openbao.address",
-                format!("scheme {other:?} is not http or https"),
-            ))
+        if let Some(name) = name {
+            server_name("openbao.address", name)?;
         }
+        nodes.push(OpenBaoNode {
+            url,
+            tls_server_name: name.map(str::to_owned).or_else(|| global_name.clone()),
+        });
+    }
+    let address = nodes[0].url.clone();
+    if nodes.iter().any(|n| n.url.scheme() != address.scheme()) {
+        return Err(ConfigError::invalid(
+            "openbao.address",
+            "mixes http:// and https:// nodes; every node of one cluster uses the same scheme",
+        ));
     }
     let ca_file = optional(&o.ca_file)
         .map(|p| absolute_path("openbao.ca_file", p, env))
@@ -134,25 +190,75 @@ fn openbao(raw: &RawConfig, env: &Environment) -> Result<OpenBaoSettings> {
             "is required with an https:// address (it is the only trust root)",
         ));
     }
-    let tls_server_name = optional(&o.tls_server_name).map(str::to_owned);
-    if let Some(name) = &tls_server_name {
-        if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
-            return Err(ConfigError::invalid(
-                "openbao.tls_server_name",
-                format!("{name:?} is not a DNS name or IP address"),
-            ));
-        }
-    }
+    let tls_server_name = global_name;
     let namespace = optional(&o.namespace).map(|n| n.trim_matches('/').to_owned());
     let instance_id = required("openbao.instance_id", &o.instance_id)?;
+    let max_connections = o.max_connections as usize;
+    if !(1..=4096).contains(&max_connections) {
+        return Err(ConfigError::invalid(
+            "openbao.max_connections",
+            format!("{max_connections} is out of range (1 to 4096)"),
+        ));
+    }
     Ok(OpenBaoSettings {
         address,
+        nodes,
+        max_connections,
         ca_file,
         tls_server_name,
         namespace,
         timeout: duration("openbao.timeout", &o.timeout, ms(100), secs(60))?,
         instance_id,
     })
+}
+
+/// One node's URL: http(s), no credentials, query or path; plain http only to loopback.
+fn node_url(raw: &str) -> Result<reqwest::Url> {
+    let field = "openbao.address";
+    let address = reqwest::Url::parse(raw.trim())
+        .map_err(|e| ConfigError::invalid(field, format!("{raw:?} is not a URL: {e}")))?;
+    if !address.username().is_empty() || address.password().is_some() || address.query().is_some() {
+        return Err(ConfigError::invalid(
+            field,
+            "must not carry credentials or a query",
+        ));
+    }
+    if !matches!(address.path(), "" | "/") {
+        return Err(ConfigError::invalid(
+            field,
+            "must not have a path (the provider adds /v1/...)",
+        ));
+    }
+    let host = address.host_str().unwrap_or_default();
+    match address.scheme() {
+        "https" => {}
+        "http" if is_loopback(host) => {}
+        "http" => {
+            return Err(ConfigError::invalid(
+                field,
+                format!(
+                    "http:// is only allowed to a loopback address, not {host:?}; use https://"
+                ),
+            ))
+        }
+        other => {
+            return Err(ConfigError::invalid(
+                field,
+                format!("scheme {other:?} is not http or https"),
+            ))
+        }
+    }
+    Ok(address)
+}
+
+fn server_name(field: &'static str, name: &str) -> Result<()> {
+    if rustls::pki_types::ServerName::try_from(name).is_err() {
+        return Err(ConfigError::invalid(
+            field,
+            format!("tls_server_name {name:?} is not a DNS name or IP address"),
+        ));
+    }
+    Ok(())
 }
 
 fn auth(raw: &RawConfig, env: &Environment) -> Result<AuthSettings> {
@@ -339,6 +445,9 @@ fn status(raw: &RawConfig) -> Result<StatusSettings> {
         probe_interval,
         deep_probe_interval,
         max_staleness,
+        unhealthy_after: NonZeroU32::new(s.unhealthy_after)
+            .filter(|n| n.get() <= 100)
+            .ok_or_else(|| ConfigError::invalid("status.unhealthy_after", "must be 1 to 100"))?,
     })
 }
 

@@ -11,8 +11,8 @@ mod validate;
 use std::collections::HashMap;
 
 pub(crate) use error::KmsError;
-pub(crate) use server::serve;
 pub use server::{bind_unix_socket, SocketError};
+pub(crate) use server::{serve, Limits};
 pub(crate) use service::{code_name, KmsAdapter};
 pub(crate) use validate::key_version_annotation;
 

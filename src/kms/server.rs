@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::DuplexStream;
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
 use super::conn::Conn;
@@ -85,7 +85,19 @@ pub fn bind_unix_socket(path: &Path, mode: u32) -> Result<UnixListener, SocketEr
     bound
 }
 
-/// Serves until `shutdown` resolves, then lets in-flight calls finish for at most `drain`.
+/// Limits of the KMS server (from `[server]`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// In-flight calls may finish for this long after `shutdown`.
+    pub drain: Duration,
+    /// `server.kms_timeout`: no call runs longer, whatever its `grpc-timeout` says.
+    pub kms_timeout: Duration,
+    pub max_concurrent_streams: u32,
+    /// A connection without traffic for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+/// Serves until `shutdown` resolves, then lets in-flight calls finish for at most `limits.drain`.
 /// `self_check` feeds in-memory connections into the same server, so the watchdog can prove
 /// the server answers without needing permission on the (root-owned) socket file.
 /// Connections on the socket are accepted only once `accept_after` resolves: until then they
@@ -98,19 +110,24 @@ pub(crate) async fn serve<S: KeyService>(
     self_check: mpsc::Receiver<DuplexStream>,
     accept_after: impl Future<Output = ()> + Send + 'static,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    drain: Duration,
+    limits: Limits,
 ) -> Result<(), SocketError> {
+    let drain = limits.drain;
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
         let _ = drain_tx.send(());
     };
-    let svc = KeyManagementServiceServer::new(KmsAdapter::new(service))
+    let svc = KeyManagementServiceServer::new(KmsAdapter::new(service, limits.kms_timeout))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let server = tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.max_concurrent_streams)
         .add_service(svc)
-        .serve_with_incoming_shutdown(incoming(listener, self_check, accept_after), signal);
+        .serve_with_incoming_shutdown(
+            incoming(listener, self_check, accept_after, limits.idle_timeout),
+            signal,
+        );
     tokio::pin!(server);
     tokio::select! {
         res = &mut server => return res.map_err(|e| SocketError::Serve(e.to_string())),
@@ -132,14 +149,154 @@ fn incoming(
     listener: UnixListener,
     self_check: mpsc::Receiver<DuplexStream>,
     accept_after: impl Future<Output = ()> + Send + 'static,
-) -> impl tokio_stream::Stream<Item = std::io::Result<Conn>> {
+    idle_timeout: Duration,
+) -> impl tokio_stream::Stream<Item = std::io::Result<Idle<Conn>>> {
     let socket = Gated {
         gate: Some(Box::pin(accept_after)),
-        inner: UnixListenerStream::new(listener),
+        inner: Accept {
+            listener,
+            pause: None,
+            backoff: MIN_BACKOFF,
+        },
     }
     .map(|r| r.map(Conn::Unix));
     let memory = ReceiverStream::new(self_check).map(|d| Ok(Conn::Memory(d)));
-    socket.merge(memory)
+    socket
+        .merge(memory)
+        .map(move |r| r.map(|c| Idle::new(c, idle_timeout)))
+}
+
+const MIN_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Accepts connections; when the process is out of file descriptors (EMFILE) or the system is
+/// (ENFILE, ENOBUFS, ENOMEM), pauses accepting with a growing backoff instead of spinning on a
+/// listener that stays readable. Other accept errors concern one connection and are skipped.
+struct Accept {
+    listener: UnixListener,
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
+    backoff: Duration,
+}
+
+impl tokio_stream::Stream for Accept {
+    type Item = std::io::Result<tokio::net::UnixStream>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if let Some(pause) = self.pause.as_mut() {
+                if pause.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                self.pause = None;
+            }
+            match self.listener.poll_accept(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok((stream, _))) => {
+                    self.backoff = MIN_BACKOFF;
+                    return Poll::Ready(Some(Ok(stream)));
+                }
+                Poll::Ready(Err(e)) if out_of_resources(&e) => {
+                    let wait = self.backoff;
+                    tracing::warn!(error = %e, backoff_ms = wait.as_millis() as u64, "cannot accept KMS connections: out of file descriptors or memory; pausing");
+                    self.backoff = (wait * 2).min(MAX_BACKOFF);
+                    self.pause = Some(Box::pin(tokio::time::sleep(wait)));
+                }
+                Poll::Ready(Err(e)) => {
+                    tracing::debug!(error = %e, "accepting a KMS connection failed; continuing");
+                }
+            }
+        }
+    }
+}
+
+fn out_of_resources(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(nix::libc::EMFILE | nix::libc::ENFILE | nix::libc::ENOBUFS | nix::libc::ENOMEM)
+    )
+}
+
+/// A connection that reports EOF-by-timeout once it has had no traffic for `limit`, so
+/// connections a client forgot do not hold descriptors forever.
+pub(crate) struct Idle<C> {
+    inner: C,
+    limit: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<C> Idle<C> {
+    fn new(inner: C, limit: Duration) -> Self {
+        Self {
+            inner,
+            limit,
+            timer: Box::pin(tokio::time::sleep(limit)),
+        }
+    }
+
+    fn touch(&mut self) {
+        let next = tokio::time::Instant::now() + self.limit;
+        self.timer.as_mut().reset(next);
+    }
+}
+
+impl<C: tonic::transport::server::Connected> tonic::transport::server::Connected for Idle<C> {
+    type ConnectInfo = C::ConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+impl<C: AsyncRead + Unpin> AsyncRead for Idle<C> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    self.touch();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                if self.timer.as_mut().poll(cx).is_ready() {
+                    tracing::debug!(
+                        idle_seconds = self.limit.as_secs(),
+                        "closing an idle KMS connection"
+                    );
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "idle KMS connection closed (server.idle_timeout)",
+                    )));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<C: AsyncWrite + Unpin> AsyncWrite for Idle<C> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// A stream that yields nothing until `gate` resolves. It is pull-based on purpose: `accept()`

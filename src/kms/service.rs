@@ -1,21 +1,64 @@
 //! Adapter from the generated tonic service to `KeyService`, with per-call logs and metrics.
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tonic::{Request, Response, Status};
 
 use super::{clip, validate, DecryptInput, KeyService, KmsError, API_VERSION};
+use crate::deadline;
 use crate::pb;
 use crate::pb::key_management_service_server::KeyManagementService;
 use crate::telemetry::metrics;
 
 pub(crate) struct KmsAdapter<S> {
     inner: Arc<S>,
+    /// `server.kms_timeout`: the longest any call may take, whatever the caller asks.
+    budget: Duration,
 }
 
 impl<S> KmsAdapter<S> {
-    pub(crate) fn new(inner: Arc<S>) -> Self {
-        Self { inner }
+    pub(crate) fn new(inner: Arc<S>, budget: Duration) -> Self {
+        Self { inner, budget }
+    }
+
+    fn deadline<T>(&self, request: &Request<T>) -> Instant {
+        let header = request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok());
+        deadline::for_call(header, self.budget)
+    }
+}
+
+/// Counts and logs a call whose future was dropped before it finished: the caller's deadline
+/// passed or it went away. Such calls are failures like any other, not silence.
+struct Pending {
+    method: &'static str,
+    started: Instant,
+    done: bool,
+}
+
+impl Pending {
+    fn new(method: &'static str) -> Self {
+        Self {
+            method,
+            started: Instant::now(),
+            done: false,
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.done {
+            metrics::grpc_request(self.method, "Cancelled", self.started.elapsed());
+            tracing::warn!(
+                kms_method = self.method,
+                error_class = "cancelled",
+                latency_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+                "kms call cancelled by the caller (deadline passed or connection closed)"
+            );
+        }
     }
 }
 
@@ -65,6 +108,8 @@ pub(crate) fn code_name(code: tonic::Code) -> &'static str {
         FailedPrecondition => "FailedPrecondition",
         Unavailable => "Unavailable",
         Unauthenticated => "Unauthenticated",
+        Cancelled => "Cancelled",
+        DeadlineExceeded => "DeadlineExceeded",
         PermissionDenied => "PermissionDenied",
         Internal => "Internal",
         _ => "Other",
@@ -92,6 +137,8 @@ impl<S: KeyService> KeyManagementService for KmsAdapter<S> {
         request: Request<pb::DecryptRequest>,
     ) -> Result<Response<pb::DecryptResponse>, Status> {
         let started = Instant::now();
+        let mut pending = Pending::new("Decrypt");
+        let deadline = self.deadline(&request);
         let req = request.into_inner();
         let key_id = req.key_id.clone();
         let input = DecryptInput {
@@ -100,9 +147,10 @@ impl<S: KeyService> KeyManagementService for KmsAdapter<S> {
             annotations: req.annotations,
         };
         let result = match validate::decrypt_input(&input) {
-            Ok(()) => self.inner.decrypt(input).await,
+            Ok(()) => deadline::scope(deadline, self.inner.decrypt(input)).await,
             Err(e) => Err(e),
         };
+        pending.done = true;
         finish("Decrypt", &req.uid, started, &key_id, &result);
         let mut plaintext = result?;
         // Moved, not copied: the bytes leave through tonic's encode buffer (docs/security.md).
@@ -116,16 +164,17 @@ impl<S: KeyService> KeyManagementService for KmsAdapter<S> {
         request: Request<pb::EncryptRequest>,
     ) -> Result<Response<pb::EncryptResponse>, Status> {
         let started = Instant::now();
+        let mut pending = Pending::new("Encrypt");
+        let deadline = self.deadline(&request);
         let req = request.into_inner();
         let plaintext = zeroize::Zeroizing::new(req.plaintext);
         let result = match validate::plaintext(&plaintext) {
-            Ok(()) => self
-                .inner
-                .encrypt(&plaintext)
+            Ok(()) => deadline::scope(deadline, self.inner.encrypt(&plaintext))
                 .await
                 .and_then(|r| validate::encrypt_reply(&r).map(|()| r)),
             Err(e) => Err(e),
         };
+        pending.done = true;
         let key_id = result.as_ref().map(|r| r.key_id.as_str()).unwrap_or("");
         finish("Encrypt", &req.uid, started, key_id, &result);
         let reply = result?;

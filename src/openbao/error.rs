@@ -35,9 +35,51 @@ pub(crate) enum Error {
     Tls(String),
     #[error("no valid token: {0}")]
     NoToken(String),
+    /// The auth method refused the credential (an expired or wrong JWT, an unknown certificate).
+    #[error("OpenBao refused the login: {0}")]
+    LoginRefused(String),
+    /// `openbao.max_connections` requests are in flight and none finished within the budget.
+    #[error("too many OpenBao requests in flight (openbao.max_connections = {0})")]
+    Overloaded(usize),
+    /// A redirect to an origin that is not one of the configured nodes; never followed.
+    #[error("OpenBao redirected to {0}, which is not a configured openbao.address; not followed")]
+    RedirectRefused(String),
     /// The client key's token: module, login, key lookup or a signature (timeout, removal).
     #[error(transparent)]
     Pkcs11(#[from] super::Pkcs11Error),
+}
+
+/// Errors are shared by every waiter of one login; `io::Error` is not `Clone`, so that one
+/// variant is rebuilt from its kind and message.
+impl Clone for Error {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Unreachable(m) => Self::Unreachable(m.clone()),
+            Self::Timeout(d) => Self::Timeout(*d),
+            Self::Sealed => Self::Sealed,
+            Self::RateLimited => Self::RateLimited,
+            Self::PermissionDenied(m) => Self::PermissionDenied(m.clone()),
+            Self::NotFound(m) => Self::NotFound(m.clone()),
+            Self::BadRequest(m) => Self::BadRequest(m.clone()),
+            Self::Server { status, message } => Self::Server {
+                status: *status,
+                message: message.clone(),
+            },
+            Self::ResponseTooLarge(n) => Self::ResponseTooLarge(*n),
+            Self::Protocol(m) => Self::Protocol(m.clone()),
+            Self::Credential { what, path, source } => Self::Credential {
+                what,
+                path: path.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            Self::Tls(m) => Self::Tls(m.clone()),
+            Self::NoToken(m) => Self::NoToken(m.clone()),
+            Self::LoginRefused(m) => Self::LoginRefused(m.clone()),
+            Self::Overloaded(n) => Self::Overloaded(*n),
+            Self::RedirectRefused(m) => Self::RedirectRefused(m.clone()),
+            Self::Pkcs11(e) => Self::Pkcs11(e.clone()),
+        }
+    }
 }
 
 impl Error {
@@ -54,8 +96,32 @@ impl Error {
             Self::Server { .. } => "server_error",
             Self::ResponseTooLarge(_) | Self::Protocol(_) => "protocol",
             Self::Credential { .. } | Self::Tls(_) => "local_setup",
-            Self::NoToken(_) => "auth",
+            Self::NoToken(_) | Self::LoginRefused(_) => "auth",
+            Self::Overloaded(_) => "overloaded",
+            Self::RedirectRefused(_) => "redirect_refused",
             Self::Pkcs11(_) => "pkcs11",
         }
+    }
+
+    /// True when OpenBao itself (or the way to it) is down, as opposed to refusing the request.
+    pub(crate) fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Self::Unreachable(_)
+                | Self::Timeout(_)
+                | Self::Sealed
+                | Self::RateLimited
+                | Self::Server { .. }
+                | Self::Overloaded(_)
+        )
+    }
+
+    /// Worth trying on another node (or once more): the node is down, slow, sealed, a standby
+    /// without an active node, rate limiting, or failing with a 5xx.
+    pub(crate) fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Unreachable(_) | Self::Timeout(_) | Self::Sealed | Self::RateLimited
+        ) || matches!(self, Self::Server { status, .. } if *status >= 500)
     }
 }

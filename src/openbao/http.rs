@@ -1,13 +1,17 @@
-//! One place that sends requests to OpenBao: timeouts, size caps, error classification, metrics.
+//! One place that sends requests to OpenBao: node choice and failover, redirects, the call's
+//! budget, retries, the connection cap, size caps, error classification and metrics.
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use rand::Rng;
 use reqwest::{Method, StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
+use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
-use super::tls::from_settings;
+use super::tls::for_names;
 use super::Error;
 use crate::config::{AuthSettings, OpenBaoSettings};
 use crate::support::{read_capped, ReadError};
@@ -18,20 +22,27 @@ pub(crate) const MAX_RESPONSE_BYTES: usize = 1 << 20;
 
 /// A request body serialised straight into a buffer that is wiped when the request is done:
 /// bodies carry the JWT and base64 plaintext, so no `serde_json::Value` or plain `Vec` holds them.
-pub(crate) struct JsonBody(Zeroizing<Vec<u8>>);
+/// Attempts on several nodes share the one buffer (reference-counted, never copied).
+#[derive(Clone)]
+pub(crate) struct JsonBody(bytes::Bytes);
 
 impl JsonBody {
     pub(crate) fn new(value: &impl serde::Serialize) -> Result<Self, Error> {
         let mut buf = Zeroizing::new(Vec::with_capacity(256));
         serde_json::to_writer(&mut *buf, value).map_err(|e| Error::Protocol(e.to_string()))?;
-        Ok(Self(buf))
+        Ok(Self(bytes::Bytes::from_owner(buf)))
     }
 
     /// Hands the buffer to the HTTP stack without a copy; the last reference wipes it.
-    fn into_body(self) -> reqwest::Body {
-        reqwest::Body::from(bytes::Bytes::from_owner(self.0))
+    fn to_body(&self) -> reqwest::Body {
+        reqwest::Body::from(self.0.clone())
     }
 }
+/// An attempt with less time left than this is not started: it could not finish.
+const MIN_ATTEMPT: Duration = Duration::from_millis(50);
+
+/// Jitter before the one retry of a transient failure, so hosts do not retry in lockstep.
+const RETRY_JITTER_MS: std::ops::RangeInclusive<u64> = 20..=120;
 
 /// Bounded label set for metrics and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,38 +76,101 @@ impl Operation {
     }
 }
 
-pub(crate) struct Http {
-    client: RwLock<Arc<reqwest::Client>>,
-    base: Url,
+/// One configured node with its own HTTP client (its own certificate name).
+struct Node {
+    url: Url,
+    client: reqwest::Client,
+}
+
+/// Everything a reload may change, built whole on the side and swapped in one step.
+pub(crate) struct Nodes {
+    nodes: Vec<Node>,
     namespace: Option<String>,
     timeout: Duration,
 }
 
-impl Http {
-    pub(crate) fn new(settings: &OpenBaoSettings, auth: &AuthSettings) -> Result<Self, Error> {
+impl Nodes {
+    /// Builds a client per node (reading CA and client certificate files); nothing is swapped.
+    pub(crate) fn build(settings: &OpenBaoSettings, auth: &AuthSettings) -> Result<Self, Error> {
+        let names: Vec<Option<&str>> = settings
+            .nodes
+            .iter()
+            .map(|n| n.tls_server_name.as_deref())
+            .collect();
+        let tls = for_names(settings, &names, auth)?;
+        let nodes = settings
+            .nodes
+            .iter()
+            .zip(tls)
+            .map(|(n, tls)| {
+                Ok(Node {
+                    url: n.url.clone(),
+                    client: build_client(settings, tls)?,
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
         Ok(Self {
-            client: RwLock::new(Arc::new(build_client(settings, auth)?)),
-            base: settings.address.clone(),
+            nodes,
             namespace: settings.namespace.clone(),
             timeout: settings.timeout,
         })
     }
 
-    /// Re-reads CA and client certificate files (SIGHUP); the old client stays on error.
-    pub(crate) fn reload(
-        &self,
+    /// The node whose origin (scheme, host, port) `location` has, if any.
+    fn by_origin(&self, location: &Url) -> Option<usize> {
+        self.nodes
+            .iter()
+            .position(|n| n.url.origin() == location.origin())
+    }
+}
+
+pub(crate) struct Http {
+    nodes: RwLock<Arc<Nodes>>,
+    /// Index of the node that answered last; calls start there.
+    preferred: AtomicUsize,
+    permits: Arc<Semaphore>,
+    max_connections: usize,
+    /// Budget of a request made outside a KMS call (probe loop, login task, CLI).
+    default_budget: Duration,
+}
+
+/// What one attempt on one node gave.
+enum Attempt {
+    Done(StatusCode, Zeroizing<Vec<u8>>),
+    Redirect(Url),
+}
+
+impl Http {
+    pub(crate) fn new(
         settings: &OpenBaoSettings,
         auth: &AuthSettings,
-    ) -> Result<(), Error> {
-        let fresh = Arc::new(build_client(settings, auth)?);
-        if let Ok(mut guard) = self.client.write() {
-            *guard = fresh;
-        }
-        Ok(())
+        default_budget: Duration,
+    ) -> Result<Self, Error> {
+        Ok(Self {
+            nodes: RwLock::new(Arc::new(Nodes::build(settings, auth)?)),
+            preferred: AtomicUsize::new(0),
+            permits: Arc::new(Semaphore::new(settings.max_connections)),
+            max_connections: settings.max_connections,
+            default_budget,
+        })
     }
 
-    fn client(&self) -> Arc<reqwest::Client> {
-        match self.client.read() {
+    /// Swaps in nodes built (and proven by a login) on the side.
+    pub(crate) fn install(&self, fresh: Nodes) {
+        let fresh = Arc::new(fresh);
+        match self.nodes.write() {
+            Ok(mut guard) => *guard = fresh,
+            Err(poisoned) => *poisoned.into_inner() = fresh,
+        }
+        self.preferred.store(0, Ordering::Relaxed);
+    }
+
+    pub(crate) fn default_budget(&self) -> Duration {
+        self.default_budget
+    }
+
+    pub(crate) fn nodes(&self) -> Arc<Nodes> {
+        match self.nodes.read() {
             Ok(guard) => guard.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
@@ -111,14 +185,23 @@ impl Http {
         token: Option<&SecretString>,
         body: Option<JsonBody>,
     ) -> Result<Option<T>, Error> {
-        let started = Instant::now();
-        let result = self.send(method, path, token, body).await;
-        let status = match &result {
-            Ok((code, _)) => code.as_u16().to_string(),
-            Err(e) => e.class().to_owned(),
-        };
-        metrics::openbao_request(op.as_str(), &status, started.elapsed());
-        let (code, bytes) = result?;
+        let nodes = self.nodes();
+        self.call_on(&nodes, op, method, path, token, body).await
+    }
+
+    /// `call` against a given node set (a reload's candidate before it is installed).
+    pub(crate) async fn call_on<T: DeserializeOwned>(
+        &self,
+        nodes: &Nodes,
+        op: Operation,
+        method: Method,
+        path: &str,
+        token: Option<&SecretString>,
+        body: Option<JsonBody>,
+    ) -> Result<Option<T>, Error> {
+        let (code, bytes) = self
+            .failover(nodes, op, &method, path, token, body.as_ref(), false)
+            .await?;
         if code == StatusCode::NO_CONTENT || bytes.is_empty() {
             return Ok(None);
         }
@@ -127,98 +210,222 @@ impl Http {
             .map_err(|e| Error::Protocol(format!("{} {path}: {e}", op.as_str())))
     }
 
-    /// Like `call`, but any HTTP status is returned rather than turned into an error (sys/health).
+    /// Like `call`, but any HTTP status of the preferred node is returned rather than turned
+    /// into an error (sys/health).
     pub(crate) async fn status_of(&self, op: Operation, path: &str) -> Result<u16, Error> {
-        let started = Instant::now();
-        let url = self.url(path)?;
-        let sent = self
-            .client()
-            .get(url)
-            .timeout(self.timeout)
-            .send()
-            .await
-            .map_err(|e| transport_error(e, self.timeout));
-        let status = match &sent {
-            Ok(r) => r.status().as_u16().to_string(),
-            Err(e) => e.class().to_owned(),
-        };
-        metrics::openbao_request(op.as_str(), &status, started.elapsed());
-        Ok(sent?.status().as_u16())
+        let nodes = self.nodes();
+        let (code, _) = self
+            .failover(&nodes, op, &Method::GET, path, None, None, true)
+            .await?;
+        Ok(code.as_u16())
     }
 
-    fn url(&self, path: &str) -> Result<Url, Error> {
-        self.base
-            .join(&format!("v1/{}", path.trim_start_matches('/')))
-            .map_err(|e| Error::Protocol(format!("bad request path {path:?}: {e}")))
-    }
-
-    async fn send(
+    /// Tries the preferred node, then the others, on transient failures; then once more after
+    /// a short jitter if time is left. Follows a redirect only to a configured node. Nothing
+    /// runs past the call's deadline.
+    #[allow(clippy::too_many_arguments)]
+    async fn failover(
         &self,
-        method: Method,
+        nodes: &Nodes,
+        op: Operation,
+        method: &Method,
         path: &str,
         token: Option<&SecretString>,
-        body: Option<JsonBody>,
+        body: Option<&JsonBody>,
+        any_status: bool,
     ) -> Result<(StatusCode, Zeroizing<Vec<u8>>), Error> {
-        let mut req = self
-            .client()
-            .request(method, self.url(path)?)
-            .timeout(self.timeout);
-        if let Some(ns) = &self.namespace {
-            req = req.header("X-Vault-Namespace", ns);
+        let started = Instant::now();
+        let deadline = crate::deadline::current_or(self.default_budget);
+        let count = nodes.nodes.len().max(1);
+        let mut index = self.preferred.load(Ordering::Relaxed) % count;
+        let mut last: Option<Error> = None;
+        // Every node once, then one jittered retry; redirects to configured nodes do not count
+        // as failures but are limited to two hops.
+        let (mut failures, mut hops, mut jittered) = (0, 0, false);
+        while failures <= count {
+            if failures == count && !jittered {
+                jittered = true;
+                let jitter = Duration::from_millis(rand::thread_rng().gen_range(RETRY_JITTER_MS));
+                if Instant::now() + jitter + MIN_ATTEMPT >= deadline {
+                    break;
+                }
+                tokio::time::sleep(jitter).await;
+                index = self.preferred.load(Ordering::Relaxed) % count;
+            }
+            let now = Instant::now();
+            if now + MIN_ATTEMPT > deadline {
+                break;
+            }
+            let Some(node) = nodes.nodes.get(index) else {
+                break;
+            };
+            let attempt_deadline = deadline.min(now + nodes.timeout);
+            let attempt_started = Instant::now();
+            let result = self
+                .attempt(nodes, node, method, path, token, body, attempt_deadline)
+                .await;
+            let result = match result {
+                Ok(Attempt::Done(code, bytes)) if any_status => Ok((code, bytes)),
+                Ok(Attempt::Done(code, bytes)) => classify(code, bytes),
+                Ok(Attempt::Redirect(location)) => {
+                    metrics::openbao_request(op.as_str(), "307", attempt_started.elapsed());
+                    match nodes.by_origin(&location) {
+                        Some(next) if hops < 2 => {
+                            tracing::debug!(operation = op.as_str(), from = %node.url, to = %location.origin().ascii_serialization(), "following a redirect to a configured node");
+                            hops += 1;
+                            index = next;
+                            continue;
+                        }
+                        _ => {
+                            tracing::warn!(operation = op.as_str(), node = %node.url, location = %location.origin().ascii_serialization(), "OpenBao redirected to an origin that is not a configured node; refused");
+                            return Err(Error::RedirectRefused(
+                                location.origin().ascii_serialization(),
+                            ));
+                        }
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            let label = match &result {
+                Ok((code, _)) => code.as_u16().to_string(),
+                Err(Error::Server { status, .. }) => status.to_string(),
+                Err(e) => e.class().to_owned(),
+            };
+            metrics::openbao_request(op.as_str(), &label, attempt_started.elapsed());
+            match result {
+                Ok(ok) => {
+                    if self.preferred.swap(index, Ordering::Relaxed) % count != index && count > 1 {
+                        tracing::info!(node = %node.url, "OpenBao node answered; using it from now on");
+                    }
+                    return Ok(ok);
+                }
+                Err(e) if e.is_transient() => {
+                    tracing::debug!(operation = op.as_str(), node = %node.url, error = %e, "OpenBao request failed; trying the next node");
+                    last = Some(e);
+                    index = (index + 1) % count;
+                    failures += 1;
+                }
+                Err(e) => return Err(e),
+            }
         }
-        if let Some(token) = token {
-            // The header shares a wiped-on-drop buffer instead of copying the token.
-            let shared =
-                bytes::Bytes::from_owner(Zeroizing::new(token.expose_secret().as_bytes().to_vec()));
-            let mut value =
-                reqwest::header::HeaderValue::from_maybe_shared(shared).map_err(|_| {
-                    Error::NoToken("token holds characters not allowed in a header".into())
-                })?;
-            value.set_sensitive(true);
-            req = req.header("X-Vault-Token", value);
+        Err(last.unwrap_or(Error::Timeout(started.elapsed())))
+    }
+
+    /// One request to one node, bounded by `deadline`, holding one of `max_connections` permits.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt(
+        &self,
+        nodes: &Nodes,
+        node: &Node,
+        method: &Method,
+        path: &str,
+        token: Option<&SecretString>,
+        body: Option<&JsonBody>,
+        deadline: Instant,
+    ) -> Result<Attempt, Error> {
+        let started = Instant::now();
+        let _permit = match tokio::time::timeout_at(deadline.into(), self.permits.acquire()).await {
+            Ok(Ok(p)) => p,
+            _ => return Err(Error::Overloaded(self.max_connections)),
+        };
+        let send = send(nodes, node, method, path, token, body);
+        // reqwest's own timeout (openbao.timeout) also applies; this one is the call's budget.
+        match tokio::time::timeout_at(deadline.into(), send).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout(started.elapsed())),
         }
-        if let Some(body) = body {
-            req = req
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.into_body());
-        }
-        let mut resp = req
-            .send()
-            .await
-            .map_err(|e| transport_error(e, self.timeout))?;
-        let status = resp.status();
-        let mut buf = Zeroizing::new(Vec::new());
-        read_capped(&mut resp, MAX_RESPONSE_BYTES, &mut buf)
-            .await
-            .map_err(|e| match e {
-                ReadError::TooLarge => Error::ResponseTooLarge(MAX_RESPONSE_BYTES),
-                ReadError::Transport(e) => transport_error(e, self.timeout),
-            })?;
-        if status.is_success() {
-            return Ok((status, buf));
-        }
-        let message = error_messages(&buf);
-        Err(match status.as_u16() {
-            400 => Error::BadRequest(message),
-            403 => Error::PermissionDenied(message),
-            404 => Error::NotFound(message),
-            429 => Error::RateLimited,
-            503 => Error::Sealed,
-            code => Error::Server {
-                status: code,
-                message,
-            },
-        })
     }
 }
 
-fn build_client(settings: &OpenBaoSettings, auth: &AuthSettings) -> Result<reqwest::Client, Error> {
-    let tls = from_settings(settings, auth)?;
+async fn send(
+    nodes: &Nodes,
+    node: &Node,
+    method: &Method,
+    path: &str,
+    token: Option<&SecretString>,
+    body: Option<&JsonBody>,
+) -> Result<Attempt, Error> {
+    let url = node
+        .url
+        .join(&format!("v1/{}", path.trim_start_matches('/')))
+        .map_err(|e| Error::Protocol(format!("bad request path {path:?}: {e}")))?;
+    let mut req = node.client.request(method.clone(), url.clone());
+    if let Some(ns) = &nodes.namespace {
+        req = req.header("X-Vault-Namespace", ns);
+    }
+    if let Some(token) = token {
+        // The header shares a wiped-on-drop buffer instead of copying the token.
+        let shared =
+            bytes::Bytes::from_owner(Zeroizing::new(token.expose_secret().as_bytes().to_vec()));
+        let mut value = reqwest::header::HeaderValue::from_maybe_shared(shared)
+            .map_err(|_| Error::NoToken("token holds characters not allowed in a header".into()))?;
+        value.set_sensitive(true);
+        req = req.header("X-Vault-Token", value);
+    }
+    if let Some(body) = body {
+        req = req
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_body());
+    }
+    let fail = |e| transport_error(e, nodes.timeout);
+    let mut resp = req.send().await.map_err(fail)?;
+    let status = resp.status();
+    if status.is_redirection() {
+        let location = resp
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| url.join(v).ok())
+            .ok_or_else(|| {
+                Error::Protocol(format!("redirect {status} without a usable Location"))
+            })?;
+        return Ok(Attempt::Redirect(location));
+    }
+    let mut buf = Zeroizing::new(Vec::new());
+    read_capped(&mut resp, MAX_RESPONSE_BYTES, &mut buf)
+        .await
+        .map_err(|e| match e {
+            ReadError::TooLarge => Error::ResponseTooLarge(MAX_RESPONSE_BYTES),
+            ReadError::Transport(e) => fail(e),
+        })?;
+    Ok(Attempt::Done(status, buf))
+}
+
+/// A finished HTTP exchange as a result: 2xx is data, everything else a typed error.
+fn classify(
+    status: StatusCode,
+    buf: Zeroizing<Vec<u8>>,
+) -> Result<(StatusCode, Zeroizing<Vec<u8>>), Error> {
+    if status.is_success() {
+        return Ok((status, buf));
+    }
+    let message = error_messages(&buf);
+    Err(match status.as_u16() {
+        400 => Error::BadRequest(message),
+        403 => Error::PermissionDenied(message),
+        404 => Error::NotFound(message),
+        429 => Error::RateLimited,
+        503 => Error::Sealed,
+        code => Error::Server {
+            status: code,
+            message,
+        },
+    })
+}
+
+/// Redirects are never followed by the HTTP library: `failover` decides, and only towards a
+/// configured node. With https addresses the client refuses plain http outright.
+fn build_client(
+    settings: &OpenBaoSettings,
+    tls: rustls::ClientConfig,
+) -> Result<reqwest::Client, Error> {
     reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .timeout(settings.timeout)
         .connect_timeout(settings.timeout)
-        .redirect(reqwest::redirect::Policy::limited(2))
+        .redirect(reqwest::redirect::Policy::none())
+        .https_only(settings.address.scheme() == "https")
+        .pool_max_idle_per_host(settings.max_connections)
         .no_proxy()
         .user_agent(concat!("bao-kms-provider/", env!("CARGO_PKG_VERSION")))
         .build()
@@ -232,7 +439,14 @@ fn transport_error(e: reqwest::Error, timeout: Duration) -> Error {
     if e.is_timeout() {
         return Error::Timeout(timeout);
     }
-    Error::Unreachable(crate::support::error_chain(&e))
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    Error::Unreachable(msg)
 }
 
 /// A handshake that failed because the token could not sign is a token problem, not an

@@ -20,8 +20,10 @@ pub(crate) use http::Operation;
 pub(crate) use pkcs11::{inspect as inspect_pkcs11_key, Pkcs11Error};
 pub(crate) use transit::{ciphertext_version, KeyMetadata, KeysConfig, MountInfo, ServerHealth};
 
+use std::sync::Arc;
+
 use auth::{Auth, Token};
-use http::{Http, JsonBody};
+use http::{Http, JsonBody, Nodes};
 use transit::{DataBody, DecryptData, EncryptData, RawKey};
 
 use crate::config::{AuthSettings, OpenBaoSettings, TransitSettings};
@@ -89,42 +91,64 @@ pub(crate) fn fuzz_decoders(body: &[u8]) {
     }
 }
 
+/// The `[openbao]` settings a reload applies: addresses, TLS and the request timeout from `new`;
+/// identity (instance_id, namespace) and the connection cap stay as they run.
+pub(crate) fn reloadable(running: &OpenBaoSettings, new: &OpenBaoSettings) -> OpenBaoSettings {
+    OpenBaoSettings {
+        instance_id: running.instance_id.clone(),
+        namespace: running.namespace.clone(),
+        max_connections: running.max_connections,
+        ..new.clone()
+    }
+}
+
 /// A Transit encryption result: the ciphertext as OpenBao returns it and the version it used.
 #[derive(Debug, Clone)]
 pub(crate) struct Encrypted {
     pub(crate) ciphertext: String,
 }
 
-/// Client for one OpenBao instance and one Transit key.
+/// Client for one OpenBao cluster (one or more nodes) and one Transit key.
 pub(crate) struct Client {
-    http: Http,
-    auth: Auth,
+    http: Arc<Http>,
+    auth: Arc<Auth>,
     mount: String,
     key: String,
 }
 
 impl Client {
+    /// `budget` bounds requests made outside a KMS call (probe loop, logins, CLI); inside one,
+    /// the call's own deadline (`crate::deadline`) applies.
     pub(crate) fn new(
         openbao: &OpenBaoSettings,
         auth: &AuthSettings,
         transit: &TransitSettings,
+        budget: std::time::Duration,
     ) -> Result<Self, Error> {
         Ok(Self {
-            http: Http::new(openbao, auth)?,
-            auth: Auth::new(auth.clone()),
+            http: Arc::new(Http::new(openbao, auth, budget)?),
+            auth: Arc::new(Auth::new(auth.clone())),
             mount: transit.mount_path.clone(),
             key: transit.key_name.clone(),
         })
     }
 
-    /// SIGHUP: re-read TLS files and auth settings; the next login re-reads the JWT.
+    /// SIGHUP, all or nothing: builds the node clients (CA, client certificate, addresses) and
+    /// logs in with the new credentials on the side, and only then swaps both in. On any error
+    /// nothing changed and the previous client and token stay in use.
     pub(crate) async fn reload(
         &self,
         openbao: &OpenBaoSettings,
         auth: &AuthSettings,
     ) -> Result<(), Error> {
-        self.http.reload(openbao, auth)?;
-        self.auth.set_settings(auth.clone()).await;
+        let nodes = Nodes::build(openbao, auth)?;
+        let token = auth::login_with(&self.http, &nodes, auth, 0).await?;
+        self.http.install(nodes);
+        self.auth.install(auth.clone(), token);
+        tracing::info!(
+            method = auth.method_name(),
+            "logged in to OpenBao with the reloaded configuration"
+        );
         Ok(())
     }
 
@@ -134,15 +158,16 @@ impl Client {
         Ok(self.auth.token(&self.http).await?.remaining())
     }
 
-    /// Forces a fresh login now, re-reading the credential files (SIGHUP). On failure the
-    /// previous token stays in use.
+    /// Forces a fresh login now, re-reading the credential files. On failure the previous
+    /// token stays in use.
     pub(crate) async fn login(&self) -> Result<(), Error> {
-        let seen = self.auth.generation().await;
-        self.auth.relogin(&self.http, seen).await.map(|_| ())
+        self.auth.relogin(&self.http).await.map(|_| ())
     }
 
     /// Runs `op` with a token; on 403 logs in once more and retries, since the token may have
-    /// been revoked or expired early. `body` is serialised for each attempt, into a wiped buffer.
+    /// been revoked or expired early. A token that keeps getting 403 (a policy change) is not
+    /// replaced more than once per 30 s, however many calls fail. `body` is serialised once, into
+    /// a wiped buffer that both attempts share.
     async fn authed<T>(
         &self,
         operation: Operation,
@@ -153,7 +178,7 @@ impl Client {
     where
         T: serde::de::DeserializeOwned,
     {
-        let json = |b: Option<&(dyn erased::Body + Sync)>| b.map(|b| b.json()).transpose();
+        let body = body.map(|b| b.json()).transpose()?;
         let token: Token = self.auth.token(&self.http).await?;
         match self
             .http
@@ -162,18 +187,21 @@ impl Client {
                 method.clone(),
                 path,
                 Some(&token.secret),
-                json(body)?,
+                body.clone(),
             )
             .await
         {
             Err(Error::PermissionDenied(msg)) => {
-                tracing::info!(operation = operation.as_str(), reason = %msg, "403 from OpenBao; logging in again and retrying once");
-                let fresh = self
+                let Some(fresh) = self
                     .auth
-                    .relogin(&self.http, Some(token.generation))
-                    .await?;
+                    .relogin_after_denial(&self.http, token.generation)
+                    .await
+                else {
+                    return Err(Error::PermissionDenied(msg));
+                };
+                tracing::info!(operation = operation.as_str(), reason = %msg, "403 from OpenBao; logging in again and retrying once");
                 self.http
-                    .call(operation, method, path, Some(&fresh.secret), json(body)?)
+                    .call(operation, method, path, Some(&fresh?.secret), body)
                     .await
             }
             other => other,

@@ -26,6 +26,29 @@ pub(crate) fn from_settings(
     openbao: &crate::config::OpenBaoSettings,
     auth: &crate::config::AuthSettings,
 ) -> Result<rustls::ClientConfig, Error> {
+    for_node(openbao, openbao.tls_server_name.as_deref(), auth)
+}
+
+/// The TLS config for one node: the shared CA and client certificate (or token-held key), the
+/// node's own name.
+pub(crate) fn for_node(
+    openbao: &crate::config::OpenBaoSettings,
+    server_name: Option<&str>,
+    auth: &crate::config::AuthSettings,
+) -> Result<rustls::ClientConfig, Error> {
+    let mut configs = for_names(openbao, &[server_name], auth)?;
+    configs
+        .pop()
+        .ok_or_else(|| Error::Tls("no TLS configuration built".into()))
+}
+
+/// One TLS config per name, sharing one client identity: a key on a PKCS#11 token is opened
+/// once however many OpenBao nodes there are.
+pub(crate) fn for_names(
+    openbao: &crate::config::OpenBaoSettings,
+    names: &[Option<&str>],
+    auth: &crate::config::AuthSettings,
+) -> Result<Vec<rustls::ClientConfig>, Error> {
     use crate::config::{AuthSettings, ClientKey};
     let (client_cert, client_resolver) = match auth {
         AuthSettings::Cert {
@@ -47,12 +70,17 @@ pub(crate) fn from_settings(
         ),
         _ => (None, None),
     };
-    client_config(&TlsFiles {
-        ca_file: openbao.ca_file.as_deref(),
-        server_name: openbao.tls_server_name.as_deref(),
-        client_cert,
-        client_resolver,
-    })
+    names
+        .iter()
+        .map(|server_name| {
+            client_config(&TlsFiles {
+                ca_file: openbao.ca_file.as_deref(),
+                server_name: *server_name,
+                client_cert,
+                client_resolver: client_resolver.clone(),
+            })
+        })
+        .collect()
 }
 
 pub(crate) fn client_config(files: &TlsFiles<'_>) -> Result<rustls::ClientConfig, Error> {

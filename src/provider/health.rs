@@ -8,9 +8,10 @@ use crate::keys::Refusal;
 use crate::openbao;
 
 /// Whether a snapshot that is `Degraded` (serving, with warnings) counts as healthy for Status,
-/// `/readyz`, READY=1 and the `healthy` gauge. Today a warning makes Status not ok, so the
-/// operator sees it where the apiserver reports KMS health; this is the one line to change.
-const DEGRADED_IS_HEALTHY: bool = false;
+/// `/readyz`, READY=1 and the `healthy` gauge. It does: a warning (e.g. min_decryption_version)
+/// goes to metrics (`openbao_kms_key_warnings`), the journal and `doctor`, never to healthz, so
+/// it cannot turn every API server's KMS health not ok at once.
+const DEGRADED_IS_HEALTHY: bool = true;
 
 /// Why one probe failed; the snapshot keeps the last one until a probe succeeds again.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,8 @@ pub(crate) enum NotOk {
     Stale(Duration),
     NoMetadata,
     WaitingForDeepProbe,
+    /// Restarted with a key registry: Status serves the saved key_id until a probe succeeds.
+    WaitingForOpenBao(Option<Arc<ProbeError>>),
 }
 
 impl fmt::Display for NotOk {
@@ -57,6 +60,10 @@ impl fmt::Display for NotOk {
             Self::Stale(age) => write!(f, "key metadata is stale ({}s old)", age.as_secs()),
             Self::NoMetadata => f.write_str("no key metadata yet"),
             Self::WaitingForDeepProbe => f.write_str("waiting for the first encrypt/decrypt probe"),
+            Self::WaitingForOpenBao(Some(p)) => write!(f, "waiting for OpenBao: {p}"),
+            Self::WaitingForOpenBao(None) => {
+                f.write_str("waiting for OpenBao: the first key metadata probe has not finished")
+            }
         }
     }
 }
@@ -68,6 +75,10 @@ pub(crate) enum Health {
     /// Serving, but something the operator must see (e.g. min_decryption_version blocks
     /// retained versions). Never empty.
     Degraded(Vec<String>),
+    /// Serving, but this host has a fault of its own that its Status must name (the key
+    /// registry cannot be saved: promotions wait, a restart forgets what was not saved).
+    /// Unlike a key warning it is local to one host, so it cannot flip every API server at once.
+    Impaired(String),
     NotOk(NotOk),
 }
 
@@ -79,6 +90,7 @@ impl Health {
             Self::Ok => Ok(()),
             Self::Degraded(_) if DEGRADED_IS_HEALTHY => Ok(()),
             Self::Degraded(warnings) => Err(warnings.first().cloned().unwrap_or_default()),
+            Self::Impaired(reason) => Err(reason.clone()),
             Self::NotOk(reason) => Err(reason.to_string()),
         }
     }
@@ -93,10 +105,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn warnings_make_status_not_ok_today() {
+    fn warnings_do_not_make_status_not_ok() {
         let h = Health::Degraded(vec!["min_decryption_version blocks v1".into()]);
-        assert_eq!(h.verdict(), Err("min_decryption_version blocks v1".into()));
+        assert_eq!(h.verdict(), Ok(()));
         assert!(Health::Ok.is_healthy());
+        let unsaved = Health::Impaired("key registry not saved".into());
+        assert_eq!(unsaved.verdict(), Err("key registry not saved".into()));
         let stale = Health::NotOk(NotOk::Stale(Duration::from_secs(7)));
         assert_eq!(
             stale.verdict(),

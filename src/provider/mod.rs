@@ -29,6 +29,9 @@ pub(crate) struct Provider {
     status: StatusSettings,
     registry: Mutex<Registries>,
     store: Store,
+    /// When key metadata was last re-read for an unknown key_id (one at a time, at most once a
+    /// second, so junk key_ids cannot turn into a flood of OpenBao reads).
+    refreshed: Mutex<Option<std::time::Instant>>,
     snapshot: watch::Sender<Arc<Snapshot>>,
 }
 
@@ -53,9 +56,12 @@ impl Provider {
             identity,
             rotation: translate::promotion(settings),
             status: settings.status.clone(),
-            // Known key_ids decrypt from the first request on, even before OpenBao answers a probe.
+            // Known key_ids decrypt from the first request on, and Status reports the saved active
+            // key_id, even before OpenBao answers a probe (a restart during an outage must not
+            // make kube-apiserver stop writing).
             snapshot: watch::channel(Arc::new(Snapshot {
                 known: known_keys(&registry),
+                active: registry.active().map(|r| (r.version, r.key_id.clone())),
                 ..Snapshot::default()
             }))
             .0,
@@ -65,6 +71,7 @@ impl Provider {
                 degraded: unwritable.is_some(),
             }),
             store,
+            refreshed: Mutex::new(None),
         };
         Ok(provider)
     }
@@ -78,7 +85,8 @@ impl Provider {
     }
 
     pub(crate) fn health(&self) -> Health {
-        self.snapshot().health(self.status.max_staleness)
+        self.snapshot()
+            .health(self.status.max_staleness, self.status.unhealthy_after.get())
     }
 
     /// Whether the provider can do its job (Status, Encrypt, Decrypt), even when degraded by a
@@ -87,8 +95,36 @@ impl Provider {
         !matches!(self.health(), Health::NotOk(_))
     }
 
-    pub(crate) fn max_staleness(&self) -> Duration {
-        self.status.max_staleness
+    /// True when the key registry gave an active key_id at start: Status can be served at once.
+    pub(crate) fn serves_from_registry(&self) -> bool {
+        self.snapshot().active.is_some()
+    }
+
+    /// Before the first successful probe after a restart, Encrypt waits this long (within the
+    /// call's budget) for the probe, then fails Unavailable.
+    const FIRST_PROBE_WAIT: Duration = Duration::from_secs(1);
+
+    /// Waits (bounded) while Status is served from the registry and the first probe has not
+    /// finished; `Unavailable` when OpenBao has not answered.
+    async fn wait_first_probe(&self) -> Result<(), KmsError> {
+        let mut rx = self.snapshot.subscribe();
+        let done = |s: &Arc<Snapshot>| !s.waiting_for_openbao() || s.problem.is_some();
+        let bound = Self::FIRST_PROBE_WAIT.min(
+            crate::deadline::current_or(Self::FIRST_PROBE_WAIT)
+                .saturating_duration_since(std::time::Instant::now())
+                / 2,
+        );
+        let _ = tokio::time::timeout(bound, rx.wait_for(done)).await;
+        let snap = self.snapshot();
+        if snap.waiting_for_openbao() {
+            return Err(KmsError::Unavailable(
+                snap.health(self.status.max_staleness, self.status.unhealthy_after.get())
+                    .verdict()
+                    .err()
+                    .unwrap_or_else(|| "waiting for OpenBao".into()),
+            ));
+        }
+        Ok(())
     }
 
     /// The key_id Status currently reports (empty before the first probe).
@@ -141,7 +177,10 @@ impl KeyService for Provider {
     fn status(&self) -> StatusReply {
         let snap = self.snapshot();
         StatusReply {
-            healthz: match snap.health(self.status.max_staleness).verdict() {
+            healthz: match snap
+                .health(self.status.max_staleness, self.status.unhealthy_after.get())
+                .verdict()
+            {
                 Ok(()) => "ok".to_owned(),
                 Err(reason) => reason,
             },
@@ -151,6 +190,7 @@ impl KeyService for Provider {
 
     /// `plaintext` is within the KMS limits (checked by `kms`).
     async fn encrypt(&self, plaintext: &[u8]) -> Result<EncryptReply, KmsError> {
+        self.wait_first_probe().await?;
         let snap = self.snapshot();
         let (version, key_id) = snap
             .active
@@ -180,12 +220,7 @@ impl KeyService for Provider {
     /// `input` is within the KMS size limits (checked by `kms`).
     async fn decrypt(&self, input: DecryptInput) -> Result<Zeroizing<Vec<u8>>, KmsError> {
         let invalid = |m: String| Err(KmsError::InvalidArgument(m));
-        let known = self
-            .snapshot()
-            .known
-            .get(&input.key_id)
-            .cloned()
-            .ok_or(KmsError::UnknownKeyId)?;
+        let known = self.known_or_refresh(&input.key_id).await?;
         if input.claimed_key_version()? != Some(known.version) {
             return invalid(format!(
                 "annotation {} does not match the key_id",

@@ -15,6 +15,12 @@ use crate::telemetry::metrics;
 /// After a failure, probe again soon (but not in a tight loop) so recovery shows quickly.
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 
+/// Shortest delay between probes after a failure while serving.
+const MIN_RETRY: Duration = Duration::from_millis(100);
+
+/// Unknown key_ids re-read key metadata at most this often.
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
+
 impl Provider {
     /// Runs probes until `shutdown` resolves. `heartbeat` is called after every probe attempt,
     /// so the watchdog and /livez see that this loop is alive.
@@ -36,6 +42,11 @@ impl Provider {
                     retry = FIRST_RETRY;
                     self.status.probe_interval
                 }
+                Err(_) if self.snapshot().age().is_some() => {
+                    // Serving with fresh metadata: `unhealthy_after` failures take about one
+                    // probe interval, so a blip does not flip Status but an outage shows.
+                    (self.status.probe_interval / self.status.unhealthy_after.get()).max(MIN_RETRY)
+                }
                 Err(_) => {
                     let d = retry.min(self.status.probe_interval);
                     retry = (retry * 2).min(self.status.probe_interval);
@@ -50,14 +61,50 @@ impl Provider {
         }
     }
 
+    /// The version behind `key_id`. A key_id this host has not seen may come from another host
+    /// that already promoted a version this one has not read yet: key metadata is read once
+    /// more before answering NotFound.
+    pub(super) async fn known_or_refresh(
+        &self,
+        key_id: &str,
+    ) -> Result<super::KnownKey, crate::kms::KmsError> {
+        if let Some(k) = self.snapshot().known.get(key_id) {
+            return Ok(k.clone());
+        }
+        {
+            let mut last = self.refreshed.lock().await;
+            // Another caller may have refreshed while this one waited for the lock.
+            if let Some(k) = self.snapshot().known.get(key_id) {
+                return Ok(k.clone());
+            }
+            if last.is_none_or(|t| t.elapsed() >= REFRESH_EVERY) {
+                *last = Some(Instant::now());
+                tracing::info!(
+                    key_id,
+                    "Decrypt for a key_id not seen yet; reading key metadata once more"
+                );
+                let _ = self.probe_once(false).await;
+            }
+        }
+        self.snapshot()
+            .known
+            .get(key_id)
+            .cloned()
+            .ok_or(crate::kms::KmsError::UnknownKeyId)
+    }
+
     /// One probe. Returns whether a deep probe ran; `Err` when anything failed (recorded in the snapshot).
     async fn probe_once(&self, deep_due: bool) -> Result<bool, Arc<ProbeError>> {
         match self.try_probe(deep_due).await {
             Ok(did_deep) => Ok(did_deep),
             Err(reason) => {
                 let reason = Arc::new(reason);
-                tracing::warn!(reason = %reason, "probe failed; Status reports not ok");
-                self.update(|s| s.problem = Some(reason.clone()));
+                let failures = self.snapshot().failures.saturating_add(1);
+                tracing::warn!(reason = %reason, failures, unhealthy_after = self.status.unhealthy_after.get(), "probe failed");
+                self.update(|s| {
+                    s.problem = Some(reason.clone());
+                    s.failures = failures;
+                });
                 Err(reason)
             }
         }
@@ -73,7 +120,11 @@ impl Provider {
             Some(ttl) => metrics::token_ttl(ttl),
             None => metrics::token_never_expires(),
         }
-        let meta = self.client.read_key().await.map_err(ProbeError::ReadKey)?;
+        let meta = self.client.read_key().await.map_err(|e| match e.class() {
+            // A refused or impossible login is the reason, whatever request met it.
+            "auth" | "local_setup" => ProbeError::Login(e),
+            _ => ProbeError::ReadKey(e),
+        })?;
         if meta.key_type != openbao::contract::KEY_PROFILE.key_type {
             return Err(ProbeError::WrongKeyType {
                 found: meta.key_type.clone(),
@@ -102,18 +153,27 @@ impl Provider {
             (regs.current.clone(), active, changed, unsaved)
         };
         let blocked = registry.blocked_by_min_decryption(&observation);
-        let mut warnings: Vec<String> = if blocked.is_empty() {
-            Vec::new()
-        } else {
+        let mut warnings: Vec<String> = Vec::new();
+        if !blocked.is_empty() {
             let names: Vec<String> = blocked.iter().map(|v| format!("v{v}")).collect();
-            vec![format!(
+            warnings.push(format!(
                 "Transit min_decryption_version {} (or trimming) blocks retained key versions {}; data written with them cannot be read",
                 meta.min_decryption_version,
                 names.join(", ")
-            )]
-        };
+            ));
+        } else if meta.min_decryption_version > 1 {
+            warnings.push(format!(
+                "Transit min_decryption_version is {}: data written with older versions (before this provider adopted the key) cannot be read",
+                meta.min_decryption_version
+            ));
+        }
+        metrics::warnings(warnings.len());
         metrics::registry_unsaved(unsaved.is_some());
-        warnings.extend(unsaved);
+        if warnings != self.snapshot().warnings {
+            for w in &warnings {
+                tracing::warn!(warning = %w, "key warning (serving continues; see `doctor`)");
+            }
+        }
         metrics::key_version(active.0);
         metrics::active_key_id(&short_hash(&active.1));
 
@@ -132,7 +192,9 @@ impl Provider {
                 s.deep_ok_at = deep_ok;
             }
             s.problem = None;
+            s.failures = 0;
             s.warnings = warnings;
+            s.registry_fault = unsaved;
         });
         Ok(did_deep)
     }

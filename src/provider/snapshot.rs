@@ -25,17 +25,30 @@ pub(crate) struct Snapshot {
     pub(crate) problem: Option<Arc<ProbeError>>,
     /// Conditions that do not stop serving but must be seen (e.g. min_decryption_version).
     pub(crate) warnings: Vec<String>,
+    /// Why the key registry cannot be saved on this host (full or read-only state directory);
+    /// Status names it while serving goes on.
+    pub(crate) registry_fault: Option<String>,
+    /// Consecutive failed probes; Status turns not ok at `status.unhealthy_after`.
+    pub(crate) failures: u32,
 }
 
 impl Snapshot {
     /// What Status, `/readyz` and READY=1 make of this snapshot. A failure or stale metadata
     /// outranks warnings, so a warning never hides that the provider cannot serve.
-    pub(crate) fn health(&self, max_staleness: Duration) -> Health {
+    /// A failing probe counts only from `unhealthy_after` consecutive failures on, so one blip
+    /// does not turn every API server's KMS health not ok at the same moment.
+    pub(crate) fn health(&self, max_staleness: Duration, unhealthy_after: u32) -> Health {
         if self.active.is_none() {
             return Health::NotOk(NotOk::NoActiveKey(self.problem.clone()));
         }
+        if self.metadata_ok_at.is_none() {
+            // Serving the saved key_id from the key registry after a restart.
+            return Health::NotOk(NotOk::WaitingForOpenBao(self.problem.clone()));
+        }
         if let Some(p) = &self.problem {
-            return Health::NotOk(NotOk::Probe(p.clone()));
+            if self.failures >= unhealthy_after {
+                return Health::NotOk(NotOk::Probe(p.clone()));
+            }
         }
         match self.metadata_ok_at {
             Some(t) if t.elapsed() <= max_staleness => {}
@@ -45,7 +58,9 @@ impl Snapshot {
         if self.deep_ok_at.is_none() {
             return Health::NotOk(NotOk::WaitingForDeepProbe);
         }
-        if self.warnings.is_empty() {
+        if let Some(fault) = &self.registry_fault {
+            Health::Impaired(fault.clone())
+        } else if self.warnings.is_empty() {
             Health::Ok
         } else {
             Health::Degraded(self.warnings.clone())
@@ -55,6 +70,11 @@ impl Snapshot {
     /// The key_id Status reports and Encrypt uses, once a version is active.
     pub(crate) fn key_id(&self) -> Option<&str> {
         self.active.as_ref().map(|(_, id)| id.as_str())
+    }
+
+    /// Status is served from the saved key registry, no probe has succeeded yet.
+    pub(crate) fn waiting_for_openbao(&self) -> bool {
+        self.active.is_some() && self.metadata_ok_at.is_none()
     }
 
     pub(crate) fn age(&self) -> Option<Duration> {

@@ -41,22 +41,27 @@ impl From<openbao::Error> for KmsError {
     fn from(e: openbao::Error) -> Self {
         use openbao::Error as E;
         match e {
-            E::Unreachable(_) | E::Timeout(_) | E::Sealed | E::RateLimited | E::Server { .. } => {
-                Self::Unavailable(format!("OpenBao unavailable: {e}"))
-            }
+            E::Unreachable(_)
+            | E::Timeout(_)
+            | E::Sealed
+            | E::RateLimited
+            | E::Server { .. }
+            | E::Overloaded(_) => Self::Unavailable(format!("OpenBao unavailable: {e}")),
             // Wrong AAD or a tampered ciphertext: the caller's data is bad, not OpenBao.
             E::BadRequest(_) => Self::InvalidArgument(e.to_string()),
             E::PermissionDenied(_) => {
                 Self::PermissionDenied(format!("OpenBao permission denied: {e}"))
             }
-            E::NoToken(_) | E::Credential { .. } => {
+            E::NoToken(_) | E::Credential { .. } | E::LoginRefused(_) => {
                 Self::Unauthenticated(format!("OpenBao authentication failed: {e}"))
             }
             // The token may come back (re-inserted, unhung); the caller should retry.
             E::Pkcs11(_) => Self::Unavailable(format!("OpenBao unavailable: {e}")),
-            E::NotFound(_) | E::ResponseTooLarge(_) | E::Protocol(_) | E::Tls(_) => {
-                Self::Internal(e.to_string())
-            }
+            E::NotFound(_)
+            | E::ResponseTooLarge(_)
+            | E::Protocol(_)
+            | E::Tls(_)
+            | E::RedirectRefused(_) => Self::Internal(e.to_string()),
         }
     }
 }

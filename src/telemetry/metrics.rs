@@ -62,6 +62,7 @@ struct Metrics {
     logins: Family<MethodResult, Counter>,
     healthy: Gauge,
     registry_unsaved: Gauge,
+    warnings: Gauge,
 }
 
 fn buckets() -> impl Iterator<Item = f64> {
@@ -87,6 +88,7 @@ fn metrics() -> &'static Metrics {
             logins: Family::default(),
             healthy: Gauge::default(),
             registry_unsaved: Gauge::default(),
+            warnings: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -128,6 +130,11 @@ fn metrics() -> &'static Metrics {
             "token_ttl_seconds",
             "Remaining TTL of the OpenBao token, updated every probe; -1 when it never expires",
             m.token_ttl.clone(),
+        );
+        registry.register(
+            "key_warnings",
+            "Key conditions that do not stop serving but need an operator (e.g. min_decryption_version > 1); details in the log and `doctor`",
+            m.warnings.clone(),
         );
         registry.register(
             "auth_logins",
@@ -231,6 +238,10 @@ pub(crate) fn healthy(ok: bool) {
 
 pub(crate) fn registry_unsaved(unsaved: bool) {
     metrics().registry_unsaved.set(i64::from(unsaved));
+}
+
+pub(crate) fn warnings(count: usize) {
+    metrics().warnings.set(count as i64);
 }
 
 /// The Prometheus text exposition of every metric.

@@ -2,7 +2,9 @@
 //! and a TCP proxy to take OpenBao "down" without losing its in-memory state.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod etcd;
+pub mod faults;
 
 use std::io::Write;
 use std::net::TcpListener as StdListener;
@@ -431,7 +433,12 @@ impl Drop for Proxy {
 
 /// Options for a provider under test; `extra` is appended to the generated config.
 pub struct ProviderOptions {
+    /// A URL, or raw TOML for a list when it starts with `[` (`["http://a", "http://b"]`).
     pub address: String,
+    /// Extra lines for the [server] section (kms_timeout, max_concurrent_streams, ...).
+    pub server_extra: String,
+    /// Extra lines for the [status] section (unhealthy_after, ...).
+    pub status_extra: String,
     /// Extra lines for the [openbao] section (ca_file, tls_server_name, ...).
     pub openbao_extra: String,
     pub cluster_id: String,
@@ -445,17 +452,24 @@ pub struct ProviderOptions {
 
 impl ProviderOptions {
     pub fn new(bao: &Bao) -> Self {
+        let mut o = Self::with(&bao.addr, &bao.jwt_path());
+        if bao.addr.starts_with("https") {
+            o.openbao_extra = format!("ca_file = \"{}\"\n", bao.ca_file().display());
+        }
+        o
+    }
+
+    /// JWT auth with `jwt` against `address` (a URL, or a TOML list of URLs).
+    pub fn with(address: &str, jwt: &Path) -> Self {
         Self {
-            address: bao.addr.clone(),
-            openbao_extra: if bao.addr.starts_with("https") {
-                format!("ca_file = \"{}\"\n", bao.ca_file().display())
-            } else {
-                String::new()
-            },
+            address: address.to_owned(),
+            server_extra: String::new(),
+            status_extra: String::new(),
+            openbao_extra: String::new(),
             cluster_id: "test-cluster".into(),
             auth: format!(
                 "[auth]\nmethod = \"jwt\"\n[auth.jwt]\njwt_file = \"{}\"\n",
-                bao.jwt_path().display()
+                jwt.display()
             ),
             rotation: "[rotation]\nstable_observations = 1\nactivation_delay = \"0s\"\n".into(),
             state_dir: None,
@@ -486,20 +500,26 @@ impl Provider {
         health: u16,
     ) -> String {
         format!(
-            "[server]\nsocket_path = \"{}\"\nstate_dir = \"{}\"\ndrain_timeout = \"5s\"\n\
-             [openbao]\naddress = \"{}\"\ninstance_id = \"openbao-test\"\ntimeout = \"1s\"\n{}\
+            "[server]\nsocket_path = \"{}\"\nstate_dir = \"{}\"\ndrain_timeout = \"5s\"\n{}\
+             [openbao]\naddress = {}\ninstance_id = \"openbao-test\"\ntimeout = \"1s\"\n{}\
              {}\
              [transit.key_id_scope]\nprovider_name = \"openbao-kms\"\ncluster_id = \"{}\"\ntransit_mount_id = \"transit-test\"\nkey_lineage_id = \"lineage-1\"\n\
-             [status]\nprobe_interval = \"300ms\"\ndeep_probe_interval = \"1s\"\nmax_staleness = \"3s\"\n\
+             [status]\nprobe_interval = \"300ms\"\ndeep_probe_interval = \"1s\"\nmax_staleness = \"3s\"\n{}\
              {}\
              [log]\nlevel = \"debug\"\nformat = \"text\"\n\
              [telemetry]\nmetrics_address = \"127.0.0.1:{metrics}\"\nhealth_address = \"127.0.0.1:{health}\"\n{}",
             socket.display(),
             state_dir.display(),
-            o.address,
+            o.server_extra,
+            if o.address.trim_start().starts_with('[') {
+                o.address.clone()
+            } else {
+                format!("\"{}\"", o.address)
+            },
             o.openbao_extra,
             o.auth,
             o.cluster_id,
+            o.status_extra,
             o.rotation,
             o.extra
         )

@@ -318,7 +318,8 @@ def provider_config(openbao_address: str, *,
     """A provider config (TOML) for JWT auth against `openbao_address`. Paths are as seen by the
     provider (inside a container, or "%d/NAME" for a systemd credential). Telemetry listeners
     are off by default because containers share the host's network (and ports). Rotation is
-    immediate (stable_observations = 1) so tests see a rotated key at once."""
+    fast (stable_observations = 1, activation_delay two probe intervals, the shortest
+    `check-config` accepts) so tests see a rotated key within seconds."""
     return f"""\
 [server]
 socket_path = "{socket_path}"
@@ -352,7 +353,7 @@ max_staleness = "{max_staleness}"
 
 [rotation]
 stable_observations = 1
-activation_delay = "0s"
+activation_delay = "2s"
 
 [log]
 level = "{log_level}"

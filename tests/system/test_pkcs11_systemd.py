@@ -207,7 +207,7 @@ def run_provider(c, bao: TlsBaoDevServer, token: SoftHsmToken, client_cert: Path
     deadline = time.monotonic() + 20
     while True:
         later = [str(e.get("MESSAGE")) for e in c.journal(unit=UNIT)[n:]]
-        if any(m == "reloaded credentials and configuration" for m in later):
+        if any(m == "reloaded: new OpenBao client and credentials in use" for m in later):
             break
         assert time.monotonic() < deadline, "\n".join(later)
         time.sleep(0.2)

@@ -385,7 +385,7 @@ def test_reload_rereads_the_jwt_file(host, bao):
     host.run(["chown", "root:openbao-kms", JWT])
     n = len(host.journal(unit=UNIT))
     host.systemctl("reload", UNIT)
-    wait_journal(host, r"^reload failed; keeping the previous configuration$", since_count=n)
+    wait_journal(host, r"^reload failed; the previous OpenBao client, credentials and token stay in use$", since_count=n)
     assert props(host)["ActiveState"] == "active"
     assert "result:   OK" in probe(host).stdout
 
@@ -393,7 +393,7 @@ def test_reload_rereads_the_jwt_file(host, bao):
     host.run(["chown", "root:openbao-kms", JWT])
     n = len(host.journal(unit=UNIT))
     host.systemctl("reload", UNIT)
-    wait_journal(host, r"^reloaded credentials and configuration$", since_count=n)
+    wait_journal(host, r"^reloaded: new OpenBao client and credentials in use$", since_count=n)
     later = [str(e.get("MESSAGE")) for e in host.journal(unit=UNIT)[n:]]
     notify = [m for m in later if "Got notification message" in m]
     reloading = next(i for i, m in enumerate(notify) if "RELOADING=1" in m)

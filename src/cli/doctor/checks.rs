@@ -15,7 +15,7 @@ pub(crate) async fn run(s: &Settings, r: &mut Report) {
     if !pkcs11_key(s, r) {
         return;
     }
-    let client = match Client::new(&s.openbao, &s.auth, &s.transit) {
+    let client = match Client::new(&s.openbao, &s.auth, &s.transit, s.server.kms_timeout) {
         Ok(c) => c,
         Err(e) => {
             r.fail("tls", e);
@@ -253,7 +253,17 @@ async fn key_profile(
         }
     };
     let problems = profile::problems(&meta, mount, key);
-    if problems.is_empty() {
+    if problems.is_empty() && meta.min_decryption_version > 1 {
+        // Serving works; the operator must still know that older data is unreadable.
+        r.warn(
+            "key-profile",
+            format!(
+                "{}; versions below {} cannot be decrypted: data written with them is unreadable",
+                profile::summary(&meta, mount, key),
+                meta.min_decryption_version
+            ),
+        );
+    } else if problems.is_empty() {
         r.ok("key-profile", profile::summary(&meta, mount, key));
     } else {
         r.fail(

@@ -1,0 +1,228 @@
+//! Faults made on the wire between the provider and a real OpenBao: a TCP proxy that can add
+//! latency to every answer, reset the next request's connection, answer the next request with
+//! a canned HTTP response (a 503, a redirect) instead of forwarding it, or refuse connections;
+//! and a canary listener that records whatever reaches it.
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Default)]
+struct Faults {
+    down: AtomicBool,
+    delay_ms: AtomicU64,
+    reset_next: AtomicBool,
+    canned_next: Mutex<Option<Vec<u8>>>,
+    /// Connections currently open through the proxy.
+    open: AtomicUsize,
+    /// Requests (client->server chunks that start with an HTTP method) seen.
+    requests: AtomicUsize,
+}
+
+pub struct FaultProxy {
+    pub port: u16,
+    faults: Arc<Faults>,
+    conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FaultProxy {
+    pub async fn start(target_port: u16) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy bind");
+        let port = listener.local_addr().expect("addr").port();
+        let faults: Arc<Faults> = Arc::default();
+        let conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let (f, c) = (faults.clone(), conns.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                if f.down.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let f = f.clone();
+                let h = tokio::spawn(async move {
+                    if let Ok(outbound) = TcpStream::connect(("127.0.0.1", target_port)).await {
+                        f.open.fetch_add(1, Ordering::SeqCst);
+                        pump(inbound, outbound, &f).await;
+                        f.open.fetch_sub(1, Ordering::SeqCst);
+                    }
+                });
+                let mut list = c.lock().expect("lock");
+                list.retain(|h| !h.is_finished());
+                list.push(h);
+            }
+        });
+        FaultProxy {
+            port,
+            faults,
+            conns,
+            task,
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Every answer from OpenBao reaches the client this much later.
+    pub fn set_delay(&self, d: Duration) {
+        self.faults
+            .delay_ms
+            .store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// The next request's connection is reset (RST) instead of forwarded.
+    pub fn reset_next(&self) {
+        self.faults.reset_next.store(true, Ordering::SeqCst);
+    }
+
+    /// The next request is answered with `response` (a full HTTP/1.1 response) and its
+    /// connection closed; OpenBao never sees it.
+    pub fn answer_next(&self, response: String) {
+        *self.faults.canned_next.lock().expect("lock") = Some(response.into_bytes());
+    }
+
+    pub fn canned_pending(&self) -> bool {
+        self.faults.canned_next.lock().expect("lock").is_some()
+    }
+
+    pub fn set_down(&self) {
+        self.faults.down.store(true, Ordering::SeqCst);
+        for h in self.conns.lock().expect("lock").drain(..) {
+            h.abort();
+        }
+    }
+
+    pub fn set_up(&self) {
+        self.faults.down.store(false, Ordering::SeqCst);
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.faults.open.load(Ordering::SeqCst)
+    }
+
+    pub fn requests(&self) -> usize {
+        self.faults.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.set_down();
+    }
+}
+
+async fn pump(inbound: TcpStream, outbound: TcpStream, f: &Arc<Faults>) {
+    let (mut in_r, in_w) = inbound.into_split();
+    let (mut out_r, mut out_w) = outbound.into_split();
+    let in_w = Arc::new(tokio::sync::Mutex::new(in_w));
+    let back = {
+        let (in_w, f) = (in_w.clone(), f.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = match out_r.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let delay = f.delay_ms.load(Ordering::SeqCst);
+                if delay > 0 {
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                }
+                if in_w.lock().await.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+            let _ = in_w.lock().await.shutdown().await;
+        })
+    };
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match in_r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if starts_request(&buf[..n]) {
+            f.requests.fetch_add(1, Ordering::SeqCst);
+            if f.reset_next.swap(false, Ordering::SeqCst) {
+                // Linger 0 makes the close an RST; with a zero timeout it never blocks.
+                #[allow(deprecated)]
+                let _ = in_r.as_ref().set_linger(Some(Duration::ZERO));
+                break;
+            }
+            let canned = f.canned_next.lock().expect("lock").take();
+            if let Some(resp) = canned {
+                let mut w = in_w.lock().await;
+                let _ = w.write_all(&resp).await;
+                let _ = w.shutdown().await;
+                break;
+            }
+        }
+        if out_w.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    back.abort();
+}
+
+fn starts_request(chunk: &[u8]) -> bool {
+    [&b"GET "[..], b"POST ", b"PUT ", b"LIST ", b"DELETE "]
+        .iter()
+        .any(|m| chunk.starts_with(m))
+}
+
+/// A listener that records every byte sent to it and never answers.
+pub struct Canary {
+    pub port: u16,
+    seen: Arc<Mutex<Vec<u8>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Canary {
+    pub async fn start() -> Canary {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("canary bind");
+        let port = listener.local_addr().expect("addr").port();
+        let seen: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let s = seen.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = sock.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        s.lock().expect("lock").extend_from_slice(&buf[..n]);
+                    }
+                });
+            }
+        });
+        Canary { port, seen, task }
+    }
+
+    pub fn seen(&self) -> Vec<u8> {
+        self.seen.lock().expect("lock").clone()
+    }
+}
+
+impl Drop for Canary {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A canned response: `status` line, extra headers, empty body, connection closed.
+pub fn http_response(status: &str, headers: &[(&str, String)]) -> String {
+    let mut r = format!("HTTP/1.1 {status}\r\n");
+    for (k, v) in headers {
+        r.push_str(&format!("{k}: {v}\r\n"));
+    }
+    r.push_str(
+        "Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+    );
+    r
+}

@@ -1,0 +1,331 @@
+//! Faults between the provider and a real OpenBao, made by a TCP proxy on the wire or on the
+//! server itself: redirects, resets and 503s, a slow OpenBao under concurrent load, revoked
+//! tokens and persistent 403s, a refused login. Each test prints a `FIGURES` line that
+//! docs/reliability.md quotes.
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bao_kms_provider::pb;
+use common::faults::{http_response, Canary, FaultProxy};
+use common::*;
+
+fn with_deadline<T>(msg: T, d: Duration) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(d);
+    r
+}
+
+async fn try_encrypt(p: &Provider) -> Result<pb::EncryptResponse, tonic::Status> {
+    p.client()
+        .await
+        .encrypt(with_deadline(
+            pb::EncryptRequest {
+                plaintext: vec![3; 32],
+                uid: "t".into(),
+            },
+            Duration::from_secs(3),
+        ))
+        .await
+        .map(|r| r.into_inner())
+}
+
+fn logins(p: &Provider) -> usize {
+    p.logs().matches("logged in to OpenBao").count()
+}
+
+#[tokio::test]
+async fn redirects_to_unconfigured_origins_are_refused_and_carry_nothing_there() {
+    let bao = Bao::start().await;
+    let proxy = FaultProxy::start(bao.port).await;
+    let canary = Canary::start().await;
+    let o = ProviderOptions::with(&proxy.addr(), &bao.jwt_path());
+    let p = Provider::start(&o).await;
+
+    // A 307 to another port of the same host: a different origin, not followed.
+    for location in [
+        format!(
+            "http://127.0.0.1:{}/v1/transit/encrypt/k8s-etcd",
+            canary.port
+        ),
+        // The same port with another scheme is another origin too (a downgrade when https).
+        format!(
+            "https://127.0.0.1:{}/v1/transit/encrypt/k8s-etcd",
+            proxy.port
+        ),
+    ] {
+        proxy.answer_next(http_response(
+            "307 Temporary Redirect",
+            &[("Location", location.clone())],
+        ));
+        let r = try_encrypt(&p).await;
+        let err = r.expect_err("a redirect to another origin must not be followed");
+        assert!(
+            err.message().contains("not a configured openbao.address"),
+            "{location}: {err:?}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        canary.seen().is_empty(),
+        "the other listener received {} bytes",
+        canary.seen().len()
+    );
+    assert!(try_encrypt(&p).await.is_ok(), "{}", p.logs());
+    eprintln!("FIGURES redirect: 2 refused redirects; canary received 0 bytes");
+}
+
+#[tokio::test]
+async fn a_redirect_to_a_configured_node_is_followed() {
+    let bao = Bao::start().await;
+    let standby = FaultProxy::start(bao.port).await;
+    let active = FaultProxy::start(bao.port).await;
+    let list = format!("[\"{}\", \"{}\"]", standby.addr(), active.addr());
+    let o = ProviderOptions::with(&list, &bao.jwt_path());
+    let p = Provider::start(&o).await;
+    let before = active.requests();
+    standby.answer_next(http_response(
+        "307 Temporary Redirect",
+        &[(
+            "Location",
+            format!("{}/v1/transit/encrypt/k8s-etcd", active.addr()),
+        )],
+    ));
+    // Probes run too; send calls until the canned answer has been used by one of them.
+    let end = Instant::now() + Duration::from_secs(5);
+    while standby.canned_pending() && Instant::now() < end {
+        try_encrypt(&p).await.expect("encrypt across a redirect");
+    }
+    assert!(!standby.canned_pending());
+    assert!(active.requests() > before);
+    assert!(try_encrypt(&p).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_reset_or_a_503_once_is_retried_within_the_budget() {
+    let bao = Bao::start().await;
+    let proxy = FaultProxy::start(bao.port).await;
+    let o = ProviderOptions::with(&proxy.addr(), &bao.jwt_path());
+    let p = Provider::start(&o).await;
+    let mut figures = Vec::new();
+    for fault in ["reset", "503", "502", "429"] {
+        for _ in 0..5 {
+            match fault {
+                "reset" => proxy.reset_next(),
+                "503" => proxy.answer_next(http_response("503 Service Unavailable", &[])),
+                "502" => proxy.answer_next(http_response("502 Bad Gateway", &[])),
+                _ => proxy.answer_next(http_response("429 Too Many Requests", &[])),
+            }
+            let started = Instant::now();
+            let r = try_encrypt(&p).await;
+            assert!(r.is_ok(), "{fault}: {r:?}\n{}", p.logs());
+            figures.push((fault, started.elapsed()));
+        }
+    }
+    let worst = figures.iter().map(|(_, d)| *d).max().unwrap_or_default();
+    eprintln!("FIGURES retry: 20 faulted calls (reset, 503, 502, 429 x5) all succeeded; slowest {worst:?}");
+}
+
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn proc_status(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_openbao_under_200_concurrent_decrypts_answers_every_call_before_its_deadline() {
+    let bao = Bao::start().await;
+    let proxy = FaultProxy::start(bao.port).await;
+    let mut o = ProviderOptions::with(&proxy.addr(), &bao.jwt_path());
+    o.openbao_extra = "max_connections = 16\n".into();
+    let p = Provider::start(&o).await;
+    let pid = p.pid().expect("pid");
+    let e = try_encrypt(&p).await.expect("encrypt");
+    let fds_before = fd_count(pid);
+    let rss_before = proc_status(pid, "VmRSS:");
+
+    proxy.set_delay(Duration::from_secs(5));
+    let client = p.client().await;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let mut c = client.clone();
+        let req = decrypt_request(&e);
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let r = c.decrypt(with_deadline(req, Duration::from_secs(3))).await;
+            (t.elapsed(), r.map(|_| ()).map_err(|s| s.code()))
+        }));
+    }
+    // Sample resources while the calls are in flight.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let fds_peak = fd_count(pid);
+    let conns_peak = proxy.open_connections();
+    let threads_peak = proc_status(pid, "Threads:");
+    let mut worst = Duration::ZERO;
+    let mut codes = std::collections::BTreeMap::new();
+    for t in tasks {
+        let (took, r) = t.await.expect("task");
+        worst = worst.max(took);
+        *codes.entry(format!("{r:?}")).or_insert(0) += 1;
+    }
+    let all_done = started.elapsed();
+    assert!(
+        worst < Duration::from_secs(3),
+        "a call took {worst:?}: {codes:?}"
+    );
+    for code in codes.keys() {
+        assert!(
+            code.contains("Unavailable") || code == "Ok(())",
+            "unexpected result {code}: {codes:?}"
+        );
+    }
+    assert!(conns_peak <= 16 + 2, "{conns_peak} connections to OpenBao");
+
+    proxy.set_delay(Duration::ZERO);
+    let healed = Instant::now();
+    let mut c = p.client().await;
+    loop {
+        let r = c
+            .decrypt(with_deadline(decrypt_request(&e), Duration::from_secs(3)))
+            .await;
+        if r.is_ok() {
+            break;
+        }
+        assert!(
+            healed.elapsed() < Duration::from_secs(5),
+            "no recovery: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let recovered = healed.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let fds_after = fd_count(pid);
+    let rss_after = proc_status(pid, "VmRSS:");
+    eprintln!(
+        "FIGURES slow: 200 Decrypts with a 3 s deadline through a 5 s delay: slowest answer {worst:?}, all answered after {all_done:?}, results {codes:?}; OpenBao connections at peak {conns_peak} (max_connections 16); fds {fds_before} -> peak {fds_peak} -> {fds_after}; threads at peak {threads_peak}; RSS {rss_before} kB -> {rss_after} kB; first success {recovered:?} after the delay was removed"
+    );
+    assert!(
+        recovered < Duration::from_secs(1),
+        "recovery took {recovered:?}"
+    );
+    assert!(
+        fds_after <= fds_before + 20,
+        "fds {fds_before} -> {fds_after}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_under_50_concurrent_calls_costs_one_login_and_a_persistent_403_one_per_interval(
+) {
+    let bao = Bao::start().await;
+    let o = ProviderOptions::new(&bao);
+    let p = Provider::start(&o).await;
+    assert_eq!(logins(&p), 1);
+    let sample = try_encrypt(&p).await.expect("encrypt");
+
+    bao.revoke_all_tokens().await;
+    let client = p.client().await;
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let mut c = client.clone();
+        tasks.push(tokio::spawn(async move {
+            c.encrypt(with_deadline(
+                pb::EncryptRequest {
+                    plaintext: vec![1; 32],
+                    uid: "r".into(),
+                },
+                Duration::from_secs(3),
+            ))
+            .await
+            .is_ok()
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        ok += usize::from(t.await.expect("task"));
+    }
+    let after_revoke = logins(&p);
+    assert_eq!(
+        ok,
+        50,
+        "every call succeeds after one re-login:\n{}",
+        p.logs()
+    );
+    assert_eq!(after_revoke, 2, "one login for 50 calls:\n{}", p.logs());
+
+    // A persistent 403: the policy no longer grants Transit. Calls fail; logins stay bounded.
+    bao.root(
+        reqwest::Method::PUT,
+        "sys/policies/acl/bao-kms-provider",
+        Some(serde_json::json!({ "policy": "path \"sys/nothing\" { capabilities = [\"read\"] }" })),
+    )
+    .await;
+    let started = Instant::now();
+    let mut denied = 0;
+    let mut c = p.client().await;
+    while started.elapsed() < Duration::from_secs(3) {
+        let r = c
+            .decrypt(with_deadline(
+                decrypt_request(&sample),
+                Duration::from_secs(3),
+            ))
+            .await;
+        if let Err(s) = r {
+            assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s:?}");
+            denied += 1;
+        }
+    }
+    let during = logins(&p) - after_revoke;
+    eprintln!(
+        "FIGURES 403: 50 concurrent calls after a revocation: {ok} succeeded, 1 login; persistent 403: {denied} calls denied in 3 s with {during} login(s)"
+    );
+    assert!(
+        during <= 1,
+        "{during} logins during a persistent 403:\n{}",
+        p.logs()
+    );
+    assert!(denied > 10);
+}
+
+#[tokio::test]
+async fn a_login_refused_for_an_expired_jwt_is_unauthenticated_with_a_login_reason() {
+    let bao = Bao::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    bao.mint_jwt(dir.path());
+    let jwt = dir.path().join("identity.jwt");
+    let o = ProviderOptions::with(&bao.addr, &jwt);
+    let p = Provider::start(&o).await;
+    // A JWT that expired five minutes ago (beyond the JWT role's default 150 s leeway).
+    std::fs::copy(
+        bao.dir.path().join("jwt-signing.pem"),
+        dir.path().join("jwt-signing.pem"),
+    )
+    .expect("copy key");
+    let out = std::process::Command::new(repo_root().join("scripts/openbao-lab.sh"))
+        .args(["jwt", &dir.path().to_string_lossy(), "-300"])
+        .output()
+        .expect("mint");
+    assert!(out.status.success());
+    bao.revoke_all_tokens().await;
+    let err = try_encrypt(&p).await.expect_err("login must fail");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    p.wait_status("healthz names the login", |s| s.healthz.contains("login"))
+        .await;
+    let s = p.status().await;
+    eprintln!(
+        "FIGURES login: Encrypt -> {:?}; healthz {:?}",
+        err.code(),
+        s.healthz
+    );
+}
