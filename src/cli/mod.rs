@@ -131,7 +131,12 @@ pub fn run() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("bao-kms-provider: {e:#}");
-            if e.downcast_ref::<ConfigError>().is_some() {
+            if e.downcast_ref::<ConfigError>().is_some()
+                || matches!(
+                    e.downcast_ref::<crate::openbao::Error>(),
+                    Some(crate::openbao::Error::Pkcs11(p)) if p.needs_operator()
+                )
+            {
                 ExitCode::from(EXIT_CONFIG)
             } else if e
                 .downcast_ref::<crate::keys::StoreError>()
@@ -180,8 +185,48 @@ fn check_config(arg: &ConfigArg) -> Result<ExitCode> {
             println!("# warning: {} is readable by every user", p.display());
         }
     }
+    if let config::AuthSettings::Cert {
+        cert_file,
+        key: config::ClientKey::Pkcs11(p11),
+        ..
+    } = &settings.auth
+    {
+        for line in pkcs11_file_warnings(cert_file, p11) {
+            println!("# warning: {line}");
+        }
+    }
     print!("{}", config::render_effective(&raw));
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `check-config` can tell about a PKCS#11 setup without opening the token.
+fn pkcs11_file_warnings(cert_file: &std::path::Path, p11: &config::Pkcs11Settings) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    if !p11.module_path.is_file() {
+        out.push(format!(
+            "auth.cert.module_path {} does not exist here",
+            p11.module_path.display()
+        ));
+    }
+    if !cert_file.is_file() {
+        out.push(format!(
+            "auth.cert.cert_file {} does not exist here",
+            cert_file.display()
+        ));
+    }
+    match std::fs::metadata(&p11.pin_file) {
+        Err(e) => out.push(format!(
+            "auth.cert.pin_file {}: {e}",
+            p11.pin_file.display()
+        )),
+        Ok(m) if m.permissions().mode() & 0o044 != 0 => out.push(format!(
+            "auth.cert.pin_file {} is readable by group or others: the provider refuses it (chmod 0600)",
+            p11.pin_file.display()
+        )),
+        Ok(_) => {}
+    }
+    out
 }
 
 /// A secret file every user may read: reported as a warning by `check-config` and `doctor`

@@ -40,21 +40,102 @@ pub struct EncryptionConfigArgs {
     pub no_identity: bool,
 }
 
+/// The EncryptionConfiguration as JSON (valid YAML, which kube-apiserver reads): a serializer, not
+/// string formatting, so resources such as `*.*` or a provider name such as `true` stay strings.
 pub fn encryption_config(a: &EncryptionConfigArgs) -> Result<ExitCode> {
     let s = load(&a.config)?;
-    let mut out = String::from("apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n  - resources:\n");
-    for r in &a.resources {
-        out.push_str(&format!("      - {}\n", r.trim()));
-    }
-    out.push_str(&format!(
-        "    providers:\n      - kms:\n          apiVersion: v2\n          name: {}\n          endpoint: unix://{}\n          timeout: {}\n",
-        s.transit.key_id_scope.provider_name,
-        s.server.socket_path.display(),
-        humantime::format_duration(a.timeout)
-    ));
-    if !a.no_identity {
-        out.push_str("      - identity: {}\n");
-    }
-    print!("{out}");
+    let doc = encryption_config_document(
+        &a.resources,
+        &s.transit.key_id_scope.provider_name,
+        &s.server.socket_path.display().to_string(),
+        a.timeout,
+        !a.no_identity,
+    )?;
+    println!("{}", serde_json::to_string_pretty(&doc)?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The document `encryption-config` prints; errors name the option that is wrong.
+pub(crate) fn encryption_config_document(
+    resources: &[String],
+    provider_name: &str,
+    socket_path: &str,
+    timeout: Duration,
+    identity: bool,
+) -> Result<serde_json::Value> {
+    let resources: Vec<&str> = resources.iter().map(|r| r.trim()).collect();
+    if resources.is_empty() || resources.iter().any(|r| r.is_empty()) {
+        anyhow::bail!("--resources: expected a comma-separated list of resources such as \"secrets,configmaps\", got an empty entry");
+    }
+    let mut providers = vec![serde_json::json!({"kms": {
+        "apiVersion": "v2",
+        "name": provider_name,
+        "endpoint": format!("unix://{socket_path}"),
+        "timeout": go_duration(timeout)?,
+    }})];
+    if identity {
+        providers.push(serde_json::json!({"identity": {}}));
+    }
+    Ok(serde_json::json!({
+        "apiVersion": "apiserver.config.k8s.io/v1",
+        "kind": "EncryptionConfiguration",
+        "resources": [{"resources": resources, "providers": providers}],
+    }))
+}
+
+/// A duration in Go's `time.ParseDuration` grammar (kube-apiserver parses the timeout with it):
+/// one integer in the largest exact unit, "90s", "1500ms", "250us". Zero is refused: kube-apiserver
+/// would replace it with its own default, not what the operator asked for.
+pub(crate) fn go_duration(d: Duration) -> Result<String> {
+    let ns = d.as_nanos();
+    if ns == 0 {
+        anyhow::bail!("--timeout: must be more than zero (for example \"3s\")");
+    }
+    let (value, unit) = [
+        (1_000_000_000u128, "s"),
+        (1_000_000, "ms"),
+        (1_000, "us"),
+        (1, "ns"),
+    ]
+    .into_iter()
+    .find(|(n, _)| ns % n == 0)
+    .map(|(n, u)| (ns / n, u))
+    .unwrap_or((ns, "ns"));
+    Ok(format!("{value}{unit}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_use_go_duration_grammar() {
+        let ms = Duration::from_millis;
+        assert_eq!(go_duration(ms(1500)).unwrap(), "1500ms");
+        assert_eq!(go_duration(ms(90_000)).unwrap(), "90s");
+        assert_eq!(go_duration(Duration::from_micros(250)).unwrap(), "250us");
+        assert_eq!(go_duration(Duration::from_nanos(7)).unwrap(), "7ns");
+        let zero = go_duration(Duration::ZERO).unwrap_err().to_string();
+        assert!(zero.contains("--timeout"), "{zero}");
+    }
+
+    #[test]
+    fn odd_resources_and_names_stay_strings() {
+        let r = ["*.*".to_string(), " *.apps".into(), "true".into()];
+        let doc =
+            encryption_config_document(&r, "true", "/run/x.sock", Duration::from_secs(3), true)
+                .unwrap();
+        assert_eq!(
+            doc["resources"][0]["resources"],
+            serde_json::json!(["*.*", "*.apps", "true"])
+        );
+        assert_eq!(doc["resources"][0]["providers"][0]["kms"]["name"], "true");
+        assert_eq!(
+            doc["resources"][0]["providers"][1],
+            serde_json::json!({"identity": {}})
+        );
+        let empty =
+            encryption_config_document(&["".into()], "n", "/s", Duration::from_secs(1), false);
+        assert!(empty.unwrap_err().to_string().contains("--resources"));
+    }
 }

@@ -106,6 +106,22 @@ pub struct RawCertAuth {
     pub name: String,
     pub cert_file: String,
     pub key_file: String,
+    /// Where the client key lives: a PEM file (`key_file`) or a PKCS#11 token (HSM, TPM).
+    pub key_source: KeySource,
+    pub module_path: String,
+    pub token_label: String,
+    pub key_label: String,
+    /// CKA_ID in hex; exactly one of `key_label` and `key_object_id`.
+    pub key_object_id: String,
+    pub pin_file: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeySource {
+    #[default]
+    File,
+    Pkcs11,
 }
 
 impl Default for RawCertAuth {
@@ -115,6 +131,12 @@ impl Default for RawCertAuth {
             name: String::new(),
             cert_file: String::new(),
             key_file: String::new(),
+            key_source: KeySource::File,
+            module_path: String::new(),
+            token_label: String::new(),
+            key_label: String::new(),
+            key_object_id: String::new(),
+            pin_file: String::new(),
         }
     }
 }

@@ -50,7 +50,7 @@ pub enum AuthSettings {
         mount_path: String,
         name: Option<String>,
         cert_file: PathBuf,
-        key_file: PathBuf,
+        key: ClientKey,
     },
     Token {
         token_file: PathBuf,
@@ -73,6 +73,29 @@ impl AuthSettings {
             Self::Token { .. } => None,
         }
     }
+}
+
+/// Where the cert-auth client key lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientKey {
+    File(PathBuf),
+    Pkcs11(Pkcs11Settings),
+}
+
+/// A non-extractable key on a PKCS#11 token; the PIN is read from `pin_file` at (re)load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pkcs11Settings {
+    pub module_path: PathBuf,
+    pub token_label: String,
+    pub key: Pkcs11KeyRef,
+    pub pin_file: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pkcs11KeyRef {
+    Label(String),
+    /// CKA_ID bytes.
+    Id(Vec<u8>),
 }
 
 #[derive(Debug, Clone)]

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::error::ConfigError;
-use super::raw::{AuthMethodName, RawConfig};
+use super::raw::{AuthMethodName, KeySource, RawCertAuth, RawConfig};
 use super::settings::*;
 
 /// Facts from the environment that validation may use (kept out of it so it stays pure).
@@ -167,12 +167,96 @@ fn auth(raw: &RawConfig, env: &Environment) -> Result<AuthSettings> {
             mount_path: mount_path("auth.cert.mount_path", &a.cert.mount_path)?,
             name: optional(&a.cert.name).map(str::to_owned),
             cert_file: absolute_path("auth.cert.cert_file", &a.cert.cert_file, env)?,
-            key_file: absolute_path("auth.cert.key_file", &a.cert.key_file, env)?,
+            key: client_key(&a.cert, env)?,
         },
         AuthMethodName::Token => AuthSettings::Token {
             token_file: absolute_path("auth.token.token_file", &a.token.token_file, env)?,
         },
     })
+}
+
+fn client_key(c: &RawCertAuth, env: &Environment) -> Result<ClientKey> {
+    let pkcs11_fields = [
+        ("auth.cert.module_path", &c.module_path),
+        ("auth.cert.token_label", &c.token_label),
+        ("auth.cert.key_label", &c.key_label),
+        ("auth.cert.key_object_id", &c.key_object_id),
+        ("auth.cert.pin_file", &c.pin_file),
+    ];
+    if c.key_source == KeySource::File {
+        if let Some((field, _)) = pkcs11_fields.iter().find(|(_, v)| optional(v).is_some()) {
+            return Err(ConfigError::invalid(
+                field,
+                "is only used with auth.cert.key_source = \"pkcs11\"",
+            ));
+        }
+        return Ok(ClientKey::File(absolute_path(
+            "auth.cert.key_file",
+            &c.key_file,
+            env,
+        )?));
+    }
+    if optional(&c.key_file).is_some() {
+        return Err(ConfigError::invalid(
+            "auth.cert.key_file",
+            "must be empty with key_source = \"pkcs11\": the key stays on the token",
+        ));
+    }
+    let module_path = Path::new(c.module_path.trim());
+    if !module_path.is_absolute() {
+        return Err(ConfigError::invalid(
+            "auth.cert.module_path",
+            format!(
+                "{:?} is not an absolute path to a PKCS#11 library such as \"/usr/lib/softhsm/libsofthsm2.so\"",
+                c.module_path
+            ),
+        ));
+    }
+    let token_label = required("auth.cert.token_label", &c.token_label)?;
+    if token_label.len() > 32 {
+        return Err(ConfigError::invalid(
+            "auth.cert.token_label",
+            "is longer than the 32 bytes a PKCS#11 token label holds",
+        ));
+    }
+    let key = match (optional(&c.key_label), optional(&c.key_object_id)) {
+        (Some(_), Some(_)) | (None, None) => {
+            return Err(ConfigError::invalid(
+                "auth.cert.key_label",
+                "set exactly one of auth.cert.key_label and auth.cert.key_object_id",
+            ))
+        }
+        (Some(_), None) => Pkcs11KeyRef::Label(required("auth.cert.key_label", &c.key_label)?),
+        (None, Some(hex)) => Pkcs11KeyRef::Id(hex_bytes("auth.cert.key_object_id", hex)?),
+    };
+    Ok(ClientKey::Pkcs11(Pkcs11Settings {
+        module_path: module_path.to_path_buf(),
+        token_label,
+        key,
+        pin_file: absolute_path("auth.cert.pin_file", &c.pin_file, env)?,
+    }))
+}
+
+/// CKA_ID as hex ("01", "a1b2", optionally with ':' separators as pkcs11-tool prints them).
+fn hex_bytes(field: &'static str, value: &str) -> Result<Vec<u8>> {
+    let digits: String = value.chars().filter(|c| *c != ':').collect();
+    let bad = || {
+        ConfigError::invalid(
+            field,
+            format!("{value:?} is not an even number of hex digits such as \"01\" or \"a1b2\""),
+        )
+    };
+    if digits.is_empty()
+        || digits.len() % 2 != 0
+        || digits.len() > 256
+        || !digits.chars().all(|c| c.is_ascii_hexdigit())
+    {
+        return Err(bad());
+    }
+    (0..digits.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).map_err(|_| bad()))
+        .collect()
 }
 
 fn transit(raw: &RawConfig) -> Result<TransitSettings> {

@@ -64,6 +64,8 @@ impl From<openbao::Error> for KmsError {
             E::BadRequest(_) => Self::InvalidArgument(e.to_string()),
             E::PermissionDenied(_) => Self::PermissionDenied(e.to_string()),
             E::NoToken(_) | E::Credential { .. } => Self::Unauthenticated(e.to_string()),
+            // The token may come back (re-inserted, unhung); the caller should retry.
+            E::Pkcs11(_) => Self::Unavailable(e.to_string()),
             E::NotFound(_) | E::ResponseTooLarge(_) | E::Protocol(_) | E::Tls(_) => {
                 Self::Internal(e.to_string())
             }

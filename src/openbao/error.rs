@@ -35,6 +35,9 @@ pub enum Error {
     Tls(String),
     #[error("no valid token: {0}")]
     NoToken(String),
+    /// The client key's token: module, login, key lookup or a signature (timeout, removal).
+    #[error(transparent)]
+    Pkcs11(#[from] super::Pkcs11Error),
 }
 
 impl Error {
@@ -52,6 +55,7 @@ impl Error {
             Self::ResponseTooLarge(_) | Self::Protocol(_) => "protocol",
             Self::Credential { .. } | Self::Tls(_) => "local_setup",
             Self::NoToken(_) => "auth",
+            Self::Pkcs11(_) => "pkcs11",
         }
     }
 

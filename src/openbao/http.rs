@@ -214,6 +214,9 @@ fn build_client(settings: &OpenBaoSettings, auth: &AuthSettings) -> Result<reqwe
 }
 
 fn transport_error(e: reqwest::Error, timeout: Duration) -> Error {
+    if let Some(p11) = pkcs11_cause(&e) {
+        return Error::Pkcs11(p11);
+    }
     if e.is_timeout() {
         return Error::Timeout(timeout);
     }
@@ -225,6 +228,33 @@ fn transport_error(e: reqwest::Error, timeout: Duration) -> Error {
         source = s.source();
     }
     Error::Unreachable(msg)
+}
+
+/// A handshake that failed because the token could not sign is a token problem, not an
+/// unreachable OpenBao: find our error inside the io::Error rustls reported.
+fn pkcs11_cause(e: &reqwest::Error) -> Option<super::Pkcs11Error> {
+    type Dyn<'a> = &'a (dyn std::error::Error + 'static);
+    let mut todo: Vec<Dyn<'_>> = vec![e];
+    // Bounded: error chains are short; a cycle must not loop forever.
+    for _ in 0..32 {
+        let s = todo.pop()?;
+        if let Some(rustls::Error::Other(other)) = s.downcast_ref::<rustls::Error>() {
+            if let Some(p) = other.0.downcast_ref::<super::Pkcs11Error>() {
+                return Some(p.clone());
+            }
+        }
+        // io::Error::source() skips the error it wraps; look at that one too.
+        if let Some(inner) = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            todo.push(inner);
+        }
+        if let Some(next) = s.source() {
+            todo.push(next);
+        }
+    }
+    None
 }
 
 /// OpenBao's `{"errors": [...]}`, shortened; never echoes request data.

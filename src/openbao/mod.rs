@@ -3,6 +3,7 @@ mod auth;
 mod diagnostics;
 mod error;
 mod http;
+mod pkcs11;
 mod tls;
 mod transit;
 
@@ -15,6 +16,7 @@ use zeroize::Zeroizing;
 pub use diagnostics::{tls_handshake, Handshake, TokenInfo};
 pub use error::Error;
 pub use http::{Operation, MAX_RESPONSE_BYTES};
+pub use pkcs11::{inspect as inspect_pkcs11_key, KeyReport, Pkcs11Error};
 pub use transit::{ciphertext_version, KeyMetadata, KeysConfig, MountInfo, ServerHealth};
 
 use auth::{Auth, Token};

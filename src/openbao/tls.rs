@@ -16,6 +16,8 @@ pub struct TlsFiles<'a> {
     pub ca_file: Option<&'a Path>,
     pub server_name: Option<&'a str>,
     pub client_cert: Option<(&'a Path, &'a Path)>,
+    /// A client certificate whose key signs elsewhere (PKCS#11); wins over `client_cert`.
+    pub client_resolver: Option<Arc<dyn rustls::client::ResolvesClientCert>>,
 }
 
 /// ring, also installed as the process default so no later client can panic for lack of one.
@@ -30,18 +32,32 @@ pub fn from_settings(
     openbao: &crate::config::OpenBaoSettings,
     auth: &crate::config::AuthSettings,
 ) -> Result<rustls::ClientConfig, Error> {
-    let client_cert = match auth {
-        crate::config::AuthSettings::Cert {
+    use crate::config::{AuthSettings, ClientKey};
+    let (client_cert, client_resolver) = match auth {
+        AuthSettings::Cert {
             cert_file,
-            key_file,
+            key: ClientKey::File(key_file),
             ..
-        } => Some((cert_file.as_path(), key_file.as_path())),
-        _ => None,
+        } => (Some((cert_file.as_path(), key_file.as_path())), None),
+        AuthSettings::Cert {
+            cert_file,
+            key: ClientKey::Pkcs11(p11),
+            ..
+        } => (
+            None,
+            Some(super::pkcs11::client_cert_resolver(
+                p11,
+                cert_file,
+                openbao.timeout,
+            )?),
+        ),
+        _ => (None, None),
     };
     client_config(&TlsFiles {
         ca_file: openbao.ca_file.as_deref(),
         server_name: openbao.tls_server_name.as_deref(),
         client_cert,
+        client_resolver,
     })
 }
 
@@ -82,6 +98,9 @@ pub fn client_config(files: &TlsFiles<'_>) -> Result<rustls::ClientConfig, Error
     } else {
         builder.with_root_certificates(roots)
     };
+    if let Some(resolver) = &files.client_resolver {
+        return Ok(builder.with_client_cert_resolver(resolver.clone()));
+    }
     match files.client_cert {
         Some((cert, key)) => {
             let chain = read_certs("client certificate", cert)?;

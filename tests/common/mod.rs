@@ -434,6 +434,8 @@ pub struct ProviderOptions {
     pub rotation: String,
     pub state_dir: Option<PathBuf>,
     pub extra: String,
+    /// Extra environment for the provider process (e.g. SOFTHSM2_CONF).
+    pub env: Vec<(String, String)>,
 }
 
 impl ProviderOptions {
@@ -453,6 +455,7 @@ impl ProviderOptions {
             rotation: "[rotation]\nstable_observations = 1\nactivation_delay = \"0s\"\n".into(),
             state_dir: None,
             extra: String::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -466,6 +469,7 @@ pub struct Provider {
     pub log: PathBuf,
     pub metrics_port: u16,
     pub health_port: u16,
+    pub env: Vec<(String, String)>,
 }
 
 impl Provider {
@@ -521,6 +525,7 @@ impl Provider {
             log,
             metrics_port,
             health_port,
+            env: o.env.clone(),
         };
         p.start_process();
         p
@@ -537,6 +542,7 @@ impl Provider {
             .arg(&self.config)
             .env_remove("NOTIFY_SOCKET")
             .env_remove("LISTEN_FDS")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env(
                 "RUST_LOG",
                 "debug,h2=warn,hyper=warn,tower=warn,reqwest=warn,rustls=warn,hyper_util=warn",
@@ -603,7 +609,7 @@ impl Provider {
         }
     }
 
-    fn exit_code(&self) -> Option<Option<i32>> {
+    pub fn exit_code(&self) -> Option<Option<i32>> {
         None.or_else(|| {
             let c = self.child.as_ref()?;
             let pid = c.id() as i32;

@@ -5,6 +5,7 @@ module run by Ansible itself on the controller."""
 from __future__ import annotations
 
 import difflib
+import re
 import importlib.util
 import json
 import os
@@ -79,19 +80,25 @@ def test_second_application_is_a_no_op():
     assert changes == [] and twice == once
 
 
-def test_automatic_reload_is_added_and_removed_by_the_variable():
+def test_automatic_reload_is_added_and_removed_by_the_variable_and_kept_by_default():
     once, _ = m.plan(KUBEADM, spec())
     with_reload, changes = m.plan(once, spec(automatic_reload=True))
     assert changes == [f"add {RELOAD}=true"]
     assert changed_lines(once, with_reload) == ([], [f"    - {RELOAD}=true"])
     assert m.plan(with_reload, spec(automatic_reload=True))[1] == []
-    without, changes = m.plan(with_reload, spec())
+    assert m.plan(with_reload, spec())[1] == [], "the default (keep) leaves an existing flag alone"
+    assert m.plan(with_reload, spec(automatic_reload="keep"))[1] == []
+    without, changes = m.plan(with_reload, spec(automatic_reload=False))
     assert without == once and changes == [f"remove {RELOAD}=true"]
+    assert m.facts(with_reload)["automatic_reload"] is True and m.facts(once)["automatic_reload"] is None
 
 
-def test_a_flag_with_another_path_is_replaced_in_place():
+def test_a_flag_with_another_path_is_refused_by_default_and_replaced_in_place_in_merge_mode():
     old = KUBEADM.replace("    - --secure-port=6443\n", "    - --secure-port=6443\n    - --encryption-provider-config=/old.yaml\n")
-    after, changes = m.plan(old, spec())
+    with pytest.raises(m.ManifestError, match=r"already uses the EncryptionConfiguration /old.yaml .*"
+                                              r"kube_apiserver_kms_existing_config: merge"):
+        m.plan(old, spec())
+    after, changes = m.plan(old, spec(existing_config="merge"))
     assert changed_lines(old, after)[0] == ["    - --encryption-provider-config=/old.yaml"]
     assert f"    - {FLAG}" in changed_lines(old, after)[1]
     assert apiserver(yaml.safe_load(after))["command"].count(FLAG) == 1
@@ -179,3 +186,88 @@ def test_module_backs_up_outside_the_manifest_dir_and_honours_check_mode(tmp_pat
     assert sorted(p.name for p in manifests.iterdir()) == ["kube-apiserver.yaml"]
     assert run_module(args)["changed"] is False
     assert len(list(backup.iterdir())) == 1
+
+
+# ---------------------------------------------------------------------------- the corpus
+# Real manifests as kubeadm, kind and minikube wrote them (tests/testdata/kubeadm/PROVENANCE.md).
+
+CORPUS = sorted((REPO_ROOT / "tests" / "testdata" / "kubeadm" / "manifests").glob("*.yaml"))
+
+
+def strict_load(text: str):
+    """Parsed by PyYAML and by ruamel.yaml's strict YAML 1.2 loader; both must agree."""
+    from ruamel.yaml import YAML
+    a = yaml.safe_load(text)
+    b = YAML(typ="safe", pure=True).load(text)
+    assert json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+    return a
+
+
+def read_bytes_text(path: Path) -> str:
+    return path.read_bytes().decode("utf-8")
+
+
+def test_corpus_has_ten_real_manifests_from_kubeadm_kind_and_minikube_1_21_to_1_34():
+    real = [p for p in CORPUS if not p.name.startswith("derived-")]
+    assert len(real) >= 10, real
+    versions = {yaml.safe_load(p.read_text())["spec"]["containers"][0]["image"].rsplit(":v", 1)[1] for p in real}
+    minors = {int(v.split(".")[1]) for v in versions}
+    assert min(minors) == 21 and max(minors) == 34, versions
+    provenance = (REPO_ROOT / "tests" / "testdata" / "kubeadm" / "PROVENANCE.md").read_text()
+    for p in CORPUS:
+        assert f"`{p.name}`" in provenance, f"{p.name} has no provenance entry"
+    for p in CORPUS:
+        if p.name.startswith("derived-"):
+            assert re.search(rf"`{re.escape(p.name)}`[^\n]*derived from", provenance), p.name
+
+
+@pytest.mark.parametrize("path", CORPUS, ids=lambda p: p.name)
+def test_corpus_manifest_is_patched_refused_or_merged_exactly_as_specified(path):
+    text = read_bytes_text(path)
+    before = m.facts(text)
+    assert before["advertise_address"] and before["secure_port"] in (6443, 8443)
+    nl = "\r\n" if "\r\n" in text else "\n"
+    if before["encryption_config"] is None:
+        after, changes = m.plan(text, spec())
+        removed, added = changed_lines(text, after)
+        assert removed == [], "an original line was changed or removed"
+        assert f"    - {FLAG}" in added and len(changes) == 3
+    else:
+        # Another EncryptionConfiguration: refused by default, naming the file and the option.
+        with pytest.raises(m.ManifestError) as refused:
+            m.plan(text, spec())
+        assert before["encryption_config"] in str(refused.value)
+        assert "kube_apiserver_kms_existing_config: merge" in str(refused.value)
+        after, changes = m.plan(text, spec(existing_config="merge"))
+        removed, added = changed_lines(text, after)
+        assert len(removed) == 1 and before["encryption_config"] in removed[0]
+        # The flag line is replaced in place: same indentation, same trailing comment.
+        assert added[0] == removed[0].replace(before["encryption_config"], CONFIG)
+    # Valid YAML for strict loaders, the flag once, every other flag kept in order, CRLF kept.
+    doc, orig = strict_load(after), yaml.safe_load(text)
+    command = apiserver(doc)["command"]
+    assert [a for a in command if a.startswith("--encryption-provider-config=")] == [FLAG]
+    assert [a for a in command if a != FLAG] == [a for a in apiserver(orig)["command"]
+                                                  if not a.startswith("--encryption-provider-config=")]
+    assert all(line.endswith(nl) for line in after.splitlines(True))
+    assert m.facts(after)["automatic_reload"] == before["automatic_reload"], "automatic reload is kept"
+    # Idempotent.
+    merge = "merge" if before["encryption_config"] else "refuse"
+    assert m.plan(after, spec(existing_config=merge)) == (after, [])
+    # state=absent takes out exactly what was added (and puts the old flag back in merge mode).
+    restored, _ = m.plan(after, spec(state="absent", previous_config=before["encryption_config"]))
+    assert restored == text
+    assert m.plan(restored, spec(state="absent", previous_config=before["encryption_config"]))[1] == []
+
+
+def test_absent_refuses_to_remove_an_entry_it_did_not_add():
+    after, _ = m.plan(KUBEADM, spec())
+    changed = after.replace("      path: /run/openbao-kms\n", "      path: /run/elsewhere\n")
+    with pytest.raises(m.ManifestError, match="not what this module adds"):
+        m.plan(changed, spec(state="absent"))
+
+
+def test_facts_read_the_advertise_address_from_the_flag_or_the_annotation():
+    assert m.facts(KUBEADM)["advertise_address"] == "172.18.0.2"
+    no_flag = KUBEADM.replace("    - --advertise-address=172.18.0.2\n", "")
+    assert (m.facts(no_flag)["advertise_address"], m.facts(no_flag)["secure_port"]) == ("172.18.0.2", 6443)

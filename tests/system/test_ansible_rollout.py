@@ -2,8 +2,11 @@
 control-plane host) and a real OpenBao dev server (the OpenBao side, from the controller).
 
 There is no kube-apiserver here: its /readyz is a stand-in HTTP server on the host loopback that
-reports the KMS check once the container's manifest carries the flag; kubectl for the migration is
-a stand-in script; the "Secret reads back" step is a real `bao-kms-provider probe` round trip.
+reports the KMS check once the container's manifest carries the flag; the migration talks to a
+stand-in API server (kube_fakes.FakeApiServer) on the host loopback; kubectl for kubeadm-config is a
+stand-in script over a file; the container id is a hash of the manifest and a restart log; the
+"Secret reads back" step is a real `bao-kms-provider probe` round trip. The checks themselves (through
+the advertise address, etcd) are tested against real TLS and etcd in test_ansible_verify.py.
 Every test name that relies on a stand-in says so.
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 import copy
 import difflib
 import http.server
+import json
 import os
 import re
 import subprocess
@@ -27,6 +31,7 @@ from ansible_helpers import (BUILD_DIR, kubeadm_testdata, REPO_ROOT, JwtSigner, 
                              run_playbook)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kube_fakes import FakeApiServer  # noqa: E402
 from nspawn import Container  # noqa: E402
 from openbao import free_port  # noqa: E402
 
@@ -41,20 +46,35 @@ FLAG = f"--encryption-provider-config={ENC_CONFIG}"
 ROOTFS = Path(os.environ.get("BAO_ROOTFS", BUILD_DIR / "cache" / "rootfs-bookworm"))
 
 KUBECTL_STANDIN = r"""#!/bin/bash
-# Stand-in for kubectl (there is no kube-apiserver in this test): records each call.
+# Stand-in for kubectl (there is no kube-apiserver in this test): the kubeadm-config ConfigMap in a file.
 echo "$*" >> /var/tmp/kubectl-standin.log
 case "$*" in
-  *"get secrets --all-namespaces -o json"*)
-    echo '{"apiVersion":"v1","kind":"List","items":[
-      {"apiVersion":"v1","kind":"Secret","metadata":{"name":"a","namespace":"default"},"data":{"k":"dg=="}},
-      {"apiVersion":"v1","kind":"Secret","metadata":{"name":"b","namespace":"kube-system"},"data":{"k":"dg=="}}]}' ;;
-  *"replace -f -"*)
-    cat > /var/tmp/kubectl-standin-replaced.json
-    python3 -c 'import json; [print("secret/%s replaced" % i["metadata"]["name"])
-      for i in json.load(open("/var/tmp/kubectl-standin-replaced.json"))["items"]]' ;;
+  *"get configmap kubeadm-config --output json"*) cat /var/tmp/kubeadm-config.json ;;
+  *"replace --filename -"*) cat > /var/tmp/kubeadm-config.json.new && mv /var/tmp/kubeadm-config.json.new /var/tmp/kubeadm-config.json
+    echo "configmap/kubeadm-config replaced" ;;
   *) echo "unexpected kubectl call: $*" >&2; exit 1 ;;
 esac
 """
+CLUSTER_CONFIGURATION = """apiServer:
+  extraArgs:
+  - name: authorization-mode
+    value: Node,RBAC
+apiVersion: kubeadm.k8s.io/v1beta4
+certificatesDir: /etc/kubernetes/pki
+clusterName: kubernetes
+kind: ClusterConfiguration
+kubernetesVersion: v1.34.3
+networking:
+  dnsDomain: cluster.local
+  serviceSubnet: 10.96.0.0/12
+"""
+KUBEADM_CONFIG = {"apiVersion": "v1", "kind": "ConfigMap",
+                  "metadata": {"name": "kubeadm-config", "namespace": "kube-system", "resourceVersion": "1"},
+                  "data": {"ClusterConfiguration": CLUSTER_CONFIGURATION}}
+# Stand-ins for the kube-apiserver container: its "id" changes when kubelet would recreate it (the
+# manifest changed) or when the restart command ran.
+CONTAINER_ID = "cat /etc/kubernetes/manifests/kube-apiserver.yaml /var/tmp/apiserver-restarts 2>/dev/null | sha256sum"
+EXISTING_ENCRYPTION = "/etc/kubernetes/enc/enc.yaml"
 
 
 def provider_package(request, workdir: Path) -> Path:
@@ -130,8 +150,8 @@ class ReadyzStandIn:
 class Rollout:
     """The container, the servers and the inventory, plus every playbook run made so far."""
 
-    def __init__(self, container, bao, signer, deb, readyz):
-        self.container, self.bao, self.readyz, self.signer = container, bao, readyz, signer
+    def __init__(self, container, bao, signer, deb, readyz, api):
+        self.container, self.bao, self.readyz, self.signer, self.api = container, bao, readyz, signer, api
         self.first_jwt = signer.mint(ttl=3600)
         self.runs: dict[str, object] = {}
         self.inventory = localhost_inventory()
@@ -153,18 +173,23 @@ class Rollout:
             "bao_kms_provider_key_lineage_id": "lineage-1",
             "bao_kms_provider_metrics_address": f"127.0.0.1:{free_port()}",
             "bao_kms_provider_health_address": f"127.0.0.1:{free_port()}",
-            "kube_apiserver_kms_readyz_url": readyz.url,
-            "kube_apiserver_kms_readyz_ca_file": "",
+            "kube_apiserver_kms_readyz_command":
+                f"python3 -c 'import urllib.request; print(urllib.request.urlopen(\"{readyz.url}\").read().decode())'",
             "kube_apiserver_kms_wait_delay": 1,
             "kube_apiserver_kms_secret_check_command": "/usr/bin/bao-kms-provider probe --socket /run/openbao-kms/kms.sock",
             "kube_apiserver_kms_restart_command": "echo restarted >> /var/tmp/apiserver-restarts",
-            "kms_migrate_secrets_kubectl": "/usr/local/bin/kubectl-standin",
+            "kube_apiserver_kms_container_id_command": CONTAINER_ID,
+            "kube_apiserver_kms_kubectl": "/usr/local/bin/kubectl-standin",
+            "kms_migrate_secrets_kubeconfig": "/etc/kubernetes/admin.conf",
+            "kms_migrate_secrets_chunk_size": 2,
+            "kms_migrate_secrets_verify": "none",
+            "kms_migrate_secrets_quota_check": "off",
         }}}}
 
     @staticmethod
     def connection(container):
         return {"ansible_connection": "nsenter", "ansible_nsenter_pid": container.pid,
-                "ansible_python_interpreter": "/usr/bin/python3"}
+                "ansible_python_interpreter": "/usr/bin/python3", "ansible_become": False}
 
     def play(self, name, playbook, inventory=None, **kwargs):
         t0 = time.monotonic()
@@ -189,17 +214,39 @@ def rollout(request, tmp_path_factory):
     assert r.returncode == 0, f"scripts/rootfs.sh failed:\n{r.stderr[-3000:]}"
     bao = OpenBao(work).start()
     container = Container(ROOTFS, workdir=Path(os.environ.get("BAO_NSPAWN_WORKDIR", BUILD_DIR / "nspawn")))
-    readyz = None
+    readyz = api = None
     try:
         container.start()
-        container.copy_in(ORIGINAL_MANIFEST, MANIFEST, mode=0o600)
+        # A cluster that already encrypts (aescbc): the rollout stops before installing anything.
+        existing = ORIGINAL_MANIFEST.read_text().replace(
+            "    - --enable-bootstrap-token-auth=true\n",
+            f"    - --enable-bootstrap-token-auth=true\n    - --encryption-provider-config={EXISTING_ENCRYPTION}\n")
+        container.write_file(MANIFEST, existing, mode=0o600)
         container.write_file("/usr/local/bin/kubectl-standin", KUBECTL_STANDIN, mode=0o755)
+        container.write_file("/var/tmp/kubeadm-config.json", json.dumps(KUBEADM_CONFIG))
         readyz = ReadyzStandIn(container)
-        ro = Rollout(container, bao, JwtSigner(), deb, readyz)
+        api = FakeApiServer(None, None, host="127.0.0.1")
+        for ns, name in (("default", "a"), ("default", "b"), ("kube-system", "c"), ("team", "d"), ("team", "e")):
+            api.add(ns, name)
+        api.conflict_once = {"kube-system/c"}
+        container.write_file("/etc/kubernetes/admin.conf", json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "t",
+            "clusters": [{"name": "t", "cluster": {"server": api.url}}],
+            "contexts": [{"name": "t", "context": {"cluster": "t", "user": "t"}}], "users": [{"name": "t", "user": {}}]}),
+            mode=0o600)
+        ro = Rollout(container, bao, JwtSigner(), deb, readyz, api)
+        ro.play("existing-refused", "playbooks/site.yml")
+        ro.existing_refused_state = {
+            "manifest": ro.read(MANIFEST),
+            "installed": container.run(["dpkg-query", "-W", "-f=${Status}", "bao-kms-provider"], check=False).stdout,
+            "touched": container.run("ls /etc/kubernetes/encryption /etc/openbao-kms 2>/dev/null", check=False).stdout,
+        }
+        container.copy_in(ORIGINAL_MANIFEST, MANIFEST, mode=0o600)
         ro.play("site-1", "playbooks/site.yml", diff=True).assert_ok()
+        ro.kubeadm_config_after_site = json.loads(ro.read("/var/tmp/kubeadm-config.json"))
         ro.play("site-2", "playbooks/site.yml").assert_ok()
-        # kubeadm upgrade rewrites the manifest without our flag: --check --diff shows the change,
-        # writes nothing; the next real run puts it back.
+        # kubeadm upgrade rewrites the manifest (here: without our flag, the worst case): --check --diff
+        # shows the change, writes nothing; the next real run puts it back.
         container.copy_in(ORIGINAL_MANIFEST, MANIFEST, mode=0o600)
         ro.play("site-check", "playbooks/site.yml", check=True, diff=True).assert_ok()
         ro.manifest_after_check = ro.read(MANIFEST)
@@ -212,7 +259,9 @@ def rollout(request, tmp_path_factory):
         ro.inventory["all"]["children"]["kube_control_plane"]["hosts"]["cp1"]["bao_kms_provider_jwt"] = ro.new_jwt
         ro.play("site-3", "playbooks/site.yml").assert_ok()
         ro.invocation_after_new_jwt = invocation_id(container)
+        ro.manifest_after_site = ro.read(MANIFEST)
         ro.play("migrate-1", "playbooks/migrate_secrets.yml").assert_ok()
+        ro.marker_after_migrate = ro.read("/var/lib/openbao-kms/secrets-migrated")
         ro.play("migrate-2", "playbooks/migrate_secrets.yml").assert_ok()
         drop = {"kms_migrate_secrets_remove_identity_fallback": True}
         ro.play("drop-identity-1", "playbooks/migrate_secrets.yml", extra_vars=drop).assert_ok()
@@ -221,6 +270,12 @@ def rollout(request, tmp_path_factory):
         ro.restarts_after_drop = ro.read("/var/tmp/apiserver-restarts").splitlines()
         # Taking the provider out again starts with identity first on every API server.
         ro.play("rollback", "playbooks/site.yml", extra_vars={"kube_apiserver_kms_stage": "rollback"}).assert_ok()
+        ro.marker_after_rollback = container.run(["ls", "/var/lib/openbao-kms"]).stdout.split()
+        ro.enc_config_after_rollback = ro.read(ENC_CONFIG)
+        ro.play("absent", "playbooks/site.yml", tags="apiserver",
+                extra_vars={"kube_apiserver_kms_stage": "rollback", "kube_apiserver_kms_state": "absent"}).assert_ok()
+        ro.manifest_after_absent = ro.read(MANIFEST)
+        ro.kubeadm_config_after_absent = json.loads(ro.read("/var/tmp/kubeadm-config.json"))
         yield ro
     except BaseException:
         if container.running:
@@ -229,6 +284,8 @@ def rollout(request, tmp_path_factory):
     finally:
         if readyz:
             readyz.close()
+        if api:
+            api.close()
         container.stop()
         bao.stop()
 
@@ -261,15 +318,35 @@ def refuse_with_provider_down(ro: Rollout) -> None:
         second.stop()
 
 
+def test_existing_encryption_is_refused_before_anything_is_installed(rollout):
+    run = rollout.runs["existing-refused"]
+    assert run.rc != 0 and f"already uses the EncryptionConfiguration {EXISTING_ENCRYPTION}" in run.output, run.output
+    assert "kube_apiserver_kms_existing_config: merge" in run.output and "Nothing was installed" in run.output
+    state = rollout.existing_refused_state
+    assert EXISTING_ENCRYPTION in state["manifest"] and "install ok installed" not in state["installed"]
+    assert state["touched"] == ""
+
+
 def test_site_playbook_lets_the_api_server_read_through_the_provider_before_writing_through_it(rollout):
     out = rollout.runs["site-1"].output
     first_pass = out.index("PLAY [Install bao-kms-provider and let every API server read through it]")
     second_pass = out.index("PLAY [Make every API server write through bao-kms-provider]")
     # Pass 1 writes identity first, KMS second; pass 2 moves KMS first and restarts the API server.
-    assert "+    providers:\n+      - identity: {}\n+      - kms:" in out[first_pass:second_pass], out
-    assert "-      - identity: {}\n       - kms:" in out[second_pass:], out
+    assert "EncryptionConfiguration for stage read: secrets = identity, kms:openbao-kms" in out[first_pass:second_pass], out
+    assert "EncryptionConfiguration for stage write: secrets = kms:openbao-kms, identity" in out[second_pass:], out
     assert re.search(r"Restart kube-apiserver so it reads the EncryptionConfiguration again\] \*+\nchanged: \[cp1\]",
                      out[second_pass:]), out
+    # Each change waited for a new (stand-in) container before the checks.
+    assert out.count("TASK [kube_apiserver_kms : Wait for a new kube-apiserver container]") == 2, out
+
+
+def test_kubeadm_config_keeps_the_flag_and_mounts_for_kubeadm_upgrade_and_join(rollout):
+    """kubeadm-config via the stand-in kubectl (a file)."""
+    cc = yaml.safe_load(rollout.kubeadm_config_after_site["data"]["ClusterConfiguration"])
+    assert {"name": "encryption-provider-config", "value": ENC_CONFIG} in cc["apiServer"]["extraArgs"]
+    assert {"name": "authorization-mode", "value": "Node,RBAC"} in cc["apiServer"]["extraArgs"]
+    assert [v["name"] for v in cc["apiServer"]["extraVolumes"]] == ["openbao-kms-config", "openbao-kms-socket"]
+    assert rollout.runs["site-2"].output.count("configmap/kubeadm-config replaced") == 0
 
 
 def test_site_playbook_second_run_changes_nothing(rollout):
@@ -341,16 +418,16 @@ def test_a_new_jwt_is_staged_and_restarts_the_provider_through_the_handler(rollo
 
 
 def test_patched_manifest_has_one_flag_two_mounts_and_differs_only_there(rollout):
-    assert manifest_problems(ORIGINAL_MANIFEST.read_text(), rollout.read(MANIFEST)) == []
+    assert manifest_problems(ORIGINAL_MANIFEST.read_text(), rollout.manifest_after_site) == []
 
 
 def test_manifest_backups_are_outside_the_manifests_directory(rollout):
     c = rollout.container
     assert c.run(["ls", "-A", "/etc/kubernetes/manifests"]).stdout.split() == ["kube-apiserver.yaml"]
-    backups = c.run(["ls", "/etc/kubernetes/backup"]).stdout.split()
-    # site-1 and site-3 patched the manifest (site-2 and the --check run changed nothing).
-    assert len(backups) == 2 and all(re.fullmatch(r"kube-apiserver\.yaml\.\d{8}T\d{6}(\.\d+)?", b) for b in backups)
-    for b in backups:
+    backups = sorted(c.run(["ls", "/etc/kubernetes/backup"]).stdout.split())
+    # site-1 and site-3 patched the manifest (site-2 and the --check run changed nothing), absent restored it.
+    assert len(backups) == 3 and all(re.fullmatch(r"kube-apiserver\.yaml\.\d{8}T\d{6}(\.\d+)?", b) for b in backups)
+    for b in backups[:2]:
         assert rollout.read(f"/etc/kubernetes/backup/{b}") == ORIGINAL_MANIFEST.read_text()
 
 
@@ -366,7 +443,8 @@ def test_check_diff_shows_the_manifest_change_without_making_it(rollout):
 def test_rollout_refuses_to_patch_without_a_passing_probe_and_stops_before_the_next_host(rollout):
     run = rollout.runs["refused"]
     assert run.rc != 0 and "Refusing to point kube-apiserver at the provider" in run.output, run.output
-    assert run.recap["cp1"]["failed"] == 1 and "cp2" not in run.recap, run.recap
+    # cp2 was only read by the preflight play (nothing changed), then never reached.
+    assert run.recap["cp1"]["failed"] == 1 and run.recap.get("cp2", {}).get("changed", 0) == 0, run.recap
     state = rollout.refused_state
     assert state["cp1 manifest"] == ORIGINAL_MANIFEST.read_text()
     assert state["cp1 backups"] == rollout.backups_after_check
@@ -382,26 +460,25 @@ def test_apiserver_wait_against_standin_readyz_sees_the_kms_check(rollout):
 
 def test_encryption_config_is_the_binary_output_kms_first_identity_last(rollout):
     c = rollout.container
-    # After drop-identity-1 the file has no identity provider; the rendering is still the binary's.
+    # After drop-identity-1 the file has no identity provider; the data is the binary's.
     expected = c.run(["bao-kms-provider", "encryption-config", "--config", "/etc/openbao-kms/config.toml",
                       "--no-identity"]).stdout
-    assert rollout.enc_config_after_drop == expected
+    assert yaml.safe_load(rollout.enc_config_after_drop) == yaml.safe_load(expected)
     with_identity = c.run(["bao-kms-provider", "encryption-config", "--config", "/etc/openbao-kms/config.toml"]).stdout
     providers = yaml.safe_load(with_identity)["resources"][0]["providers"]
     assert list(providers[0]) == ["kms"] and providers[-1] == {"identity": {}}
 
 
-def test_migration_with_standin_kubectl_rewrites_once_then_drops_identity(rollout):
-    runs = rollout.runs
-    assert runs["migrate-1"].changed("cp1") == 2, runs["migrate-1"].output   # rewrite + marker
+def test_migration_against_standin_api_rewrites_once_with_conflict_retry_then_drops_identity(rollout):
+    runs, api = rollout.runs, rollout.api
+    assert runs["migrate-1"].changed("cp1") >= 2, runs["migrate-1"].output   # rewrite + marker
     assert runs["migrate-2"].changed("cp1") == 0, runs["migrate-2"].output
-    # Both ends of the pipe log themselves, in either order.
-    calls = sorted(rollout.read("/var/tmp/kubectl-standin.log").splitlines())
-    assert calls == ["--kubeconfig /etc/kubernetes/admin.conf get secrets --all-namespaces -o json",
-                     "--kubeconfig /etc/kubernetes/admin.conf replace -f -"], calls
-    replaced = yaml.safe_load(rollout.read("/var/tmp/kubectl-standin-replaced.json"))
-    assert [i["metadata"]["name"] for i in replaced["items"]] == ["a", "b"]
-    assert "2 objects" in rollout.read("/var/lib/openbao-kms/secrets-migrated")
+    assert set(api.replaces) == set(api.objects) and all(n == 1 for n in api.replaces.values()), api.replaces
+    assert api.conflicts_sent == 1
+    out = runs["migrate-1"].output
+    assert "secrets default: 2/2" in out and "secrets team: 2/2" in out and "conflicts retried 1" in out, out
+    marker = json.loads(rollout.marker_after_migrate)
+    assert marker["stage"] == "migrated" and marker["resources"] == ["secrets"] and list(marker["config_sha256"]) == ["cp1"]
     # Dropping identity: new EncryptionConfiguration + one API server restart, then nothing (the
     # first restart was site.yml's second pass).
     assert runs["drop-identity-1"].changed("cp1") == 2, runs["drop-identity-1"].output
@@ -410,9 +487,18 @@ def test_migration_with_standin_kubectl_rewrites_once_then_drops_identity(rollou
     assert "identity" not in rollout.enc_config_after_drop
 
 
-def test_rollback_stage_puts_identity_first_and_keeps_the_provider_readable(rollout):
+def test_rollback_stage_puts_identity_first_keeps_the_provider_readable_and_invalidates_the_marker(rollout):
     run = rollout.runs["rollback"]
-    assert run.changed("cp1") == 2, run.output   # the EncryptionConfiguration and one restart
-    providers = yaml.safe_load(rollout.read(ENC_CONFIG))["resources"][0]["providers"]
+    # The EncryptionConfiguration, one restart, the marker.
+    assert run.changed("cp1") == 3, run.output
+    assert "Wait for a new kube-apiserver container" in run.output and "Verify kube-apiserver" in run.output
+    providers = yaml.safe_load(rollout.enc_config_after_rollback)["resources"][0]["providers"]
     assert providers[0] == {"identity": {}} and providers[1]["kms"]["name"] == "openbao-kms"
+    assert "secrets-migrated" not in rollout.marker_after_rollback
     assert rollout.read("/var/tmp/apiserver-restarts").splitlines() == ["restarted"] * 3
+
+
+def test_state_absent_restores_the_manifest_and_kubeadm_config(rollout):
+    assert rollout.manifest_after_absent == ORIGINAL_MANIFEST.read_text()
+    cc = yaml.safe_load(rollout.kubeadm_config_after_absent["data"]["ClusterConfiguration"])
+    assert cc == yaml.safe_load(CLUSTER_CONFIGURATION)

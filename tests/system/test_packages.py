@@ -43,6 +43,7 @@ COMMON_FILES = [
     "/usr/lib/tmpfiles.d/bao-kms-provider.conf",
     CONFIG,
     "/usr/share/doc/bao-kms-provider/examples/config.toml",
+    "/usr/share/doc/bao-kms-provider/examples/pkcs11.conf",
     "/usr/share/man/man8/bao-kms-provider.8.gz",
     "/usr/share/man/man8/bao-kms-provider-serve.8.gz",
     "/usr/share/man/man8/bao-kms-provider-probe.8.gz",

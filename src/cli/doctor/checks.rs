@@ -5,13 +5,16 @@ use std::time::Instant;
 use rand::RngCore;
 
 use super::{privilege, profile, Report};
-use crate::config::{AuthSettings, Settings};
+use crate::config::{AuthSettings, ClientKey, Settings};
 use crate::openbao::{self, Client, Error, KeyMetadata, ServerHealth};
 
 /// Associated data of the doctor's probe, so its ciphertext can never pass for a Secret's.
 const PROBE_AAD: &[u8] = b"bao-kms-provider doctor probe";
 
 pub async fn run(s: &Settings, r: &mut Report) {
+    if !pkcs11_key(s, r) {
+        return;
+    }
     let client = match Client::new(&s.openbao, &s.auth, &s.transit) {
         Ok(c) => c,
         Err(e) => {
@@ -37,6 +40,53 @@ pub async fn run(s: &Settings, r: &mut Report) {
         ),
     }
     privileges(s, &client, &policies, r).await;
+}
+
+/// For a key on a PKCS#11 token: the module loads, token and key are found, the key cannot
+/// leave the token, and the certificate's public key is the key's (proved by a signature).
+fn pkcs11_key(s: &Settings, r: &mut Report) -> bool {
+    let AuthSettings::Cert {
+        cert_file,
+        key: ClientKey::Pkcs11(p11),
+        ..
+    } = &s.auth
+    else {
+        return true;
+    };
+    let k = match openbao::inspect_pkcs11_key(p11, cert_file, s.openbao.timeout) {
+        Ok(k) => k,
+        Err(e) => {
+            r.fail("pkcs11-key", e);
+            r.skip_rest("pkcs11-key");
+            return false;
+        }
+    };
+    let detail = format!(
+        "{} on token {:?} via {} ({}); {} matches it",
+        k.key,
+        k.token,
+        p11.module_path.display(),
+        k.module,
+        cert_file.display()
+    );
+    if k.extractable || !k.sensitive {
+        r.fail(
+            "pkcs11-key",
+            format!(
+                "{detail}; but the key is {}: it could leave the token (generate it on the token as sensitive and non-extractable)",
+                if k.extractable { "extractable" } else { "not sensitive" }
+            ),
+        );
+        r.skip_rest("pkcs11-key");
+        return false;
+    }
+    let history = if k.never_extractable && k.always_sensitive {
+        "never extractable, always sensitive"
+    } else {
+        "non-extractable and sensitive now (but not since generation)"
+    };
+    r.ok("pkcs11-key", format!("{detail}; key is {history}"));
+    true
 }
 
 async fn tls(s: &Settings, r: &mut Report) -> bool {

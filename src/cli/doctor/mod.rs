@@ -15,6 +15,7 @@ use crate::config::{self, AuthSettings, Environment};
 /// Every check in the order it runs; a check that cannot run is printed as `skip`.
 pub const CHECKS: &[&str] = &[
     "config",
+    "pkcs11-key",
     "tls",
     "openbao-health",
     "login",

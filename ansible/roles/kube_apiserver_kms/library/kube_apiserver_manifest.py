@@ -37,9 +37,32 @@ options:
     type: path
     default: /run/openbao-kms
   automatic_reload:
-    description: Whether C(--encryption-provider-config-automatic-reload=true) is present (true) or absent (false).
-    type: bool
-    default: false
+    description:
+      - C(true) adds or sets C(--encryption-provider-config-automatic-reload=true), C(false) removes the flag,
+        C(keep) leaves whatever the manifest has.
+    type: raw
+    default: keep
+  existing_config:
+    description:
+      - What to do when the manifest already points at another EncryptionConfiguration (C(aescbc), C(aesgcm),
+        C(secretbox), another C(kms) provider...). C(refuse) stops with a message naming that file: objects
+        written under it would become unreadable if the flag were simply replaced.
+      - C(merge) repoints the flag to O(encryption_config); the caller must already have carried the existing
+        providers into that file (the kube_apiserver_kms role does).
+    type: str
+    choices: [refuse, merge]
+    default: refuse
+  state:
+    description:
+      - C(present) adds the flag, volumes and mounts. C(absent) removes exactly what C(present) adds (the
+        flag only while it points at O(encryption_config)); with O(previous_config) the flag is pointed back
+        at that file instead of removed.
+    type: str
+    choices: [present, absent]
+    default: present
+  previous_config:
+    description: With O(state=absent), the EncryptionConfiguration to point the flag back at (merge mode).
+    type: path
   backup_dir:
     description: Where the original manifest is copied before a change, as C(NAME.YYYYmmddTHHMMSS).
     type: path
@@ -78,6 +101,14 @@ changes:
   returned: always
   type: list
   elements: str
+before:
+  description: The manifest's facts before the edit (encryption_config, automatic_reload, advertise_address, secure_port).
+  returned: always
+  type: dict
+after:
+  description: The same facts for the manifest as it is after the edit (as it would be, in check mode).
+  returned: always
+  type: dict
 """
 
 import os
@@ -86,7 +117,7 @@ import tempfile
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.kube_apiserver_manifest_edit import ManifestError, Spec, plan
+from ansible.module_utils.kube_apiserver_manifest_edit import ManifestError, Spec, facts, plan
 
 
 # ---------------------------------------------------------------------------- the module
@@ -115,7 +146,10 @@ def main():
             "encryption_config": {"type": "path", "required": True},
             "config_dir": {"type": "path"},
             "socket_dir": {"type": "path", "default": "/run/openbao-kms"},
-            "automatic_reload": {"type": "bool", "default": False},
+            "automatic_reload": {"type": "raw", "default": "keep"},
+            "existing_config": {"type": "str", "choices": ["refuse", "merge"], "default": "refuse"},
+            "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
+            "previous_config": {"type": "path"},
             "backup_dir": {"type": "path", "default": "/etc/kubernetes/backup"},
             "container": {"type": "str", "default": "kube-apiserver"},
             "config_volume": {"type": "str", "default": "openbao-kms-config"},
@@ -134,26 +168,29 @@ def main():
                          % (p["backup_dir"], os.path.dirname(path)))
     try:
         spec = Spec(p["encryption_config"], p["config_dir"], p["socket_dir"], p["automatic_reload"],
-                    p["container"], p["config_volume"], p["socket_volume"])
-        with open(path, encoding="utf-8") as f:
+                    p["container"], p["config_volume"], p["socket_volume"], existing_config=p["existing_config"],
+                    state=p["state"], previous_config=p["previous_config"])
+        with open(path, encoding="utf-8", newline="") as f:
             text = f.read()
+        before = facts(text, p["container"])
         new_text, changes = plan(text, spec)
+        after = facts(new_text, p["container"])
     except (OSError, UnicodeDecodeError) as e:
         module.fail_json(msg="cannot read %s: %s" % (path, e))
     except ManifestError as e:
         module.fail_json(msg="%s: %s" % (path, e))
-    result = {"changed": bool(changes), "changes": changes, "path": path}
+    result = {"changed": bool(changes), "changes": changes, "path": path, "before": before, "after": after}
     if module._diff:  # pylint: disable=protected-access
         result["diff"] = {"before": text, "after": new_text, "before_header": path, "after_header": path}
     if not changes or module.check_mode:
         module.exit_json(**result)
-    if not os.path.isfile(spec.encryption_config):
+    if spec.state == "present" and not os.path.isfile(spec.encryption_config):
         module.fail_json(msg="%s does not exist; kube-apiserver would not start. Write it first." % spec.encryption_config,
                          **result)
     try:
         result["backup_file"] = _backup(path, p["backup_dir"])
         fd, tmp = tempfile.mkstemp(prefix=".kube-apiserver.", dir=p["backup_dir"])
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(new_text)
     except OSError as e:
         module.fail_json(msg="cannot back up %s to %s: %s" % (path, p["backup_dir"], e), **result)

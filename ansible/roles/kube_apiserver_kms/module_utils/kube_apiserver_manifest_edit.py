@@ -26,16 +26,52 @@ class ManifestError(Exception):
     """The manifest does not have the structure this module can edit safely."""
 
 
+KEEP = "keep"
+EXISTING_MODES = ("refuse", "merge")
+
+
+def reload_setting(value):
+    """'keep' (leave the flag as it is), True (present, =true) or False (absent)."""
+    if value is None or value == KEEP:
+        return KEEP
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0"):
+        return False
+    raise ManifestError("automatic_reload %r: expected keep, true or false" % (value,))
+
+
 class Spec:
-    """What the manifest should carry."""
+    """What the manifest should carry.
+
+    existing_config: what to do when the manifest already points at another EncryptionConfiguration.
+    "refuse" (the default) stops: replacing it would make every object written under it unreadable.
+    "merge" repoints the flag to ours; the caller has carried the existing providers into our file.
+    state "absent" takes our flag, volumes and mounts out again (previous_config: put that path back).
+    """
 
     def __init__(self, encryption_config, config_dir=None, socket_dir="/run/openbao-kms",
-                 automatic_reload=False, container="kube-apiserver",
-                 config_volume="openbao-kms-config", socket_volume="openbao-kms-socket"):
+                 automatic_reload=KEEP, container="kube-apiserver",
+                 config_volume="openbao-kms-config", socket_volume="openbao-kms-socket",
+                 existing_config="refuse", state="present", previous_config=None):
         self.encryption_config = encryption_config
         self.config_dir = (config_dir or os.path.dirname(encryption_config)).rstrip("/") or "/"
         self.socket_dir = socket_dir.rstrip("/") or "/"
-        self.automatic_reload = automatic_reload
+        self.automatic_reload = reload_setting(automatic_reload)
+        if existing_config not in EXISTING_MODES:
+            raise ManifestError("existing_config %r: expected one of %s" % (existing_config, ", ".join(EXISTING_MODES)))
+        if state not in ("present", "absent"):
+            raise ManifestError("state %r: expected present or absent" % (state,))
+        self.existing_config = existing_config
+        self.state = state
+        self.previous_config = previous_config or None
+        if self.previous_config is not None and (not SAFE_PATH.match(self.previous_config)
+                                                 or self.previous_config == encryption_config):
+            raise ManifestError("previous_config %r must be an absolute path other than encryption_config"
+                                % (self.previous_config,))
         self.container = container
         self.config_volume = config_volume
         self.socket_volume = socket_volume
@@ -113,12 +149,14 @@ def _plain(value):
 
 
 class _Edits:
-    """Line insertions/replacements, applied bottom-up so indexes stay valid."""
+    """Line insertions/replacements, applied bottom-up so indexes stay valid. New lines get the
+    file's own line ending (CRLF files stay CRLF)."""
 
-    def __init__(self):
+    def __init__(self, newline="\n"):
         self.inserts = {}   # line index -> [text]
         self.replaces = {}  # line index -> text or None (delete)
         self.changes = []
+        self.newline = newline
 
     def insert(self, index, texts, why):
         self.inserts.setdefault(index, []).extend(texts)
@@ -128,10 +166,15 @@ class _Edits:
         self.replaces[index] = text
         self.changes.append(why)
 
+    def delete(self, first, last, why):
+        for index in range(first, last + 1):
+            self.replaces[index] = None
+        self.changes.append(why)
+
     def apply(self, lines):
         out = list(lines)
         if out and not out[-1].endswith("\n") and len(out) in self.inserts:
-            out[-1] += "\n"
+            out[-1] += self.newline
         for index in sorted(set(self.inserts) | set(self.replaces), reverse=True):
             if index in self.replaces:
                 if self.replaces[index] is None:
@@ -139,7 +182,7 @@ class _Edits:
                 else:
                     out[index] = self.replaces[index]
             if index in self.inserts:
-                out[index:index] = [t + "\n" for t in self.inserts[index]]
+                out[index:index] = [t + self.newline for t in self.inserts[index]]
         return "".join(out)
 
 
@@ -165,7 +208,7 @@ def _find_container(root, spec):
     return pod_spec, found[0]
 
 
-def _plan_command(lines, container, spec, edits):
+def _command_items(container, spec):
     command = _get(container, "command")
     if command is None or _kind(command) != "SequenceNode" or command.flow_style or not command.value:
         raise ManifestError("container %r has no block list 'command'" % spec.container)
@@ -180,8 +223,6 @@ def _plan_command(lines, container, spec, edits):
         raise ManifestError("container %r sets %s in 'args'; move it to 'command' by hand" % (spec.container, FLAG))
     if items[0].value != "kube-apiserver":
         raise ManifestError("command[0] is %r, expected kube-apiserver" % items[0].value)
-    prefix = _item_prefix(lines, items[-1], "command")
-    after_last = _last_line(items[-1]) + 1
     bare = [i for i in items if i.value == FLAG]
     if bare:
         raise ManifestError("line %d has %s without '=PATH'; fix it by hand" % (bare[0].start_mark.line + 1, FLAG))
@@ -189,38 +230,85 @@ def _plan_command(lines, container, spec, edits):
     if len(flags) > 1:
         raise ManifestError("command carries %s %d times (lines %s); fix it by hand"
                             % (FLAG, len(flags), ", ".join(str(f.start_mark.line + 1) for f in flags)))
+    reloads = [i for i in items if _is_reload(i.value)]
+    if len(reloads) > 1:
+        raise ManifestError("command carries %s %d times; fix it by hand" % (RELOAD_FLAG, len(reloads)))
+    return items, flags, reloads
+
+
+def _replace_item(lines, node, text, edits, why):
+    _scalar_span_is_line(lines, node, "command")
+    line = lines[node.start_mark.line]
+    edits.replace(node.start_mark.line, line[:node.start_mark.column] + text + line[node.end_mark.column:], why)
+
+
+def _plan_command(lines, container, spec, edits):
+    items, flags, reloads = _command_items(container, spec)
+    prefix = _item_prefix(lines, items[-1], "command")
+    after_last = _last_line(items[-1]) + 1
     new = []
-    if not flags:
+    if spec.state == "absent":
+        if flags and flags[0].value == spec.flag:
+            if spec.previous_config:
+                _replace_item(lines, flags[0], "%s=%s" % (FLAG, spec.previous_config), edits,
+                              "put back %s=%s" % (FLAG, spec.previous_config))
+            else:
+                _item_prefix(lines, flags[0], "command")
+                _scalar_span_is_line(lines, flags[0], "command")
+                edits.replace(flags[0].start_mark.line, None, "remove %s" % spec.flag)
+    elif not flags:
         new.append(prefix + spec.flag)
         edits.changes.append("add %s" % spec.flag)
     elif flags[0].value != spec.flag:
-        node = flags[0]
-        _scalar_span_is_line(lines, node, "command")
-        line = lines[node.start_mark.line]
-        edits.replace(node.start_mark.line, line[:node.start_mark.column] + spec.flag + line[node.end_mark.column:],
-                      "replace %s with %s" % (node.value, spec.flag))
-    reloads = [i for i in items if _is_reload(i.value)]
-    truthy = ("%s=true" % RELOAD_FLAG, RELOAD_FLAG)
-    if spec.automatic_reload:
-        if len(reloads) > 1:
-            raise ManifestError("command carries %s %d times; fix it by hand" % (RELOAD_FLAG, len(reloads)))
+        other = flags[0].value[len(FLAG) + 1:]
+        if spec.existing_config != "merge":
+            raise ManifestError(
+                "kube-apiserver already uses the EncryptionConfiguration %s (line %d). Replacing it would make "
+                "every object written under it unreadable. Set kube_apiserver_kms_existing_config: merge to carry "
+                "its providers into %s (module option existing_config=merge)"
+                % (other, flags[0].start_mark.line + 1, spec.encryption_config))
+        _replace_item(lines, flags[0], spec.flag, edits, "replace %s with %s" % (flags[0].value, spec.flag))
+    if spec.automatic_reload is True:
         if not reloads:
             new.append(prefix + RELOAD_FLAG + "=true")
             edits.changes.append("add %s=true" % RELOAD_FLAG)
-        elif reloads[0].value not in truthy:
-            node = reloads[0]
-            _scalar_span_is_line(lines, node, "command")
-            line = lines[node.start_mark.line]
-            edits.replace(node.start_mark.line,
-                          line[:node.start_mark.column] + RELOAD_FLAG + "=true" + line[node.end_mark.column:],
-                          "set %s=true" % RELOAD_FLAG)
-    else:
+        elif reloads[0].value not in (RELOAD_FLAG + "=true", RELOAD_FLAG):
+            _replace_item(lines, reloads[0], RELOAD_FLAG + "=true", edits, "set %s=true" % RELOAD_FLAG)
+    elif spec.automatic_reload is False:
         for node in reloads:
             _scalar_span_is_line(lines, node, "command")
             _item_prefix(lines, node, "command")
             edits.replace(node.start_mark.line, None, "remove %s" % node.value)
     if new:
         edits.inserts.setdefault(after_last, []).extend(new)
+
+
+def _plan_remove_list(lines, parent, key, wanted, edits, what):
+    """state=absent: remove our entries (same name and content) from the block list parent[key]."""
+    import yaml  # pylint: disable=import-outside-toplevel
+
+    node = _get(parent, key)
+    if node is None or _kind(node) != "SequenceNode" or not node.value:
+        return
+    ours = {e["name"]: e for e in wanted}
+    remove = []
+    for item in node.value:
+        entry = yaml.safe_load(yaml.serialize(item))
+        if isinstance(entry, dict) and entry.get("name") in ours:
+            if _plain(entry) != _plain(ours[entry["name"]]):
+                raise ManifestError("%s: entry %r is %r, not what this module adds; remove it by hand"
+                                    % (what, entry["name"], entry))
+            if node.flow_style:
+                raise ManifestError("%s is a flow list; remove %r by hand" % (what, entry["name"]))
+            remove.append(item)
+    if not remove:
+        return
+    if len(remove) == len(node.value):
+        raise ManifestError("%s holds only this module's entries; removing them would leave it empty. "
+                            "Edit it by hand" % what)
+    for item in remove:
+        _item_prefix(lines, item, what)
+        edits.delete(item.start_mark.line, _last_line(item), "remove %s %s" % (what, _get(item, "name").value))
 
 
 def _render_item(entry, prefix, nest):
@@ -297,7 +385,7 @@ def _plan_list(lines, parent, key, wanted, edits, what, match_key):
             raise ManifestError("%s: an empty list spread over several lines; edit it by hand" % what)
         at = key_node.start_mark.line
         line = lines[at]
-        edits.replace(at, line[:column] + key + ":\n", "replace empty %s" % what)
+        edits.replace(at, line[:column] + key + ":" + edits.newline, "replace empty %s" % what)
         anchor = at + 1
     else:
         column = parent.value[0][0].start_mark.column
@@ -320,6 +408,11 @@ def _is_reload(arg):
     return arg == RELOAD_FLAG or arg.startswith(RELOAD_FLAG + "=")
 
 
+def _reload_value(arg):
+    """True/False for a reload flag (a bare flag is true, as Go's bool flags)."""
+    return arg == RELOAD_FLAG or arg.split("=", 1)[1].strip().lower() in ("true", "1", "t")
+
+
 def expected_document(doc, spec):
     """The intended change on the parsed manifest: what the edited text must parse to."""
     want = copy.deepcopy(doc)
@@ -327,28 +420,45 @@ def expected_document(doc, spec):
     command, has_flag, has_reload = [], False, False
     for arg in container["command"]:
         if arg.startswith(FLAG + "="):
-            command.append(spec.flag)
             has_flag = True
+            if spec.state == "absent":
+                if arg == spec.flag:
+                    if spec.previous_config:
+                        command.append("%s=%s" % (FLAG, spec.previous_config))
+                    continue
+                command.append(arg)
+            else:
+                command.append(spec.flag)
         elif _is_reload(arg):
-            if spec.automatic_reload:
+            if spec.automatic_reload is KEEP:
+                command.append(arg)
+            elif spec.automatic_reload:
                 command.append(arg if arg in (RELOAD_FLAG, RELOAD_FLAG + "=true") else RELOAD_FLAG + "=true")
-                has_reload = True
+            has_reload = True
         else:
             command.append(arg)
-    if not has_flag:
+    if not has_flag and spec.state == "present":
         command.append(spec.flag)
-    if spec.automatic_reload and not has_reload:
+    if spec.automatic_reload is True and not has_reload:
         command.append(RELOAD_FLAG + "=true")
     container["command"] = command
     for holder, key, wanted in ((container, "volumeMounts", spec.mounts()), (want["spec"], "volumes", spec.volumes())):
         current = holder.get(key) or []
+        ours = {e["name"] for e in wanted}
+        if spec.state == "absent":
+            if key in holder:
+                holder[key] = [e for e in current if not (isinstance(e, dict) and e.get("name") in ours)]
+            continue
         names = {e.get("name") for e in current if isinstance(e, dict)}
         holder[key] = current + [e for e in wanted if e["name"] not in names]
     return want
 
 
-def plan(text, spec):
-    """Return (new_text, changes). new_text == text when nothing needs doing."""
+def _newline(text):
+    return "\r\n" if "\r\n" in text else "\n"
+
+
+def _parse(text):
     import yaml  # pylint: disable=import-outside-toplevel
 
     try:
@@ -358,13 +468,24 @@ def plan(text, spec):
         raise ManifestError("not valid YAML: %s" % e)
     if root is None:
         raise ManifestError("the manifest is empty")
+    return root, doc
+
+
+def plan(text, spec):
+    """Return (new_text, changes). new_text == text when nothing needs doing."""
+    root, doc = _parse(text)
     lines = text.splitlines(True)
     pod_spec, container = _find_container(root, spec)
-    edits = _Edits()
+    edits = _Edits(_newline(text))
     _plan_command(lines, container, spec, edits)
-    _plan_list(lines, container, "volumeMounts", spec.mounts(), edits,
-               "container %r volumeMounts" % spec.container, ("mountPath",))
-    _plan_list(lines, pod_spec, "volumes", spec.volumes(), edits, "spec.volumes", ("hostPath", "path"))
+    if spec.state == "absent":
+        _plan_remove_list(lines, container, "volumeMounts", spec.mounts(), edits,
+                          "container %r volumeMounts" % spec.container)
+        _plan_remove_list(lines, pod_spec, "volumes", spec.volumes(), edits, "spec.volumes")
+    else:
+        _plan_list(lines, container, "volumeMounts", spec.mounts(), edits,
+                   "container %r volumeMounts" % spec.container, ("mountPath",))
+        _plan_list(lines, pod_spec, "volumes", spec.volumes(), edits, "spec.volumes", ("hostPath", "path"))
     if not edits.changes:
         return text, []
     new_text = edits.apply(lines)
@@ -372,8 +493,42 @@ def plan(text, spec):
     return new_text, edits.changes
 
 
+def facts(text, container="kube-apiserver"):
+    """What the rollout needs to know about a manifest, without changing it: the EncryptionConfiguration
+    it points at (None without the flag), the automatic reload flag (None when absent, else its bool), and
+    where this host's API server listens (advertise address from the flag or kubeadm's annotation, port)."""
+    root, doc = _parse(text)
+    spec = Spec("/nonexistent/x", container=container)
+    _, container_node = _find_container(root, spec)
+    _, flags, reloads = _command_items(container_node, spec)
+    command = [i.value for i in _command_items(container_node, spec)[0]]
+
+    def flag(name):
+        found = [a.split("=", 1)[1] for a in command if a.startswith(name + "=")]
+        return found[-1] if found else None
+
+    endpoint = ((doc.get("metadata") or {}).get("annotations") or {}).get(
+        "kubeadm.kubernetes.io/kube-apiserver.advertise-address.endpoint")
+    address = flag("--advertise-address")
+    port = flag("--secure-port")
+    if endpoint and ":" in endpoint:
+        host, _, endpoint_port = endpoint.rpartition(":")
+        address = address or host.strip("[]")
+        port = port or endpoint_port
+    return {
+        "encryption_config": flags[0].value[len(FLAG) + 1:] if flags else None,
+        "automatic_reload": _reload_value(reloads[0].value) if reloads else None,
+        "advertise_address": address,
+        "secure_port": int(port) if port and port.isdigit() else 6443,
+        "etcd_servers": [u for u in (flag("--etcd-servers") or "").split(",") if u],
+        "etcd_cafile": flag("--etcd-cafile"),
+        "etcd_certfile": flag("--etcd-certfile"),
+        "etcd_keyfile": flag("--etcd-keyfile"),
+    }
+
+
 def verify(original_doc, new_text, spec):
-    """The edited text parses, carries one flag and both mounts, and differs only by the intended change."""
+    """The edited text parses, carries the flag as intended, and differs only by the intended change."""
     import yaml  # pylint: disable=import-outside-toplevel
 
     try:
@@ -384,5 +539,8 @@ def verify(original_doc, new_text, spec):
     if new_doc != want:
         raise ManifestError("internal error: the edited manifest differs from the intended change; nothing written")
     container = next(c for c in new_doc["spec"]["containers"] if c.get("name") == spec.container)
-    if sum(1 for c in container["command"] if c.startswith(FLAG + "=")) != 1:
+    count = sum(1 for c in container["command"] if c.startswith(FLAG + "="))
+    if spec.state == "present" and count != 1:
         raise ManifestError("internal error: %s is not present exactly once; nothing written" % FLAG)
+    if spec.state == "absent" and spec.flag in container["command"]:
+        raise ManifestError("internal error: %s is still present; nothing written" % spec.flag)

@@ -1,0 +1,391 @@
+#!/usr/bin/env python3
+# Copyright: bao-kms-provider authors
+# Apache License 2.0 (see LICENSE)
+"""Rewrite every object of the encrypted resources so kube-apiserver stores it again through the
+provider: page by page (--chunk-size), object by object, a conflict (409) retried with a fresh read,
+at most --rate objects per second, resumable (--state holds the last key done per resource), with
+progress per namespace and a final check of the raw values in etcd.
+
+Talks to the API server with the kubeconfig's client certificate (or token), standard library only
+(PyYAML when the kubeconfig is YAML). Exit 0 when everything was rewritten (and verified), 1 otherwise.
+"""
+
+import argparse
+import base64
+import json
+import os
+import random
+import shutil
+import signal
+import ssl
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+MAX_CONFLICT_RETRIES = 10
+DEFAULT_QUOTA = 2 * 1024 ** 3  # etcd's default --quota-backend-bytes
+
+
+class Failure(Exception):
+    pass
+
+
+PROGRESS_FILE = None
+
+
+def log(msg):
+    """stdout (Ansible shows it at the end) and, while it runs, --progress-file (tail -f it)."""
+    print(msg, flush=True)
+    if PROGRESS_FILE:
+        try:
+            with open(PROGRESS_FILE, "a", encoding="utf-8") as f:
+                f.write("%s %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S"), msg))
+        except OSError:
+            pass
+
+
+# ---------------------------------------------------------------------------- kube API
+
+class Api:
+    def __init__(self, kubeconfig, server=None, timeout=30):
+        try:
+            with open(kubeconfig, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            raise Failure("cannot read the kubeconfig: %s" % e)
+        try:
+            cfg = json.loads(text)
+        except ValueError:
+            import yaml  # pylint: disable=import-outside-toplevel
+            cfg = yaml.safe_load(text)
+        ctx_name = cfg.get("current-context")
+        ctx = next((c["context"] for c in cfg.get("contexts", []) if c.get("name") == ctx_name), None)
+        if ctx is None:
+            raise Failure("%s: current-context %r not found" % (kubeconfig, ctx_name))
+        cluster = next(c["cluster"] for c in cfg["clusters"] if c["name"] == ctx["cluster"])
+        user = next((u["user"] for u in cfg.get("users", []) if u["name"] == ctx.get("user")), {}) or {}
+        self.server = (server or cluster["server"]).rstrip("/")
+        self.timeout = timeout
+        self.headers = {"Accept": "application/json", "Content-Type": "application/json"}
+        self._dir = tempfile.mkdtemp(prefix="kms-migrate-")
+        os.chmod(self._dir, 0o700)
+        self.ctx = None
+        if self.server.startswith("https"):
+            try:
+                self.ctx = ssl.create_default_context(cafile=self._file(cluster, "certificate-authority"))
+                cert, key = self._file(user, "client-certificate"), self._file(user, "client-key")
+                if cert and key:
+                    self.ctx.load_cert_chain(cert, key)
+            except (OSError, ssl.SSLError) as e:
+                raise Failure("%s: cannot use its certificates: %s" % (kubeconfig, e))
+        if user.get("token"):
+            self.headers["Authorization"] = "Bearer " + user["token"]
+
+    def _file(self, section, name):
+        if section.get(name):
+            return section[name]
+        data = section.get(name + "-data")
+        if not data:
+            return None
+        path = os.path.join(self._dir, name)
+        with open(path, "wb") as f:
+            f.write(base64.b64decode(data))
+        os.chmod(path, 0o600)
+        return path
+
+    def close(self):
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def request(self, method, path, body=None, query=None):
+        url = self.server + path + ("?" + urllib.parse.urlencode(query) if query else "")
+        data = json.dumps(body).encode() if body is not None else None
+        for attempt in range(6):
+            req = urllib.request.Request(url, data=data, method=method, headers=self.headers)
+            try:
+                with urllib.request.urlopen(req, context=self.ctx, timeout=self.timeout) as r:
+                    return r.status, json.load(r)
+            except urllib.error.HTTPError as e:
+                if e.code in (429, 500, 502, 503, 504) and attempt < 5:
+                    time.sleep(min(2 ** attempt * 0.2, 5))
+                    continue
+                try:
+                    return e.code, json.load(e)
+                except ValueError:
+                    return e.code, {}
+            except OSError as e:
+                if attempt < 5:
+                    time.sleep(min(2 ** attempt * 0.2, 5))
+                    continue
+                raise Failure("%s %s: %s" % (method, url, e))
+        raise Failure("%s %s: no answer" % (method, url))
+
+
+def resource_path(api, resource):
+    """List path for 'secrets' (core) or 'deployments.apps' (group, preferred version)."""
+    if "*" in resource:
+        raise Failure("resource %r: the migration needs resources listed by name (for example secrets, "
+                      "configmaps, deployments.apps), not wildcards" % resource)
+    name, _, group = resource.rstrip(".").partition(".")
+    if not group:
+        return "/api/v1", name
+    status, body = api.request("GET", "/apis/" + group)
+    if status != 200:
+        raise Failure("API group %s of resource %s: HTTP %d" % (group, resource, status))
+    return "/apis/" + body["preferredVersion"]["groupVersion"], name
+
+
+def object_path(base, name, obj):
+    meta = obj["metadata"]
+    ns = meta.get("namespace")
+    return "%s%s/%s/%s" % (base, "/namespaces/" + ns if ns else "", name, urllib.parse.quote(meta["name"]))
+
+
+def key_of(obj):
+    meta = obj["metadata"]
+    return "%s/%s" % (meta.get("namespace", ""), meta["name"])
+
+
+def pages(api, base, name, chunk, after=None):
+    """Every object in etcd key order (namespace/name), optionally only those after `after`."""
+    token = None
+    while True:
+        query = {"limit": chunk}
+        if token:
+            query["continue"] = token
+        status, body = api.request("GET", "%s/%s" % (base, name), query=query)
+        if status == 410 and token:
+            # The continue token expired (etcd compacted): list again, skipping what was done.
+            log("  list continuation expired; listing again from the last object done")
+            token = None
+            continue
+        if status != 200:
+            raise Failure("list %s: HTTP %d %s" % (name, status, body.get("message", "")))
+        items = [i for i in body.get("items", []) if after is None or key_of(i) > after]
+        yield items
+        token = (body.get("metadata") or {}).get("continue")
+        if not token:
+            return
+
+
+# ---------------------------------------------------------------------------- etcd (gRPC gateway)
+
+class Etcd:
+    def __init__(self, endpoint, cacert=None, cert=None, key=None):
+        self.endpoint = endpoint.rstrip("/")
+        self.ctx = None
+        if self.endpoint.startswith("https"):
+            try:
+                self.ctx = ssl.create_default_context(cafile=cacert)
+                if cert:
+                    self.ctx.load_cert_chain(cert, key)
+            except (OSError, ssl.SSLError) as e:
+                raise Failure("etcd client certificate (%s, %s, %s): %s" % (cacert, cert, key, e))
+
+    def call(self, path, body):
+        req = urllib.request.Request(self.endpoint + path, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, context=self.ctx, timeout=10) as r:
+                return json.load(r)
+        except (OSError, ValueError) as e:
+            raise Failure("etcd %s%s: %s" % (self.endpoint, path, e))
+
+    def get(self, key):
+        kvs = self.call("/v3/kv/range", {"key": base64.b64encode(key.encode()).decode()}).get("kvs") or []
+        return base64.b64decode(kvs[0]["value"]) if kvs else None
+
+    def db_size(self):
+        return int(self.call("/v3/maintenance/status", {}).get("dbSize", 0))
+
+
+# ---------------------------------------------------------------------------- the run
+
+def load_state(path):
+    if path and os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    return {}
+
+
+def save_state(path, state):
+    if not path:
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(state, f, indent=1, sort_keys=True)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def count(api, base, name, chunk):
+    """Objects per namespace and their total JSON size (the write volume of a full rewrite)."""
+    totals, size = {}, 0
+    for items in pages(api, base, name, chunk):
+        for i in items:
+            ns = i["metadata"].get("namespace", "")
+            totals[ns] = totals.get(ns, 0) + 1
+            size += len(json.dumps(i))
+    return totals, size
+
+
+def rewrite_one(api, base, name, obj):
+    """PUT the object back as read; on 409 read it again and retry. Returns 'rewritten', 'gone' or
+    raises. Counts conflicts in the returned tuple."""
+    conflicts = 0
+    while True:
+        status, body = api.request("PUT", object_path(base, name, obj), obj)
+        if status in (200, 201):
+            return "rewritten", conflicts
+        if status == 404:
+            return "gone", conflicts
+        if status == 409 and conflicts < MAX_CONFLICT_RETRIES:
+            conflicts += 1
+            status, fresh = api.request("GET", object_path(base, name, obj))
+            if status == 404:
+                return "gone", conflicts
+            if status != 200:
+                raise Failure("re-read %s after a conflict: HTTP %d" % (key_of(obj), status))
+            obj = fresh
+            continue
+        raise Failure("replace %s %s: HTTP %d %s" % (name, key_of(obj), status, body.get("message", "")))
+
+
+def migrate(a):
+    api = Api(a.kubeconfig, a.server)
+    needs_etcd = a.etcd_endpoint and (a.quota_check != "off" or a.verify != "none")
+    etcd = Etcd(a.etcd_endpoint, a.etcd_cacert, a.etcd_cert, a.etcd_key) if needs_etcd else None
+    state = load_state(a.state)
+    resources = [r.strip() for r in a.resources.split(",") if r.strip()]
+    interval = 1.0 / a.rate if a.rate > 0 else 0
+    try:
+        plan = {r: resource_path(api, r) for r in resources}
+        # Size check first: a full rewrite adds a revision of every object until etcd is compacted.
+        todo = {r: state.get(r, {}) for r in resources if not state.get(r, {}).get("complete")}
+        for r in todo:
+            if "totals" not in todo[r]:
+                totals, size = count(api, *plan[r], a.chunk_size)
+                todo[r].update({"totals": totals, "bytes": size, "done": {}, "last": None, "conflicts": 0, "gone": 0,
+                                "complete": False})
+                state[r] = todo[r]
+        save_state(a.state, state)
+        if etcd is not None and a.quota_check != "off" and todo:
+            db = etcd.db_size()
+            quota = a.etcd_quota_bytes or DEFAULT_QUOTA
+            grow = int(sum(s.get("bytes", 0) for s in todo.values()) * 1.2)
+            log("etcd: database %d bytes, quota %d bytes, a full rewrite adds about %d bytes" % (db, quota, grow))
+            if db + grow > quota * a.quota_headroom:
+                msg = ("etcd database (%d bytes) plus a full rewrite (about %d bytes) would exceed %d%% of the quota "
+                       "(%d bytes). Compact and defragment etcd first (etcdctl compact <revision>; etcdctl defrag "
+                       "--cluster), or raise --quota-backend-bytes" % (db, grow, int(a.quota_headroom * 100), quota))
+                if a.quota_check == "refuse":
+                    raise Failure(msg)
+                log("WARNING: " + msg)
+            else:
+                log("etcd: enough room; compact and defragment afterwards to return the space of the old revisions")
+        last_tick = 0.0
+        for r in resources:
+            st = state[r]
+            if st.get("complete"):
+                log("%s: already rewritten (resume state %s)" % (r, a.state))
+                continue
+            base, name = plan[r]
+            totals = st["totals"]
+            log("%s: %d objects in %d namespaces%s" % (r, sum(totals.values()), len(totals),
+                                                          ", resuming after %s" % st["last"] if st["last"] else ""))
+            try:
+                for items in pages(api, base, name, a.chunk_size, after=st["last"]):
+                    touched = set()
+                    for obj in items:
+                        if interval:
+                            wait = last_tick + interval - time.monotonic()
+                            if wait > 0:
+                                time.sleep(wait)
+                            last_tick = time.monotonic()
+                        result, conflicts = rewrite_one(api, base, name, obj)
+                        ns = obj["metadata"].get("namespace", "")
+                        st["done"][ns] = st["done"].get(ns, 0) + 1
+                        st["conflicts"] += conflicts
+                        st["gone"] += result == "gone"
+                        st["last"] = key_of(obj)
+                        touched.add(ns)
+                    save_state(a.state, state)
+                    for ns in sorted(touched):
+                        log("  %s %s: %d/%d" % (r, ns or "(cluster)", st["done"][ns], totals.get(ns, st["done"][ns])))
+            finally:
+                # Interrupted or not: the next run resumes after the last object done.
+                save_state(a.state, state)
+            st["complete"] = True
+            save_state(a.state, state)
+            log("%s: rewritten %d, gone meanwhile %d, conflicts retried %d"
+                % (r, sum(st["done"].values()), st["gone"], st["conflicts"]))
+        if etcd is not None and a.verify != "none":
+            verify(a, api, etcd, plan)
+    finally:
+        api.close()
+
+
+def verify(a, api, etcd, plan):
+    keys = []
+    for r, (base, name) in plan.items():
+        for items in pages(api, base, name, a.chunk_size):
+            keys.extend("/registry/%s/%s" % (name, key_of(i).lstrip("/")) for i in items)
+    if a.verify.startswith("sample:"):
+        n = int(a.verify.split(":", 1)[1])
+        keys = random.sample(keys, min(n, len(keys)))
+    ok, bad = 0, []
+    for key in keys:
+        value = etcd.get(key)
+        if value is None:
+            continue  # deleted meanwhile
+        if value.startswith(a.expect_prefix.encode()) != a.expect_not:
+            ok += 1
+        else:
+            bad.append(key)
+    log("verified in etcd: %d of %d checked objects %s with %s (%s)"
+        % (ok, ok + len(bad), "do not start" if a.expect_not else "start", a.expect_prefix, a.verify))
+    if bad:
+        raise Failure("%d objects are %s the provider, e.g. %s"
+                      % (len(bad), "still stored by" if a.expect_not else "not stored by", ", ".join(bad[:5])))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--kubeconfig", required=True)
+    p.add_argument("--server", help="API server URL (default: the kubeconfig's)")
+    p.add_argument("--resources", default="secrets", help="comma separated, e.g. secrets,configmaps")
+    p.add_argument("--chunk-size", type=int, default=250)
+    p.add_argument("--rate", type=float, default=50, help="objects per second (0: no limit)")
+    p.add_argument("--state", help="resume state file (JSON)")
+    p.add_argument("--progress-file", help="also append progress lines here while running")
+    p.add_argument("--etcd-endpoint")
+    p.add_argument("--etcd-cacert")
+    p.add_argument("--etcd-cert")
+    p.add_argument("--etcd-key")
+    p.add_argument("--etcd-quota-bytes", type=int, default=0, help="etcd --quota-backend-bytes (0: etcd's default 2 GiB)")
+    p.add_argument("--quota-headroom", type=float, default=0.8, help="refuse/warn above this share of the quota")
+    p.add_argument("--quota-check", choices=["refuse", "warn", "off"], default="refuse")
+    p.add_argument("--verify", default="all", help="all, sample:N or none")
+    p.add_argument("--expect-prefix", default="k8s:enc:kms:v2:")
+    p.add_argument("--expect-not", action="store_true",
+                   help="rolling back: values must NOT start with --expect-prefix any more")
+    a = p.parse_args()
+    if a.chunk_size < 1 or a.rate < 0:
+        p.error("--chunk-size must be at least 1 and --rate not negative")
+    if not (a.verify in ("all", "none") or (a.verify.startswith("sample:") and a.verify[7:].isdigit())):
+        p.error("--verify must be all, none or sample:N")
+    global PROGRESS_FILE  # pylint: disable=global-statement
+    PROGRESS_FILE = a.progress_file
+    # SIGTERM (systemd, a timeout) ends like Ctrl-C: the resume state is saved on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        migrate(a)
+    except Failure as e:
+        print("kms_migrate: %s" % e, file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

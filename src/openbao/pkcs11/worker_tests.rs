@@ -1,0 +1,68 @@
+//! Unit tests of the worker pool against SoftHSM2's module (no token needed).
+use super::super::error::rv_name;
+use super::*;
+
+/// SoftHSM2 (`make tools`) with its packaged config: only the module is needed here. A
+/// module initialises once per process, so the tests share it.
+fn softhsm() -> &'static Token {
+    static TOKEN: std::sync::OnceLock<Token> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| {
+        let module = Path::new("/usr/lib/softhsm/libsofthsm2.so");
+        assert!(
+            module.exists(),
+            "SoftHSM2 is not installed — run `make tools`"
+        );
+        Token::open(module, "unused", AuthPin::from("0000".to_owned())).expect("load SoftHSM2")
+    })
+}
+
+/// The tests occupy the shared workers; one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+#[test]
+fn a_hung_call_costs_its_budget_and_the_other_worker_keeps_serving() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let token = softhsm();
+    let started = Instant::now();
+    let hung = token.run(Duration::from_millis(200), |_| {
+        std::thread::sleep(Duration::from_secs(2));
+        Ok(())
+    });
+    assert!(matches!(hung, Err(Pkcs11Error::Timeout { .. })), "{hung:?}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let answered = token.run(Duration::from_millis(500), |_| Ok(42));
+    assert_eq!(answered.ok(), Some(42));
+}
+
+#[test]
+fn a_full_queue_is_refused_at_once() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let token = softhsm();
+    // Occupy both workers, fill the queue, then one more is "busy" without waiting.
+    let mut waiting = Vec::new();
+    for _ in 0..WORKERS + QUEUE {
+        let jobs = token.jobs.clone();
+        let job: Job = Box::new(|_| std::thread::sleep(Duration::from_millis(300)));
+        waiting.push(
+            jobs.try_send((Instant::now() + Duration::from_secs(5), job))
+                .is_ok(),
+        );
+    }
+    let started = Instant::now();
+    let r = token.run(Duration::from_secs(5), |_| Ok(()));
+    assert!(matches!(r, Err(Pkcs11Error::Busy { .. })), "{r:?}");
+    assert!(started.elapsed() < Duration::from_millis(100));
+    assert!(waiting.iter().filter(|ok| **ok).count() >= QUEUE);
+    // Let the workers drain before the next test uses them.
+    let drained = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        token.run(Duration::from_secs(2), |_| Ok(())).is_ok()
+    });
+    assert!(drained);
+}
+
+#[test]
+fn error_names_are_short() {
+    assert_eq!(rv_name(RvError::PinIncorrect), "CKR_PIN_INCORRECT");
+    assert_eq!(hex(&[0xa1, 0x02]), "a102");
+}

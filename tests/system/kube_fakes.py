@@ -1,0 +1,289 @@
+"""Test parts for the rollout's checks and the migration: kubeadm-like PKI (openssl), a real etcd with
+TLS client-certificate auth as kubeadm runs it, and a stand-in kube-apiserver.
+
+The stand-in serves only what the role's checks and the migration call (/readyz, the Secrets API by
+raw path: list with limit/continue, get, create, replace with resourceVersion conflicts), over HTTPS
+with kubeadm's default certificate SANs (no 127.0.0.1), and answers 401 to a request without a
+client certificate (as --anonymous-auth=false). It stores every write in the real etcd under the
+key kube-apiserver uses, with the prefix of the provider it is told is first (a stand-in for the
+encryption, which the Rust tests check with the real provider).
+"""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import json
+import shutil
+import ssl
+import subprocess
+import threading
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from openbao import free_port
+
+
+def openssl(cwd: Path, *args: str) -> None:
+    p = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True)
+    assert p.returncode == 0, f"openssl {args}: {p.stderr}"
+
+
+def make_pki(d: Path, advertise: str = "127.0.0.2", node: str = "cp1") -> Path:
+    """ca.crt/ca.key; apiserver.crt with kubeadm's default SANs (no 127.0.0.1); admin.crt
+    (kubernetes-admin, system:masters); etcd/ca.crt, etcd/server.crt (127.0.0.1) and
+    apiserver-etcd-client.crt/key as kubeadm lays them out."""
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "etcd").mkdir(exist_ok=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    openssl(d, "req", "-x509", *ec, "-days", "2", "-subj", "/CN=kubernetes", "-keyout", "ca.key", "-out", "ca.crt")
+    openssl(d, "req", "-x509", *ec, "-days", "2", "-subj", "/CN=etcd-ca", "-keyout", "etcd/ca.key", "-out", "etcd/ca.crt")
+    sans = (f"DNS:{node},DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,"
+            f"DNS:kubernetes.default.svc.cluster.local,IP:10.96.0.1,IP:{advertise}")
+    certs = [("apiserver", "/CN=kube-apiserver", "ca", f"subjectAltName={sans}\nextendedKeyUsage=serverAuth\n"),
+             ("admin", "/O=system:masters/CN=kubernetes-admin", "ca", "extendedKeyUsage=clientAuth\n"),
+             ("etcd/server", "/CN=etcd", "etcd/ca", "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+                                                    "extendedKeyUsage=serverAuth,clientAuth\n"),
+             ("apiserver-etcd-client", "/CN=kube-apiserver-etcd-client", "etcd/ca", "extendedKeyUsage=clientAuth\n")]
+    for name, subj, ca, ext in certs:
+        openssl(d, "req", *ec, "-subj", subj, "-keyout", f"{name}.key", "-out", f"{name}.csr")
+        (d / f"{name}.ext").write_text(ext)
+        openssl(d, "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key", "-CAcreateserial",
+                "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.crt")
+    return d
+
+
+def kubeconfig(pki: Path, server: str, path: Path) -> Path:
+    """admin.conf as kubeadm writes it (inline CA and client certificate)."""
+    b64 = lambda p: base64.b64encode((pki / p).read_bytes()).decode()  # noqa: E731
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "kubernetes-admin@kubernetes",
+        "clusters": [{"name": "kubernetes", "cluster": {"server": server, "certificate-authority-data": b64("ca.crt")}}],
+        "contexts": [{"name": "kubernetes-admin@kubernetes", "context": {"cluster": "kubernetes", "user": "kubernetes-admin"}}],
+        "users": [{"name": "kubernetes-admin", "user": {"client-certificate-data": b64("admin.crt"),
+                                                        "client-key-data": b64("admin.key")}}]}))
+    path.chmod(0o600)
+    return path
+
+
+class Etcd:
+    """A real etcd (Debian etcd-server) with TLS and client-certificate auth, OS-picked ports."""
+
+    def __init__(self, workdir: Path, pki: Path, quota_bytes: int | None = None):
+        assert Path("/usr/bin/etcd").exists(), "/usr/bin/etcd is missing: run `make tools` (etcd-server)"
+        self.pki, self.dir = pki, workdir
+        port, peer = free_port(), free_port()
+        self.endpoint = f"https://127.0.0.1:{port}"
+        args = ["/usr/bin/etcd", "--name", "t", "--data-dir", str(workdir / "data"),
+                "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
+                "--listen-peer-urls", f"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls",
+                f"http://127.0.0.1:{peer}", "--initial-cluster", f"t=http://127.0.0.1:{peer}",
+                "--client-cert-auth", "--trusted-ca-file", str(pki / "etcd/ca.crt"),
+                "--cert-file", str(pki / "etcd/server.crt"), "--key-file", str(pki / "etcd/server.key")]
+        if quota_bytes:
+            args += ["--quota-backend-bytes", str(quota_bytes)]
+        self.log = open(workdir / "etcd.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL)
+        self.ctx = ssl.create_default_context(cafile=str(pki / "etcd/ca.crt"))
+        self.ctx.load_cert_chain(str(pki / "apiserver-etcd-client.crt"), str(pki / "apiserver-etcd-client.key"))
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(self.endpoint + "/health", context=self.ctx, timeout=2) as r:
+                    if json.load(r).get("health") == "true":
+                        break
+            except OSError:
+                pass
+            assert self.proc.poll() is None, (workdir / "etcd.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "etcd did not become healthy in 30s"
+            time.sleep(0.1)
+
+    def call(self, path: str, body: dict) -> dict:
+        req = urllib.request.Request(self.endpoint + path, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, context=self.ctx, timeout=10) as r:
+            return json.load(r)
+
+    def put(self, key: str, value: bytes) -> None:
+        self.call("/v3/kv/put", {"key": base64.b64encode(key.encode()).decode(),
+                                 "value": base64.b64encode(value).decode()})
+
+    def get(self, key: str) -> bytes | None:
+        kvs = self.call("/v3/kv/range", {"key": base64.b64encode(key.encode()).decode()}).get("kvs") or []
+        return base64.b64decode(kvs[0]["value"]) if kvs else None
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+        shutil.rmtree(self.dir / "data", ignore_errors=True)
+
+
+class FakeApiServer:
+    """The stand-in kube-apiserver (see the module doc). `prefix`: what the "first provider" puts in
+    front of stored values. `conflict_once`: keys (ns/name) whose next replace answers 409 after a
+    concurrent update. `fail_after`: answer 500 to every replace after this many succeeded (an
+    interrupted run)."""
+
+    def __init__(self, pki: Path | None, etcd: Etcd | None, host: str = "127.0.0.2", prefix: bytes = b""):
+        self.etcd, self.prefix = etcd, prefix
+        self.objects: dict[str, dict] = {}   # "ns/name" -> Secret
+        self.rv = 100
+        self.conflict_once: set[str] = set()
+        self.fail_after: int | None = None
+        self.replaces: dict[str, int] = {}
+        self.conflicts_sent = 0
+        self.anonymous_rejected = 0
+        self.lock = threading.Lock()
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def reply(self, status, body):
+                text = isinstance(body, str)
+                data = body.encode() if text else json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain" if text else "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def authenticated(self):
+                if pki is None or self.connection.getpeercert():
+                    return True
+                fake.anonymous_rejected += 1
+                self.reply(401, {"kind": "Status", "status": "Failure", "message": "Unauthorized", "code": 401})
+                return False
+
+            def body(self):
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    data = b""
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                        chunk = self.rfile.read(size) if size else b""
+                        self.rfile.readline()
+                        if not size:
+                            break
+                        data += chunk
+                else:
+                    data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                return json.loads(data or b"{}")
+
+            def do_GET(self):
+                if self.authenticated():
+                    self.reply(*fake.get(self.path))
+
+            def do_POST(self):
+                if self.authenticated():
+                    self.reply(*fake.create(self.path, self.body()))
+
+            def do_PUT(self):
+                if self.authenticated():
+                    self.reply(*fake.replace(self.path, self.body()))
+
+        self.server = http.server.ThreadingHTTPServer((host, 0), Handler)
+        if pki is not None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(str(pki / "apiserver.crt"), str(pki / "apiserver.key"))
+            ctx.load_verify_locations(str(pki / "ca.crt"))
+            ctx.verify_mode = ssl.CERT_OPTIONAL
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        self.url = f"{'https' if pki else 'http'}://{host}:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    # -- storage
+    def add(self, ns: str, name: str, data: dict[str, str] | None = None) -> None:
+        with self.lock:
+            self.rv += 1
+            self.objects[f"{ns}/{name}"] = {"apiVersion": "v1", "kind": "Secret",
+                                            "metadata": {"name": name, "namespace": ns, "resourceVersion": str(self.rv)},
+                                            "data": data or {"k": base64.b64encode(name.encode()).decode()}}
+            self._store(f"{ns}/{name}")
+
+    def _store(self, key: str) -> None:
+        if self.etcd is not None:
+            self.etcd.put(f"/registry/secrets/{key}", self.prefix + json.dumps(self.objects[key]).encode())
+
+    @staticmethod
+    def _status(code: int, reason: str, message: str) -> tuple[int, dict]:
+        return code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason,
+                      "message": message, "code": code}
+
+    def _key(self, path: str) -> str | None:
+        parts = urllib.parse.urlsplit(path).path.strip("/").split("/")
+        if len(parts) == 6 and parts[:3] == ["api", "v1", "namespaces"] and parts[4] == "secrets":
+            return f"{parts[3]}/{urllib.parse.unquote(parts[5])}"
+        return None
+
+    def get(self, path: str) -> tuple[int, dict]:
+        u = urllib.parse.urlsplit(path)
+        if u.path == "/readyz":
+            return 200, "[+]ping ok\n[+]etcd ok\n[+]kms-provider-0 ok\nreadyz check passed\n"
+        if u.path == "/api/v1/secrets":
+            q = urllib.parse.parse_qs(u.query)
+            limit = int(q.get("limit", ["500"])[0])
+            after = base64.b64decode(q["continue"][0]).decode() if "continue" in q else ""
+            with self.lock:
+                keys = sorted(k for k in self.objects if k > after)
+                page = keys[:limit]
+                items = [json.loads(json.dumps(self.objects[k])) for k in page]
+            meta = {"resourceVersion": str(self.rv)}
+            if len(keys) > limit:
+                meta["continue"] = base64.b64encode(page[-1].encode()).decode()
+            return 200, {"kind": "SecretList", "apiVersion": "v1", "metadata": meta, "items": items}
+        key = self._key(path)
+        with self.lock:
+            if key in self.objects:
+                return 200, json.loads(json.dumps(self.objects[key]))
+        return self._status(404, "NotFound", f'secrets "{key}" not found')
+
+    def create(self, path: str, obj: dict) -> tuple[int, dict]:
+        u = urllib.parse.urlsplit(path).path.strip("/").split("/")
+        key = f"{u[3]}/{obj['metadata']['name']}"
+        with self.lock:
+            if key in self.objects:
+                return self._status(409, "AlreadyExists", f'secrets "{key}" already exists')
+            self.rv += 1
+            obj["metadata"]["resourceVersion"] = str(self.rv)
+            self.objects[key] = obj
+            self._store(key)
+            return 201, obj
+
+    def replace(self, path: str, obj: dict) -> tuple[int, dict]:
+        key = self._key(path)
+        with self.lock:
+            if key not in self.objects:
+                return self._status(404, "NotFound", f'secrets "{key}" not found')
+            if self.fail_after is not None and sum(self.replaces.values()) >= self.fail_after:
+                return self._status(500, "InternalError", "injected: the API server went away")
+            current = self.objects[key]
+            if key in self.conflict_once:
+                # Someone else updated it meanwhile: a new resourceVersion, so this replace conflicts.
+                self.conflict_once.discard(key)
+                self.rv += 1
+                current["metadata"]["resourceVersion"] = str(self.rv)
+            sent = obj["metadata"].get("resourceVersion")
+            if sent and sent != current["metadata"]["resourceVersion"]:
+                self.conflicts_sent += 1
+                return self._status(409, "Conflict", "the object has been modified; please apply your changes "
+                                                     "to the latest version and try again")
+            self.rv += 1
+            obj["metadata"]["resourceVersion"] = str(self.rv)
+            self.objects[key] = obj
+            self.replaces[key] = self.replaces.get(key, 0) + 1
+            self._store(key)
+            return 200, obj
+

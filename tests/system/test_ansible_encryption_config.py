@@ -1,0 +1,166 @@
+"""The EncryptionConfiguration the kube_apiserver_kms role writes, computed on data
+(module_utils/kube_apiserver_encryption_config.py), against real EncryptionConfiguration files
+(tests/testdata/kubeadm/encryption-configs, see PROVENANCE.md): merge per resource entry, stage
+order, drop of the previous providers, idempotence, refusal, and that no key leaves the file."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from ruamel.yaml import YAML
+
+from ansible_helpers import ANSIBLE_DIR, REPO_ROOT, VENV_BIN
+
+ROLE = ANSIBLE_DIR / "roles" / "kube_apiserver_kms"
+_spec = importlib.util.spec_from_file_location("kube_apiserver_encryption_config",
+                                               ROLE / "module_utils" / "kube_apiserver_encryption_config.py")
+ec = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ec)
+
+CONFIGS = REPO_ROOT / "tests" / "testdata" / "kubeadm" / "encryption-configs"
+VALID = sorted(p for p in CONFIGS.glob("*.yaml") if not p.name.startswith("legacy-"))
+KMS = {"kms": {"apiVersion": "v2", "name": "openbao-kms", "endpoint": "unix:///run/openbao-kms/kms.sock",
+               "timeout": "3s"}}
+IDENTITY = {"identity": {}}
+
+
+def rendered(resources=("secrets",), identity=True):
+    """What `bao-kms-provider encryption-config` prints."""
+    return {"apiVersion": "apiserver.config.k8s.io/v1", "kind": "EncryptionConfiguration",
+            "resources": [{"resources": list(resources), "providers": [KMS] + ([IDENTITY] if identity else [])}]}
+
+
+def secrets_in(text: str) -> list[str]:
+    doc = yaml.safe_load(text)
+    return [k["secret"] for e in doc["resources"] for p in e["providers"] for body in p.values()
+            if isinstance(body, dict) for k in body.get("keys", [])]
+
+
+def strict(text: str):
+    return YAML(typ="safe", pure=True).load(text)
+
+
+def load(path: Path):
+    return ec.parse(path.read_text(), str(path))
+
+
+@pytest.mark.parametrize("path", VALID, ids=lambda p: p.name)
+def test_merge_keeps_every_existing_provider_per_entry_in_each_stage(path):
+    existing = load(path)
+    ours = rendered(["secrets", "configmaps"])
+    read = ec.decide(ours, None, existing, "read")
+    write = ec.decide(ours, strict(ec.render(read)), None, "write")
+    covered = set()
+    for old in existing["resources"]:
+        new_read = next(e for e in read["resources"] if e["resources"] == old["resources"])
+        new_write = next(e for e in write["resources"] if e["resources"] == old["resources"])
+        mine = [r for r in ("secrets", "configmaps") if r not in covered and any(ec.covers(p, r) for p in old["resources"])]
+        covered.update(mine)
+        if not mine and old["providers"] == [IDENTITY]:
+            # An explicit identity-only exemption for resources we do not encrypt stays as it is.
+            assert new_read == new_write == old
+            continue
+        # Read: the existing providers in their order (the first keeps writing), kms appended.
+        assert new_read["providers"] == old["providers"] + [KMS]
+        # Write: kms first, the existing providers after it.
+        assert new_write["providers"] == [KMS] + old["providers"]
+    uncovered = [r for r in ("secrets", "configmaps") if r not in covered]
+    if uncovered:
+        assert read["resources"][0] == {"resources": uncovered, "providers": [IDENTITY, KMS]}
+        assert write["resources"][0] == {"resources": uncovered, "providers": [KMS, IDENTITY]}
+    assert ec.summary(write, "openbao-kms", ["secrets", "configmaps"])["kms_first"] is True
+    assert ec.summary(read, "openbao-kms", ["secrets", "configmaps"])["kms_first"] is False
+    # Every key of the existing file is still there, so nothing written under it becomes unreadable.
+    assert sorted(secrets_in(ec.render(write))) == sorted(secrets_in(path.read_text()))
+    # Later runs work from our own file: nothing changes; a read pass keeps the write pass's file.
+    assert ec.decide(ours, write, None, "write") == write
+    assert ec.decide(ours, write, existing, "write") == write
+    assert ec.decide(ours, write, None, "read") == write
+    # After the migration: the previous providers go, identity stays as long as the fallback is on.
+    dropped = ec.decide(ours, write, None, "write", drop_previous=True)
+    assert secrets_in(ec.render(dropped)) == [] or all(
+        e["providers"] == old["providers"] for e in dropped["resources"] for old in existing["resources"]
+        if e["resources"] == old["resources"] and old["providers"] == [IDENTITY])
+    assert ec.decide(ours, dropped, None, "write", drop_previous=True) == dropped
+    # Rollback: existing providers first again, kms still readable.
+    rollback = ec.decide(ours, write, None, "rollback")
+    assert rollback == read
+
+
+def test_a_cluster_without_existing_encryption_gets_the_rendered_order_per_stage():
+    ours = rendered()
+    assert ec.decide(ours, None, None, "write") == ours
+    read = ec.decide(ours, None, None, "read")
+    assert read["resources"][0]["providers"] == [IDENTITY, KMS]
+    assert ec.decide(ours, read, None, "write") == ours
+    no_identity = rendered(identity=False)
+    assert ec.decide(no_identity, ours, None, "write") == no_identity
+    assert ec.decide(ours, ours, None, "rollback")["resources"][0]["providers"] == [IDENTITY, KMS]
+
+
+def test_wildcards_decide_which_entry_our_resources_join():
+    existing = load(CONFIGS / "k8s-docs-example-all-providers.yaml")
+    ours = rendered(["secrets", "deployments.apps", "widgets.example.com"])
+    write = ec.decide(ours, None, existing, "write")
+    by_first = {tuple(e["resources"]): e["providers"] for e in write["resources"]}
+    # secrets is listed by the first entry; deployments.apps by '*.apps'; the custom one by '*.*'.
+    assert by_first[("secrets", "configmaps", "pandas.awesome.bears.example")][0] == KMS
+    assert by_first[("*.apps",)][0] == KMS and by_first[("*.*",)][0] == KMS
+    assert by_first[("events",)] == [IDENTITY]
+    assert len(write["resources"]) == len(existing["resources"]), "nothing uncovered, no entry of our own"
+
+
+def test_the_old_encryptionconfig_format_and_broken_files_are_refused_without_showing_keys():
+    with pytest.raises(ec.EncryptionConfigError, match="kind 'EncryptionConfig'.*convert it first"):
+        load(CONFIGS / "legacy-kind-kms-v1.yaml")
+    broken = (CONFIGS / "aescbc-docs-write-config.yaml").read_text().replace("      - identity: {}", "      - identity: {]")
+    with pytest.raises(ec.EncryptionConfigError) as e:
+        ec.parse(broken, "/etc/kubernetes/enc/enc.yaml")
+    assert "c2VjcmV0IGlzIHNlY3VyZQ" not in str(e.value) and "/etc/kubernetes/enc/enc.yaml" in str(e.value)
+    nokey = (CONFIGS / "aescbc-docs-write-config.yaml").read_text().replace("secret: c2VjcmV0IGlzIHNlY3VyZQ==", "x: 1")
+    with pytest.raises(ec.EncryptionConfigError, match="needs a list of keys"):
+        ec.parse(nokey, "enc.yaml")
+    clash = load(CONFIGS / "kms-v2-other-provider.yaml")
+    clash["resources"][0]["providers"][0]["kms"]["name"] = "openbao-kms"
+    with pytest.raises(ec.EncryptionConfigError, match="already has a kms provider named 'openbao-kms'"):
+        ec.decide(rendered(), None, clash, "read")
+
+
+def run_module(args: dict, diff: bool = True) -> tuple[dict, str]:
+    cmd = [str(VENV_BIN / "ansible"), "localhost", "-c", "local", "-M", str(ROLE / "library"), "-m",
+           "kube_apiserver_encryption_config", "-a", json.dumps(args)] + (["--diff"] if diff else [])
+    env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_MODULE_UTILS": str(ROLE / "module_utils"),
+           "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1", "ANSIBLE_STDOUT_CALLBACK": "json",
+           "ANSIBLE_PYTHON_INTERPRETER": str(VENV_BIN / "python"), "ANSIBLE_LOCALHOST_WARNING": "0",
+           "ANSIBLE_INVENTORY_UNPARSED_WARNING": "0"}
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    out = json.loads(p.stdout)
+    return out["plays"][0]["tasks"][0]["hosts"]["localhost"], p.stdout + p.stderr
+
+
+def test_module_refuses_then_merges_into_a_0600_file_and_never_returns_keys(tmp_path):
+    enc = tmp_path / "enc.yaml"
+    enc.write_text((CONFIGS / "aescbc-docs-write-config.yaml").read_text())
+    ours = tmp_path / "openbao-kms" / "encryption-config.yaml"
+    ours.parent.mkdir()
+    args = {"path": str(ours), "rendered": json.dumps(rendered()), "stage": "read", "existing": str(enc)}
+    refused, _ = run_module(args)
+    assert refused.get("failed") and str(enc) in refused["msg"] and "kube_apiserver_kms_existing_config: merge" in refused["msg"]
+    assert not ours.exists()
+    merged, output = run_module({**args, "existing_config": "merge"})
+    assert merged["changed"] and oct(ours.stat().st_mode)[-3:] == "600"
+    assert "c2VjcmV0IGlzIHNlY3VyZQ" in ours.read_text() and "c2VjcmV0IGlzIHNlY3VyZQ" not in output
+    assert "diff" not in merged, "a diff would show the keys"
+    assert merged["summary"]["entries"][0]["providers"] == ["aescbc", "identity", "kms:openbao-kms"]
+    again, _ = run_module({**args, "existing_config": "merge"})
+    assert again["changed"] is False
+    write, output = run_module({**args, "existing_config": "merge", "stage": "write"})
+    assert write["changed"] and write["summary"]["kms_first"] and "c2VjcmV0IGlzIHNlY3VyZQ" not in output
+    query, _ = run_module({"path": str(ours), "state": "query", "provider_name": "openbao-kms", "resources": ["secrets"]})
+    assert query["summary"]["kms_first"] is True and query["summary"]["sha256"] == write["summary"]["sha256"]
