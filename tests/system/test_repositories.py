@@ -216,11 +216,17 @@ def dnf(tmp_path: Path, repo_dir: Path, asc: Path, *args: str) -> subprocess.Com
         "[bao-kms-provider]\nname=bao-kms-provider\n"
         f"baseurl=file://{repo_dir}\ngpgcheck=1\nrepo_gpgcheck=1\ngpgkey=file://{asc}\n")
     (tmp_path / "log").mkdir(exist_ok=True)
-    return subprocess.run(["dnf", "-y", f"--installroot={tmp_path / 'root'}", "--releasever=9",
-                           f"--setopt=reposdir={reposd}", f"--setopt=cachedir={tmp_path / 'cache'}",
-                           f"--setopt=logdir={tmp_path / 'log'}", "--setopt=skip_if_unavailable=False",
-                           "--disablerepo=*", "--enablerepo=bao-kms-provider", *args],
-                          capture_output=True, text=True, timeout=300)
+    try:
+        return subprocess.run(["dnf", "-y", f"--installroot={tmp_path / 'root'}", "--releasever=9",
+                               f"--setopt=reposdir={reposd}", f"--setopt=cachedir={tmp_path / 'cache'}",
+                               f"--setopt=logdir={tmp_path / 'log'}", "--setopt=skip_if_unavailable=False",
+                               "--disablerepo=*", "--enablerepo=bao-kms-provider", *args],
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        # dnf's GnuPG keyring for repo_gpgcheck starts a gpg-agent that would outlive the test.
+        for pubring in (tmp_path / "cache").glob("*/pubring"):
+            subprocess.run(["gpgconf", "--homedir", str(pubring), "--kill", "gpg-agent"], check=False,
+                           capture_output=True)
 
 
 def test_dnf_reads_the_signed_metadata_and_resolves_the_package_by_name(repo, tmp_path):
