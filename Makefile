@@ -13,7 +13,7 @@ all: build
 help:
 	@echo "make demo   - local OpenBao dev server + provider + a KMS v2 round trip (the main job)"
 	@echo "make test   - install what the tests need, then lint and run every test"
-	@echo "make bench  - latency/throughput benchmarks against a real OpenBao"
+	@echo "make bench  - the provider vs direct Transit calls on a real OpenBao (QUICK=1: short run)"
 	@echo "make build  - cargo build"
 	@echo "make deb    - Debian package (cargo-deb) into $$CARGO_TARGET_DIR/packages (default target/packages)"
 	@echo "make rpm    - RPM package (rpmbuild, packaging/rpm/bao-kms-provider.spec) into the same directory"
@@ -48,8 +48,9 @@ test: tools lint test-rust test-system
 demo: tools-openbao build
 	scripts/demo.sh
 
+# docs/performance.md: QUICK=1 for a short run; BENCH_ROUNDS, BENCH_SECONDS override.
 bench: tools-openbao
-	$(CARGO) bench --locked --bench kms_latency
+	QUICK="$(QUICK)" $(CARGO) bench --locked --bench kms_latency
 
 clean:
 	$(CARGO) clean

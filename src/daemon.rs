@@ -1,5 +1,6 @@
-//! `serve`: wires the provider, the KMS socket, the probe loop, telemetry and systemd together,
-//! and handles signals (SIGTERM: drain and exit 0; SIGHUP: reload credentials and config).
+//! `serve`: a small supervisor that wires the provider, the KMS socket, the probe loop and
+//! telemetry together, tells systemd about readiness, start-up time and liveness (watchdog), and
+//! handles signals (SIGTERM/SIGINT: drain and exit 0; SIGHUP: reload credentials and config).
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -8,13 +9,33 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::config::{self, Settings};
-use crate::kms;
+use crate::kms::{self, client::KmsClient};
 use crate::openbao;
 use crate::provider::Provider;
 use crate::systemd;
 use crate::telemetry::{self, http::HealthSource};
+
+/// How long the gRPC self-check may go unanswered before liveness fails.
+const GRPC_SILENCE_LIMIT: Duration = Duration::from_secs(30);
+/// OpenBao calls one probe may make in a row (login or renewal, key read, encrypt, decrypt,
+/// a re-login and retry after a 403), each bounded by `openbao.timeout`.
+const PROBE_CALL_BUDGET: u32 = 6;
+/// Slack on top of the probe loop's own bound before it counts as silent.
+const PROBE_SILENCE_SLACK: Duration = Duration::from_secs(5);
+/// Slack on top of one probe's bound before the socket is served without a first probe result.
+const FIRST_PROBE_SLACK: Duration = Duration::from_secs(1);
+/// systemd's watchdog is pinged this many times per `WatchdogSec=`.
+const WATCHDOG_PINGS_PER_PERIOD: u32 = 3;
+/// How often liveness is checked when systemd's watchdog is off, and the fastest it ever runs.
+const TICK_WITHOUT_WATCHDOG: Duration = Duration::from_secs(5);
+const MIN_TICK: Duration = Duration::from_millis(200);
+/// How long the Status self-call may take.
+const SELF_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// The most start-up time asked of systemd at once (EXTEND_TIMEOUT_USEC).
+const MAX_TIMEOUT_EXTENSION: Duration = Duration::from_secs(30);
 
 /// Liveness as seen by the watchdog and /livez: when the probe loop and the gRPC server last
 /// proved themselves.
@@ -26,6 +47,17 @@ struct Liveness {
 }
 
 impl Liveness {
+    fn new(settings: &Settings) -> Self {
+        Self {
+            started: Instant::now(),
+            probe_beat_ms: AtomicU64::new(0),
+            grpc_beat_ms: AtomicU64::new(0),
+            probe_limit: settings.status.probe_interval * 2
+                + settings.openbao.timeout * PROBE_CALL_BUDGET
+                + PROBE_SILENCE_SLACK,
+        }
+    }
+
     fn beat(&self, which: &AtomicU64) {
         which.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
@@ -36,8 +68,8 @@ impl Liveness {
             .saturating_sub(Duration::from_millis(which.load(Ordering::Relaxed)))
     }
 
-    /// `/livez`: both loops have proved themselves recently. The gRPC beat comes from a Status
-    /// self-call through the real service, so a wedged server stops it.
+    /// `/livez` and the watchdog: both loops have proved themselves recently. The gRPC beat
+    /// comes from a Status self-call through the real service, so a wedged server stops it.
     fn check(&self) -> Result<(), String> {
         let probe = self.since(&self.probe_beat_ms);
         if probe > self.probe_limit {
@@ -54,9 +86,6 @@ impl Liveness {
     }
 }
 
-/// How long the gRPC self-check may go unanswered before liveness fails.
-const GRPC_SILENCE_LIMIT: Duration = Duration::from_secs(30);
-
 struct Health {
     provider: Arc<Provider>,
     liveness: Arc<Liveness>,
@@ -72,7 +101,7 @@ impl HealthSource for Health {
         if let Err(r) = self.live() {
             reasons.push(r);
         }
-        if let Err(r) = self.provider.health() {
+        if let Err(r) = self.provider.health().verdict() {
             reasons.push(r);
         }
         if reasons.is_empty() {
@@ -84,7 +113,7 @@ impl HealthSource for Health {
 
     fn refresh_metrics(&self) {
         telemetry::metrics::snapshot_age(self.provider.snapshot().age());
-        telemetry::metrics::healthy(self.provider.health().is_ok());
+        telemetry::metrics::healthy(self.provider.health().is_healthy());
     }
 }
 
@@ -92,7 +121,7 @@ impl HealthSource for Health {
 fn status_line(provider: &Provider) -> String {
     let snap = provider.snapshot();
     let key_id = snap.key_id().unwrap_or("none");
-    match snap.health(provider.max_staleness()) {
+    match snap.health(provider.max_staleness()).verdict() {
         Ok(()) => format!("serving key_id={key_id} healthz=ok"),
         Err(reason) => format!("serving key_id={key_id} healthz=not-ok: {reason}"),
     }
@@ -114,177 +143,238 @@ fn listener(settings: &Settings) -> Result<(tokio::net::UnixListener, PathBuf, b
 }
 
 /// Runs until SIGTERM/SIGINT. Errors here are start-up failures (exit non-zero).
-pub async fn run(settings: Settings, config_path: PathBuf) -> Result<()> {
-    let client = Arc::new(
-        openbao::Client::new(&settings.openbao, &settings.auth, &settings.transit)
-            .context("setting up the OpenBao client")?,
-    );
-    let provider = Arc::new(Provider::new(&settings, client.clone())?);
-    let (socket, socket_path, activated) = listener(&settings)?;
-    tracing::info!(socket = %socket_path.display(), socket_activated = activated, openbao = %settings.openbao.address, "starting bao-kms-provider");
+pub(crate) async fn run(settings: Settings, config_path: PathBuf) -> Result<()> {
+    Supervisor::start(settings, config_path).await?.run().await
+}
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = {
-        let rx = stop_rx.clone();
-        move || {
-            let mut rx = rx.clone();
+/// Owns the serving tasks and tells systemd about them: readiness, start-timeout extension,
+/// watchdog, reload and drain.
+struct Supervisor {
+    settings: Settings,
+    config_path: PathBuf,
+    client: Arc<openbao::Client>,
+    provider: Arc<Provider>,
+    liveness: Arc<Liveness>,
+    grpc: JoinHandle<Result<(), kms::SocketError>>,
+    probes: JoinHandle<()>,
+    http_tasks: Vec<JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+    /// Status calls through the real gRPC server, over an in-memory pipe.
+    self_client: KmsClient,
+    socket_path: PathBuf,
+    socket_activated: bool,
+    ready_sent: bool,
+    last_status: String,
+}
+
+impl Supervisor {
+    /// Wires the provider, the KMS socket, the probe loop and the telemetry endpoints.
+    async fn start(settings: Settings, config_path: PathBuf) -> Result<Self> {
+        let client = Arc::new(
+            openbao::Client::new(&settings.openbao, &settings.auth, &settings.transit)
+                .context("setting up the OpenBao client")?,
+        );
+        let provider = Arc::new(Provider::new(&settings, client.clone())?);
+        let (socket, socket_path, socket_activated) = listener(&settings)?;
+        tracing::info!(socket = %socket_path.display(), socket_activated, openbao = %settings.openbao.address, "starting bao-kms-provider");
+
+        let (stop, stop_rx) = watch::channel(false);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
             async move {
                 let _ = rx.wait_for(|s| *s).await;
             }
-        }
-    };
+        };
+        let liveness = Arc::new(Liveness::new(&settings));
 
-    let liveness = Arc::new(Liveness {
-        started: Instant::now(),
-        probe_beat_ms: AtomicU64::new(0),
-        grpc_beat_ms: AtomicU64::new(0),
-        probe_limit: settings.status.probe_interval * 2
-            + settings.openbao.timeout * 6
-            + Duration::from_secs(5),
-    });
+        // The socket is served once the first probe attempt has finished (or failed): a client
+        // queued in the backlog during a restart then gets a provider that can encrypt, and
+        // while OpenBao is down Status still answers with the reason.
+        let (probed_tx, mut probed_rx) = watch::channel(false);
+        let first_probe_limit = settings.openbao.timeout * PROBE_CALL_BUDGET + FIRST_PROBE_SLACK;
+        let accept_after = async move {
+            let _ = tokio::time::timeout(first_probe_limit, probed_rx.wait_for(|done| *done)).await;
+        };
+        let (self_check_tx, self_check_rx) = tokio::sync::mpsc::channel(4);
+        let grpc = tokio::spawn(kms::serve(
+            socket,
+            provider.clone(),
+            self_check_rx,
+            accept_after,
+            stopped(),
+            settings.server.drain_timeout,
+        ));
 
-    // The socket is served once the first probe attempt has finished (or failed): a client
-    // queued in the backlog during a restart then gets a provider that can encrypt, and while
-    // OpenBao is down Status still answers with the reason.
-    let (probed_tx, mut probed_rx) = watch::channel(false);
-    let first_probe_limit = settings.openbao.timeout * 6 + Duration::from_secs(1);
-    let accept_after = async move {
-        let _ = tokio::time::timeout(first_probe_limit, probed_rx.wait_for(|done| *done)).await;
-    };
-    let (self_check_tx, self_check_rx) = tokio::sync::mpsc::channel(4);
-    let grpc = tokio::spawn(kms::serve(
-        socket,
-        provider.clone(),
-        self_check_rx,
-        accept_after,
-        stopped(),
-        settings.server.drain_timeout,
-    ));
+        let probes = {
+            let (p, l) = (provider.clone(), liveness.clone());
+            tokio::spawn(p.run_probes(stopped(), move || {
+                l.beat(&l.probe_beat_ms);
+                probed_tx.send_replace(true);
+            }))
+        };
 
-    let probes = {
-        let (p, l) = (provider.clone(), liveness.clone());
-        tokio::spawn(p.run_probes(stopped(), move || {
-            l.beat(&l.probe_beat_ms);
-            probed_tx.send_replace(true);
-        }))
-    };
+        let health: Arc<dyn HealthSource> = Arc::new(Health {
+            provider: provider.clone(),
+            liveness: liveness.clone(),
+        });
+        let routes = telemetry::http::routes(
+            settings.telemetry.metrics_address,
+            settings.telemetry.health_address,
+            health,
+        );
+        let http_tasks = telemetry::http::serve(routes, &stopped)
+            .await
+            .context("binding the metrics/health address")?;
 
-    let health: Arc<dyn HealthSource> = Arc::new(Health {
-        provider: provider.clone(),
-        liveness: liveness.clone(),
-    });
-    let routes = telemetry::http::routes(
-        settings.telemetry.metrics_address,
-        settings.telemetry.health_address,
-        health,
-    );
-    let http_tasks = telemetry::http::serve(routes, &stopped)
-        .await
-        .context("binding the metrics/health address")?;
+        Ok(Self {
+            settings,
+            config_path,
+            client,
+            provider,
+            liveness,
+            grpc,
+            probes,
+            http_tasks,
+            stop,
+            self_client: kms::client::connect_in_memory(self_check_tx),
+            socket_path,
+            socket_activated,
+            ready_sent: false,
+            last_status: String::new(),
+        })
+    }
 
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
-    let mut snapshots = provider.subscribe();
-    let watchdog_every = systemd::watchdog_interval().map(|d| d / 3);
-    let mut tick = tokio::time::interval(
-        watchdog_every
-            .unwrap_or(Duration::from_secs(5))
-            .max(Duration::from_millis(200)),
-    );
-    let mut ready_sent = false;
-    let mut last_status = String::new();
-    let self_client = kms::client::connect_in_memory(self_check_tx);
-
-    loop {
-        if !ready_sent {
-            if provider.health().is_ok() {
-                last_status = status_line(&provider);
-                systemd::ready(&last_status);
-                ready_sent = true;
-                tracing::info!(
-                    key_id = provider.status_key_id(),
-                    "ready: login, key metadata and encrypt/decrypt probe succeeded"
-                );
-            } else {
-                let line = format!(
-                    "waiting for OpenBao: {}",
-                    provider.health().err().unwrap_or_default()
-                );
-                systemd::status(&line);
-                // Extend the start timeout only up to server.start_timeout: after that the
-                // start job fails (kubelet, ordered after us, proceeds) and Restart= retries.
-                let left = settings
-                    .server
-                    .start_timeout
-                    .saturating_sub(liveness.started.elapsed());
-                if !left.is_zero() {
-                    systemd::extend_timeout(left.min(Duration::from_secs(30)));
+    /// Serves until SIGTERM/SIGINT or until the gRPC server stops, then drains.
+    async fn run(mut self) -> Result<()> {
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut sighup = signal(SignalKind::hangup())?;
+        let mut snapshots = self.provider.subscribe();
+        let tick_every = systemd::watchdog_interval()
+            .map(|d| d / WATCHDOG_PINGS_PER_PERIOD)
+            .unwrap_or(TICK_WITHOUT_WATCHDOG)
+            .max(MIN_TICK);
+        let mut tick = tokio::time::interval(tick_every);
+        loop {
+            self.report_state();
+            tokio::select! {
+                _ = sigterm.recv() => break,
+                _ = sigint.recv() => break,
+                _ = sighup.recv() => self.reload().await,
+                _ = snapshots.changed() => {}
+                _ = tick.tick() => {
+                    self.watchdog().await;
+                    if self.grpc.is_finished() {
+                        break;
+                    }
                 }
             }
+        }
+        self.drain().await
+    }
+
+    /// Before READY=1: READY=1 once healthy, otherwise the reason and more start-up time.
+    /// After: STATUS= whenever the one-line state changes.
+    fn report_state(&mut self) {
+        if self.ready_sent {
+            let line = status_line(&self.provider);
+            if line != self.last_status {
+                systemd::status(&line);
+                self.last_status = line;
+            }
+        } else if self.provider.health().is_healthy() {
+            self.last_status = status_line(&self.provider);
+            systemd::ready(&self.last_status);
+            self.ready_sent = true;
+            tracing::info!(
+                key_id = self.provider.status_key_id(),
+                "ready: login, key metadata and encrypt/decrypt probe succeeded"
+            );
         } else {
-            let line = status_line(&provider);
-            if line != last_status {
-                systemd::status(&line);
-                last_status = line;
-            }
-        }
-        tokio::select! {
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
-            _ = sighup.recv() => {
-                // RELOADING=1 ... READY=1 brackets the reload for systemd; before the first
-                // READY=1 the service is still starting and only the reload itself happens.
-                if ready_sent {
-                    systemd::reloading();
-                }
-                match reload(&config_path, &client).await {
-                    Ok(()) => tracing::info!(config = %config_path.display(), "reloaded credentials and configuration"),
-                    Err(e) => tracing::error!(error = %format!("{e:#}"), "reload failed; keeping the previous configuration"),
-                }
-                if ready_sent {
-                    last_status = status_line(&provider);
-                    systemd::ready(&last_status);
-                }
-            }
-            _ = snapshots.changed() => {}
-            _ = tick.tick() => {
-                // Prove the gRPC server answers on its own socket before telling the watchdog.
-                let mut c = self_client.clone();
-                let answered = tokio::time::timeout(Duration::from_secs(2), c.status(crate::pb::StatusRequest {})).await;
-                if matches!(answered, Ok(Ok(_))) {
-                    liveness.beat(&liveness.grpc_beat_ms);
-                }
-                let grpc_ok = liveness.since(&liveness.grpc_beat_ms) < GRPC_SILENCE_LIMIT && !grpc.is_finished();
-                let probe_ok = liveness.since(&liveness.probe_beat_ms) < liveness.probe_limit && !probes.is_finished();
-                if grpc_ok && probe_ok {
-                    systemd::watchdog();
-                } else {
-                    tracing::error!(grpc_ok, probe_ok, "liveness check failed; withholding the watchdog ping");
-                }
-                if grpc.is_finished() {
-                    break;
-                }
-            }
+            let reason = self.provider.health().verdict().err().unwrap_or_default();
+            systemd::status(&format!("waiting for OpenBao: {reason}"));
+            self.extend_start_timeout();
         }
     }
 
-    drop(self_client);
-    tracing::info!("stopping: draining in-flight KMS calls");
-    systemd::stopping();
-    let _ = stop_tx.send(true);
-    let served = grpc.await.context("gRPC server task")?;
-    let _ = probes.await;
-    for t in http_tasks {
-        let _ = t.await;
+    /// Extends the start timeout only up to server.start_timeout: after that the start job
+    /// fails (kubelet, ordered after us, proceeds) and Restart= retries.
+    fn extend_start_timeout(&self) {
+        let left = self
+            .settings
+            .server
+            .start_timeout
+            .saturating_sub(self.liveness.started.elapsed());
+        if !left.is_zero() {
+            systemd::extend_timeout(left.min(MAX_TIMEOUT_EXTENSION));
+        }
     }
-    if !activated {
-        // Leave no stale socket behind; with socket activation systemd owns the file.
-        let _ = std::fs::remove_file(&socket_path);
+
+    /// SIGHUP. RELOADING=1 ... READY=1 brackets the reload for systemd; before the first
+    /// READY=1 the service is still starting and only the reload itself happens.
+    async fn reload(&mut self) {
+        if self.ready_sent {
+            systemd::reloading();
+        }
+        match reload(&self.config_path, &self.client).await {
+            Ok(()) => {
+                tracing::info!(config = %self.config_path.display(), "reloaded credentials and configuration")
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "reload failed; keeping the previous configuration")
+            }
+        }
+        if self.ready_sent {
+            self.last_status = status_line(&self.provider);
+            systemd::ready(&self.last_status);
+        }
     }
-    served.context("serving the KMS socket")?;
-    tracing::info!("stopped");
-    Ok(())
+
+    /// Proves the gRPC server answers through its own stack, then pings systemd's watchdog
+    /// only if both loops are alive.
+    async fn watchdog(&self) {
+        let mut c = self.self_client.clone();
+        let answered =
+            tokio::time::timeout(SELF_CHECK_TIMEOUT, c.status(crate::pb::StatusRequest {})).await;
+        if matches!(answered, Ok(Ok(_))) {
+            self.liveness.beat(&self.liveness.grpc_beat_ms);
+        }
+        let alive = if self.grpc.is_finished() {
+            Err("KMS gRPC server stopped".to_owned())
+        } else if self.probes.is_finished() {
+            Err("probe loop stopped".to_owned())
+        } else {
+            self.liveness.check()
+        };
+        match alive {
+            Ok(()) => systemd::watchdog(),
+            Err(reason) => tracing::error!(
+                reason,
+                "liveness check failed; withholding the watchdog ping"
+            ),
+        }
+    }
+
+    /// STOPPING=1, stop accepting, let in-flight calls finish (server.drain_timeout), stop the
+    /// other tasks and remove a socket file we bound ourselves.
+    async fn drain(self) -> Result<()> {
+        drop(self.self_client);
+        tracing::info!("stopping: draining in-flight KMS calls");
+        systemd::stopping();
+        let _ = self.stop.send(true);
+        let served = self.grpc.await.context("gRPC server task")?;
+        let _ = self.probes.await;
+        for t in self.http_tasks {
+            let _ = t.await;
+        }
+        if !self.socket_activated {
+            // Leave no stale socket behind; with socket activation systemd owns the file.
+            let _ = std::fs::remove_file(&self.socket_path);
+        }
+        served.context("serving the KMS socket")?;
+        tracing::info!("stopped");
+        Ok(())
+    }
 }
 
 /// SIGHUP: re-read the config; apply credentials and TLS files. Identity-bearing settings

@@ -1,17 +1,27 @@
 //! bao-kms-provider: a Kubernetes KMS v2 plugin whose keys live in OpenBao Transit.
 //!
 //! `kms` is the Kubernetes side, `openbao` the OpenBao side, `keys` key identity and lifecycle,
-//! `provider` ties them together, `systemd` and `telemetry` are the host integration.
+//! `provider` ties them together (the only module that translates between them), `daemon`
+//! supervises it, `systemd` and `telemetry` are the host integration.
+//!
+//! The public API is what the binary, the integration tests and the fuzz targets need: `cli`
+//! (the binary), `config` (parse/validate), `envelope` (etcd values), `kms` (socket and client),
+//! `keys::short_hash` and `pb`. Everything else is private to the crate, so the compiler
+//! reports dead code. Test-only helpers sit behind the `testkit` feature. See
+//! docs/architecture.md.
+#![warn(unreachable_pub, dead_code)]
+
 pub mod cli;
 pub mod config;
-pub mod daemon;
+mod daemon;
 pub mod envelope;
 pub mod keys;
 pub mod kms;
-pub mod openbao;
-pub mod provider;
-pub mod systemd;
-pub mod telemetry;
+mod openbao;
+mod provider;
+mod support;
+mod systemd;
+mod telemetry;
 
 /// Generated KMS v2 protobuf types (package `v2`).
 pub mod pb {

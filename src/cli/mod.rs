@@ -15,12 +15,12 @@ use clap::{Parser, Subcommand};
 use crate::config::{self, ConfigError, Environment, DEFAULT_CONFIG_PATH};
 
 /// Exit code for configuration errors (EX_USAGE), so units and scripts can tell them apart.
-pub const EXIT_CONFIG: u8 = 64;
+pub(crate) const EXIT_CONFIG: u8 = 64;
 /// Exit code when a check ran and failed.
-pub const EXIT_FAILED: u8 = 1;
+pub(crate) const EXIT_FAILED: u8 = 1;
 /// Exit code when the key registry is damaged, rolled back or missing (EX_DATAERR): restarting
 /// will not help, an operator must restore it.
-pub const EXIT_STATE: u8 = 65;
+pub(crate) const EXIT_STATE: u8 = 65;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -34,18 +34,18 @@ by systemd (bao-kms-provider.socket / .service); the other subcommands check and
 )]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(clap::Args, Debug, Clone)]
-pub struct ConfigArg {
+pub(crate) struct ConfigArg {
     /// Configuration file (TOML).
     #[arg(long, short = 'c', env = "BAO_KMS_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
-    pub config: PathBuf,
+    pub(crate) config: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// Serve the KMS v2 API on the unix socket (socket from systemd, or bound from the config).
     ///
     /// Accepts on the socket once the first OpenBao probe has finished (until then clients
@@ -109,10 +109,10 @@ pub fn run() -> ExitCode {
         // Rust's default (SIGPIPE ignored) so a closed log stream can never kill it; so does
         // `probe`, which writes to the KMS socket: a provider closing it (a restart) must be a
         // reported failure, not a silent death by SIGPIPE.
-        // SAFETY: setting a signal disposition before any thread is started.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
+        use nix::sys::signal::{signal, SigHandler, Signal};
+        // SAFETY: restores the default disposition (no handler runs) before any thread starts.
+        // A failure leaves Rust's default (ignored), which only means an EPIPE error message.
+        let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
     }
     let result = match cli.command {
         Command::Serve(a) => serve(&a),

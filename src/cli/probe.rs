@@ -13,19 +13,19 @@ use crate::kms::{self, client};
 use crate::pb;
 
 #[derive(clap::Args, Debug)]
-pub struct ProbeArgs {
+pub(crate) struct ProbeArgs {
     /// KMS socket. Default: server.socket_path from --config, else /run/openbao-kms/kms.sock.
     #[arg(long)]
-    pub socket: Option<PathBuf>,
+    pub(crate) socket: Option<PathBuf>,
     /// Config file to take the socket path from when --socket is not given.
     #[arg(long, short = 'c', env = "BAO_KMS_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
-    pub config: PathBuf,
+    pub(crate) config: PathBuf,
     /// Per-call deadline, like the EncryptionConfiguration timeout.
     #[arg(long, value_parser = parse_duration, default_value = "3s")]
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// Keep trying until the probe passes or this much time has gone (0: try once).
     #[arg(long, value_parser = parse_duration, default_value = "0s")]
-    pub wait: Duration,
+    pub(crate) wait: Duration,
 }
 
 struct Outcome {
@@ -33,12 +33,12 @@ struct Outcome {
     ok: bool,
 }
 
-pub fn run(a: ProbeArgs) -> Result<ExitCode> {
+pub(crate) fn run(a: ProbeArgs) -> Result<ExitCode> {
     let socket = match &a.socket {
         Some(s) => s.clone(),
         None => crate::config::load(&a.config, &Environment::from_process())
             .map(|s| s.server.socket_path)
-            .unwrap_or_else(|_| PathBuf::from("/run/openbao-kms/kms.sock")),
+            .unwrap_or_else(|_| PathBuf::from(crate::config::DEFAULT_SOCKET_PATH)),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

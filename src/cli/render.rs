@@ -7,42 +7,31 @@ use anyhow::Result;
 use super::{load, parse_duration, ConfigArg};
 use crate::config::Settings;
 
-/// Least privilege: read the key and mount, encrypt/decrypt, keep its own token alive.
-pub fn policy(s: &Settings) -> String {
-    let m = &s.transit.mount_path;
-    let k = &s.transit.key_name;
-    format!(
-        "# OpenBao policy for bao-kms-provider (transit mount \"{m}\", key \"{k}\").\n\
-         # It cannot create, rotate, export, back up, restore, trim, delete or reconfigure keys.\n\
-         path \"{m}/keys/{k}\" {{\n  capabilities = [\"read\"]\n}}\n\
-         path \"{m}/encrypt/{k}\" {{\n  capabilities = [\"update\"]\n}}\n\
-         path \"{m}/decrypt/{k}\" {{\n  capabilities = [\"update\"]\n}}\n\
-         path \"{m}/config/keys\" {{\n  capabilities = [\"read\"]\n}}\n\
-         path \"sys/mounts/{m}\" {{\n  capabilities = [\"read\"]\n}}\n\
-         path \"auth/token/renew-self\" {{\n  capabilities = [\"update\"]\n}}\n\
-         path \"auth/token/lookup-self\" {{\n  capabilities = [\"read\"]\n}}\n"
-    )
+/// Least privilege: read the key and mount, encrypt/decrypt, keep its own token alive
+/// (generated from the path table in `openbao::contract`).
+pub(crate) fn policy(s: &Settings) -> String {
+    crate::openbao::contract::policy_hcl(&s.transit.mount_path, &s.transit.key_name)
 }
 
 #[derive(clap::Args, Debug)]
-pub struct EncryptionConfigArgs {
+pub(crate) struct EncryptionConfigArgs {
     #[command(flatten)]
-    pub config: ConfigArg,
+    pub(crate) config: ConfigArg,
     /// Resources to encrypt (comma separated).
     #[arg(long, value_delimiter = ',', default_value = "secrets")]
-    pub resources: Vec<String>,
+    pub(crate) resources: Vec<String>,
     /// Per-call deadline kube-apiserver uses for the provider.
     #[arg(long, value_parser = parse_duration, default_value = "3s")]
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// Leave out the trailing identity provider. Only after every object was rewritten
     /// (migration), or objects stored in plaintext become unreadable.
     #[arg(long)]
-    pub no_identity: bool,
+    pub(crate) no_identity: bool,
 }
 
 /// The EncryptionConfiguration as JSON (valid YAML, which kube-apiserver reads): a serializer, not
 /// string formatting, so resources such as `*.*` or a provider name such as `true` stay strings.
-pub fn encryption_config(a: &EncryptionConfigArgs) -> Result<ExitCode> {
+pub(crate) fn encryption_config(a: &EncryptionConfigArgs) -> Result<ExitCode> {
     let s = load(&a.config)?;
     let doc = encryption_config_document(
         &a.resources,

@@ -5,23 +5,23 @@ use anyhow::Result;
 use clap::Subcommand;
 
 use super::{load, ConfigArg};
-use crate::keys::{KeyIdentity, Store};
+use crate::keys::Store;
 
 #[derive(Subcommand, Debug)]
-pub enum StateCommand {
+pub(crate) enum StateCommand {
     /// Print the key registry as a table: version, created, key_id, state.
     Show(ConfigArg),
     /// Check the registry's content hash, generation and scope; exit 0 only when intact.
     Verify(ConfigArg),
 }
 
-pub fn run(cmd: StateCommand) -> Result<ExitCode> {
+pub(crate) fn run(cmd: StateCommand) -> Result<ExitCode> {
     let (arg, show) = match &cmd {
         StateCommand::Show(a) => (a, true),
         StateCommand::Verify(a) => (a, false),
     };
     let settings = load(arg)?;
-    let identity = KeyIdentity::from_settings(&settings);
+    let identity = crate::provider::key_identity(&settings);
     let store = Store::open_readonly(&settings.server.state_dir, &identity.fingerprint());
     let verified = store.verify()?;
     if show {

@@ -12,20 +12,20 @@ use super::parse_duration;
 use crate::config::{self, Environment, Settings, DEFAULT_CONFIG_PATH};
 use crate::envelope::etcd::{EtcdClient, EtcdTls};
 use crate::envelope::{Envelope, Failure};
-use crate::keys::{KeyIdentity, Registry, Store};
+use crate::keys::{Registry, Store};
 use crate::kms::{client, code_name};
 use crate::pb;
 
-pub const EXIT_VERIFIED: u8 = 0;
-pub const EXIT_COULD_NOT_CHECK: u8 = 1;
-pub const EXIT_USAGE: u8 = 2;
-pub const EXIT_NOT_ENCRYPTED: u8 = 3;
-pub const EXIT_OTHER_PROVIDER: u8 = 4;
-pub const EXIT_UNKNOWN_KEY: u8 = 5;
-pub const EXIT_DOES_NOT_DECRYPT: u8 = 6;
-pub const EXIT_MALFORMED: u8 = 7;
+pub(crate) const EXIT_VERIFIED: u8 = 0;
+pub(crate) const EXIT_COULD_NOT_CHECK: u8 = 1;
+pub(crate) const EXIT_USAGE: u8 = 2;
+pub(crate) const EXIT_NOT_ENCRYPTED: u8 = 3;
+pub(crate) const EXIT_OTHER_PROVIDER: u8 = 4;
+pub(crate) const EXIT_UNKNOWN_KEY: u8 = 5;
+pub(crate) const EXIT_DOES_NOT_DECRYPT: u8 = 6;
+pub(crate) const EXIT_MALFORMED: u8 = 7;
 
-pub const EXIT_CODES_HELP: &str = "\
+pub(crate) const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0   verified: our prefix, a valid EncryptedObject, the provider decrypts the DEK source and the
       data decrypts with it and the etcd key
@@ -40,45 +40,45 @@ Exit codes:
 
 #[derive(clap::Args, Debug)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["input", "etcd_endpoint"])))]
-pub struct VerifyArgs {
+pub(crate) struct VerifyArgs {
     /// KMS socket of the provider. Default: server.socket_path from --config, else
     /// /run/openbao-kms/kms.sock.
     #[arg(long, value_name = "PATH")]
-    pub socket: Option<PathBuf>,
+    pub(crate) socket: Option<PathBuf>,
     /// Config file: default socket, provider name, and the key registry that tells a retired
     /// key_id from an unknown one. Optional when --socket and --provider-name are given.
     #[arg(long, short = 'c', env = "BAO_KMS_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
-    pub config: PathBuf,
+    pub(crate) config: PathBuf,
     /// The etcd key, e.g. /registry/secrets/NAMESPACE/NAME. It is also the AES-GCM additional
     /// data, so it must be the key the value was stored under.
     #[arg(long, value_name = "KEY")]
-    pub key: String,
+    pub(crate) key: String,
     /// Read the raw value bytes from FILE ("-" for stdin) instead of etcd.
     #[arg(long, value_name = "FILE|-")]
-    pub input: Option<PathBuf>,
+    pub(crate) input: Option<PathBuf>,
     /// etcd client URL to fetch --key from (gRPC gateway), e.g. https://127.0.0.1:2379.
     #[arg(long, value_name = "URL")]
-    pub etcd_endpoint: Option<String>,
+    pub(crate) etcd_endpoint: Option<String>,
     /// CA bundle for etcd's server certificate (kubeadm: /etc/kubernetes/pki/etcd/ca.crt).
     #[arg(long, value_name = "FILE", requires = "etcd_endpoint")]
-    pub etcd_cacert: Option<PathBuf>,
+    pub(crate) etcd_cacert: Option<PathBuf>,
     /// etcd client certificate (kubeadm: /etc/kubernetes/pki/apiserver-etcd-client.crt).
     #[arg(long, value_name = "FILE", requires = "etcd_endpoint")]
-    pub etcd_cert: Option<PathBuf>,
+    pub(crate) etcd_cert: Option<PathBuf>,
     /// etcd client key (kubeadm: /etc/kubernetes/pki/apiserver-etcd-client.key).
     #[arg(long, value_name = "FILE", requires = "etcd_endpoint")]
-    pub etcd_client_key: Option<PathBuf>,
+    pub(crate) etcd_client_key: Option<PathBuf>,
     /// Provider name expected in the prefix. Default: transit.key_id_scope.provider_name from
     /// --config; this flag wins when both are there.
     #[arg(long, value_name = "NAME")]
-    pub provider_name: Option<String>,
+    pub(crate) provider_name: Option<String>,
     /// Also print the decrypted object (non-printable bytes escaped). This is the Secret in
     /// plaintext: mind terminals, logs and shell history.
     #[arg(long)]
-    pub show_plaintext: bool,
+    pub(crate) show_plaintext: bool,
     /// Per-call deadline for etcd and the provider.
     #[arg(long, value_parser = parse_duration, default_value = "3s")]
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
 /// The lines printed and the exit code they end in.
@@ -110,7 +110,7 @@ impl Report {
     }
 }
 
-pub fn run(a: VerifyArgs) -> Result<ExitCode> {
+pub(crate) fn run(a: VerifyArgs) -> Result<ExitCode> {
     // The config is optional when --provider-name and --socket are given (e.g. on a workstation).
     let settings =
         match config::load(&a.config, &Environment::from_process()) {
@@ -128,7 +128,7 @@ pub fn run(a: VerifyArgs) -> Result<ExitCode> {
     let socket = match (&a.socket, &settings) {
         (Some(s), _) => s.clone(),
         (None, Ok(s)) => s.server.socket_path.clone(),
-        (None, Err(_)) => PathBuf::from("/run/openbao-kms/kms.sock"),
+        (None, Err(_)) => PathBuf::from(crate::config::DEFAULT_SOCKET_PATH),
     };
     let mut report = Report { lines: Vec::new() };
     report.add("key", a.key.clone());
@@ -156,7 +156,7 @@ pub fn run(a: VerifyArgs) -> Result<ExitCode> {
 }
 
 fn load_registry(s: &Settings) -> Result<Registry, String> {
-    let identity = KeyIdentity::from_settings(s);
+    let identity = crate::provider::key_identity(s);
     Store::open_readonly(&s.server.state_dir, &identity.fingerprint())
         .verify()
         .map(|v| v.registry)

@@ -7,8 +7,10 @@ mod validate;
 use std::path::Path;
 
 pub use error::ConfigError;
-pub use raw::*;
-pub use settings::*;
+pub use raw::RawConfig;
+pub(crate) use raw::*;
+pub use settings::Settings;
+pub(crate) use settings::*;
 pub use validate::{validate, Environment};
 
 /// Parse TOML text; `path` is only used to name the file in errors.
@@ -20,7 +22,7 @@ pub fn parse(text: &str, path: &Path) -> Result<RawConfig, ConfigError> {
 }
 
 /// Read, parse and validate a config file.
-pub fn load(path: &Path, env: &Environment) -> Result<Settings, ConfigError> {
+pub(crate) fn load(path: &Path, env: &Environment) -> Result<Settings, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,

@@ -2,35 +2,37 @@
 use serde::{Deserialize, Serialize};
 
 /// Default location of the provider's configuration file.
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/openbao-kms/config.toml";
+pub(crate) const DEFAULT_CONFIG_PATH: &str = "/etc/openbao-kms/config.toml";
+/// Where the KMS socket is, when neither the config nor `--socket` says (also the CLI's default).
+pub(crate) const DEFAULT_SOCKET_PATH: &str = "/run/openbao-kms/kms.sock";
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawConfig {
-    pub server: RawServer,
-    pub openbao: RawOpenBao,
-    pub auth: RawAuth,
-    pub transit: RawTransit,
-    pub status: RawStatus,
-    pub rotation: RawRotation,
-    pub log: RawLog,
-    pub telemetry: RawTelemetry,
+    pub(crate) server: RawServer,
+    pub(crate) openbao: RawOpenBao,
+    pub(crate) auth: RawAuth,
+    pub(crate) transit: RawTransit,
+    pub(crate) status: RawStatus,
+    pub(crate) rotation: RawRotation,
+    pub(crate) log: RawLog,
+    pub(crate) telemetry: RawTelemetry,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RawServer {
-    pub socket_path: String,
-    pub socket_mode: String,
-    pub state_dir: String,
-    pub drain_timeout: String,
-    pub start_timeout: String,
+pub(crate) struct RawServer {
+    pub(crate) socket_path: String,
+    pub(crate) socket_mode: String,
+    pub(crate) state_dir: String,
+    pub(crate) drain_timeout: String,
+    pub(crate) start_timeout: String,
 }
 
 impl Default for RawServer {
     fn default() -> Self {
         Self {
-            socket_path: "/run/openbao-kms/kms.sock".into(),
+            socket_path: DEFAULT_SOCKET_PATH.into(),
             socket_mode: "0600".into(),
             state_dir: "/var/lib/openbao-kms".into(),
             drain_timeout: "10s".into(),
@@ -41,13 +43,13 @@ impl Default for RawServer {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RawOpenBao {
-    pub address: String,
-    pub ca_file: String,
-    pub tls_server_name: String,
-    pub namespace: String,
-    pub timeout: String,
-    pub instance_id: String,
+pub(crate) struct RawOpenBao {
+    pub(crate) address: String,
+    pub(crate) ca_file: String,
+    pub(crate) tls_server_name: String,
+    pub(crate) namespace: String,
+    pub(crate) timeout: String,
+    pub(crate) instance_id: String,
 }
 
 impl Default for RawOpenBao {
@@ -65,7 +67,7 @@ impl Default for RawOpenBao {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum AuthMethodName {
+pub(crate) enum AuthMethodName {
     #[default]
     Jwt,
     Cert,
@@ -74,19 +76,19 @@ pub enum AuthMethodName {
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RawAuth {
-    pub method: AuthMethodName,
-    pub jwt: RawJwtAuth,
-    pub cert: RawCertAuth,
-    pub token: RawTokenAuth,
+pub(crate) struct RawAuth {
+    pub(crate) method: AuthMethodName,
+    pub(crate) jwt: RawJwtAuth,
+    pub(crate) cert: RawCertAuth,
+    pub(crate) token: RawTokenAuth,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RawJwtAuth {
-    pub mount_path: String,
-    pub role: String,
-    pub jwt_file: String,
+pub(crate) struct RawJwtAuth {
+    pub(crate) mount_path: String,
+    pub(crate) role: String,
+    pub(crate) jwt_file: String,
 }
 
 impl Default for RawJwtAuth {
@@ -101,24 +103,24 @@ impl Default for RawJwtAuth {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RawCertAuth {
-    pub mount_path: String,
-    pub name: String,
-    pub cert_file: String,
-    pub key_file: String,
+pub(crate) struct RawCertAuth {
+    pub(crate) mount_path: String,
+    pub(crate) name: String,
+    pub(crate) cert_file: String,
+    pub(crate) key_file: String,
     /// Where the client key lives: a PEM file (`key_file`) or a PKCS#11 token (HSM, TPM).
-    pub key_source: KeySource,
-    pub module_path: String,
-    pub token_label: String,
-    pub key_label: String,
+    pub(crate) key_source: KeySource,
+    pub(crate) module_path: String,
+    pub(crate) token_label: String,
+    pub(crate) key_label: String,
     /// CKA_ID in hex; exactly one of `key_label` and `key_object_id`.
-    pub key_object_id: String,
-    pub pin_file: String,
+    pub(crate) key_object_id: String,
+    pub(crate) pin_file: String,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum KeySource {
+pub(crate) enum KeySource {
     #[default]
     File,
     Pkcs11,
@@ -143,16 +145,16 @@ impl Default for RawCertAuth {
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RawTokenAuth {
-    pub token_file: String,
+pub(crate) struct RawTokenAuth {
+    pub(crate) token_file: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RawTransit {
-    pub mount_path: String,
-    pub key_name: String,
-    pub key_id_scope: RawKeyIdScope,
+pub(crate) struct RawTransit {
+    pub(crate) mount_path: String,
+    pub(crate) key_name: String,
+    pub(crate) key_id_scope: RawKeyIdScope,
 }
 
 impl Default for RawTransit {
@@ -167,11 +169,11 @@ impl Default for RawTransit {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RawKeyIdScope {
-    pub provider_name: String,
-    pub cluster_id: String,
-    pub transit_mount_id: String,
-    pub key_lineage_id: String,
+pub(crate) struct RawKeyIdScope {
+    pub(crate) provider_name: String,
+    pub(crate) cluster_id: String,
+    pub(crate) transit_mount_id: String,
+    pub(crate) key_lineage_id: String,
 }
 
 impl Default for RawKeyIdScope {
@@ -187,10 +189,10 @@ impl Default for RawKeyIdScope {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RawStatus {
-    pub probe_interval: String,
-    pub deep_probe_interval: String,
-    pub max_staleness: String,
+pub(crate) struct RawStatus {
+    pub(crate) probe_interval: String,
+    pub(crate) deep_probe_interval: String,
+    pub(crate) max_staleness: String,
 }
 
 impl Default for RawStatus {
@@ -205,9 +207,9 @@ impl Default for RawStatus {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RawRotation {
-    pub stable_observations: u32,
-    pub activation_delay: String,
+pub(crate) struct RawRotation {
+    pub(crate) stable_observations: u32,
+    pub(crate) activation_delay: String,
 }
 
 impl Default for RawRotation {
@@ -221,7 +223,7 @@ impl Default for RawRotation {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum LogLevel {
+pub(crate) enum LogLevel {
     Error,
     Warn,
     #[default]
@@ -231,7 +233,7 @@ pub enum LogLevel {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     #[default]
     Auto,
     Journald,
@@ -241,16 +243,16 @@ pub enum LogFormat {
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RawLog {
-    pub level: LogLevel,
-    pub format: LogFormat,
+pub(crate) struct RawLog {
+    pub(crate) level: LogLevel,
+    pub(crate) format: LogFormat,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RawTelemetry {
-    pub metrics_address: String,
-    pub health_address: String,
+pub(crate) struct RawTelemetry {
+    pub(crate) metrics_address: String,
+    pub(crate) health_address: String,
 }
 
 impl Default for RawTelemetry {

@@ -4,43 +4,43 @@ use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use super::raw::{LogFormat, LogLevel};
+pub(crate) use super::raw::{LogFormat, LogLevel};
 
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub server: ServerSettings,
-    pub openbao: OpenBaoSettings,
-    pub auth: AuthSettings,
-    pub transit: TransitSettings,
-    pub status: StatusSettings,
-    pub rotation: RotationSettings,
-    pub log: LogSettings,
-    pub telemetry: TelemetrySettings,
+    pub(crate) server: ServerSettings,
+    pub(crate) openbao: OpenBaoSettings,
+    pub(crate) auth: AuthSettings,
+    pub(crate) transit: TransitSettings,
+    pub(crate) status: StatusSettings,
+    pub(crate) rotation: RotationSettings,
+    pub(crate) log: LogSettings,
+    pub(crate) telemetry: TelemetrySettings,
 }
 
 #[derive(Debug, Clone)]
-pub struct ServerSettings {
-    pub socket_path: PathBuf,
-    pub socket_mode: u32,
-    pub state_dir: PathBuf,
-    pub drain_timeout: Duration,
+pub(crate) struct ServerSettings {
+    pub(crate) socket_path: PathBuf,
+    pub(crate) socket_mode: u32,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) drain_timeout: Duration,
     /// How long systemd is asked to wait for OpenBao at start before the start job fails (so
     /// units ordered after this one, like kubelet, are not held back indefinitely).
-    pub start_timeout: Duration,
+    pub(crate) start_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
-pub struct OpenBaoSettings {
-    pub address: reqwest::Url,
-    pub ca_file: Option<PathBuf>,
-    pub tls_server_name: Option<String>,
-    pub namespace: Option<String>,
-    pub timeout: Duration,
-    pub instance_id: String,
+pub(crate) struct OpenBaoSettings {
+    pub(crate) address: reqwest::Url,
+    pub(crate) ca_file: Option<PathBuf>,
+    pub(crate) tls_server_name: Option<String>,
+    pub(crate) namespace: Option<String>,
+    pub(crate) timeout: Duration,
+    pub(crate) instance_id: String,
 }
 
 #[derive(Debug, Clone)]
-pub enum AuthSettings {
+pub(crate) enum AuthSettings {
     Jwt {
         mount_path: String,
         role: String,
@@ -58,83 +58,75 @@ pub enum AuthSettings {
 }
 
 impl AuthSettings {
-    pub fn method_name(&self) -> &'static str {
+    pub(crate) fn method_name(&self) -> &'static str {
         match self {
             Self::Jwt { .. } => "jwt",
             Self::Cert { .. } => "cert",
             Self::Token { .. } => "token",
         }
     }
-
-    /// The auth mount path, for the policy and the doctor; token auth has none of its own.
-    pub fn mount_path(&self) -> Option<&str> {
-        match self {
-            Self::Jwt { mount_path, .. } | Self::Cert { mount_path, .. } => Some(mount_path),
-            Self::Token { .. } => None,
-        }
-    }
 }
 
 /// Where the cert-auth client key lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClientKey {
+pub(crate) enum ClientKey {
     File(PathBuf),
     Pkcs11(Pkcs11Settings),
 }
 
 /// A non-extractable key on a PKCS#11 token; the PIN is read from `pin_file` at (re)load.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pkcs11Settings {
-    pub module_path: PathBuf,
-    pub token_label: String,
-    pub key: Pkcs11KeyRef,
-    pub pin_file: PathBuf,
+pub(crate) struct Pkcs11Settings {
+    pub(crate) module_path: PathBuf,
+    pub(crate) token_label: String,
+    pub(crate) key: Pkcs11KeyRef,
+    pub(crate) pin_file: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Pkcs11KeyRef {
+pub(crate) enum Pkcs11KeyRef {
     Label(String),
     /// CKA_ID bytes.
     Id(Vec<u8>),
 }
 
 #[derive(Debug, Clone)]
-pub struct TransitSettings {
-    pub mount_path: String,
-    pub key_name: String,
-    pub key_id_scope: KeyIdScope,
+pub(crate) struct TransitSettings {
+    pub(crate) mount_path: String,
+    pub(crate) key_name: String,
+    pub(crate) key_id_scope: KeyIdScope,
 }
 
 /// Identity-bearing names hashed into every key_id; changing one changes every key_id.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyIdScope {
-    pub provider_name: String,
-    pub cluster_id: String,
-    pub transit_mount_id: String,
-    pub key_lineage_id: String,
+pub(crate) struct KeyIdScope {
+    pub(crate) provider_name: String,
+    pub(crate) cluster_id: String,
+    pub(crate) transit_mount_id: String,
+    pub(crate) key_lineage_id: String,
 }
 
 #[derive(Debug, Clone)]
-pub struct StatusSettings {
-    pub probe_interval: Duration,
-    pub deep_probe_interval: Duration,
-    pub max_staleness: Duration,
+pub(crate) struct StatusSettings {
+    pub(crate) probe_interval: Duration,
+    pub(crate) deep_probe_interval: Duration,
+    pub(crate) max_staleness: Duration,
 }
 
 #[derive(Debug, Clone)]
-pub struct RotationSettings {
-    pub stable_observations: NonZeroU32,
-    pub activation_delay: Duration,
+pub(crate) struct RotationSettings {
+    pub(crate) stable_observations: NonZeroU32,
+    pub(crate) activation_delay: Duration,
 }
 
 #[derive(Debug, Clone)]
-pub struct LogSettings {
-    pub level: LogLevel,
-    pub format: LogFormat,
+pub(crate) struct LogSettings {
+    pub(crate) level: LogLevel,
+    pub(crate) format: LogFormat,
 }
 
 #[derive(Debug, Clone)]
-pub struct TelemetrySettings {
-    pub metrics_address: Option<SocketAddr>,
-    pub health_address: Option<SocketAddr>,
+pub(crate) struct TelemetrySettings {
+    pub(crate) metrics_address: Option<SocketAddr>,
+    pub(crate) health_address: Option<SocketAddr>,
 }

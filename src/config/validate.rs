@@ -12,11 +12,11 @@ use super::settings::*;
 #[derive(Debug, Clone, Default)]
 pub struct Environment {
     /// `$CREDENTIALS_DIRECTORY`, set by systemd for `LoadCredential=`.
-    pub credentials_directory: Option<PathBuf>,
+    pub(crate) credentials_directory: Option<PathBuf>,
 }
 
 impl Environment {
-    pub fn from_process() -> Self {
+    pub(crate) fn from_process() -> Self {
         Self {
             credentials_directory: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
         }

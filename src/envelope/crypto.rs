@@ -11,11 +11,11 @@ use zeroize::Zeroizing;
 use super::EnvelopeError;
 
 /// Random per-write HKDF info, stored in front of the nonce (seed mode only).
-pub const INFO_BYTES: usize = 32;
-pub const NONCE_BYTES: usize = 12;
-pub const TAG_BYTES: usize = 16;
+pub(crate) const INFO_BYTES: usize = 32;
+pub(crate) const NONCE_BYTES: usize = 12;
+pub(crate) const TAG_BYTES: usize = 16;
 /// AES-256 key size; also the seed size kube-apiserver generates.
-pub const KEY_BYTES: usize = 32;
+pub(crate) const KEY_BYTES: usize = 32;
 
 /// `EncryptedObject.encryptedDEKSourceType`: what the provider's plaintext is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +27,7 @@ pub enum DekSourceType {
 }
 
 impl DekSourceType {
-    pub fn from_wire(v: i32) -> Option<Self> {
+    pub(crate) fn from_wire(v: i32) -> Option<Self> {
         match v {
             0 => Some(Self::AesGcmKey),
             1 => Some(Self::HkdfSha256XNonceAesGcmSeed),
@@ -35,7 +35,7 @@ impl DekSourceType {
         }
     }
 
-    pub fn wire(self) -> i32 {
+    pub(crate) fn wire(self) -> i32 {
         match self {
             Self::AesGcmKey => 0,
             Self::HkdfSha256XNonceAesGcmSeed => 1,
@@ -43,7 +43,7 @@ impl DekSourceType {
     }
 
     /// The protobuf enum name, as operators see it in the Kubernetes source and docs.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::AesGcmKey => "AES_GCM_KEY",
             Self::HkdfSha256XNonceAesGcmSeed => "HKDF_SHA256_XNONCE_AES_GCM_SEED",
@@ -106,6 +106,7 @@ fn open_gcm(
         .map_err(|_| EnvelopeError::Authentication)
 }
 
+#[cfg(any(test, feature = "testkit"))]
 fn seal_gcm(
     key: &[u8],
     kind: DekSourceType,
@@ -132,7 +133,7 @@ fn seal_gcm(
 }
 
 /// Seed mode: `encrypted_data` = info(32) || nonce(12) || ciphertext || tag(16).
-pub fn open_with_seed(
+pub(crate) fn open_with_seed(
     seed: &[u8],
     encrypted_data: &[u8],
     etcd_key: &[u8],
@@ -152,7 +153,7 @@ pub fn open_with_seed(
 }
 
 /// Legacy mode: `encrypted_data` = nonce(12) || ciphertext || tag(16), `key` is the DEK.
-pub fn open_with_key(
+pub(crate) fn open_with_key(
     key: &[u8],
     encrypted_data: &[u8],
     etcd_key: &[u8],
@@ -160,8 +161,9 @@ pub fn open_with_key(
     open_gcm(key, DekSourceType::AesGcmKey, encrypted_data, etcd_key)
 }
 
+#[cfg(any(test, feature = "testkit"))]
 /// Seed mode write with caller-chosen info and nonce (random in `Writer`, fixed in tests).
-pub fn seal_with_seed(
+pub(crate) fn seal_with_seed(
     seed: &[u8],
     info: &[u8; INFO_BYTES],
     nonce: &[u8; NONCE_BYTES],
@@ -182,8 +184,9 @@ pub fn seal_with_seed(
     Ok(out)
 }
 
+#[cfg(any(test, feature = "testkit"))]
 /// Legacy mode write: the DEK is used directly.
-pub fn seal_with_key(
+pub(crate) fn seal_with_key(
     key: &[u8],
     nonce: &[u8; NONCE_BYTES],
     etcd_key: &[u8],

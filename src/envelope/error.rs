@@ -3,7 +3,7 @@ use super::crypto::DekSourceType;
 
 /// The class of a failure, for callers that map failures to exit codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
+pub(crate) enum Failure {
     /// The value is stored in plaintext (no `k8s:enc:` prefix).
     NotEncrypted,
     /// Another KMS v2 provider name, or another `k8s:enc:` scheme.
@@ -58,7 +58,7 @@ pub enum EnvelopeError {
 }
 
 impl EnvelopeError {
-    pub fn failure(&self) -> Failure {
+    pub(crate) fn failure(&self) -> Failure {
         match self {
             Self::NotEncrypted { .. } => Failure::NotEncrypted,
             Self::OtherScheme { .. } | Self::OtherProvider { .. } => Failure::OtherProvider,
@@ -71,6 +71,7 @@ impl EnvelopeError {
     }
 }
 
+#[cfg(feature = "testkit")]
 /// Errors of `Writer`, which talks to a provider the way kube-apiserver does.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {

@@ -9,6 +9,8 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::support::{error_chain, read_capped, ReadError};
+
 /// Values larger than this are refused (etcd's default request limit is 1.5 MiB).
 const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
 
@@ -75,8 +77,7 @@ impl EtcdClient {
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
             .ok_or_else(|| EtcdError::Endpoint(endpoint.to_owned()))?;
-        // reqwest is built without a default crypto provider; install ring like the daemon does.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::support::crypto_provider();
         let mut b = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout);
@@ -134,14 +135,15 @@ impl EtcdClient {
             .map_err(req_err)?;
         let status = resp.status();
         let mut bytes = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(req_err)? {
-            if bytes.len() + chunk.len() > MAX_RESPONSE_BYTES {
+        match read_capped(&mut resp, MAX_RESPONSE_BYTES, &mut bytes).await {
+            Ok(()) => {}
+            Err(ReadError::TooLarge) => {
                 return Err(EtcdError::Protocol {
                     url: shown,
                     reason: format!("response over {MAX_RESPONSE_BYTES} bytes"),
-                });
+                })
             }
-            bytes.extend_from_slice(&chunk);
+            Err(ReadError::Transport(e)) => return Err(req_err(e)),
         }
         if !status.is_success() {
             let body = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned();
@@ -180,18 +182,6 @@ impl EtcdClient {
         let body = json!({ "key": STANDARD.encode(key), "value": STANDARD.encode(value) });
         self.post(self.url("v3/kv/put")?, body).await.map(|_| ())
     }
-}
-
-/// reqwest's Display hides the cause (refused, TLS alert); show the chain.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

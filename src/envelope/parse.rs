@@ -14,19 +14,19 @@ use crate::pb;
 
 /// A KMS v2 value of our provider, decoded and validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Envelope {
-    pub provider_name: String,
-    pub key_id: String,
-    pub dek_source_type: DekSourceType,
+pub(crate) struct Envelope {
+    pub(crate) provider_name: String,
+    pub(crate) key_id: String,
+    pub(crate) dek_source_type: DekSourceType,
     /// The provider's ciphertext of the seed (or legacy DEK); public, decrypted only by the provider.
-    pub encrypted_dek_source: Vec<u8>,
-    pub annotations: HashMap<String, Vec<u8>>,
-    pub encrypted_data: Vec<u8>,
+    pub(crate) encrypted_dek_source: Vec<u8>,
+    pub(crate) annotations: HashMap<String, Vec<u8>>,
+    pub(crate) encrypted_data: Vec<u8>,
 }
 
 impl Envelope {
     /// Prefix, decode, validate: what kube-apiserver does before asking the provider anything.
-    pub fn parse(value: &[u8], provider_name: &str) -> Result<Self, EnvelopeError> {
+    pub(crate) fn parse(value: &[u8], provider_name: &str) -> Result<Self, EnvelopeError> {
         let o = decode(classify(value, provider_name)?)?;
         let dek_source_type = validate(&o)?;
         Ok(Self {
@@ -39,8 +39,9 @@ impl Envelope {
         })
     }
 
+    #[cfg(any(test, feature = "testkit"))]
     /// The stored bytes: validated, encoded and prefixed (kube-apiserver's `doEncode`).
-    pub fn to_bytes(&self) -> Result<Vec<u8>, EnvelopeError> {
+    pub(crate) fn to_bytes(&self) -> Result<Vec<u8>, EnvelopeError> {
         let o = pb::EncryptedObject {
             encrypted_data: self.encrypted_data.clone(),
             key_id: self.key_id.clone(),
@@ -52,7 +53,7 @@ impl Envelope {
     }
 
     /// Decrypts `encryptedData` with the provider's plaintext and the etcd key as AAD.
-    pub fn open(
+    pub(crate) fn open(
         &self,
         dek_source: &[u8],
         etcd_key: &[u8],
@@ -75,7 +76,10 @@ pub(super) fn check_provider_name(name: &str) -> Result<(), EnvelopeError> {
 
 /// Sorts a raw value into ours (returns the protobuf after the prefix) / plaintext / another
 /// provider or scheme. Never echoes value bytes but the public prefix: plaintext is a Secret.
-pub fn classify<'a>(value: &'a [u8], provider_name: &str) -> Result<&'a [u8], EnvelopeError> {
+pub(crate) fn classify<'a>(
+    value: &'a [u8],
+    provider_name: &str,
+) -> Result<&'a [u8], EnvelopeError> {
     check_provider_name(provider_name)?;
     let ours = prefix_for(provider_name);
     if let Some(body) = value.strip_prefix(ours.as_slice()) {
@@ -139,7 +143,7 @@ pub fn decode(body: &[u8]) -> Result<pb::EncryptedObject, EnvelopeError> {
 }
 
 /// The checks of kube-apiserver's `ValidateEncryptedObject`, in its order.
-pub fn validate(o: &pb::EncryptedObject) -> Result<DekSourceType, EnvelopeError> {
+pub(crate) fn validate(o: &pb::EncryptedObject) -> Result<DekSourceType, EnvelopeError> {
     let invalid = |field, reason: String| EnvelopeError::Invalid { field, reason };
     let kind = DekSourceType::from_wire(o.encrypted_dek_source_type).ok_or_else(|| {
         invalid(

@@ -1,5 +1,6 @@
 use super::*;
-use crate::envelope::{seal_with_key, seal_with_seed, Failure};
+use crate::envelope::crypto::{seal_with_key, seal_with_seed};
+use crate::envelope::Failure;
 
 const NAME: &str = "openbao-kms";
 

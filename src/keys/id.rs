@@ -4,39 +4,23 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
-use crate::config::Settings;
-
 /// Versioned prefix: a future derivation gets a new prefix instead of colliding with this one.
-pub const KEY_ID_PREFIX: &str = "obkms1-";
+pub(crate) const KEY_ID_PREFIX: &str = "obkms1-";
 
 /// Everything except the version that a key_id is bound to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyIdentity {
-    pub provider_name: String,
-    pub cluster_id: String,
-    pub transit_mount_id: String,
-    pub key_lineage_id: String,
-    pub instance_id: String,
-    pub namespace: String,
-    pub mount_path: String,
-    pub key_name: String,
+pub(crate) struct KeyIdentity {
+    pub(crate) provider_name: String,
+    pub(crate) cluster_id: String,
+    pub(crate) transit_mount_id: String,
+    pub(crate) key_lineage_id: String,
+    pub(crate) instance_id: String,
+    pub(crate) namespace: String,
+    pub(crate) mount_path: String,
+    pub(crate) key_name: String,
 }
 
 impl KeyIdentity {
-    pub fn from_settings(s: &Settings) -> Self {
-        let scope = &s.transit.key_id_scope;
-        Self {
-            provider_name: scope.provider_name.clone(),
-            cluster_id: scope.cluster_id.clone(),
-            transit_mount_id: scope.transit_mount_id.clone(),
-            key_lineage_id: scope.key_lineage_id.clone(),
-            instance_id: s.openbao.instance_id.clone(),
-            namespace: s.openbao.namespace.clone().unwrap_or_default(),
-            mount_path: s.transit.mount_path.clone(),
-            key_name: s.transit.key_name.clone(),
-        }
-    }
-
     fn hasher(&self, domain: &str) -> Sha256 {
         let mut h = Sha256::new();
         // Length-prefixed fields: no two different tuples hash the same input.
@@ -58,7 +42,7 @@ impl KeyIdentity {
     }
 
     /// The key_id of one Transit key version, given its creation time from OpenBao.
-    pub fn key_id(&self, version: u32, created_unix: i64) -> String {
+    pub(crate) fn key_id(&self, version: u32, created_unix: i64) -> String {
         let mut h = self.hasher("bao-kms-provider key_id v1");
         h.update(version.to_be_bytes());
         h.update(created_unix.to_be_bytes());
@@ -67,7 +51,7 @@ impl KeyIdentity {
 
     /// A fingerprint of the scope alone, stored with the registry so that a config pointing the
     /// same state_dir at another key is caught.
-    pub fn fingerprint(&self) -> String {
+    pub(crate) fn fingerprint(&self) -> String {
         URL_SAFE_NO_PAD.encode(self.hasher("bao-kms-provider scope v1").finalize())
     }
 }

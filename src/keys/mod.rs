@@ -2,8 +2,12 @@
 mod id;
 mod registry;
 
-pub use id::{associated_data, short_hash, KeyIdentity, KEY_ID_PREFIX};
-pub use registry::{Change, KeyRecord, KeyState, Refusal, Registry};
+pub(crate) use id::KeyIdentity;
+/// Public: the AAD binding is part of the stored data's contract (the bench and a manual Transit
+/// decrypt during recovery need it).
+pub use id::{associated_data, short_hash};
+pub(crate) use registry::{Change, KeyState, Refusal, Registry};
+pub(crate) use registry::{Observation, Promotion};
 mod store;
 
-pub use store::{Store, StoreError, Verified, REGISTRY_FILE};
+pub(crate) use store::{Store, StoreError};

@@ -4,24 +4,42 @@
 //! promoted it first), then `active` once it was seen in enough consecutive probes and an
 //! activation delay has passed, so hosts never flip-flop. Versions are never forgotten.
 use std::collections::BTreeMap;
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::id::KeyIdentity;
-use crate::config::RotationSettings;
-use crate::openbao::KeyMetadata;
+
+/// What one probe saw of the Transit key, in the registry's own terms (the provider translates
+/// OpenBao's key metadata into this).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Observation {
+    pub(crate) latest_version: u32,
+    pub(crate) min_decryption_version: u32,
+    /// Version -> creation time (unix seconds) of every version the key still holds.
+    pub(crate) versions: BTreeMap<u32, i64>,
+}
+
+/// When a pending version becomes active.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Promotion {
+    /// Consecutive probes that must see the version as the latest.
+    pub(crate) stable_observations: NonZeroU32,
+    /// Time since the version was first seen.
+    pub(crate) activation_delay: Duration,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum KeyState {
+pub(crate) enum KeyState {
     Pending,
     Active,
     Retired,
 }
 
 impl KeyState {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
             Self::Active => "active",
@@ -32,19 +50,19 @@ impl KeyState {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct KeyRecord {
-    pub version: u32,
-    pub created_unix: i64,
-    pub key_id: String,
-    pub state: KeyState,
-    pub first_seen_unix: i64,
+pub(crate) struct KeyRecord {
+    pub(crate) version: u32,
+    pub(crate) created_unix: i64,
+    pub(crate) key_id: String,
+    pub(crate) state: KeyState,
+    pub(crate) first_seen_unix: i64,
     /// Consecutive probes that saw this version as the latest (pending versions only).
-    pub observations: u32,
+    pub(crate) observations: u32,
 }
 
 /// What one observation changed; the caller logs these and persists when anything changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
+pub(crate) enum Change {
     Adopted { active: u32, retired: Vec<u32> },
     Pending { version: u32 },
     Observed { version: u32, observations: u32 },
@@ -53,7 +71,7 @@ pub enum Change {
 
 /// A Transit answer the registry refuses to adopt; health turns not-ok with this reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     #[error(
         "Transit latest_version went backwards: registry knows v{known}, OpenBao says v{seen}"
     )]
@@ -66,29 +84,29 @@ pub enum Refusal {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Registry {
-    pub records: BTreeMap<u32, KeyRecord>,
+pub(crate) struct Registry {
+    pub(crate) records: BTreeMap<u32, KeyRecord>,
 }
 
 impl Registry {
-    pub fn active(&self) -> Option<&KeyRecord> {
+    pub(crate) fn active(&self) -> Option<&KeyRecord> {
         self.records.values().find(|r| r.state == KeyState::Active)
     }
 
-    pub fn by_key_id(&self, key_id: &str) -> Option<&KeyRecord> {
+    pub(crate) fn by_key_id(&self, key_id: &str) -> Option<&KeyRecord> {
         self.records.values().find(|r| r.key_id == key_id)
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.records.is_empty()
     }
 
     /// Feeds one metadata probe into the registry. On refusal nothing is changed.
-    pub fn observe(
+    pub(crate) fn observe(
         &mut self,
-        meta: &KeyMetadata,
+        meta: &Observation,
         identity: &KeyIdentity,
-        rotation: &RotationSettings,
+        rotation: &Promotion,
         now_unix: i64,
     ) -> Result<Vec<Change>, Refusal> {
         let latest = meta.latest_version;
@@ -176,7 +194,7 @@ impl Registry {
 
     /// First start: every existing version becomes retired and the latest active at once, since
     /// there is no earlier key_id anyone could still be writing with.
-    fn adopt(&mut self, meta: &KeyMetadata, identity: &KeyIdentity, now_unix: i64) -> Change {
+    fn adopt(&mut self, meta: &Observation, identity: &KeyIdentity, now_unix: i64) -> Change {
         let latest = meta.latest_version;
         let mut retired = Vec::new();
         for (v, created) in &meta.versions {
@@ -198,7 +216,7 @@ impl Registry {
     }
 
     /// Retained versions that OpenBao's `min_decryption_version` no longer lets us decrypt.
-    pub fn blocked_by_min_decryption(&self, meta: &KeyMetadata) -> Vec<u32> {
+    pub(crate) fn blocked_by_min_decryption(&self, meta: &Observation) -> Vec<u32> {
         self.records
             .keys()
             .copied()
@@ -228,7 +246,6 @@ fn record(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::num::NonZeroU32;
 
     fn identity() -> KeyIdentity {
         KeyIdentity {
@@ -243,24 +260,16 @@ mod tests {
         }
     }
 
-    fn meta(latest: u32) -> KeyMetadata {
-        KeyMetadata {
-            key_type: "aes256-gcm96".into(),
+    fn meta(latest: u32) -> Observation {
+        Observation {
             latest_version: latest,
             min_decryption_version: 1,
-            min_encryption_version: 0,
             versions: (1..=latest).map(|v| (v, 1000 + v as i64)).collect(),
-            exportable: false,
-            allow_plaintext_backup: false,
-            deletion_allowed: false,
-            derived: false,
-            convergent_encryption: false,
-            auto_rotate_period_seconds: 0,
         }
     }
 
-    fn rotation(n: u32, delay: u64) -> RotationSettings {
-        RotationSettings {
+    fn rotation(n: u32, delay: u64) -> Promotion {
+        Promotion {
             stable_observations: NonZeroU32::new(n).unwrap(),
             activation_delay: Duration::from_secs(delay),
         }

@@ -4,21 +4,21 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::registry::Registry;
 
-pub const REGISTRY_FILE: &str = "key-registry.json";
+pub(crate) const REGISTRY_FILE: &str = "key-registry.json";
 const WITNESS_FILE: &str = "key-registry.generation";
 const LOCK_FILE: &str = "key-registry.lock";
 const FORMAT: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub(crate) enum StoreError {
     #[error("state directory {}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -44,7 +44,7 @@ pub enum StoreError {
 /// The file: the body fields plus `sha256` over the body's canonical JSON.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Envelope {
+struct StoredRegistry {
     format: u32,
     generation: u64,
     scope: String,
@@ -54,7 +54,7 @@ struct Envelope {
 
 impl StoreError {
     /// Damage that a restart cannot fix (as opposed to I/O trouble or a lock held by a peer).
-    pub fn needs_operator(&self) -> bool {
+    pub(crate) fn needs_operator(&self) -> bool {
         matches!(
             self,
             Self::Damaged { .. }
@@ -75,16 +75,16 @@ struct BodyRef {
 
 /// Result of `verify`, for `state verify`.
 #[derive(Debug)]
-pub struct Verified {
-    pub generation: u64,
-    pub registry: Registry,
+pub(crate) struct Verified {
+    pub(crate) generation: u64,
+    pub(crate) registry: Registry,
 }
 
-pub struct Store {
+pub(crate) struct Store {
     dir: PathBuf,
     scope: String,
     generation: std::sync::atomic::AtomicU64,
-    _lock: Option<File>,
+    _lock: Option<Flock<File>>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -96,10 +96,10 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 
 impl Store {
     /// Opens the state directory and takes the exclusive lock (for `serve`).
-    pub fn open(dir: &Path, scope: &str) -> Result<Self, StoreError> {
+    pub(crate) fn open(dir: &Path, scope: &str) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let lock_path = dir.join(LOCK_FILE);
-        let mut lock = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
@@ -107,8 +107,7 @@ impl Store {
             .mode(0o600)
             .open(&lock_path)
             .map_err(io(&lock_path))?;
-        // SAFETY: flock on a file descriptor we own; no memory is shared.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let Ok(mut lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
             let holder = std::fs::read_to_string(&lock_path).unwrap_or_default();
             let holder = match holder.trim() {
                 "" => "unknown pid".to_owned(),
@@ -118,18 +117,18 @@ impl Store {
                 path: dir.join(REGISTRY_FILE),
                 holder,
             });
-        }
+        };
         lock.set_len(0).map_err(io(&lock_path))?;
         writeln!(lock, "{}", std::process::id()).map_err(io(&lock_path))?;
         Ok(Self::unlocked(dir, scope, Some(lock)))
     }
 
     /// Read-only access without the lock (`state show` / `state verify` next to a running service).
-    pub fn open_readonly(dir: &Path, scope: &str) -> Self {
+    pub(crate) fn open_readonly(dir: &Path, scope: &str) -> Self {
         Self::unlocked(dir, scope, None)
     }
 
-    fn unlocked(dir: &Path, scope: &str, lock: Option<File>) -> Self {
+    fn unlocked(dir: &Path, scope: &str, lock: Option<Flock<File>>) -> Self {
         Self {
             dir: dir.to_path_buf(),
             scope: scope.to_owned(),
@@ -138,19 +137,19 @@ impl Store {
         }
     }
 
-    pub fn path(&self) -> PathBuf {
+    pub(crate) fn path(&self) -> PathBuf {
         self.dir.join(REGISTRY_FILE)
     }
 
     /// Loads and checks the registry; an absent file (first start) is an empty registry.
-    pub fn load(&self) -> Result<Registry, StoreError> {
+    pub(crate) fn load(&self) -> Result<Registry, StoreError> {
         let v = self.verify()?;
         self.generation
             .store(v.generation, std::sync::atomic::Ordering::SeqCst);
         Ok(v.registry)
     }
 
-    pub fn verify(&self) -> Result<Verified, StoreError> {
+    pub(crate) fn verify(&self) -> Result<Verified, StoreError> {
         let path = self.path();
         let witness = self.read_witness()?;
         let text = match std::fs::read(&path) {
@@ -170,7 +169,7 @@ impl Store {
             path: path.clone(),
             reason,
         };
-        let env: Envelope = serde_json::from_slice(&text)
+        let env: StoredRegistry = serde_json::from_slice(&text)
             .map_err(|e| damaged(format!("not a valid registry file (truncated?): {e}")))?;
         if env.format != FORMAT {
             return Err(damaged(format!(
@@ -208,7 +207,7 @@ impl Store {
     }
 
     /// Writes a new generation: temp file, fsync, rename, fsync dir; then the generation witness.
-    pub fn save(&self, registry: &Registry) -> Result<(), StoreError> {
+    pub(crate) fn save(&self, registry: &Registry) -> Result<(), StoreError> {
         let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst) + 1;
         let body = BodyRef {
             format: FORMAT,
@@ -217,7 +216,7 @@ impl Store {
             registry: registry.clone(),
         };
         let sha256 = hash(&body)?;
-        let env = Envelope {
+        let env = StoredRegistry {
             format: body.format,
             generation: body.generation,
             scope: body.scope,

@@ -22,7 +22,7 @@ pub async fn connect(path: &Path) -> Result<KmsClient, tonic::transport::Error> 
 
 /// A client whose connections are in-memory pipes handed to the server's `self_check` channel:
 /// used by the watchdog to call Status through the real server stack.
-pub fn connect_in_memory(
+pub(crate) fn connect_in_memory(
     to_server: tokio::sync::mpsc::Sender<tokio::io::DuplexStream>,
 ) -> KmsClient {
     let channel = Endpoint::from_static("http://localhost").connect_with_connector_lazy(

@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio::net::UnixStream;
 
-pub enum Conn {
+pub(crate) enum Conn {
     Unix(UnixStream),
     Memory(DuplexStream),
 }

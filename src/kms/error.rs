@@ -1,28 +1,30 @@
-//! KMS errors and their single mapping to gRPC status codes.
+//! KMS errors and their single mapping to gRPC status codes. The backend's errors are
+//! translated into these by the provider; this module knows no backend.
 use tonic::{Code, Status};
 
-use crate::openbao;
-
 #[derive(Debug, thiserror::Error)]
-pub enum KmsError {
+pub(crate) enum KmsError {
     #[error("invalid request: {0}")]
     InvalidArgument(String),
     #[error("unknown key_id: this provider never issued it")]
     UnknownKeyId,
     #[error("not ready: {0}")]
     FailedPrecondition(String),
-    #[error("OpenBao unavailable: {0}")]
+    /// The key backend is down or overloaded; the message names it.
+    #[error("{0}")]
     Unavailable(String),
-    #[error("OpenBao authentication failed: {0}")]
+    /// The provider could not authenticate to its key backend; the message names it.
+    #[error("{0}")]
     Unauthenticated(String),
-    #[error("OpenBao permission denied: {0}")]
+    /// The key backend refused the provider; the message names it.
+    #[error("{0}")]
     PermissionDenied(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
 
 impl KmsError {
-    pub fn class(&self) -> &'static str {
+    pub(crate) fn class(&self) -> &'static str {
         match self {
             Self::InvalidArgument(_) => "invalid_argument",
             Self::UnknownKeyId => "unknown_key_id",
@@ -34,7 +36,7 @@ impl KmsError {
         }
     }
 
-    pub fn code(&self) -> Code {
+    pub(crate) fn code(&self) -> Code {
         match self {
             Self::InvalidArgument(_) => Code::InvalidArgument,
             Self::UnknownKeyId => Code::NotFound,
@@ -50,25 +52,5 @@ impl KmsError {
 impl From<KmsError> for Status {
     fn from(e: KmsError) -> Self {
         Status::new(e.code(), e.to_string())
-    }
-}
-
-impl From<openbao::Error> for KmsError {
-    fn from(e: openbao::Error) -> Self {
-        use openbao::Error as E;
-        match e {
-            E::Unreachable(_) | E::Timeout(_) | E::Sealed | E::RateLimited | E::Server { .. } => {
-                Self::Unavailable(e.to_string())
-            }
-            // Wrong AAD or a tampered ciphertext: the caller's data is bad, not OpenBao.
-            E::BadRequest(_) => Self::InvalidArgument(e.to_string()),
-            E::PermissionDenied(_) => Self::PermissionDenied(e.to_string()),
-            E::NoToken(_) | E::Credential { .. } => Self::Unauthenticated(e.to_string()),
-            // The token may come back (re-inserted, unhung); the caller should retry.
-            E::Pkcs11(_) => Self::Unavailable(e.to_string()),
-            E::NotFound(_) | E::ResponseTooLarge(_) | E::Protocol(_) | E::Tls(_) => {
-                Self::Internal(e.to_string())
-            }
-        }
     }
 }

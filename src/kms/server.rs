@@ -75,7 +75,7 @@ pub fn bind_unix_socket(path: &Path, mode: u32) -> Result<UnixListener, SocketEr
 /// wait in the kernel's backlog (systemd holds the socket across restarts), so a client never
 /// reaches a process that cannot encrypt yet. After `shutdown` nothing more is accepted, so
 /// queued connections are left for the next process.
-pub async fn serve<S: KeyService>(
+pub(crate) async fn serve<S: KeyService>(
     listener: UnixListener,
     service: Arc<S>,
     self_check: mpsc::Receiver<DuplexStream>,

@@ -4,17 +4,17 @@ use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 
-use super::{DecryptInput, KeyService, KmsError, API_VERSION};
+use super::{validate, DecryptInput, KeyService, KmsError, API_VERSION};
 use crate::pb;
 use crate::pb::key_management_service_server::KeyManagementService;
 use crate::telemetry::metrics;
 
-pub struct KmsAdapter<S> {
+pub(crate) struct KmsAdapter<S> {
     inner: Arc<S>,
 }
 
 impl<S> KmsAdapter<S> {
-    pub fn new(inner: Arc<S>) -> Self {
+    pub(crate) fn new(inner: Arc<S>) -> Self {
         Self { inner }
     }
 }
@@ -53,7 +53,7 @@ fn finish<T>(
     }
 }
 
-pub fn code_name(code: tonic::Code) -> &'static str {
+pub(crate) fn code_name(code: tonic::Code) -> &'static str {
     use tonic::Code::*;
     match code {
         Ok => "OK",
@@ -91,14 +91,15 @@ impl<S: KeyService> KeyManagementService for KmsAdapter<S> {
         let started = Instant::now();
         let req = request.into_inner();
         let key_id = req.key_id.clone();
-        let result = self
-            .inner
-            .decrypt(DecryptInput {
-                ciphertext: req.ciphertext,
-                key_id: req.key_id,
-                annotations: req.annotations,
-            })
-            .await;
+        let input = DecryptInput {
+            ciphertext: req.ciphertext,
+            key_id: req.key_id,
+            annotations: req.annotations,
+        };
+        let result = match validate::decrypt_input(&input) {
+            Ok(()) => self.inner.decrypt(input).await,
+            Err(e) => Err(e),
+        };
         finish("Decrypt", &req.uid, started, &key_id, &result);
         let plaintext = result?;
         Ok(Response::new(pb::DecryptResponse {
@@ -113,7 +114,14 @@ impl<S: KeyService> KeyManagementService for KmsAdapter<S> {
         let started = Instant::now();
         let req = request.into_inner();
         let plaintext = zeroize::Zeroizing::new(req.plaintext);
-        let result = self.inner.encrypt(&plaintext).await;
+        let result = match validate::plaintext(&plaintext) {
+            Ok(()) => self
+                .inner
+                .encrypt(&plaintext)
+                .await
+                .and_then(|r| validate::encrypt_reply(&r).map(|()| r)),
+            Err(e) => Err(e),
+        };
         let key_id = result.as_ref().map(|r| r.key_id.as_str()).unwrap_or("");
         finish("Encrypt", &req.uid, started, key_id, &result);
         let reply = result?;

@@ -18,16 +18,16 @@ use crate::telemetry::metrics;
 /// A token with what we know of its lifetime. `generation` tells racing callers whether
 /// someone else already replaced it.
 #[derive(Clone)]
-pub struct Token {
-    pub secret: Arc<SecretString>,
-    pub generation: u64,
+pub(crate) struct Token {
+    pub(crate) secret: Arc<SecretString>,
+    pub(crate) generation: u64,
     obtained: Instant,
     ttl: Option<Duration>,
     renewable: bool,
 }
 
 impl Token {
-    pub fn remaining(&self) -> Option<Duration> {
+    pub(crate) fn remaining(&self) -> Option<Duration> {
         self.ttl
             .map(|ttl| ttl.saturating_sub(self.obtained.elapsed()))
     }
@@ -62,19 +62,19 @@ struct AuthInfo {
 /// `auth/token/lookup-self` (also read by the doctor).
 #[derive(Deserialize)]
 pub(crate) struct LookupBody {
-    pub data: LookupData,
+    pub(crate) data: LookupData,
 }
 
 #[derive(Deserialize)]
 pub(crate) struct LookupData {
     #[serde(default)]
-    pub ttl: u64,
+    pub(crate) ttl: u64,
     #[serde(default)]
-    pub renewable: bool,
+    pub(crate) renewable: bool,
     #[serde(default)]
-    pub policies: Vec<String>,
+    pub(crate) policies: Vec<String>,
     #[serde(default)]
-    pub identity_policies: Vec<String>,
+    pub(crate) identity_policies: Vec<String>,
 }
 
 pub(crate) struct Auth {
@@ -84,7 +84,7 @@ pub(crate) struct Auth {
 }
 
 impl Auth {
-    pub fn new(settings: AuthSettings) -> Self {
+    pub(crate) fn new(settings: AuthSettings) -> Self {
         Self {
             settings: RwLock::new(settings),
             current: RwLock::new(None),
@@ -92,16 +92,12 @@ impl Auth {
         }
     }
 
-    pub async fn set_settings(&self, settings: AuthSettings) {
+    pub(crate) async fn set_settings(&self, settings: AuthSettings) {
         *self.settings.write().await = settings;
     }
 
-    pub async fn method_name(&self) -> &'static str {
-        self.settings.read().await.method_name()
-    }
-
     /// A usable token: logs in when there is none or it expired, renews when it is due.
-    pub async fn token(&self, http: &Http) -> Result<Token, Error> {
+    pub(crate) async fn token(&self, http: &Http) -> Result<Token, Error> {
         let current = self.current.read().await.clone();
         match current {
             Some(t) if !t.expired() && !t.wants_renewal() => Ok(t),
@@ -111,12 +107,12 @@ impl Auth {
     }
 
     /// Generation of the current token, if any; `relogin(Some(it))` then forces a new login.
-    pub async fn generation(&self) -> Option<u64> {
+    pub(crate) async fn generation(&self) -> Option<u64> {
         self.current.read().await.as_ref().map(|t| t.generation)
     }
 
     /// Logs in again unless another task already replaced token `seen` in the meantime.
-    pub async fn relogin(&self, http: &Http, seen: Option<u64>) -> Result<Token, Error> {
+    pub(crate) async fn relogin(&self, http: &Http, seen: Option<u64>) -> Result<Token, Error> {
         let mut generation = self.login_lock.lock().await;
         if let Some(t) = self.current.read().await.clone() {
             if seen.is_some_and(|g| g != t.generation)
@@ -156,7 +152,7 @@ impl Auth {
             .call(
                 Operation::Renew,
                 Method::POST,
-                "auth/token/renew-self",
+                super::contract::RENEW_SELF.fixed(),
                 Some(&token.secret),
                 Some(&json!({ "increment": format!("{requested}s") })),
             )
@@ -269,7 +265,7 @@ impl Auth {
             .call(
                 Operation::Lookup,
                 Method::GET,
-                "auth/token/lookup-self",
+                super::contract::LOOKUP_SELF.fixed(),
                 Some(&secret),
                 None,
             )

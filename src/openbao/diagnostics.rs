@@ -14,19 +14,19 @@ use crate::config::{AuthSettings, OpenBaoSettings};
 
 /// What a successful handshake negotiated.
 #[derive(Debug, Clone)]
-pub struct Handshake {
+pub(crate) struct Handshake {
     /// `host:port` connected to.
-    pub endpoint: String,
+    pub(crate) endpoint: String,
     /// The name the server certificate was checked against.
-    pub verified_name: String,
-    pub protocol: String,
-    pub cipher_suite: String,
+    pub(crate) verified_name: String,
+    pub(crate) protocol: String,
+    pub(crate) cipher_suite: String,
 }
 
 /// Connects to `openbao.address` and completes a TLS handshake, verifying the server
 /// certificate against `ca_file` (and `tls_server_name` when set), presenting the client
 /// certificate for cert auth. Plain `http://` addresses have no TLS: `Ok(None)`.
-pub async fn tls_handshake(
+pub(crate) async fn tls_handshake(
     openbao: &OpenBaoSettings,
     auth: &AuthSettings,
 ) -> Result<Option<Handshake>, Error> {
@@ -59,7 +59,12 @@ pub async fn tls_handshake(
     let tls = tokio::time::timeout(timeout, connector.connect(sni, tcp))
         .await
         .map_err(|_| Error::Timeout(timeout))?
-        .map_err(|e| Error::Tls(format!("handshake with {endpoint}: {}", chain(&e))))?;
+        .map_err(|e| {
+            Error::Tls(format!(
+                "handshake with {endpoint}: {}",
+                crate::support::error_chain(&e)
+            ))
+        })?;
     let (_, session) = tls.get_ref();
     Ok(Some(Handshake {
         endpoint,
@@ -77,34 +82,23 @@ pub async fn tls_handshake(
     }))
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
-}
-
 /// The provider token as `auth/token/lookup-self` describes it (never the token itself).
 #[derive(Debug, Clone)]
-pub struct TokenInfo {
+pub(crate) struct TokenInfo {
     /// Remaining TTL; `None` for a token that never expires.
-    pub ttl: Option<Duration>,
-    pub renewable: bool,
-    pub policies: Vec<String>,
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) renewable: bool,
+    pub(crate) policies: Vec<String>,
 }
 
 impl Client {
     /// Looks up the current token (logging in first when there is none).
-    pub async fn token_info(&self) -> Result<TokenInfo, Error> {
+    pub(crate) async fn token_info(&self) -> Result<TokenInfo, Error> {
         let body: LookupBody = self
             .authed(
                 Operation::Lookup,
                 Method::GET,
-                "auth/token/lookup-self",
+                super::contract::LOOKUP_SELF.fixed(),
                 None,
             )
             .await?

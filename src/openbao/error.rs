@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     #[error("cannot reach OpenBao: {0}")]
     Unreachable(String),
     #[error("OpenBao did not answer within {0:?}")]
@@ -42,7 +42,7 @@ pub enum Error {
 
 impl Error {
     /// A short, bounded-cardinality class for logs and metrics.
-    pub fn class(&self) -> &'static str {
+    pub(crate) fn class(&self) -> &'static str {
         match self {
             Self::Unreachable(_) => "unreachable",
             Self::Timeout(_) => "timeout",
@@ -57,17 +57,5 @@ impl Error {
             Self::NoToken(_) => "auth",
             Self::Pkcs11(_) => "pkcs11",
         }
-    }
-
-    /// True when OpenBao itself (or the way to it) is down, as opposed to refusing the request.
-    pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self,
-            Self::Unreachable(_)
-                | Self::Timeout(_)
-                | Self::Sealed
-                | Self::RateLimited
-                | Self::Server { .. }
-        )
     }
 }

@@ -10,14 +10,15 @@ use zeroize::Zeroizing;
 use super::tls::from_settings;
 use super::Error;
 use crate::config::{AuthSettings, OpenBaoSettings};
+use crate::support::{read_capped, ReadError};
 use crate::telemetry::metrics;
 
 /// OpenBao answers for this provider are small; anything larger is refused unread.
-pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
+pub(crate) const MAX_RESPONSE_BYTES: usize = 1 << 20;
 
 /// Bounded label set for metrics and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operation {
+pub(crate) enum Operation {
     Login,
     Renew,
     Lookup,
@@ -31,7 +32,7 @@ pub enum Operation {
 }
 
 impl Operation {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Login => "login",
             Self::Renew => "renew",
@@ -55,7 +56,7 @@ pub(crate) struct Http {
 }
 
 impl Http {
-    pub fn new(settings: &OpenBaoSettings, auth: &AuthSettings) -> Result<Self, Error> {
+    pub(crate) fn new(settings: &OpenBaoSettings, auth: &AuthSettings) -> Result<Self, Error> {
         Ok(Self {
             client: RwLock::new(Arc::new(build_client(settings, auth)?)),
             base: settings.address.clone(),
@@ -65,7 +66,11 @@ impl Http {
     }
 
     /// Re-reads CA and client certificate files (SIGHUP); the old client stays on error.
-    pub fn reload(&self, settings: &OpenBaoSettings, auth: &AuthSettings) -> Result<(), Error> {
+    pub(crate) fn reload(
+        &self,
+        settings: &OpenBaoSettings,
+        auth: &AuthSettings,
+    ) -> Result<(), Error> {
         let fresh = Arc::new(build_client(settings, auth)?);
         if let Ok(mut guard) = self.client.write() {
             *guard = fresh;
@@ -81,7 +86,7 @@ impl Http {
     }
 
     /// Sends one request and returns the JSON body decoded as `T` (or `None` for 204).
-    pub async fn call<T: DeserializeOwned>(
+    pub(crate) async fn call<T: DeserializeOwned>(
         &self,
         op: Operation,
         method: Method,
@@ -106,7 +111,7 @@ impl Http {
     }
 
     /// Like `call`, but any HTTP status is returned rather than turned into an error (sys/health).
-    pub async fn status_of(&self, op: Operation, path: &str) -> Result<u16, Error> {
+    pub(crate) async fn status_of(&self, op: Operation, path: &str) -> Result<u16, Error> {
         let started = Instant::now();
         let url = self.url(path)?;
         let sent = self
@@ -165,23 +170,13 @@ impl Http {
             .await
             .map_err(|e| transport_error(e, self.timeout))?;
         let status = resp.status();
-        if resp
-            .content_length()
-            .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
-        {
-            return Err(Error::ResponseTooLarge(MAX_RESPONSE_BYTES));
-        }
         let mut buf = Zeroizing::new(Vec::new());
-        while let Some(chunk) = resp
-            .chunk()
+        read_capped(&mut resp, MAX_RESPONSE_BYTES, &mut buf)
             .await
-            .map_err(|e| transport_error(e, self.timeout))?
-        {
-            if buf.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                return Err(Error::ResponseTooLarge(MAX_RESPONSE_BYTES));
-            }
-            buf.extend_from_slice(&chunk);
-        }
+            .map_err(|e| match e {
+                ReadError::TooLarge => Error::ResponseTooLarge(MAX_RESPONSE_BYTES),
+                ReadError::Transport(e) => transport_error(e, self.timeout),
+            })?;
         if status.is_success() {
             return Ok((status, buf));
         }
@@ -220,14 +215,7 @@ fn transport_error(e: reqwest::Error, timeout: Duration) -> Error {
     if e.is_timeout() {
         return Error::Timeout(timeout);
     }
-    let mut msg = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    Error::Unreachable(msg)
+    Error::Unreachable(crate::support::error_chain(&e))
 }
 
 /// A handshake that failed because the token could not sign is a token problem, not an

@@ -1,5 +1,6 @@
 //! The OpenBao side: authentication, Transit encrypt/decrypt and key metadata over HTTPS.
 mod auth;
+pub(crate) mod contract;
 mod diagnostics;
 mod error;
 mod http;
@@ -13,11 +14,11 @@ use reqwest::Method;
 use serde_json::json;
 use zeroize::Zeroizing;
 
-pub use diagnostics::{tls_handshake, Handshake, TokenInfo};
-pub use error::Error;
-pub use http::{Operation, MAX_RESPONSE_BYTES};
-pub use pkcs11::{inspect as inspect_pkcs11_key, KeyReport, Pkcs11Error};
-pub use transit::{ciphertext_version, KeyMetadata, KeysConfig, MountInfo, ServerHealth};
+pub(crate) use diagnostics::tls_handshake;
+pub(crate) use error::Error;
+pub(crate) use http::Operation;
+pub(crate) use pkcs11::{inspect as inspect_pkcs11_key, Pkcs11Error};
+pub(crate) use transit::{ciphertext_version, KeyMetadata, KeysConfig, MountInfo, ServerHealth};
 
 use auth::{Auth, Token};
 use http::Http;
@@ -27,13 +28,12 @@ use crate::config::{AuthSettings, OpenBaoSettings, TransitSettings};
 
 /// A Transit encryption result: the ciphertext as OpenBao returns it and the version it used.
 #[derive(Debug, Clone)]
-pub struct Encrypted {
-    pub ciphertext: String,
-    pub version: u32,
+pub(crate) struct Encrypted {
+    pub(crate) ciphertext: String,
 }
 
 /// Client for one OpenBao instance and one Transit key.
-pub struct Client {
+pub(crate) struct Client {
     http: Http,
     auth: Auth,
     mount: String,
@@ -41,7 +41,7 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(
+    pub(crate) fn new(
         openbao: &OpenBaoSettings,
         auth: &AuthSettings,
         transit: &TransitSettings,
@@ -55,7 +55,7 @@ impl Client {
     }
 
     /// SIGHUP: re-read TLS files and auth settings; the next login re-reads the JWT.
-    pub async fn reload(
+    pub(crate) async fn reload(
         &self,
         openbao: &OpenBaoSettings,
         auth: &AuthSettings,
@@ -65,19 +65,15 @@ impl Client {
         Ok(())
     }
 
-    pub async fn auth_method(&self) -> &'static str {
-        self.auth.method_name().await
-    }
-
     /// Makes sure a token exists and renews it when due; called from the probe loop so that
     /// request paths rarely pay for a login.
-    pub async fn maintain_token(&self) -> Result<Option<std::time::Duration>, Error> {
+    pub(crate) async fn maintain_token(&self) -> Result<Option<std::time::Duration>, Error> {
         Ok(self.auth.token(&self.http).await?.remaining())
     }
 
     /// Forces a fresh login now, re-reading the credential files (SIGHUP). On failure the
     /// previous token stays in use.
-    pub async fn login(&self) -> Result<(), Error> {
+    pub(crate) async fn login(&self) -> Result<(), Error> {
         let seen = self.auth.generation().await;
         self.auth.relogin(&self.http, seen).await.map(|_| ())
     }
@@ -114,8 +110,8 @@ impl Client {
         }
     }
 
-    pub async fn read_key(&self) -> Result<KeyMetadata, Error> {
-        let path = format!("{}/keys/{}", self.mount, self.key);
+    pub(crate) async fn read_key(&self) -> Result<KeyMetadata, Error> {
+        let path = contract::KEY.render(&self.mount, &self.key);
         let body: DataBody<RawKey> = self
             .authed(Operation::ReadKey, Method::GET, &path, None)
             .await?
@@ -125,13 +121,13 @@ impl Client {
 
     /// Encrypts with an explicit key version, so a rotation in OpenBao never changes which
     /// version (and so which key_id) a write uses before the provider has promoted it.
-    pub async fn encrypt(
+    pub(crate) async fn encrypt(
         &self,
         plaintext: &[u8],
         aad: &[u8],
         version: u32,
     ) -> Result<Encrypted, Error> {
-        let path = format!("{}/encrypt/{}", self.mount, self.key);
+        let path = contract::ENCRYPT.render(&self.mount, &self.key);
         let b64 = Zeroizing::new(STANDARD.encode(plaintext));
         let body = json!({
             "plaintext": b64.as_str(),
@@ -152,12 +148,15 @@ impl Client {
         }
         Ok(Encrypted {
             ciphertext: resp.data.ciphertext,
-            version,
         })
     }
 
-    pub async fn decrypt(&self, ciphertext: &str, aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
-        let path = format!("{}/decrypt/{}", self.mount, self.key);
+    pub(crate) async fn decrypt(
+        &self,
+        ciphertext: &str,
+        aad: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, Error> {
+        let path = contract::DECRYPT.render(&self.mount, &self.key);
         let body = json!({ "ciphertext": ciphertext, "associated_data": STANDARD.encode(aad) });
         let resp: DataBody<DecryptData> = self
             .authed(Operation::Decrypt, Method::POST, &path, Some(&body))
@@ -166,8 +165,8 @@ impl Client {
         resp.data.bytes()
     }
 
-    pub async fn read_mount(&self) -> Result<MountInfo, Error> {
-        let path = format!("sys/mounts/{}", self.mount);
+    pub(crate) async fn read_mount(&self) -> Result<MountInfo, Error> {
+        let path = contract::MOUNT.render(&self.mount, &self.key);
         let body: serde_json::Value = self
             .authed(Operation::ReadMount, Method::GET, &path, None)
             .await?
@@ -177,8 +176,8 @@ impl Client {
         serde_json::from_value(data).map_err(|e| Error::Protocol(format!("mount info: {e}")))
     }
 
-    pub async fn read_keys_config(&self) -> Result<KeysConfig, Error> {
-        let path = format!("{}/config/keys", self.mount);
+    pub(crate) async fn read_keys_config(&self) -> Result<KeysConfig, Error> {
+        let path = contract::KEYS_CONFIG.render(&self.mount, &self.key);
         let body: DataBody<KeysConfig> = self
             .authed(Operation::ReadKeysConfig, Method::GET, &path, None)
             .await?
@@ -187,7 +186,7 @@ impl Client {
     }
 
     /// Capabilities of the provider's own token on each path (least-privilege check).
-    pub async fn capabilities(
+    pub(crate) async fn capabilities(
         &self,
         paths: &[String],
     ) -> Result<std::collections::BTreeMap<String, Vec<String>>, Error> {
@@ -218,19 +217,11 @@ impl Client {
         Ok(out)
     }
 
-    pub async fn health(&self) -> Result<ServerHealth, Error> {
+    pub(crate) async fn health(&self) -> Result<ServerHealth, Error> {
         Ok(self
             .http
             .status_of(Operation::Health, "sys/health")
             .await?
             .into())
-    }
-
-    pub fn mount_path(&self) -> &str {
-        &self.mount
-    }
-
-    pub fn key_name(&self) -> &str {
-        &self.key
     }
 }

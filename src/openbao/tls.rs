@@ -12,23 +12,17 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use super::Error;
 
 /// Files that make up the TLS identity; read at build time so a reload picks up new files.
-pub struct TlsFiles<'a> {
-    pub ca_file: Option<&'a Path>,
-    pub server_name: Option<&'a str>,
-    pub client_cert: Option<(&'a Path, &'a Path)>,
+pub(crate) struct TlsFiles<'a> {
+    pub(crate) ca_file: Option<&'a Path>,
+    pub(crate) server_name: Option<&'a str>,
+    pub(crate) client_cert: Option<(&'a Path, &'a Path)>,
     /// A client certificate whose key signs elsewhere (PKCS#11); wins over `client_cert`.
-    pub client_resolver: Option<Arc<dyn rustls::client::ResolvesClientCert>>,
-}
-
-/// ring, also installed as the process default so no later client can panic for lack of one.
-pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    Arc::new(rustls::crypto::ring::default_provider())
+    pub(crate) client_resolver: Option<Arc<dyn rustls::client::ResolvesClientCert>>,
 }
 
 /// The TLS config for the configured OpenBao: its CA, name override and, for cert auth, the
 /// client certificate (shared by the HTTP client and the doctor's handshake check).
-pub fn from_settings(
+pub(crate) fn from_settings(
     openbao: &crate::config::OpenBaoSettings,
     auth: &crate::config::AuthSettings,
 ) -> Result<rustls::ClientConfig, Error> {
@@ -61,8 +55,8 @@ pub fn from_settings(
     })
 }
 
-pub fn client_config(files: &TlsFiles<'_>) -> Result<rustls::ClientConfig, Error> {
-    let provider = provider();
+pub(crate) fn client_config(files: &TlsFiles<'_>) -> Result<rustls::ClientConfig, Error> {
+    let provider = crate::support::crypto_provider();
     let mut roots = RootCertStore::empty();
     if let Some(ca) = files.ca_file {
         let certs = read_certs("CA file", ca)?;

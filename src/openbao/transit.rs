@@ -10,23 +10,23 @@ use super::Error;
 
 /// What `GET {mount}/keys/{key}` says about the key; `versions` maps version to creation time.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyMetadata {
-    pub key_type: String,
-    pub latest_version: u32,
-    pub min_decryption_version: u32,
-    pub min_encryption_version: u32,
-    pub versions: BTreeMap<u32, i64>,
-    pub exportable: bool,
-    pub allow_plaintext_backup: bool,
-    pub deletion_allowed: bool,
-    pub derived: bool,
-    pub convergent_encryption: bool,
-    pub auto_rotate_period_seconds: u64,
+pub(crate) struct KeyMetadata {
+    pub(crate) key_type: String,
+    pub(crate) latest_version: u32,
+    pub(crate) min_decryption_version: u32,
+    pub(crate) min_encryption_version: u32,
+    pub(crate) versions: BTreeMap<u32, i64>,
+    pub(crate) exportable: bool,
+    pub(crate) allow_plaintext_backup: bool,
+    pub(crate) deletion_allowed: bool,
+    pub(crate) derived: bool,
+    pub(crate) convergent_encryption: bool,
+    pub(crate) auto_rotate_period_seconds: u64,
 }
 
 #[derive(Deserialize)]
 pub(crate) struct DataBody<T> {
-    pub data: T,
+    pub(crate) data: T,
 }
 
 #[derive(Deserialize)]
@@ -55,7 +55,7 @@ pub(crate) struct RawKey {
 }
 
 impl RawKey {
-    pub fn into_metadata(self) -> Result<KeyMetadata, Error> {
+    pub(crate) fn into_metadata(self) -> Result<KeyMetadata, Error> {
         let mut versions = BTreeMap::new();
         for (v, created) in self.keys {
             let version: u32 = v
@@ -104,18 +104,18 @@ fn seconds(v: &serde_json::Value) -> u64 {
 
 #[derive(Deserialize)]
 pub(crate) struct EncryptData {
-    pub ciphertext: String,
+    pub(crate) ciphertext: String,
     #[serde(default)]
-    pub key_version: u32,
+    pub(crate) key_version: u32,
 }
 
 #[derive(Deserialize)]
 pub(crate) struct DecryptData {
-    pub plaintext: Zeroizing<String>,
+    pub(crate) plaintext: Zeroizing<String>,
 }
 
 impl DecryptData {
-    pub fn bytes(&self) -> Result<Zeroizing<Vec<u8>>, Error> {
+    pub(crate) fn bytes(&self) -> Result<Zeroizing<Vec<u8>>, Error> {
         STANDARD
             .decode(self.plaintext.as_bytes())
             .map(Zeroizing::new)
@@ -125,23 +125,23 @@ impl DecryptData {
 
 /// The mount's identity; it changes when the mount is disabled and enabled again.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-pub struct MountInfo {
+pub(crate) struct MountInfo {
     #[serde(default)]
-    pub uuid: String,
+    pub(crate) uuid: String,
     #[serde(default)]
-    pub accessor: String,
+    pub(crate) accessor: String,
     #[serde(default, rename = "type")]
-    pub mount_type: String,
+    pub(crate) mount_type: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct KeysConfig {
+pub(crate) struct KeysConfig {
     #[serde(default)]
-    pub disable_upsert: bool,
+    pub(crate) disable_upsert: bool,
 }
 
 /// `vault:v<N>:...` -> N, so the version claimed by a ciphertext can be checked before decrypting.
-pub fn ciphertext_version(ciphertext: &str) -> Option<u32> {
+pub(crate) fn ciphertext_version(ciphertext: &str) -> Option<u32> {
     let rest = ciphertext.strip_prefix("vault:v")?;
     let (n, body) = rest.split_once(':')?;
     if body.is_empty() || n.starts_with('0') {
@@ -152,7 +152,7 @@ pub fn ciphertext_version(ciphertext: &str) -> Option<u32> {
 
 /// Health as `sys/health` reports it by status code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ServerHealth {
+pub(crate) enum ServerHealth {
     Active,
     Standby,
     Sealed,

@@ -1,7 +1,9 @@
 //! The provider itself: ties the OpenBao client and the key registry together, keeps the Status
 //! snapshot fresh from a background probe loop, and implements `kms::KeyService`.
+mod health;
 mod probe;
 mod snapshot;
+mod translate;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,18 +12,20 @@ use std::time::Duration;
 use tokio::sync::{watch, Mutex};
 use zeroize::Zeroizing;
 
-pub use snapshot::{KnownKey, Snapshot};
+use health::Health;
+pub(crate) use snapshot::{KnownKey, Snapshot};
+pub(crate) use translate::key_identity;
 
-use crate::config::{RotationSettings, Settings, StatusSettings};
-use crate::keys::{associated_data, KeyIdentity, Registry};
+use crate::config::{Settings, StatusSettings};
+use crate::keys::{associated_data, KeyIdentity, Promotion, Registry};
 use crate::keys::{Store, StoreError};
 use crate::kms::{self, DecryptInput, EncryptReply, KeyService, KmsError, StatusReply};
 use crate::openbao;
 
-pub struct Provider {
+pub(crate) struct Provider {
     client: Arc<openbao::Client>,
     identity: KeyIdentity,
-    rotation: RotationSettings,
+    rotation: Promotion,
     status: StatusSettings,
     registry: Mutex<Registry>,
     store: Store,
@@ -30,14 +34,17 @@ pub struct Provider {
 
 impl Provider {
     /// Opens (and locks) the key registry under `state_dir`; fails if it is damaged or in use.
-    pub fn new(settings: &Settings, client: Arc<openbao::Client>) -> Result<Self, StoreError> {
-        let identity = KeyIdentity::from_settings(settings);
+    pub(crate) fn new(
+        settings: &Settings,
+        client: Arc<openbao::Client>,
+    ) -> Result<Self, StoreError> {
+        let identity = key_identity(settings);
         let store = Store::open(&settings.server.state_dir, &identity.fingerprint())?;
         let registry = store.load()?;
         let provider = Self {
             client,
             identity,
-            rotation: settings.rotation.clone(),
+            rotation: translate::promotion(settings),
             status: settings.status.clone(),
             // Known key_ids decrypt from the first request on, even before OpenBao answers a probe.
             snapshot: watch::channel(Arc::new(Snapshot {
@@ -51,24 +58,24 @@ impl Provider {
         Ok(provider)
     }
 
-    pub fn snapshot(&self) -> Arc<Snapshot> {
+    pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.borrow().clone()
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.snapshot.subscribe()
     }
 
-    pub fn health(&self) -> Result<(), String> {
+    pub(crate) fn health(&self) -> Health {
         self.snapshot().health(self.status.max_staleness)
     }
 
-    pub fn max_staleness(&self) -> Duration {
+    pub(crate) fn max_staleness(&self) -> Duration {
         self.status.max_staleness
     }
 
     /// The key_id Status currently reports (empty before the first probe).
-    pub fn status_key_id(&self) -> String {
+    pub(crate) fn status_key_id(&self) -> String {
         self.snapshot().key_id().unwrap_or_default().to_owned()
     }
 }
@@ -94,7 +101,7 @@ impl KeyService for Provider {
     fn status(&self) -> StatusReply {
         let snap = self.snapshot();
         StatusReply {
-            healthz: match snap.health(self.status.max_staleness) {
+            healthz: match snap.health(self.status.max_staleness).verdict() {
                 Ok(()) => "ok".to_owned(),
                 Err(reason) => reason,
             },
@@ -102,14 +109,8 @@ impl KeyService for Provider {
         }
     }
 
+    /// `plaintext` is within the KMS limits (checked by `kms`).
     async fn encrypt(&self, plaintext: &[u8]) -> Result<EncryptReply, KmsError> {
-        if plaintext.is_empty() || plaintext.len() > kms::MAX_PLAINTEXT_BYTES {
-            return Err(KmsError::InvalidArgument(format!(
-                "plaintext must be 1 to {} bytes, got {}",
-                kms::MAX_PLAINTEXT_BYTES,
-                plaintext.len()
-            )));
-        }
         let snap = self.snapshot();
         let (version, key_id) = snap
             .active
@@ -129,74 +130,23 @@ impl KeyService for Provider {
             .client
             .encrypt(plaintext, &associated_data(&key_id), version)
             .await?;
-        if out.ciphertext.len() > kms::MAX_CIPHERTEXT_BYTES {
-            return Err(KmsError::Internal(
-                "Transit ciphertext exceeds the 1 KiB KMS limit".into(),
-            ));
-        }
         Ok(EncryptReply {
             ciphertext: out.ciphertext.into_bytes(),
             key_id,
-            annotations: HashMap::from([(
-                kms::ANNOTATION_KEY_VERSION.to_owned(),
-                version.to_string().into_bytes(),
-            )]),
+            annotations: kms::key_version_annotation(version),
         })
     }
 
+    /// `input` is within the KMS size limits (checked by `kms`).
     async fn decrypt(&self, input: DecryptInput) -> Result<Zeroizing<Vec<u8>>, KmsError> {
         let invalid = |m: String| Err(KmsError::InvalidArgument(m));
-        if input.ciphertext.is_empty() || input.ciphertext.len() > kms::MAX_CIPHERTEXT_BYTES {
-            return invalid(format!(
-                "ciphertext must be 1 to {} bytes, got {}",
-                kms::MAX_CIPHERTEXT_BYTES,
-                input.ciphertext.len()
-            ));
-        }
-        if input.key_id.is_empty() || input.key_id.len() > kms::MAX_KEY_ID_BYTES {
-            return invalid(format!(
-                "key_id must be 1 to {} bytes",
-                kms::MAX_KEY_ID_BYTES
-            ));
-        }
-        let annotation_bytes: usize = input
-            .annotations
-            .iter()
-            .map(|(k, v)| k.len() + v.len())
-            .sum();
-        if annotation_bytes > kms::MAX_ANNOTATIONS_BYTES {
-            return invalid(format!(
-                "annotations exceed {} bytes",
-                kms::MAX_ANNOTATIONS_BYTES
-            ));
-        }
         let known = self
             .snapshot()
             .known
             .get(&input.key_id)
             .cloned()
             .ok_or(KmsError::UnknownKeyId)?;
-        if let Some(k) = input
-            .annotations
-            .keys()
-            .find(|k| k.as_str() != kms::ANNOTATION_KEY_VERSION)
-        {
-            return invalid(format!("unexpected annotation {k:?}"));
-        }
-        let claimed = input
-            .annotations
-            .get(kms::ANNOTATION_KEY_VERSION)
-            .ok_or_else(|| {
-                KmsError::InvalidArgument(format!(
-                    "annotation {} is missing",
-                    kms::ANNOTATION_KEY_VERSION
-                ))
-            })?;
-        if std::str::from_utf8(claimed)
-            .ok()
-            .and_then(|s| s.parse::<u32>().ok())
-            != Some(known.version)
-        {
+        if input.claimed_key_version()? != Some(known.version) {
             return invalid(format!(
                 "annotation {} does not match the key_id",
                 kms::ANNOTATION_KEY_VERSION

@@ -6,8 +6,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::RngCore;
 
+use super::health::ProbeError;
 use super::{known_keys, Provider, Snapshot};
 use crate::keys::{associated_data, short_hash, Change};
+use crate::openbao;
 use crate::telemetry::metrics;
 
 /// After a failure, probe again soon (but not in a tight loop) so recovery shows quickly.
@@ -16,7 +18,7 @@ const FIRST_RETRY: Duration = Duration::from_millis(500);
 impl Provider {
     /// Runs probes until `shutdown` resolves. `heartbeat` is called after every probe attempt,
     /// so the watchdog and /livez see that this loop is alive.
-    pub async fn run_probes<F: Fn() + Send + Sync>(
+    pub(crate) async fn run_probes<F: Fn() + Send + Sync>(
         self: Arc<Self>,
         shutdown: impl Future<Output = ()>,
         heartbeat: F,
@@ -34,7 +36,7 @@ impl Provider {
                     retry = FIRST_RETRY;
                     self.status.probe_interval
                 }
-                Err(()) => {
+                Err(_) => {
                     let d = retry.min(self.status.probe_interval);
                     retry = (retry * 2).min(self.status.probe_interval);
                     d
@@ -49,38 +51,35 @@ impl Provider {
     }
 
     /// One probe. Returns whether a deep probe ran; `Err` when anything failed (recorded in the snapshot).
-    pub async fn probe_once(&self, deep_due: bool) -> Result<bool, ()> {
+    async fn probe_once(&self, deep_due: bool) -> Result<bool, Arc<ProbeError>> {
         match self.try_probe(deep_due).await {
             Ok(did_deep) => Ok(did_deep),
             Err(reason) => {
+                let reason = Arc::new(reason);
                 tracing::warn!(reason = %reason, "probe failed; Status reports not ok");
-                self.update(|s| s.problem = Some(reason));
-                Err(())
+                self.update(|s| s.problem = Some(reason.clone()));
+                Err(reason)
             }
         }
     }
 
-    async fn try_probe(&self, deep_due: bool) -> Result<bool, String> {
+    async fn try_probe(&self, deep_due: bool) -> Result<bool, ProbeError> {
         let ttl = self
             .client
             .maintain_token()
             .await
-            .map_err(|e| format!("OpenBao login: {e}"))?;
+            .map_err(ProbeError::Login)?;
         match ttl {
             Some(ttl) => metrics::token_ttl(ttl),
             None => metrics::token_never_expires(),
         }
-        let meta = self
-            .client
-            .read_key()
-            .await
-            .map_err(|e| format!("reading Transit key: {e}"))?;
-        if meta.key_type != "aes256-gcm96" {
-            return Err(format!(
-                "Transit key type is {:?}, expected \"aes256-gcm96\"",
-                meta.key_type
-            ));
+        let meta = self.client.read_key().await.map_err(ProbeError::ReadKey)?;
+        if meta.key_type != openbao::contract::KEY_PROFILE.key_type {
+            return Err(ProbeError::WrongKeyType {
+                found: meta.key_type.clone(),
+            });
         }
+        let observation = super::translate::observation(&meta);
         let now_unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
@@ -89,13 +88,9 @@ impl Provider {
             let mut reg = self.registry.lock().await;
             let before_active = reg.active().map(|r| r.version);
             let mut next = reg.clone();
-            let changes = next
-                .observe(&meta, &self.identity, &self.rotation, now_unix)
-                .map_err(|refusal| refusal.to_string())?;
+            let changes = next.observe(&observation, &self.identity, &self.rotation, now_unix)?;
             if next != *reg {
-                self.store
-                    .save(&next)
-                    .map_err(|e| format!("saving key registry: {e}"))?;
+                self.store.save(&next).map_err(ProbeError::SaveRegistry)?;
                 *reg = next;
             }
             log_changes(&changes, &reg);
@@ -105,8 +100,8 @@ impl Provider {
         let active = registry
             .active()
             .map(|r| (r.version, r.key_id.clone()))
-            .ok_or_else(|| "the key registry has no active version".to_owned())?;
-        let blocked = registry.blocked_by_min_decryption(&meta);
+            .ok_or(ProbeError::NoActiveVersion)?;
+        let blocked = registry.blocked_by_min_decryption(&observation);
         let warnings: Vec<String> = if blocked.is_empty() {
             Vec::new()
         } else {
@@ -142,7 +137,7 @@ impl Provider {
 
     /// Encrypts 32 random bytes with the active version and decrypts them again, as the
     /// apiserver will; proves auth, policy, key and AAD handling end to end.
-    async fn deep_probe(&self, version: u32, key_id: &str) -> Result<(), String> {
+    async fn deep_probe(&self, version: u32, key_id: &str) -> Result<(), ProbeError> {
         let mut seed = zeroize::Zeroizing::new([0u8; 32]);
         rand::thread_rng().fill_bytes(seed.as_mut());
         let aad = associated_data(key_id);
@@ -150,14 +145,14 @@ impl Provider {
             .client
             .encrypt(seed.as_ref(), &aad, version)
             .await
-            .map_err(|e| format!("probe encrypt: {e}"))?;
+            .map_err(ProbeError::ProbeEncrypt)?;
         let back = self
             .client
             .decrypt(&enc.ciphertext, &aad)
             .await
-            .map_err(|e| format!("probe decrypt: {e}"))?;
+            .map_err(ProbeError::ProbeDecrypt)?;
         if back.as_slice() != seed.as_ref() {
-            return Err("probe decrypt returned different bytes than were encrypted".into());
+            return Err(ProbeError::RoundTripMismatch);
         }
         Ok(())
     }
@@ -168,7 +163,7 @@ impl Provider {
             f(&mut fresh);
             *s = Arc::new(fresh);
         });
-        metrics::healthy(self.health().is_ok());
+        metrics::healthy(self.health().is_healthy());
     }
 }
 

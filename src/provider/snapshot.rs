@@ -1,66 +1,63 @@
 //! The in-memory state Status is served from; replaced whole by the probe loop.
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use super::health::{Health, NotOk, ProbeError};
 
 /// A version this provider can decrypt, looked up by key_id.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KnownKey {
-    pub version: u32,
-    pub state: crate::keys::KeyState,
+pub(crate) struct KnownKey {
+    pub(crate) version: u32,
+    pub(crate) state: crate::keys::KeyState,
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// (Transit version, key_id) that Status reports and Encrypt uses.
-    pub active: Option<(u32, String)>,
-    pub known: HashMap<String, KnownKey>,
+    pub(crate) active: Option<(u32, String)>,
+    pub(crate) known: HashMap<String, KnownKey>,
     /// Last successful key metadata probe.
-    pub metadata_ok_at: Option<Instant>,
+    pub(crate) metadata_ok_at: Option<Instant>,
     /// Last successful encrypt+decrypt probe.
-    pub deep_ok_at: Option<Instant>,
+    pub(crate) deep_ok_at: Option<Instant>,
     /// Why the last probe failed or what the registry refused; `None` when all is well.
-    pub problem: Option<String>,
+    pub(crate) problem: Option<Arc<ProbeError>>,
     /// Conditions that do not stop serving but must be seen (e.g. min_decryption_version).
-    pub warnings: Vec<String>,
+    pub(crate) warnings: Vec<String>,
 }
 
 impl Snapshot {
-    /// `Ok` when Status may say `ok`; otherwise a one-line reason.
-    pub fn health(&self, max_staleness: Duration) -> Result<(), String> {
+    /// What Status, `/readyz` and READY=1 make of this snapshot. A failure or stale metadata
+    /// outranks warnings, so a warning never hides that the provider cannot serve.
+    pub(crate) fn health(&self, max_staleness: Duration) -> Health {
         if self.active.is_none() {
-            return Err(match &self.problem {
-                Some(p) => format!("no active key yet: {p}"),
-                None => "no active key yet: waiting for the first key metadata probe".into(),
-            });
+            return Health::NotOk(NotOk::NoActiveKey(self.problem.clone()));
         }
         if let Some(p) = &self.problem {
-            return Err(p.clone());
-        }
-        if let Some(w) = self.warnings.first() {
-            return Err(w.clone());
+            return Health::NotOk(NotOk::Probe(p.clone()));
         }
         match self.metadata_ok_at {
             Some(t) if t.elapsed() <= max_staleness => {}
-            Some(t) => {
-                return Err(format!(
-                    "key metadata is stale ({}s old)",
-                    t.elapsed().as_secs()
-                ))
-            }
-            None => return Err("no key metadata yet".into()),
+            Some(t) => return Health::NotOk(NotOk::Stale(t.elapsed())),
+            None => return Health::NotOk(NotOk::NoMetadata),
         }
         if self.deep_ok_at.is_none() {
-            return Err("waiting for the first encrypt/decrypt probe".into());
+            return Health::NotOk(NotOk::WaitingForDeepProbe);
         }
-        Ok(())
+        if self.warnings.is_empty() {
+            Health::Ok
+        } else {
+            Health::Degraded(self.warnings.clone())
+        }
     }
 
     /// The key_id Status reports and Encrypt uses, once a version is active.
-    pub fn key_id(&self) -> Option<&str> {
+    pub(crate) fn key_id(&self) -> Option<&str> {
         self.active.as_ref().map(|(_, id)| id.as_str())
     }
 
-    pub fn age(&self) -> Option<Duration> {
+    pub(crate) fn age(&self) -> Option<Duration> {
         self.metadata_ok_at.map(|t| t.elapsed())
     }
 }

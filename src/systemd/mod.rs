@@ -6,7 +6,7 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 
 /// The unix listening socket systemd passed (socket activation), if any.
-pub fn take_listener() -> std::io::Result<Option<std::os::unix::net::UnixListener>> {
+pub(crate) fn take_listener() -> std::io::Result<Option<std::os::unix::net::UnixListener>> {
     let mut fds = listenfd::ListenFd::from_env();
     if fds.len() == 0 {
         return Ok(None);
@@ -28,42 +28,37 @@ fn send(states: &[NotifyState<'_>]) {
 }
 
 /// READY=1 with the one-line state shown by `systemctl status`.
-pub fn ready(status: &str) {
+pub(crate) fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
-pub fn status(status: &str) {
+pub(crate) fn status(status: &str) {
     send(&[NotifyState::Status(status)]);
 }
 
 /// Asks systemd for more start-up time while OpenBao is not answering yet.
-pub fn extend_timeout(by: Duration) {
+pub(crate) fn extend_timeout(by: Duration) {
     let usec = u32::try_from(by.as_micros()).unwrap_or(u32::MAX);
     send(&[NotifyState::ExtendTimeoutUsec(usec)]);
 }
 
-pub fn watchdog() {
+pub(crate) fn watchdog() {
     send(&[NotifyState::Watchdog]);
 }
 
 /// RELOADING=1 with the CLOCK_MONOTONIC timestamp that `Type=notify-reload` (systemd 253+)
 /// requires; older systemd ignores the timestamp.
-pub fn reloading() {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime only writes the timespec we pass.
-    let ok = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } == 0;
-    let usec = i128::from(ts.tv_sec) * 1_000_000 + i128::from(ts.tv_nsec) / 1_000;
-    if ok {
-        send(&[NotifyState::Reloading, NotifyState::MonotonicUsec(usec)]);
-    } else {
-        send(&[NotifyState::Reloading]);
+pub(crate) fn reloading() {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
+        Ok(ts) => {
+            let usec = i128::from(ts.tv_sec()) * 1_000_000 + i128::from(ts.tv_nsec()) / 1_000;
+            send(&[NotifyState::Reloading, NotifyState::MonotonicUsec(usec)]);
+        }
+        Err(_) => send(&[NotifyState::Reloading]),
     }
 }
 
-pub fn stopping() {
+pub(crate) fn stopping() {
     send(&[
         NotifyState::Stopping,
         NotifyState::Status("stopping: draining in-flight KMS calls"),
@@ -71,7 +66,7 @@ pub fn stopping() {
 }
 
 /// The watchdog period systemd expects pings within (`WatchdogSec=`), if enabled for us.
-pub fn watchdog_interval() -> Option<Duration> {
+pub(crate) fn watchdog_interval() -> Option<Duration> {
     let mut usec = 0u64;
     if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
         Some(Duration::from_micros(usec))

@@ -9,7 +9,7 @@ use axum::routing::get;
 use axum::Router;
 
 /// What the health endpoints ask; implemented by the daemon over the provider and its loops.
-pub trait HealthSource: Send + Sync + 'static {
+pub(crate) trait HealthSource: Send + Sync + 'static {
     /// Process and serving loops alive (`/livez`).
     fn live(&self) -> Result<(), String>;
     /// Ready to serve KMS calls with a fresh, healthy snapshot (`/readyz`).
@@ -51,7 +51,7 @@ async fn readyz(State(h): State<Arc<dyn HealthSource>>) -> impl IntoResponse {
 }
 
 /// Which router listens where (one listener when the metrics and health addresses are equal).
-pub fn routes(
+pub(crate) fn routes(
     metrics: Option<SocketAddr>,
     health: Option<SocketAddr>,
     source: Arc<dyn HealthSource>,
@@ -80,7 +80,7 @@ pub fn routes(
 }
 
 /// Serves the endpoints until `shutdown` resolves. Bind errors are returned before serving.
-pub async fn serve<F>(
+pub(crate) async fn serve<F>(
     routes: Vec<(SocketAddr, Router)>,
     shutdown: impl Fn() -> F,
 ) -> std::io::Result<Vec<tokio::task::JoinHandle<()>>>

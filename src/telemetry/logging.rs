@@ -18,7 +18,7 @@ fn level_name(level: LogLevel) -> &'static str {
 }
 
 /// True when stderr is connected to the journal (systemd sets `JOURNAL_STREAM=dev:inode`).
-pub fn stderr_is_journal() -> bool {
+pub(crate) fn stderr_is_journal() -> bool {
     let Ok(stream) = std::env::var("JOURNAL_STREAM") else {
         return false;
     };
@@ -45,7 +45,7 @@ fn priorities() -> PriorityMappings {
 }
 
 /// Installs the global subscriber. `RUST_LOG` overrides the configured level for debugging.
-pub fn init(level: LogLevel, format: LogFormat) {
+pub(crate) fn init(level: LogLevel, format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(format!(
             "{},h2=warn,hyper=warn,tower=warn,reqwest=warn,rustls=warn",

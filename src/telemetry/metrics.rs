@@ -148,7 +148,7 @@ fn metrics() -> &'static Metrics {
     })
 }
 
-pub fn grpc_request(method: &str, code: &str, took: Duration) {
+pub(crate) fn grpc_request(method: &str, code: &str, took: Duration) {
     let m = metrics();
     m.grpc_requests
         .get_or_create(&MethodCode {
@@ -163,7 +163,7 @@ pub fn grpc_request(method: &str, code: &str, took: Duration) {
         .observe(took.as_secs_f64());
 }
 
-pub fn openbao_request(operation: &str, status: &str, took: Duration) {
+pub(crate) fn openbao_request(operation: &str, status: &str, took: Duration) {
     let m = metrics();
     m.openbao_requests
         .get_or_create(&OperationStatus {
@@ -178,7 +178,7 @@ pub fn openbao_request(operation: &str, status: &str, took: Duration) {
         .observe(took.as_secs_f64());
 }
 
-pub fn active_key_id(short_hash: &str) {
+pub(crate) fn active_key_id(short_hash: &str) {
     let m = metrics();
     let current = Hash {
         hash: short_hash.into(),
@@ -189,26 +189,26 @@ pub fn active_key_id(short_hash: &str) {
     }
 }
 
-pub fn key_version(version: u32) {
+pub(crate) fn key_version(version: u32) {
     metrics().key_version.set(i64::from(version));
 }
 
-pub fn snapshot_age(age: Option<Duration>) {
+pub(crate) fn snapshot_age(age: Option<Duration>) {
     metrics()
         .snapshot_age
         .set(age.map_or(-1.0, |a| a.as_secs_f64()));
 }
 
-pub fn token_ttl(ttl: Duration) {
+pub(crate) fn token_ttl(ttl: Duration) {
     metrics().token_ttl.set(ttl.as_secs() as i64);
 }
 
 /// A token without a TTL (a static token): -1, so "TTL low" alerts do not fire on it.
-pub fn token_never_expires() {
+pub(crate) fn token_never_expires() {
     metrics().token_ttl.set(-1);
 }
 
-pub fn auth_login(method: &str, result: &str) {
+pub(crate) fn auth_login(method: &str, result: &str) {
     metrics()
         .logins
         .get_or_create(&MethodResult {
@@ -218,12 +218,12 @@ pub fn auth_login(method: &str, result: &str) {
         .inc();
 }
 
-pub fn healthy(ok: bool) {
+pub(crate) fn healthy(ok: bool) {
     metrics().healthy.set(i64::from(ok));
 }
 
 /// The Prometheus text exposition of every metric.
-pub fn render() -> String {
+pub(crate) fn render() -> String {
     let mut out = String::new();
     if prometheus_client::encoding::text::encode(&mut out, &metrics().registry).is_err() {
         out.clear();

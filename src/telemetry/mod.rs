@@ -1,4 +1,4 @@
 //! Logging, metrics and health endpoints.
-pub mod http;
-pub mod logging;
-pub mod metrics;
+pub(crate) mod http;
+pub(crate) mod logging;
+pub(crate) mod metrics;

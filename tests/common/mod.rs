@@ -135,6 +135,11 @@ impl Bao {
         self.dir.path().join("vault-ca.pem")
     }
 
+    /// The server's process id (the bench reads its CPU time from /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     async fn start_opts(tls: bool, env: &[(&str, &str)]) -> Bao {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port_pair();

@@ -11,7 +11,7 @@ use crate::openbao::{self, Client, Error, KeyMetadata, ServerHealth};
 /// Associated data of the doctor's probe, so its ciphertext can never pass for a Secret's.
 const PROBE_AAD: &[u8] = b"bao-kms-provider doctor probe";
 
-pub async fn run(s: &Settings, r: &mut Report) {
+pub(crate) async fn run(s: &Settings, r: &mut Report) {
     if !pkcs11_key(s, r) {
         return;
     }

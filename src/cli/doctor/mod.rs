@@ -13,7 +13,7 @@ use super::{ConfigArg, EXIT_CONFIG, EXIT_FAILED};
 use crate::config::{self, AuthSettings, Environment};
 
 /// Every check in the order it runs; a check that cannot run is printed as `skip`.
-pub const CHECKS: &[&str] = &[
+pub(crate) const CHECKS: &[&str] = &[
     "config",
     "pkcs11-key",
     "tls",
@@ -115,7 +115,7 @@ impl Report {
     }
 }
 
-pub fn run(arg: &ConfigArg) -> Result<ExitCode> {
+pub(crate) fn run(arg: &ConfigArg) -> Result<ExitCode> {
     let mut r = Report::default();
     let settings = match config::load(&arg.config, &Environment::from_process()) {
         Ok(s) => s,

@@ -1,144 +1,69 @@
-//! The least-privilege table: which OpenBao paths the provider token must reach, and which it
-//! must not, derived from the Transit and sys APIs. Pure, so it is unit tested without OpenBao.
+//! The least-privilege check: which OpenBao paths the provider token must reach, and which it
+//! must not, from the tables in `openbao::contract`. Pure, so it is unit tested without OpenBao.
 use std::collections::BTreeMap;
 
-/// Any capability except `deny` counts (list, read and sudo included: none is needed there).
-const ANY: &[&str] = &[];
-/// Capabilities that change what a path holds.
-const WRITE: &[&str] = &["create", "update", "patch", "delete"];
+use crate::openbao::contract::{self, Need};
 
 /// A path the token must not reach with `caps` (empty: with any capability).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Forbidden {
-    pub path: String,
-    pub caps: &'static [&'static str],
+pub(crate) struct Forbidden {
+    pub(crate) path: String,
+    pub(crate) caps: &'static [&'static str],
     /// What the capability would allow, e.g. "rotate".
-    pub what: &'static str,
+    pub(crate) what: &'static str,
 }
 
 /// A path the token needs `cap` on; `fatal` when the provider cannot work without it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Needed {
-    pub path: String,
-    pub cap: &'static str,
-    pub why: &'static str,
-    pub fatal: bool,
+pub(crate) struct Needed {
+    pub(crate) path: String,
+    pub(crate) cap: &'static str,
+    pub(crate) why: &'static str,
+    pub(crate) fatal: bool,
 }
 
-/// Everything that could destroy, leak, replace or re-scope the key, or widen the token itself.
-/// `policies` are the token's own policy names (it must not be able to rewrite them).
-pub fn forbidden(mount: &str, key: &str, policies: &[String]) -> Vec<Forbidden> {
-    let f = |path: String, caps, what| Forbidden { path, caps, what };
-    let mut out = vec![
-        f(format!("{mount}/keys/{key}/rotate"), ANY, "rotate"),
-        f(
-            format!("{mount}/export/encryption-key/{key}"),
-            ANY,
-            "export",
-        ),
-        f(
-            format!("{mount}/export/encryption-key/{key}/latest"),
-            ANY,
-            "export",
-        ),
-        f(format!("{mount}/export/hmac-key/{key}"), ANY, "export"),
-        f(
-            format!("{mount}/byok-export/doctor-probe/{key}"),
-            ANY,
-            "export",
-        ),
-        f(format!("{mount}/backup/{key}"), ANY, "back up"),
-        f(format!("{mount}/restore"), ANY, "restore"),
-        f(format!("{mount}/restore/{key}"), ANY, "restore"),
-        f(
-            format!("{mount}/keys/{key}/soft-delete-restore"),
-            ANY,
-            "restore",
-        ),
-        f(format!("{mount}/keys/{key}/trim"), ANY, "trim"),
-        f(
-            format!("{mount}/keys/{key}/import"),
-            ANY,
-            "import key material",
-        ),
-        f(
-            format!("{mount}/keys/{key}/import_version"),
-            ANY,
-            "import key material",
-        ),
-        f(format!("{mount}/keys/{key}"), &["delete"], "delete"),
-        f(format!("{mount}/keys/{key}/soft-delete"), ANY, "delete"),
-        f(
-            format!("{mount}/keys/{key}"),
-            &["create", "update", "patch"],
-            "reconfigure",
-        ),
-        f(format!("{mount}/keys/{key}/config"), WRITE, "reconfigure"),
-        f(format!("{mount}/config/keys"), WRITE, "reconfigure"),
-        f(
-            format!("sys/mounts/{mount}"),
-            WRITE,
-            "disable or re-create the mount",
-        ),
-        f(format!("sys/mounts/{mount}/tune"), WRITE, "tune the mount"),
-        f("sys/remount".into(), WRITE, "move the mount"),
-    ];
+/// `contract::DENIED` for this key, plus the token's own policies (`policies`, its policy
+/// names), which it must not be able to rewrite.
+pub(crate) fn forbidden(mount: &str, key: &str, policies: &[String]) -> Vec<Forbidden> {
+    let mut out: Vec<Forbidden> = contract::DENIED
+        .iter()
+        .map(|d| Forbidden {
+            path: d.path.render(mount, key),
+            caps: d.capabilities,
+            what: d.what,
+        })
+        .collect();
     for p in policies.iter().filter(|p| p.as_str() != "root") {
-        out.push(f(
-            format!("sys/policies/acl/{p}"),
-            WRITE,
-            "rewrite its own policy",
-        ));
-        out.push(f(
-            format!("sys/policy/{p}"),
-            WRITE,
-            "rewrite its own policy",
-        ));
+        for path in contract::OWN_POLICY_PATHS {
+            out.push(Forbidden {
+                path: path.replace("{policy}", p),
+                caps: contract::OWN_POLICY_CAPABILITIES,
+                what: "rewrite its own policy",
+            });
+        }
     }
     out
 }
 
-/// What the daemon (and this doctor) use.
-pub fn needed(mount: &str, key: &str, token_auth: bool) -> Vec<Needed> {
-    let n = |path: String, cap, why, fatal| Needed {
-        path,
-        cap,
-        why,
-        fatal,
-    };
-    vec![
-        n(format!("{mount}/keys/{key}"), "read", "key metadata", true),
-        n(format!("{mount}/encrypt/{key}"), "update", "Encrypt", true),
-        n(format!("{mount}/decrypt/{key}"), "update", "Decrypt", true),
-        n(
-            "auth/token/lookup-self".into(),
-            "read",
-            "token auth start-up",
-            token_auth,
-        ),
-        n(
-            "auth/token/renew-self".into(),
-            "update",
-            "token renewal (else a new login each TTL)",
-            false,
-        ),
-        n(
-            format!("{mount}/config/keys"),
-            "read",
-            "doctor upsert check",
-            false,
-        ),
-        n(
-            format!("sys/mounts/{mount}"),
-            "read",
-            "doctor mount check",
-            false,
-        ),
-    ]
+/// `contract::GRANTS`: what the daemon (and this doctor) use.
+pub(crate) fn needed(mount: &str, key: &str, token_auth: bool) -> Vec<Needed> {
+    contract::GRANTS
+        .iter()
+        .map(|g| Needed {
+            path: g.path.render(mount, key),
+            cap: g.capability,
+            why: g.why,
+            fatal: match g.need {
+                Need::Always => true,
+                Need::TokenAuth => token_auth,
+                Need::Optional => false,
+            },
+        })
+        .collect()
 }
 
 /// Every path to ask `sys/capabilities-self` about, without duplicates.
-pub fn paths(forbidden: &[Forbidden], needed: &[Needed]) -> Vec<String> {
+pub(crate) fn paths(forbidden: &[Forbidden], needed: &[Needed]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for p in forbidden
         .iter()
@@ -164,7 +89,7 @@ fn granted<'a>(caps: &'a BTreeMap<String, Vec<String>>, path: &str) -> Vec<&'a s
 }
 
 /// One entry per forbidden grant: "rotate: transit/keys/k/rotate [update]".
-pub fn violations(rules: &[Forbidden], caps: &BTreeMap<String, Vec<String>>) -> Vec<String> {
+pub(crate) fn violations(rules: &[Forbidden], caps: &BTreeMap<String, Vec<String>>) -> Vec<String> {
     rules
         .iter()
         .filter_map(|r| {
@@ -179,7 +104,7 @@ pub fn violations(rules: &[Forbidden], caps: &BTreeMap<String, Vec<String>>) -> 
 }
 
 /// Needed capabilities the token lacks, split into (fatal, advisory).
-pub fn missing(
+pub(crate) fn missing(
     needs: &[Needed],
     caps: &BTreeMap<String, Vec<String>>,
 ) -> (Vec<String>, Vec<String>) {

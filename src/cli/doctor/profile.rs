@@ -1,12 +1,13 @@
 //! The Transit key profile the provider relies on, and what to do when a key differs from it.
+use crate::openbao::contract::KEY_PROFILE;
 use crate::openbao::KeyMetadata;
 
 /// The only key type the provider encrypts with.
-pub const KEY_TYPE: &str = "aes256-gcm96";
+pub(crate) const KEY_TYPE: &str = KEY_PROFILE.key_type;
 
 /// Problems with the key's settings, each with its consequence and fix. Empty means the
 /// profile is right.
-pub fn problems(meta: &KeyMetadata, mount: &str, key: &str) -> Vec<String> {
+pub(crate) fn problems(meta: &KeyMetadata, mount: &str, key: &str) -> Vec<String> {
     let mut out = Vec::new();
     if meta.key_type != KEY_TYPE {
         out.push(format!(
@@ -14,30 +15,30 @@ pub fn problems(meta: &KeyMetadata, mount: &str, key: &str) -> Vec<String> {
             meta.key_type
         ));
     }
-    if meta.exportable {
+    if meta.exportable != KEY_PROFILE.exportable {
         out.push(
             "exportable=true: the key material can be exported and this cannot be turned off \
              (create a new, non-exportable key)"
                 .into(),
         );
     }
-    if meta.allow_plaintext_backup {
+    if meta.allow_plaintext_backup != KEY_PROFILE.allow_plaintext_backup {
         out.push(
             "allow_plaintext_backup=true: a backup holds the key in plaintext and this cannot be \
              turned off (create a new key)"
                 .into(),
         );
     }
-    if meta.deletion_allowed {
+    if meta.deletion_allowed != KEY_PROFILE.deletion_allowed {
         out.push(format!(
             "deletion_allowed=true: one DELETE destroys every Secret (fix: bao write \
              {mount}/keys/{key}/config deletion_allowed=false)"
         ));
     }
-    if meta.derived {
+    if meta.derived != KEY_PROFILE.derived {
         out.push("derived=true: needs a per-call context the provider does not send".into());
     }
-    if meta.convergent_encryption {
+    if meta.convergent_encryption != KEY_PROFILE.convergent_encryption {
         out.push(
             "convergent_encryption=true: equal plaintexts would give equal ciphertexts".into(),
         );
@@ -46,7 +47,7 @@ pub fn problems(meta: &KeyMetadata, mount: &str, key: &str) -> Vec<String> {
 }
 
 /// One-line summary of a good key.
-pub fn summary(meta: &KeyMetadata, mount: &str, key: &str) -> String {
+pub(crate) fn summary(meta: &KeyMetadata, mount: &str, key: &str) -> String {
     let rotate = if meta.auto_rotate_period_seconds > 0 {
         format!(
             ", auto-rotates every {}",

@@ -7,7 +7,7 @@ use cryptoki::error::{Error as CkError, RvError};
 
 /// What went wrong with the token, naming the config field an operator would change.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum Pkcs11Error {
+pub(crate) enum Pkcs11Error {
     #[error("auth.cert.module_path {}: cannot load the PKCS#11 module: {reason}", path.display())]
     Module { path: PathBuf, reason: String },
     #[error("auth.cert.token_label: no token labelled {label:?} in {module} (tokens present: {present})")]
@@ -64,7 +64,7 @@ pub enum Pkcs11Error {
 impl Pkcs11Error {
     /// Restarting cannot fix it and may do harm (a rejected PIN tried again in a restart loop
     /// locks the token): the operator must change the config or the token.
-    pub fn needs_operator(&self) -> bool {
+    pub(crate) fn needs_operator(&self) -> bool {
         matches!(
             self,
             Self::Login {

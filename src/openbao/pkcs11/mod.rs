@@ -16,7 +16,7 @@ use rustls::SignatureScheme;
 use secrecy::SecretString;
 use zeroize::Zeroizing;
 
-pub use error::Pkcs11Error;
+pub(crate) use error::Pkcs11Error;
 
 use crate::config::Pkcs11Settings;
 use signer::{TokenKey, TokenSigner};
@@ -47,19 +47,19 @@ pub(crate) fn client_cert_resolver(
 
 /// What `doctor` reports about the token key.
 #[derive(Debug, Clone)]
-pub struct KeyReport {
-    pub module: String,
-    pub token: String,
-    pub key: String,
-    pub sensitive: bool,
-    pub extractable: bool,
-    pub always_sensitive: bool,
-    pub never_extractable: bool,
+pub(crate) struct KeyReport {
+    pub(crate) module: String,
+    pub(crate) token: String,
+    pub(crate) key: String,
+    pub(crate) sensitive: bool,
+    pub(crate) extractable: bool,
+    pub(crate) always_sensitive: bool,
+    pub(crate) never_extractable: bool,
 }
 
 /// Loads the module, finds token and key, and proves the certificate matches (by a signature
 /// the certificate's public key verifies).
-pub fn inspect(
+pub(crate) fn inspect(
     settings: &Pkcs11Settings,
     cert_file: &Path,
     budget: Duration,

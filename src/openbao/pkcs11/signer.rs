@@ -18,13 +18,13 @@ use crate::config::Pkcs11KeyRef;
 /// The token key as rustls sees it.
 #[derive(Debug)]
 pub(crate) struct TokenKey {
-    pub token: Arc<Token>,
-    pub key: Pkcs11KeyRef,
-    pub kind: KeyKind,
+    pub(crate) token: Arc<Token>,
+    pub(crate) key: Pkcs11KeyRef,
+    pub(crate) kind: KeyKind,
     /// The token's mechanisms (C_GetMechanismList), to pick combined or raw signing.
-    pub mechanisms: Arc<Vec<MechanismType>>,
+    pub(crate) mechanisms: Arc<Vec<MechanismType>>,
     /// How long one signature may take before the handshake fails.
-    pub budget: Duration,
+    pub(crate) budget: Duration,
 }
 
 /// Schemes in order of preference. For RSA, PKCS#1 v1.5 first where the protocol allows it

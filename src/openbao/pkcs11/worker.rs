@@ -237,13 +237,13 @@ pub(crate) struct Worker {
 /// Attributes of the private key, for the signer and the doctor.
 #[derive(Debug, Clone)]
 pub(crate) struct KeyInfo {
-    pub kind: KeyKind,
+    pub(crate) kind: KeyKind,
     /// What the token can do (C_GetMechanismList of its slot).
-    pub mechanisms: Vec<MechanismType>,
-    pub sensitive: bool,
-    pub extractable: bool,
-    pub always_sensitive: bool,
-    pub never_extractable: bool,
+    pub(crate) mechanisms: Vec<MechanismType>,
+    pub(crate) sensitive: bool,
+    pub(crate) extractable: bool,
+    pub(crate) always_sensitive: bool,
+    pub(crate) never_extractable: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

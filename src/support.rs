@@ -1,0 +1,50 @@
+//! Small helpers shared by modules that do not otherwise depend on each other (the OpenBao and
+//! etcd HTTP clients, the CLI): one error-chain formatter, one size-capped body reader, one
+//! rustls crypto-provider installer.
+use std::sync::Arc;
+
+/// `e` and all its sources, joined with ": " (reqwest's Display hides the cause: refused,
+/// TLS alert, ...).
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+/// Why a capped body read stopped.
+pub(crate) enum ReadError {
+    /// The body is (or says it is) larger than the cap.
+    TooLarge,
+    Transport(reqwest::Error),
+}
+
+/// Reads `resp`'s body into `buf`, refusing more than `max` bytes (checked against
+/// Content-Length first, then while reading). `buf` may be a zeroizing buffer.
+pub(crate) async fn read_capped(
+    resp: &mut reqwest::Response,
+    max: usize,
+    buf: &mut Vec<u8>,
+) -> Result<(), ReadError> {
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Err(ReadError::TooLarge);
+    }
+    while let Some(chunk) = resp.chunk().await.map_err(ReadError::Transport)? {
+        if buf.len() + chunk.len() > max {
+            return Err(ReadError::TooLarge);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(())
+}
+
+/// ring, also installed as the process default so no later client can panic for lack of one
+/// (reqwest is built without a default crypto provider).
+pub(crate) fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Arc::new(rustls::crypto::ring::default_provider())
+}
