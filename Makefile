@@ -17,7 +17,9 @@ help:
 	@echo "make fuzz   - run every fuzz target for FUZZ_SECONDS (default 60) each (nightly, cargo-fuzz)"
 	@echo "make build  - cargo build"
 	@echo "make deb    - Debian package (cargo-deb) into $$CARGO_TARGET_DIR/packages (default target/packages)"
-	@echo "make rpm    - RPM package (cargo-generate-rpm) into the same directory"
+	@echo "make rpm    - RPM package (rpmbuild, packaging/rpm/bao-kms-provider.spec) into the same directory"
+	@echo "make repo   - signed apt and RPM repository in target/repo (needs REPO_SIGNING_KEY=<fingerprint>)"
+	@echo "make repro  - build twice from clean clones and compare the package payloads"
 	@echo "make e2e-kind      - kind cluster + .deb + Ansible roles: Secrets encrypted in etcd (needs Docker, kind)"
 	@echo "make e2e-kind-down - remove the kind cluster and OpenBao container of make e2e-kind"
 
@@ -63,32 +65,69 @@ bench: tools-openbao
 clean:
 	$(CARGO) clean
 
-# Distro packages (docs/packaging.md). PKG_DIR, DEB_FLAGS and RPM_FLAGS may be overridden, e.g.
-# `make deb DEB_FLAGS="--deb-version 0.1.0-2"` or `make rpm RPM_FLAGS=--set-metadata=release=2`.
+# Distro packages (docs/packaging.md). PKG_DIR, DEB_FLAGS, RPM_RELEASE and RPM_FLAGS may be
+# overridden, e.g. `make deb DEB_FLAGS="--deb-version 0.1.0-2"` or `make rpm RPM_RELEASE=2`.
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 PKG_DIR ?= $(TARGET_DIR)/packages
 DEB_FLAGS ?=
+RPM_RELEASE ?= 1
 RPM_FLAGS ?=
 PKG_TOOLS_PATH := $(BUILD_DIR)/tools/bin:$(PATH)
+PKG_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 MAN_DATE := $(shell git log -1 --format=%cs 2>/dev/null)
+# Reproducible packages: every timestamp is the commit's, paths of this checkout, the target dir
+# and the cargo registry are remapped out of the binary, and cargo-auditable embeds the
+# dependency tree (section .dep-v0) for distro scanners.
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null)
+PKG_CARGO_HOME := $(or $(CARGO_HOME),$(HOME)/.cargo)
+RELEASE_RUSTFLAGS := $(RUSTFLAGS) --remap-path-prefix=$(CURDIR)=/usr/src/bao-kms-provider \
+	--remap-path-prefix=$(TARGET_DIR)=/usr/src/bao-kms-provider/target \
+	--remap-path-prefix=$(PKG_CARGO_HOME)=/usr/src/cargo
+RELEASE_ENV := PATH=$(PKG_TOOLS_PATH) SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) RUSTFLAGS="$(RELEASE_RUSTFLAGS)"
 
-# Release binary, a stripped copy (cargo-generate-rpm does not strip) and man pages generated
-# from the clap definitions (gzipped: cargo-deb does not compress files under target/).
-package-files:
-	$(CARGO) build --release --locked
+# Release binary, a stripped copy (for the .rpm) and man pages generated from the clap
+# definitions (gzipped without timestamps: cargo-deb does not compress files under target/).
+package-files: tools
+	$(RELEASE_ENV) $(CARGO) auditable build --release --locked
 	install -d $(TARGET_DIR)/release/stripped
 	strip -o $(TARGET_DIR)/release/stripped/bao-kms-provider $(TARGET_DIR)/release/bao-kms-provider
 	rm -rf $(TARGET_DIR)/release/man
-	$(CARGO) run --release --locked --quiet --example mangen -- $(TARGET_DIR)/release/man $(MAN_DATE) >/dev/null
+	$(RELEASE_ENV) $(CARGO) auditable run --release --locked --quiet --example mangen -- $(TARGET_DIR)/release/man $(MAN_DATE) >/dev/null
 	gzip -9nkf $(TARGET_DIR)/release/man/*.8
+	touch -d @$(SOURCE_DATE_EPOCH) $(TARGET_DIR)/release/man/*.8.gz
 
 deb: tools package-files
 	install -d $(PKG_DIR)
-	PATH=$(PKG_TOOLS_PATH) $(CARGO) deb --no-build --locked --output $(PKG_DIR)/ $(DEB_FLAGS)
+	$(RELEASE_ENV) $(CARGO) deb --no-build --locked --output $(PKG_DIR)/ $(DEB_FLAGS)
 
+# rpmbuild with packaging/rpm/bao-kms-provider.spec (it only installs the files built above).
 rpm: tools package-files
 	install -d $(PKG_DIR)
-	PATH=$(PKG_TOOLS_PATH) $(CARGO) generate-rpm --output $(PKG_DIR)/ $(RPM_FLAGS)
+	rm -rf $(TARGET_DIR)/rpmbuild
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) rpmbuild -bb --quiet \
+		--define "_topdir $(TARGET_DIR)/rpmbuild" --define "_rpmdir $(PKG_DIR)" \
+		--define "_build_name_fmt %%{NAME}-%%{VERSION}-%%{RELEASE}.%%{ARCH}.rpm" \
+		--define "srcroot $(CURDIR)" --define "targetdir $(TARGET_DIR)" \
+		--define "pkg_version $(PKG_VERSION)" --define "pkg_release $(RPM_RELEASE)" \
+		$(RPM_FLAGS) packaging/rpm/bao-kms-provider.spec
+
+# Signed apt + RPM repository in REPO_DIR from the packages in PKG_DIR (docs/repositories.md):
+# `make repo REPO_SIGNING_KEY=<fingerprint> [GNUPGHOME=...]`. Packages already in REPO_DIR stay,
+# so older versions remain installable.
+REPO_DIR ?= $(TARGET_DIR)/repo
+ifneq ($(filter repo,$(MAKECMDGOALS)),)
+ifeq ($(strip $(REPO_SIGNING_KEY)),)
+$(error make repo: set REPO_SIGNING_KEY to the fingerprint of the signing key (a secret key in GNUPGHOME, default ~/.gnupg); see docs/repositories.md)
+endif
+endif
+.PHONY: repo repro
+repo: deb rpm
+	PKG_DIR=$(PKG_DIR) REPO_DIR=$(REPO_DIR) REPO_SIGNING_KEY=$(REPO_SIGNING_KEY) scripts/repo.sh
+
+# Two clean clones of HEAD built in different directories must give byte-identical payloads
+# (slow: two full release builds; not part of `make test`, which checks the same build twice).
+repro:
+	scripts/repro.sh
 
 # The kind end-to-end test (tests/e2e/kind/README.md). Needs a Docker engine and kind; without
 # them the scripts say so and exit 2. Not part of `make test` (no Docker engine in CI).

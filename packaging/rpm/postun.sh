@@ -1,7 +1,7 @@
 # %postun of bao-kms-provider ($1: 0 on erase, 1 on upgrade). Like %systemd_postun_with_restart,
 # but restarts only a running provider and only with a valid configuration. The socket stays
 # open, so kube-apiserver's calls queue while the new binary starts. The key registry
-# /var/lib/openbao-kms is kept unless BAO_KMS_PURGE_STATE=yes is set for `rpm -e`.
+# /var/lib/openbao-kms is kept unless BAO_KMS_PURGE_STATE=yes is set for the erase.
 CONFIG=/etc/openbao-kms/config.toml
 
 if [ -d /run/systemd/system ]; then

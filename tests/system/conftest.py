@@ -176,7 +176,7 @@ def built_packages(tmp_path_factory) -> BuiltPackages:
     t0 = time.monotonic()
     _make(["deb", "rpm", f"PKG_DIR={out}/v1"])
     _make(["deb", "rpm", f"PKG_DIR={out}/v2", "DEB_FLAGS=--deb-version 0.1.0-2",
-           "RPM_FLAGS=--set-metadata=release=2"])
+           "RPM_RELEASE=2"])
     print(f"[packages] built in {time.monotonic() - t0:.1f}s into {out}", file=sys.stderr)
     target = Path(os.environ.get("CARGO_TARGET_DIR", REPO_ROOT / "target"))
     return BuiltPackages(
