@@ -86,10 +86,7 @@ async fn probe_once(socket: &std::path::Path, timeout: Duration) -> Result<Outco
         .map_err(|e| anyhow!("cannot connect to {}: {e}", socket.display()))?;
     let mut lines = Vec::new();
     let t = Instant::now();
-    let status = tokio::time::timeout(timeout, c.status(pb::StatusRequest {}))
-        .await
-        .map_err(|_| anyhow!("Status timed out"))??
-        .into_inner();
+    let status = client::call("Status", timeout, c.status(pb::StatusRequest {})).await?;
     let status_took = t.elapsed();
     lines.push(format!("version:  {}", status.version));
     lines.push(format!("healthz:  {}", status.healthz));
@@ -104,23 +101,15 @@ async fn probe_once(socket: &std::path::Path, timeout: Duration) -> Result<Outco
     rand::thread_rng().fill_bytes(&mut seed);
     let uid = format!("probe-{:016x}", rand::random::<u64>());
     let t = Instant::now();
-    let enc = tokio::time::timeout(
+    let enc = client::call(
+        "Encrypt",
         timeout,
         c.encrypt(pb::EncryptRequest {
             plaintext: seed.to_vec(),
             uid: uid.clone(),
         }),
     )
-    .await
-    .map_err(|_| anyhow!("Encrypt timed out"))?
-    .map_err(|s| {
-        anyhow!(
-            "Encrypt failed: {} {}",
-            crate::kms::code_name(s.code()),
-            s.message()
-        )
-    })?
-    .into_inner();
+    .await?;
     let same_key = enc.key_id == status.key_id;
     lines.push(format!(
         "encrypt:  {} ({} bytes, key_id {})",
@@ -134,7 +123,8 @@ async fn probe_once(socket: &std::path::Path, timeout: Duration) -> Result<Outco
     ));
     ok &= same_key;
     let t = Instant::now();
-    let dec = tokio::time::timeout(
+    let dec = client::call(
+        "Decrypt",
         timeout,
         c.decrypt(pb::DecryptRequest {
             ciphertext: enc.ciphertext,
@@ -143,16 +133,7 @@ async fn probe_once(socket: &std::path::Path, timeout: Duration) -> Result<Outco
             annotations: enc.annotations,
         }),
     )
-    .await
-    .map_err(|_| anyhow!("Decrypt timed out"))?
-    .map_err(|s| {
-        anyhow!(
-            "Decrypt failed: {} {}",
-            crate::kms::code_name(s.code()),
-            s.message()
-        )
-    })?
-    .into_inner();
+    .await?;
     let same = dec.plaintext == *seed;
     lines.push(format!(
         "decrypt:  {} (plaintext {})",

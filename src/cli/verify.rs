@@ -13,7 +13,8 @@ use crate::config::{self, Environment, Settings, DEFAULT_CONFIG_PATH};
 use crate::envelope::etcd::{EtcdClient, EtcdTls};
 use crate::envelope::{Envelope, Failure};
 use crate::keys::{Registry, Store};
-use crate::kms::{client, code_name};
+use crate::kms::client::{self, CallError};
+use crate::kms::code_name;
 use crate::pb;
 
 pub(crate) const EXIT_VERIFIED: u8 = 0;
@@ -282,26 +283,17 @@ async fn decrypt_dek_source(
             ))
         }
     };
-    let status = match tokio::time::timeout(a.timeout, c.status(pb::StatusRequest {})).await {
-        Ok(Ok(s)) => s.into_inner(),
-        Ok(Err(s)) => {
-            let msg = format!(
-                "provider Status failed: {}: {}",
-                code_name(s.code()),
-                s.message()
-            );
-            return Err(unreachable(out, msg));
-        }
-        Err(_) => return Err(unreachable(out, "provider Status timed out".into())),
-    };
+    let status = client::call("Status", a.timeout, c.status(pb::StatusRequest {}))
+        .await
+        .map_err(|e| unreachable(out, format!("provider {e}")))?;
     let req = pb::DecryptRequest {
         ciphertext: env.encrypted_dek_source.clone(),
         uid: format!("verify-etcd-value-{:016x}", rand::random::<u64>()),
         key_id: env.key_id.clone(),
         annotations: env.annotations.clone(),
     };
-    let decrypted = tokio::time::timeout(a.timeout, c.decrypt(req)).await;
-    let not_found = matches!(&decrypted, Ok(Err(s)) if s.code() == Code::NotFound);
+    let decrypted = client::call("Decrypt", a.timeout, c.decrypt(req)).await;
+    let not_found = matches!(&decrypted, Err(CallError::Failed { status, .. }) if status.code() == Code::NotFound);
     out.add(
         "key_id",
         format!(
@@ -312,8 +304,8 @@ async fn decrypt_dek_source(
     );
     out.add("dek_source", env.dek_source_type.to_string());
     match decrypted {
-        Ok(Ok(r)) => Ok(zeroize::Zeroizing::new(r.into_inner().plaintext)),
-        Ok(Err(s)) => {
+        Ok(r) => Ok(zeroize::Zeroizing::new(r.plaintext)),
+        Err(CallError::Failed { status: s, .. }) => {
             let (code, what) = match s.code() {
                 Code::NotFound => (EXIT_UNKNOWN_KEY, "the provider does not know this key_id"),
                 Code::InvalidArgument => {
@@ -330,8 +322,8 @@ async fn decrypt_dek_source(
             );
             Err(code)
         }
-        Err(_) => {
-            out.add("error", "provider Decrypt timed out");
+        Err(e @ CallError::Timeout { .. }) => {
+            out.add("error", format!("provider {e}"));
             Err(EXIT_COULD_NOT_CHECK)
         }
     }

@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 use super::crypto::{seal_with_key, seal_with_seed, DekSourceType, INFO_BYTES, NONCE_BYTES};
 use super::parse::{check_provider_name, Envelope};
 use super::WriteError;
-use crate::kms::client::KmsClient;
+use crate::kms::client::{CallError, KmsClient};
 use crate::kms::code_name;
 use crate::pb;
 
@@ -63,18 +63,16 @@ impl Writer {
         call: &'static str,
         fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     ) -> Result<T, WriteError> {
-        match tokio::time::timeout(self.timeout, fut).await {
-            Err(_) => Err(WriteError::Timeout {
-                call,
-                timeout: self.timeout,
-            }),
-            Ok(Err(s)) => Err(WriteError::Kms {
-                call,
-                code: code_name(s.code()),
-                message: s.message().to_owned(),
-            }),
-            Ok(Ok(r)) => Ok(r.into_inner()),
-        }
+        crate::kms::client::call(call, self.timeout, fut)
+            .await
+            .map_err(|e| match e {
+                CallError::Timeout { call, timeout } => WriteError::Timeout { call, timeout },
+                CallError::Failed { call, status } => WriteError::Kms {
+                    call,
+                    code: code_name(status.code()),
+                    message: status.message().to_owned(),
+                },
+            })
     }
 
     /// Status, and a new seed + Encrypt when the key_id changed (kube-apiserver's state loop).

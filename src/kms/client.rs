@@ -39,3 +39,31 @@ pub(crate) fn connect_in_memory(
     );
     KeyManagementServiceClient::new(channel)
 }
+
+/// Why one KMS call made by a tool (probe, verify-etcd-value, the testkit writer) failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CallError {
+    #[error("{call} timed out after {}", humantime::format_duration(*.timeout))]
+    Timeout {
+        call: &'static str,
+        timeout: std::time::Duration,
+    },
+    #[error("{call} failed: {} {}", super::code_name(.status.code()), .status.message())]
+    Failed {
+        call: &'static str,
+        status: tonic::Status,
+    },
+}
+
+/// One KMS call with the tool's per-call deadline, as kube-apiserver bounds its own calls.
+pub(crate) async fn call<T>(
+    call: &'static str,
+    timeout: std::time::Duration,
+    fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, CallError> {
+    match tokio::time::timeout(timeout, fut).await {
+        Err(_) => Err(CallError::Timeout { call, timeout }),
+        Ok(Err(status)) => Err(CallError::Failed { call, status }),
+        Ok(Ok(r)) => Ok(r.into_inner()),
+    }
+}
