@@ -404,7 +404,7 @@ pub(crate) async fn login_with(
     settings: &AuthSettings,
     generation: u64,
 ) -> Result<Token, Error> {
-    match settings {
+    let (mount_path, body) = match settings {
         AuthSettings::Jwt {
             mount_path,
             role,
@@ -415,15 +415,7 @@ pub(crate) async fn login_with(
                 role,
                 jwt: jwt.as_str(),
             })?;
-            drop(jwt);
-            login_call(
-                http,
-                nodes,
-                &format!("auth/{mount_path}/login"),
-                body,
-                generation,
-            )
-            .await
+            (mount_path, body)
         }
         AuthSettings::Cert {
             mount_path, name, ..
@@ -431,19 +423,14 @@ pub(crate) async fn login_with(
             let body = JsonBody::new(&CertLogin {
                 name: name.as_deref(),
             })?;
-            login_call(
-                http,
-                nodes,
-                &format!("auth/{mount_path}/login"),
-                body,
-                generation,
-            )
-            .await
+            (mount_path, body)
         }
         AuthSettings::Token { token_file } => {
-            token_from_file(http, nodes, token_file, generation).await
+            return token_from_file(http, nodes, token_file, generation).await
         }
-    }
+    };
+    let path = format!("auth/{mount_path}/login");
+    login_call(http, nodes, &path, body, generation).await
 }
 
 /// A login the auth method refused (400 wrong or expired JWT, 403 unknown role or certificate)
