@@ -75,22 +75,43 @@ pub fn provider_bin() -> PathBuf {
 }
 
 /// A port p such that p and p+1 are free (bao binds both).
+/// Ports this test process has handed out: tests run in parallel threads, and a port released
+/// by `bind(0)` (or the PORT+1 an OpenBao dev server also binds) must not go to a second server.
+static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+
+fn reserve(ports: &[u16]) -> bool {
+    let mut taken = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    if ports.iter().any(|p| taken.contains(p)) {
+        return false;
+    }
+    taken.extend_from_slice(ports);
+    true
+}
+
 pub fn free_port_pair() -> u16 {
     loop {
         let l = StdListener::bind("127.0.0.1:0").expect("bind port 0");
         let port = l.local_addr().expect("local addr").port();
-        if port < 65535 && StdListener::bind(("127.0.0.1", port + 1)).is_ok() {
+        if port < 65535
+            && StdListener::bind(("127.0.0.1", port + 1)).is_ok()
+            && reserve(&[port, port + 1])
+        {
             return port;
         }
     }
 }
 
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    loop {
+        let port = StdListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        if reserve(&[port]) {
+            return port;
+        }
+    }
 }
 
 /// Waits for `cond` up to `timeout`, polling; panics with `what` on timeout.
