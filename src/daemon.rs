@@ -25,6 +25,10 @@ const GRPC_SILENCE_LIMIT: Duration = Duration::from_secs(30);
 const PROBE_CALL_BUDGET: u32 = 6;
 /// Slack on top of the probe loop's own bound before it counts as silent.
 const PROBE_SILENCE_SLACK: Duration = Duration::from_secs(5);
+/// How long a provider with a verified key registry waits for its first probe before it
+/// accepts on the socket anyway and serves Status from the registry.
+const REGISTRY_FIRST_PROBE_WAIT: Duration = Duration::from_millis(500);
+
 /// Slack on top of one probe's bound before the socket is served without a first probe result.
 const FIRST_PROBE_SLACK: Duration = Duration::from_secs(1);
 /// systemd's watchdog is pinged this many times per `WatchdogSec=`.
@@ -198,11 +202,12 @@ impl Supervisor {
         // The socket is served once the first probe attempt has finished (or failed): a client
         // queued in the backlog during a restart then gets a provider that can encrypt, and
         // while OpenBao is down Status still answers with the reason.
-        // With a verified key registry, Status is served from it at once (the saved key_id):
-        // no wait, so a restart during an OpenBao outage never leaves kube-apiserver without one.
+        // With a verified key registry the wait is short (REGISTRY_FIRST_PROBE_WAIT): a normal
+        // restart (first probe in milliseconds) answers healthz ok from the first call, and a
+        // restart during an OpenBao outage still serves the saved key_id well within a second.
         let (probed_tx, mut probed_rx) = watch::channel(false);
         let first_probe_limit = if provider.serves_from_registry() {
-            Duration::ZERO
+            REGISTRY_FIRST_PROBE_WAIT
         } else {
             settings.server.kms_timeout * 2 + FIRST_PROBE_SLACK
         };

@@ -323,7 +323,7 @@ def test_existing_encryption_is_refused_before_anything_is_installed(rollout):
     assert run.rc != 0 and f"already uses the EncryptionConfiguration {EXISTING_ENCRYPTION}" in run.output, run.output
     assert "kube_apiserver_kms_existing_config: merge" in run.output and "Nothing was installed" in run.output
     state = rollout.existing_refused_state
-    assert EXISTING_ENCRYPTION in state["manifest"] and "install ok installed" not in state["installed"]
+    assert EXISTING_ENCRYPTION in state["manifest"] and "ok installed" not in state["installed"]
     assert state["touched"] == ""
 
 
@@ -358,7 +358,8 @@ def test_site_playbook_second_run_changes_nothing(rollout):
 
 def test_provider_package_installed_units_active_and_probe_ok(rollout):
     c = rollout.container
-    assert "install ok installed" in c.run(["dpkg-query", "-W", "-f=${Status}", "bao-kms-provider"]).stdout
+    # Installed and held (bao_kms_provider_hold defaults to true): only the role upgrades it.
+    assert c.run(["dpkg-query", "-W", "-f=${Status}", "bao-kms-provider"]).stdout == "hold ok installed"
     for unit in ("bao-kms-provider.socket", "bao-kms-provider.service"):
         assert c.run(["systemctl", "is-active", unit], check=False).stdout.strip() == "active", unit
         assert c.run(["systemctl", "is-enabled", unit], check=False).stdout.strip() == "enabled", unit
