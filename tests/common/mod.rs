@@ -88,14 +88,35 @@ fn reserve(ports: &[u16]) -> bool {
     true
 }
 
+/// A candidate port below the kernel's ephemeral range: outgoing connections (reqwest, etcd
+/// clients) take their local ports from that range, so a port picked there can be taken by a
+/// connection between our check and the server's bind. Random so parallel tests spread out.
+fn candidate_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .filter(|&l| l > 12_000)
+        .unwrap_or(32_768);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    let span = u64::from(low - 1 - 10_000);
+    10_000 + (h.finish() % span) as u16
+}
+
+fn bindable(port: u16) -> bool {
+    StdListener::bind(("127.0.0.1", port)).is_ok()
+}
+
 pub fn free_port_pair() -> u16 {
     loop {
-        let l = StdListener::bind("127.0.0.1:0").expect("bind port 0");
-        let port = l.local_addr().expect("local addr").port();
-        if port < 65535
-            && StdListener::bind(("127.0.0.1", port + 1)).is_ok()
-            && reserve(&[port, port + 1])
-        {
+        let port = candidate_port();
+        if bindable(port) && bindable(port + 1) && reserve(&[port, port + 1]) {
             return port;
         }
     }
@@ -103,12 +124,8 @@ pub fn free_port_pair() -> u16 {
 
 pub fn free_port() -> u16 {
     loop {
-        let port = StdListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
-        if reserve(&[port]) {
+        let port = candidate_port();
+        if bindable(port) && reserve(&[port]) {
             return port;
         }
     }
@@ -164,9 +181,24 @@ impl Bao {
     }
 
     async fn start_opts(tls: bool, env: &[(&str, &str)]) -> Bao {
+        // Another process can still take the port between our check and bao's bind; bao then
+        // exits at once, and a fresh port is tried (the log is shown if every try fails).
+        let mut logs = String::new();
+        for _ in 0..4 {
+            match Self::spawn(tls).await {
+                Ok(bao) => return bao.configure(tls, env),
+                Err(log) => logs.push_str(&log),
+            }
+        }
+        panic!("OpenBao dev server did not start in 4 tries; its logs:\n{logs}");
+    }
+
+    /// Starts `bao server -dev` on a fresh port; Err(log) if it exits or never becomes healthy.
+    async fn spawn(tls: bool) -> Result<Bao, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port_pair();
-        let log = std::fs::File::create(dir.path().join("openbao.log")).expect("log file");
+        let log_path = dir.path().join("openbao.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
         let mut args = vec![
             "server".to_owned(),
             "-dev".to_owned(),
@@ -193,13 +225,32 @@ impl Bao {
             dir,
             http: http(),
         };
+        let end = Instant::now() + Duration::from_secs(30);
+        let failed = |bao: &mut Bao, why: &str| {
+            let _ = bao.child.kill();
+            let _ = bao.child.wait();
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            format!("--- port {port}: {why}\n{}\n", tail.join("\n"))
+        };
         if tls {
             let ca_path = bao.ca_file();
-            let end = Instant::now() + Duration::from_secs(20);
-            while !ca_path.exists() && Instant::now() < end {
+            while !ca_path.exists() {
+                if Instant::now() > end || bao.child.try_wait().ok().flatten().is_some() {
+                    return Err(failed(&mut bao, "no dev TLS CA written"));
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            let pem = std::fs::read(&ca_path).expect("dev TLS CA written by bao");
+            // bao writes the CA file before its contents; wait for a complete PEM.
+            let mut pem = Vec::new();
+            while Instant::now() < end {
+                pem = std::fs::read(&ca_path).unwrap_or_default();
+                if pem.windows(8).any(|w| w == b"-----END") {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             let _ = rustls::crypto::ring::default_provider().install_default();
             bao.http = reqwest::Client::builder()
                 .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("CA pem"))
@@ -207,12 +258,24 @@ impl Bao {
                 .expect("TLS client");
         }
         let health = format!("{}/v1/sys/health", bao.addr);
-        let http = bao.http.clone();
-        wait_for("OpenBao dev server", Duration::from_secs(20), || {
-            let (h, u) = (http.clone(), health.clone());
-            async move { h.get(u).send().await.is_ok_and(|r| r.status().is_success()) }
-        })
-        .await;
+        loop {
+            if let Ok(Some(status)) = bao.child.try_wait() {
+                return Err(failed(&mut bao, &format!("bao exited: {status}")));
+            }
+            if Instant::now() > end {
+                return Err(failed(&mut bao, "not healthy after 30s"));
+            }
+            let r = bao.http.get(&health).send().await;
+            if r.is_ok_and(|r| r.status().is_success()) {
+                return Ok(bao);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Transit, the provider policy and JWT auth, via scripts/openbao-lab.sh.
+    fn configure(self, tls: bool, env: &[(&str, &str)]) -> Bao {
+        let bao = self;
         let policy = bao.dir.path().join("policy.hcl");
         std::fs::write(&policy, policy_text("transit", "k8s-etcd")).expect("policy");
         let out = Command::new(repo_root().join("scripts/openbao-lab.sh"))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import secrets
 import shutil
 import socket
@@ -38,25 +39,39 @@ BUILD_DIR = Path(os.environ.get("BUILD_DIR", REPO_ROOT / "build"))
 LAB_SCRIPT = REPO_ROOT / "scripts" / "openbao-lab.sh"
 
 
-def free_port() -> int:
+def _candidate_port() -> int:
+    """A random port below the kernel's ephemeral range: outgoing connections take their local
+    ports from that range, so a port picked there can be taken before the server binds it."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    if low <= 12000:
+        low = 32768
+    return random.randrange(10000, low - 1)
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    while True:
+        port = _candidate_port()
+        if _bindable(port):
+            return port
 
 
 def free_port_pair() -> int:
     """A port p such that p and p+1 are free (`bao server -dev` binds both)."""
     while True:
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            if port >= 65535:
-                continue
-            with socket.socket() as b:
-                try:
-                    b.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
+        port = _candidate_port()
+        if _bindable(port) and _bindable(port + 1):
             return port
 
 
