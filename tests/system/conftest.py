@@ -192,3 +192,38 @@ def rpm_rootfs(nspawn_rootfs) -> Path:
 # =========================================================================
 # END packages section
 # =========================================================================
+
+# =========================================================================
+# BEGIN provider-under-systemd section (provider_host.py)
+# Fixtures shared by the systemd, outage, PKCS#11 and rotation tests:
+#   bao     (module)   a real OpenBao dev server with Transit, the provider's
+#                      policy and JWT auth (tests/system/openbao.py)
+#   host    (function) a booted container with the cargo-built binary
+#                      bind-mounted at /usr/bin/bao-kms-provider (read-only)
+#   kms_pb  (session)  grpcio stubs for the KMS v2 API: (api_pb2, api_pb2_grpc)
+# =========================================================================
+@pytest.fixture(scope="module")
+def bao():
+    from openbao import BaoDevServer, provider_config, provider_policy
+    server = BaoDevServer().start()
+    try:
+        server.setup(provider_policy(provider_config(server.addr)))
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def host(make_container):
+    from openbao import provider_binary
+    return make_container(binds=[(str(provider_binary()), "/usr/bin/bao-kms-provider", True)])
+
+
+@pytest.fixture(scope="session")
+def kms_pb(tmp_path_factory):
+    from provider_host import kms_stubs
+    return kms_stubs(tmp_path_factory.mktemp("kms-stubs"))
+
+# =========================================================================
+# END provider-under-systemd section
+# =========================================================================

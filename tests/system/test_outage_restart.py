@@ -12,45 +12,12 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from openbao import BaoDevServer, TcpProxy, provider_binary, provider_config, provider_policy  # noqa: E402
-from test_systemd_units import (SOCKET_UNIT, UNIT, channel, install, props,  # noqa: E402
-                                start_by_connecting, wait_props)
+from openbao import TcpProxy, provider_config  # noqa: E402
+from provider_host import UNIT, channel, install, props, start_by_connecting, wait_props  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def bao():
-    server = BaoDevServer().start()
-    try:
-        server.setup(provider_policy(provider_config(server.addr)))
-        yield server
-    finally:
-        server.cleanup()
-
-
-@pytest.fixture(scope="module")
-def pb():
-    import tempfile
-
-    from grpc_tools import protoc
-    from openbao import REPO_ROOT
-    out = tempfile.mkdtemp(prefix="kms-stubs-")
-    proto = REPO_ROOT / "proto"
-    rc = protoc.main(["protoc", f"-I{proto}", f"--python_out={out}", f"--grpc_python_out={out}",
-                      str(proto / "api.proto")])
-    assert rc == 0, "protoc failed"
-    sys.path.insert(0, out)
-    import api_pb2
-    import api_pb2_grpc
-    return api_pb2, api_pb2_grpc
-
-
-@pytest.fixture
-def host(make_container):
-    return make_container(binds=[(str(provider_binary()), "/usr/bin/bao-kms-provider", True)])
-
-
-def test_restart_during_an_outage_serves_status_from_the_registry_at_once(host, bao, pb):
-    api_pb2, api_pb2_grpc = pb
+def test_restart_during_an_outage_serves_status_from_the_registry_at_once(host, bao, kms_pb):
+    api_pb2, api_pb2_grpc = kms_pb
     with TcpProxy(bao.port) as proxy:
         install(host, provider_config(proxy.addr), bao.mint_jwt())
         start_by_connecting(host)

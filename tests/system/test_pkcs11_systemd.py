@@ -17,12 +17,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from openbao import (REPO_ROOT, BaoDevServer, bao_binary, free_port_pair,  # noqa: E402
-                     provider_binary, provider_config, provider_policy)
+                     provider_config, provider_policy)
+from provider_host import CONFIG, SOCKET, SOCKET_UNIT, UNIT, install_units  # noqa: E402
 
-UNIT = "bao-kms-provider.service"
-SOCKET_UNIT = "bao-kms-provider.socket"
-SOCKET = "/run/openbao-kms/kms.sock"
-CONFIG = "/etc/openbao-kms/config.toml"
 DROPIN = f"/etc/systemd/system/{UNIT}.d/pkcs11.conf"
 MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 SHIPPED_DROPIN = REPO_ROOT / "packaging/usr/share/doc/bao-kms-provider/examples/pkcs11.conf"
@@ -131,11 +128,6 @@ def dropin_for_softhsm(text: str) -> str:
     return "\n".join(out) + "\n"
 
 
-@pytest.fixture
-def host(make_container):
-    return make_container(binds=[(str(provider_binary()), "/usr/bin/bao-kms-provider", True)])
-
-
 def test_pkcs11_key_under_systemd_with_the_shipped_dropin(host):
     with tempfile.TemporaryDirectory(prefix="p11-") as tmp:
         work = Path(tmp)
@@ -153,13 +145,7 @@ def test_pkcs11_key_under_systemd_with_the_shipped_dropin(host):
 
 
 def run_provider(c, bao: TlsBaoDevServer, token: SoftHsmToken, client_cert: Path) -> None:
-    for name in (SOCKET_UNIT, UNIT):
-        c.copy_in(REPO_ROOT / "systemd" / name, f"/lib/systemd/system/{name}", mode=0o644)
-    c.copy_in(REPO_ROOT / "systemd" / "bao-kms-provider.sysusers",
-              "/usr/lib/sysusers.d/bao-kms-provider.conf", mode=0o644)
-    c.copy_in(REPO_ROOT / "systemd" / "bao-kms-provider.tmpfiles",
-              "/usr/lib/tmpfiles.d/bao-kms-provider.conf", mode=0o644)
-    c.run("systemd-sysusers && systemd-tmpfiles --create /usr/lib/tmpfiles.d/bao-kms-provider.conf")
+    install_units(c)
     # SoftHSM2's module and the token store (owned by the service user, in its state dir).
     c.copy_in(MODULE, MODULE, mode=0o644)
     c.run("install -d -o openbao-kms -g openbao-kms -m 0700 /var/lib/openbao-kms")

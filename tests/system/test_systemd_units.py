@@ -7,9 +7,7 @@ Each test boots its own container (~0.6 s); one OpenBao serves the whole module.
 
 import base64
 import re
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -18,135 +16,11 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from openbao import (REPO_ROOT, BaoDevServer, TcpProxy, provider_binary,  # noqa: E402
-                     provider_config, provider_policy)
+from openbao import TcpProxy, provider_config  # noqa: E402
+from provider_host import (JWT, SOCKET_UNIT, UNIT, channel, install, journal_messages,  # noqa: E402
+                           probe, props, start_by_connecting, wait_journal, wait_props)
 
-UNIT = "bao-kms-provider.service"
-SOCKET_UNIT = "bao-kms-provider.socket"
-SOCKET = "/run/openbao-kms/kms.sock"
-CONFIG = "/etc/openbao-kms/config.toml"
-JWT = "/etc/openbao-kms/identity.jwt"
-DROPIN_DIR = f"/etc/systemd/system/{UNIT}.d"
 MAX_EXPOSURE = 2.0
-
-
-# ----------------------------------------------------------------------------- fixtures
-
-@pytest.fixture(scope="module")
-def bao():
-    """One OpenBao dev server for the module, with Transit, the policy and JWT auth."""
-    server = BaoDevServer().start()
-    try:
-        server.setup(provider_policy(provider_config(server.addr)))
-        yield server
-    finally:
-        server.cleanup()
-
-
-@pytest.fixture(scope="module")
-def pb():
-    """Python grpcio stubs for the KMS v2 API (a client that is not ours, like the apiserver)."""
-    from grpc_tools import protoc
-    out = tempfile.mkdtemp(prefix="kms-stubs-")
-    proto = REPO_ROOT / "proto"
-    rc = protoc.main(["protoc", f"-I{proto}", f"--python_out={out}", f"--grpc_python_out={out}",
-                      str(proto / "api.proto")])
-    assert rc == 0, "protoc failed"
-    sys.path.insert(0, out)
-    import api_pb2
-    import api_pb2_grpc
-    return api_pb2, api_pb2_grpc
-
-
-@pytest.fixture
-def host(make_container):
-    """A booted container with the binary at /usr/bin/bao-kms-provider (bind-mounted read-only)."""
-    return make_container(binds=[(str(provider_binary()), "/usr/bin/bao-kms-provider", True)])
-
-
-# ----------------------------------------------------------------------------- helpers
-
-def install(c, config: str, jwt: str, dropins: dict[str, str] | None = None,
-            jwt_owner: str = "root:openbao-kms", jwt_mode: int = 0o640) -> None:
-    """Installs units, sysusers.d and tmpfiles.d like the package does, then config and JWT."""
-    for name in (SOCKET_UNIT, UNIT):
-        c.copy_in(REPO_ROOT / "systemd" / name, f"/lib/systemd/system/{name}", mode=0o644)
-    c.copy_in(REPO_ROOT / "systemd" / "bao-kms-provider.sysusers",
-              "/usr/lib/sysusers.d/bao-kms-provider.conf", mode=0o644)
-    c.copy_in(REPO_ROOT / "systemd" / "bao-kms-provider.tmpfiles",
-              "/usr/lib/tmpfiles.d/bao-kms-provider.conf", mode=0o644)
-    c.run("systemd-sysusers && systemd-tmpfiles --create /usr/lib/tmpfiles.d/bao-kms-provider.conf")
-    c.write_file(CONFIG, config, mode=0o640)
-    c.write_file(JWT, jwt + "\n", mode=jwt_mode)
-    c.run(["chown", "root:openbao-kms", CONFIG])
-    c.run(["chown", jwt_owner, JWT])
-    for name, text in (dropins or {}).items():
-        c.write_file(f"{DROPIN_DIR}/{name}", text)
-    c.systemctl("daemon-reload")
-
-
-def props(c, unit: str = UNIT, *names: str) -> dict[str, str]:
-    names = names or ("ActiveState", "SubState", "StatusText", "NRestarts", "MainPID", "Result")
-    out = c.systemctl("show", unit, *[a for n in names for a in ("-p", n)]).stdout
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-
-
-def wait_props(c, pred, what: str, timeout: float = 30.0, unit: str = UNIT) -> dict[str, str]:
-    deadline = time.monotonic() + timeout
-    while True:
-        p = props(c, unit)
-        if pred(p):
-            return p
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last {p}")
-        time.sleep(0.1)
-
-
-def probe(c, check: bool = True, timeout: str = "5s") -> subprocess.CompletedProcess:
-    """`bao-kms-provider probe` inside the container: Status, Encrypt, Decrypt over the socket."""
-    return c.run(["bao-kms-provider", "probe", "--socket", SOCKET, "--timeout", timeout],
-                 check=check, timeout=60)
-
-
-def start_by_connecting(c) -> None:
-    """Enables the socket; the first connection (a probe) starts the service."""
-    c.systemctl("enable", "--now", SOCKET_UNIT)
-    r = probe(c)
-    assert "result:   OK" in r.stdout, r.stdout
-    assert props(c)["ActiveState"] == "active"
-
-
-def journal_messages(c, unit: str = UNIT) -> list[str]:
-    return [e.get("MESSAGE", "") for e in c.journal(unit=unit) if isinstance(e.get("MESSAGE"), str)]
-
-
-def wait_journal(c, pattern: str, unit: str | None = UNIT, timeout: float = 15.0,
-                 since_count: int = 0) -> list[dict]:
-    """Waits until a journal entry's MESSAGE matches `pattern` (regex); returns the entries."""
-    rx = re.compile(pattern)
-    deadline = time.monotonic() + timeout
-    while True:
-        entries = c.journal(unit=unit)
-        hits = [e for e in entries[since_count:]
-                if isinstance(e.get("MESSAGE"), str) and rx.search(e["MESSAGE"])]
-        if hits:
-            return hits
-        if time.monotonic() > deadline:
-            tail = "\n".join(str(e.get("MESSAGE")) for e in entries[-30:])
-            raise AssertionError(f"no journal entry matching {pattern!r} after {timeout}s:\n{tail}")
-        time.sleep(0.2)
-
-
-def host_socket(c) -> str:
-    """The container's KMS socket as seen from the host."""
-    return f"/proc/{c.pid}/root{SOCKET}"
-
-
-def channel(c):
-    import grpc
-    # Like kube-apiserver: unix socket, authority "localhost".
-    return grpc.insecure_channel(f"unix://{host_socket(c)}",
-                                 options=[("grpc.default_authority", "localhost")])
 
 
 # ----------------------------------------------------------------------------- tests
@@ -223,10 +97,10 @@ def uptime(c) -> float:
     return float(c.read_file("/proc/uptime").split()[0])
 
 
-def test_restart_loses_no_kms_call(host, bao, pb):
+def test_restart_loses_no_kms_call(host, bao, kms_pb):
     """`systemctl restart` while a gRPC client (grpcio, like the apiserver's grpc-go) calls
     Encrypt and Decrypt in a loop: systemd keeps the socket, so not one call fails."""
-    api_pb2, api_pb2_grpc = pb
+    api_pb2, api_pb2_grpc = kms_pb
     install(host, provider_config(bao.addr), bao.mint_jwt())
     start_by_connecting(host)
 
@@ -316,10 +190,10 @@ def test_watchdog_restarts_a_hung_process(host, bao):
     assert "result:   OK" in probe(host).stdout
 
 
-def test_journald_fields_and_no_secrets(host, bao, pb):
+def test_journald_fields_and_no_secrets(host, bao, kms_pb):
     """Calls are logged natively to journald with KMS_METHOD, KMS_UID, KEY_ID, LATENCY_MS (and
     ERROR_CLASS on failure); no JWT, token or plaintext ever reaches the journal."""
-    api_pb2, api_pb2_grpc = pb
+    api_pb2, api_pb2_grpc = kms_pb
     jwt = bao.mint_jwt()
     install(host, provider_config(bao.addr, log_level="debug"), jwt)
     start_by_connecting(host)
