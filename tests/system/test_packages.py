@@ -136,18 +136,36 @@ class ApiserverLikeClient(threading.Thread):
         self.channel.close()
 
 
+def upgrade_under_load(c: Container, stubs, upgrade: list[str], version: str = "0.1.0-2") -> int:
+    """Runs the `upgrade` command in `c` while an ApiserverLikeClient loops KMS calls through
+    the socket (20 round trips before, 50 after). Asserts: no call failed, the installed
+    version is `version`, the config is unchanged, the running provider was restarted and the
+    socket was not. Returns the number of round trips."""
+    config_before = sha256(c.read_file(CONFIG))
+    service_id, socket_id = show(c, SERVICE, "InvocationID"), show(c, SOCKET, "InvocationID")
+    assert service_id and socket_id
+    client = ApiserverLikeClient(stubs, f"/proc/{c.pid}/root{KMS_SOCK}")
+    client.start()
+    try:
+        wait_until(lambda: client.ok >= 20, "20 KMS round trips before the upgrade")
+        c.run(upgrade, env=APT_ENV, timeout=300)
+        after_upgrade = client.ok
+        wait_until(lambda: client.ok >= after_upgrade + 50, "50 KMS round trips after the upgrade")
+    finally:
+        client.stop.set()
+        client.join(30)
+    assert not client.failures, "\n".join(client.failures) + journal(c)
+    assert c.run(["dpkg-query", "-W", "-f", "${Version}", "bao-kms-provider"]).stdout == version
+    assert sha256(c.read_file(CONFIG)) == config_before, "the upgrade changed the config"
+    assert show(c, SERVICE, "InvocationID") != service_id, "a running provider must be restarted"
+    assert show(c, SOCKET, "InvocationID") == socket_id, "the socket must never be restarted"
+    return client.ok
+
+
 @pytest.fixture(scope="module")
-def kms_stubs(tmp_path_factory):
-    """Python stubs for proto/api.proto (grpcio-tools from the test venv)."""
-    from grpc_tools import protoc
-    out = tmp_path_factory.mktemp("stubs")
-    rc = protoc.main(["protoc", f"-I{REPO_ROOT / 'proto'}", f"--python_out={out}",
-                      f"--grpc_python_out={out}", str(REPO_ROOT / "proto" / "api.proto")])
-    assert rc == 0, "protoc failed"
-    sys.path.insert(0, str(out))
-    import api_pb2
-    import api_pb2_grpc
-    return api_pb2, api_pb2_grpc
+def kms_stubs(kms_pb):
+    """Python stubs for proto/api.proto (conftest.py's kms_pb)."""
+    return kms_pb
 
 
 @pytest.fixture(scope="module")
@@ -285,28 +303,9 @@ def test_deb_serves_kms_calls_through_the_socket_once_configured(deb_host, openb
 def test_deb_upgrade_under_load_loses_no_call_keeps_config_and_restarts(deb_host, built_packages,
                                                                         kms_stubs):
     c = deb_host
-    config_before = sha256(c.read_file(CONFIG))
-    service_id = show(c, SERVICE, "InvocationID")
-    socket_id = show(c, SOCKET, "InvocationID")
-    assert service_id and socket_id
     c.copy_in(built_packages.deb2, "/root/")
-    client = ApiserverLikeClient(kms_stubs, f"/proc/{c.pid}/root{KMS_SOCK}")
-    client.start()
-    try:
-        wait_until(lambda: client.ok >= 20, "20 KMS round trips before the upgrade")
-        c.run(["apt-get", "install", "-y", f"/root/{built_packages.deb2.name}"], env=APT_ENV,
-              timeout=180)
-        after_upgrade = client.ok
-        wait_until(lambda: client.ok >= after_upgrade + 50, "50 KMS round trips after the upgrade")
-    finally:
-        client.stop.set()
-        client.join(30)
-    assert not client.failures, "\n".join(client.failures) + journal(c)
-    print(f"{client.ok} KMS round trips (Status, Encrypt, Decrypt) across the upgrade, none failed")
-    assert c.run(["dpkg-query", "-W", "-f", "${Version}", "bao-kms-provider"]).stdout == "0.1.0-2"
-    assert sha256(c.read_file(CONFIG)) == config_before, "the upgrade changed the config"
-    assert show(c, SERVICE, "InvocationID") != service_id, "a running provider must be restarted"
-    assert show(c, SOCKET, "InvocationID") == socket_id, "the socket must never be restarted"
+    n = upgrade_under_load(c, kms_stubs, ["apt-get", "install", "-y", f"/root/{built_packages.deb2.name}"])
+    print(f"{n} KMS round trips (Status, Encrypt, Decrypt) across the upgrade, none failed")
     probe(c, wait="0s")
 
 
