@@ -227,3 +227,23 @@ def kms_pb(tmp_path_factory):
 # =========================================================================
 # END provider-under-systemd section
 # =========================================================================
+
+# =========================================================================
+# BEGIN dnf host section (test_repositories.py)
+#   dnf_rootfs (session) a second cached rootfs: the nspawn one plus Debian's
+#              dnf and dnf-plugins-core (versionlock), for the role's dnf path
+# =========================================================================
+@pytest.fixture(scope="session")
+def dnf_rootfs(nspawn_rootfs) -> Path:
+    rootfs = Path(os.environ.get("BAO_DNF_ROOTFS", BUILD_ROOT / "cache" / "rootfs-bookworm-dnf"))
+    r = subprocess.run([str(ROOTFS_SCRIPT), str(rootfs)], capture_output=True, text=True,
+                       timeout=ROOTFS_BUILD_TIMEOUT,
+                       env={**os.environ, "ROOTFS_EXTRA_PACKAGES": "dnf,dnf-plugins-core"})
+    if r.returncode != 0:
+        pytest.fail(f"{ROOTFS_SCRIPT} {rootfs} (with dnf) failed with rc={r.returncode}\n"
+                    f"--- stdout ---\n{r.stdout}\n--- stderr ---\n{r.stderr}", pytrace=False)
+    return rootfs
+
+# =========================================================================
+# END dnf host section
+# =========================================================================

@@ -34,9 +34,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ansible_helpers import run_playbook  # noqa: E402
 from openbao import free_port  # noqa: E402
-from test_packages import (APT_ENV, CONFIG, KMS_SOCK, SERVICE, SOCKET, ApiserverLikeClient,  # noqa: E402,F401
-                           configure, journal, kms_stubs, lint_tags, module_container, openbao, probe,
-                           sha256, show, wait_until)
+from test_packages import (APT_ENV, SERVICE, SOCKET, configure, kms_stubs,  # noqa: E402,F401
+                           lint_tags, module_container, openbao, probe, show, upgrade_under_load)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = "bao-kms-provider"
@@ -307,25 +306,9 @@ def test_apt_held_version_is_kept_by_apt_get_upgrade(apt_host, repo, built_packa
 
 def test_apt_upgrade_from_the_repository_under_load_loses_no_call_and_keeps_config(apt_host, kms_stubs):
     c = apt_host
-    config_before = sha256(c.read_file(CONFIG))
-    service_id, socket_id = show(c, SERVICE, "InvocationID"), show(c, SOCKET, "InvocationID")
-    client = ApiserverLikeClient(kms_stubs, f"/proc/{c.pid}/root{KMS_SOCK}")
-    client.start()
-    try:
-        wait_until(lambda: client.ok >= 20, "20 KMS round trips before the upgrade")
-        c.run(["apt-get", "install", "-y", "--allow-change-held-packages", f"{PACKAGE}=0.1.0-2"], env=APT_ENV,
-              timeout=300)
-        after_upgrade = client.ok
-        wait_until(lambda: client.ok >= after_upgrade + 50, "50 KMS round trips after the upgrade")
-    finally:
-        client.stop.set()
-        client.join(30)
-    assert not client.failures, "\n".join(client.failures) + journal(c)
-    print(f"{client.ok} KMS round trips across the upgrade from the repository, none failed")
-    assert installed_version(c) == "0.1.0-2"
-    assert sha256(c.read_file(CONFIG)) == config_before, "the upgrade changed the config"
-    assert show(c, SERVICE, "InvocationID") != service_id, "a running provider must be restarted"
-    assert show(c, SOCKET, "InvocationID") == socket_id, "the socket must never be restarted"
+    n = upgrade_under_load(c, kms_stubs, ["apt-get", "install", "-y", "--allow-change-held-packages",
+                                          f"{PACKAGE}=0.1.0-2"])
+    print(f"{n} KMS round trips across the upgrade from the repository, none failed")
     # apt-get install drops the hold of the package it installs: docs/repositories.md says to hold
     # it again, as the Ansible role does.
     assert PACKAGE not in c.run(["apt-mark", "showhold"]).stdout.split()
@@ -406,6 +389,139 @@ def test_ansible_role_sets_up_the_repository_installs_holds_and_upgrades(role_ho
     assert third.changed("cp1") > 0
     assert installed_version(c) == "0.1.0-2"
     assert c.run(["apt-mark", "showhold"]).stdout.split() == [PACKAGE]
+    assert show(c, SERVICE, "InvocationID") != service_id
+    probe(c, wait="0s")
+
+    fourth = run_playbook(str(playbook), inventory).assert_ok()
+    assert fourth.changed("cp1") == 0, fourth.output
+
+
+# ----------------------------------------------------------------- the Ansible role, dnf
+# A real dnf host, as close as this machine allows (no RPM distribution is reachable here, only
+# Debian): a systemd-nspawn Debian container with Debian's dnf, rpm and dnf-plugins-core (the
+# versionlock plugin), treated as a dnf host. Its rpmdb is empty, so the RPM's automatic
+# dependencies (libc.so.6(GLIBC_…), libgcc_s, systemd, /bin/sh, …) have no provider; a
+# provides-only RPM stands in for the base system a RHEL host has in its rpmdb. It provides
+# exactly what the package requires (read from the .rpm, so it cannot hide a new dependency by
+# accident) plus the versionlock plugin and system-release(releasever) that Debian's packages
+# install outside the rpmdb. Everything else is real: the role's yum_repository with gpgcheck
+# and repo_gpgcheck, the repository over HTTP, dnf verifying repomd.xml's signature and the
+# package's, importing the key into the rpmdb, resolving and installing by name, the RPM
+# scriptlets under systemd, versionlock, the upgrade, and idempotence.
+DNF_ROLE_PLAYBOOK = """\
+- name: Install bao-kms-provider from the repository on a dnf host
+  hosts: all
+  gather_facts: true
+  gather_subset: [min]
+  pre_tasks:
+    - name: Treat this Debian container as a dnf host (what setup reports on RHEL)
+      ansible.builtin.set_fact:
+        pkg_mgr: dnf
+        cacheable: true
+  roles:
+    - bao_kms_provider
+"""
+
+
+@pytest.fixture(scope="module")
+def dnf_host(request, dnf_rootfs, _nspawn_stale_cleanup):
+    yield from module_container(request, dnf_rootfs)
+
+
+def base_system_rpm(package: Path, workdir: Path) -> Path:
+    """A provides-only RPM for what `package` requires from the base system (see above)."""
+    def q(*args: str) -> list[str]:
+        return subprocess.run(["rpm", "-qp", *args, str(package)], capture_output=True, text=True,
+                              check=True).stdout.splitlines()
+    own = {line.split()[0] for line in q("--provides")}
+    provides = ["python3-dnf-plugin-versionlock", "system-release(releasever) = 9"]
+    requires = q("--requires")
+    glibc = [tuple(int(x) for x in m.group(1).split(".")) for r in requires
+             if (m := re.match(r"libc\.so\.6\(GLIBC_([0-9.]+)\)", r))]
+    # The stand-in must not provide what RHEL 9 lacks: its glibc is 2.34.
+    assert glibc and max(glibc) <= (2, 34), f"the binary needs glibc {max(glibc)}; RHEL 9 has 2.34"
+    for req in requires:
+        name, *ver = req.split()
+        if name.startswith("rpmlib(") or name in own:
+            continue
+        provides.append(f"{name} = {ver[1]}" if len(ver) == 2 and ver[0] in ("=", ">=") else name)
+    spec = workdir / "base-system.spec"
+    spec.write_text("Name: test-base-system\nVersion: 9\nRelease: 1\nSummary: base system stand-in\n"
+                    "License: MIT\nBuildArch: noarch\n" + "".join(f"Provides: {p}\n" for p in provides)
+                    + "%description\nWhat the base system provides on a RHEL 9 host.\n%files\n")
+    subprocess.run(["rpmbuild", "-bb", "--quiet", "--define", f"_topdir {workdir / 'rpmbuild'}",
+                    "--define", f"_rpmdir {workdir}", "--define",
+                    "_build_name_fmt %{NAME}.rpm", str(spec)], check=True, capture_output=True)
+    return workdir / "test-base-system.rpm"
+
+
+def rpm_version(c) -> str:
+    return c.run(["rpm", "-q", "--qf", "%{VERSION}-%{RELEASE}", PACKAGE], check=False).stdout
+
+
+def test_ansible_role_dnf_path_installs_verifies_locks_and_upgrades(dnf_host, repo, served, openbao,
+                                                                  built_packages, keys, tmp_path):
+    c = dnf_host
+    add_version_2(repo, built_packages, keys)  # both versions published; the role pins one
+    only_our_sources(c)
+    base = base_system_rpm(repo / "rpm" / f"{PACKAGE}-0.1.0-1.x86_64.rpm", tmp_path)
+    c.copy_in(base, "/root/")
+    c.run(["rpm", "-i", "/root/test-base-system.rpm"])
+    c.run(["install", "-d", "-m", "0755", "/etc/yum.repos.d", "/etc/pki/rpm-gpg"])
+    assert c.run(["rpm", "-qa", "gpg-pubkey*"]).stdout.strip() == "", "no key trusted before the role"
+    playbook = tmp_path / "dnf-role.yml"
+    playbook.write_text(DNF_ROLE_PLAYBOOK)
+    host = {
+        "ansible_connection": "nsenter", "ansible_nsenter_pid": c.pid,
+        "ansible_python_interpreter": "/usr/bin/python3",
+        "bao_kms_provider_repo_url": f"{served[1]}/good/",
+        "bao_kms_provider_repo_key": (repo / "bao-kms-provider.asc").read_text(),
+        "bao_kms_provider_version": "0.1.0-1",
+        "bao_kms_provider_openbao_address": openbao.addr,
+        "bao_kms_provider_openbao_instance_id": "openbao-test",
+        "bao_kms_provider_jwt": openbao.mint_jwt(),
+        "bao_kms_provider_cluster_id": "test-cluster",
+        "bao_kms_provider_transit_mount_id": "transit-test",
+        "bao_kms_provider_key_lineage_id": "lineage-1",
+        "bao_kms_provider_metrics_address": f"127.0.0.1:{free_port()}",
+        "bao_kms_provider_health_address": f"127.0.0.1:{free_port()}",
+    }
+    inventory = {"all": {"hosts": {"cp1": host}}}
+
+    first = run_playbook(str(playbook), inventory).assert_ok()
+    assert first.changed("cp1") > 0
+    assert rpm_version(c) == "0.1.0-1", first.output
+    repo_file = c.read_file("/etc/yum.repos.d/bao-kms-provider.repo")
+    for line in (f"baseurl = {served[1]}/good/rpm", "gpgcheck = 1", "repo_gpgcheck = 1",
+                 "gpgkey = file:///etc/pki/rpm-gpg/RPM-GPG-KEY-bao-kms-provider"):
+        assert line in repo_file, repo_file
+    # dnf imported the repository key into the rpmdb (gpgcheck) and the package verifies with it.
+    fpr = keys[0].fingerprint.lower()
+    assert c.run(["rpm", "-q", f"gpg-pubkey-{fpr[-8:]}"], check=False).returncode == 0, \
+        c.run(["rpm", "-qa", "gpg-pubkey*"]).stdout
+    info = [line for line in c.run(["rpm", "-qi", PACKAGE]).stdout.splitlines()
+            if line.startswith("Signature")]
+    assert info and "SHA256" in info[0] and fpr[-16:] in info[0].lower(), info
+    lock = c.read_file("/etc/dnf/plugins/versionlock.list")
+    assert f"{PACKAGE}-0:0.1.0-1.*" in lock.splitlines(), lock
+    probe(c)  # the role configured and started it
+
+    # The lock holds: a plain `dnf upgrade` leaves the pinned version although 0.1.0-2 is there.
+    r = c.run(["dnf", "-y", "upgrade", PACKAGE], check=False, timeout=300)
+    assert rpm_version(c) == "0.1.0-1", r.stdout + r.stderr
+    r = c.run(["dnf", "-q", "--disableplugin=versionlock", "list", "--available", PACKAGE], timeout=300)
+    assert "0.1.0-2" in r.stdout, r.stdout
+
+    second = run_playbook(str(playbook), inventory).assert_ok()
+    assert second.changed("cp1") == 0, second.output
+
+    service_id = show(c, SERVICE, "InvocationID")
+    host["bao_kms_provider_version"] = "0.1.0-2"
+    third = run_playbook(str(playbook), inventory).assert_ok()
+    assert third.changed("cp1") > 0
+    assert rpm_version(c) == "0.1.0-2", third.output
+    lock = c.read_file("/etc/dnf/plugins/versionlock.list")
+    assert [line for line in lock.splitlines() if PACKAGE in line] == [f"{PACKAGE}-0:0.1.0-2.*"], lock
     assert show(c, SERVICE, "InvocationID") != service_id
     probe(c, wait="0s")
 
