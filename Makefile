@@ -78,7 +78,11 @@ MAN_DATE := $(shell git log -1 --format=%cs 2>/dev/null)
 # Reproducible packages: every timestamp is the commit's, paths of this checkout, the target dir
 # and the cargo registry are remapped out of the binary, and cargo-auditable embeds the
 # dependency tree (section .dep-v0) for distro scanners.
-SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null)
+# Evaluated once per make run (a recursive `?=` would re-run git for every recipe, and a commit
+# made while a build runs would give the .deb and the .rpm different timestamps).
+ifeq ($(origin SOURCE_DATE_EPOCH),undefined)
+SOURCE_DATE_EPOCH := $(shell git log -1 --format=%ct 2>/dev/null)
+endif
 PKG_CARGO_HOME := $(or $(CARGO_HOME),$(HOME)/.cargo)
 RELEASE_RUSTFLAGS := $(RUSTFLAGS) --remap-path-prefix=$(CURDIR)=/usr/src/bao-kms-provider \
 	--remap-path-prefix=$(TARGET_DIR)=/usr/src/bao-kms-provider/target \

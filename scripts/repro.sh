@@ -10,7 +10,12 @@ root="$(dirname "$here")"
 export BUILD_DIR="${BUILD_DIR:-$root/build}"
 unset CARGO_TARGET_DIR
 work="$(mktemp -d "${TMPDIR:-/tmp}/bao-repro.XXXXXX")"
-trap 'rm -rf "$work"' EXIT
+# REPRO_KEEP=1 keeps both clones and their packages for a look at what differs.
+if [ "${REPRO_KEEP:-0}" = 1 ]; then
+  echo "repro: keeping $work" >&2
+else
+  trap 'rm -rf "$work"' EXIT
+fi
 
 payload_digests() { # DIR: one line per package: name and payload digest
   local deb rpm member

@@ -9,7 +9,9 @@ HTTP on the host's loopback, which the container shares), `apt-get update` verif
 upgrade`, an upgrade to the newer version from the same repository keeps the config and loses no
 KMS call, and a repository signed by another key is refused. Last, the Ansible role sets the
 repository up on a fresh host, installs and holds the pinned version, changes nothing on a second
-run and upgrades when the version is changed.
+run and upgrades when the version is changed. The role's dnf path runs the same way on a Debian
+container with Debian's dnf, rpm and versionlock plugin, a provides-only RPM standing in for the
+base system that Debian's rpmdb lacks (see the dnf section below and docs/repositories.md).
 
 The apt tests share one container and run in file order, like an operator's host.
 """
