@@ -18,7 +18,7 @@ fn chmod(path: &Path, mode: u32) {
 
 /// A config with its state directory and credential file, all with safe modes to begin with.
 struct Files {
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
     config: PathBuf,
     state: PathBuf,
     secret: PathBuf,
@@ -49,7 +49,7 @@ impl Files {
         std::fs::write(&config, text).expect("config");
         chmod(&config, 0o600);
         Files {
-            dir,
+            _dir: dir,
             config,
             state,
             secret,
@@ -90,7 +90,7 @@ fn refused(f: &Files, path: &Path, mode: &str, says: &[&str]) {
 
 #[test]
 fn check_config_refuses_each_unsafe_file_naming_it_its_mode_and_the_fix() {
-    let f = Files::new("identity.jwt", |p| jwt_auth(p));
+    let f = Files::new("identity.jwt", jwt_auth);
     let (code, stdout, stderr) = f.check_config();
     assert_eq!(code, Some(0), "safe modes pass: {stderr}");
     assert!(stdout.contains("valid"), "{stdout}");
@@ -188,7 +188,6 @@ fn check_config_refuses_a_world_readable_client_key_or_token_file() {
         "0604",
         &["token file", "readable by every user"],
     );
-    drop((cert.dir, token.dir));
 }
 
 /// The `UNSAFE PERMISSIONS` log line that names `path` with `mode`; panics if none does.
