@@ -49,6 +49,7 @@ KUBECTL_STANDIN = r"""#!/bin/bash
 # Stand-in for kubectl (there is no kube-apiserver in this test): the kubeadm-config ConfigMap in a file.
 echo "$*" >> /var/tmp/kubectl-standin.log
 case "$*" in
+  "version --client --output json") echo '{"clientVersion": {"major": "1", "minor": "34", "gitVersion": "v1.34.3"}}' ;;
   *"get configmap kubeadm-config --output json"*) cat /var/tmp/kubeadm-config.json ;;
   *"replace --filename -"*) cat > /var/tmp/kubeadm-config.json.new && mv /var/tmp/kubeadm-config.json.new /var/tmp/kubeadm-config.json
     echo "configmap/kubeadm-config replaced" ;;
@@ -242,6 +243,12 @@ def rollout(request, tmp_path_factory):
             "touched": container.run("ls /etc/kubernetes/encryption /etc/openbao-kms 2>/dev/null", check=False).stdout,
         }
         container.copy_in(ORIGINAL_MANIFEST, MANIFEST, mode=0o600)
+        # The container has no kubectl: the first play stops before anything is installed.
+        ro.play("no-kubectl", "playbooks/site.yml", extra_vars={"kube_apiserver_kms_kubectl": "kubectl"})
+        ro.no_kubectl_state = {
+            "installed": container.run(["dpkg-query", "-W", "-f=${Status}", "bao-kms-provider"], check=False).stdout,
+            "touched": container.run("ls /etc/kubernetes/encryption /etc/openbao-kms 2>/dev/null", check=False).stdout,
+        }
         ro.play("site-1", "playbooks/site.yml", diff=True).assert_ok()
         ro.kubeadm_config_after_site = json.loads(ro.read("/var/tmp/kubeadm-config.json"))
         ro.play("site-2", "playbooks/site.yml").assert_ok()
@@ -325,6 +332,15 @@ def test_existing_encryption_is_refused_before_anything_is_installed(rollout):
     state = rollout.existing_refused_state
     assert EXISTING_ENCRYPTION in state["manifest"] and "ok installed" not in state["installed"]
     assert state["touched"] == ""
+
+
+def test_a_host_without_kubectl_is_refused_before_anything_is_installed_naming_what_to_install(rollout):
+    run = rollout.runs["no-kubectl"]
+    assert run.rc != 0 and "kubectl (kubectl) does not run on cp1" in run.output, run.output
+    assert "the kubectl package of your cluster's minor version from pkgs.k8s.io" in run.output, run.output
+    assert "Nothing was installed or changed" in run.output
+    assert "PLAY [Install bao-kms-provider" not in run.output, run.output
+    assert "ok installed" not in rollout.no_kubectl_state["installed"] and rollout.no_kubectl_state["touched"] == ""
 
 
 def test_site_playbook_lets_the_api_server_read_through_the_provider_before_writing_through_it(rollout):

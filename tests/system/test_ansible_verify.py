@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import ssl
 import subprocess
@@ -27,12 +28,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ansible_helpers import ANSIBLE_DIR, REPO_ROOT, VENV_BIN, kubeadm_testdata, run_playbook
+from ansible_helpers import ANSIBLE_DIR, BUILD_DIR, REPO_ROOT, VENV_BIN, kubeadm_testdata, run_playbook
 from kube_fakes import Etcd, FakeApiServer, kubeconfig, make_pki
 
 ROLE = ANSIBLE_DIR / "roles" / "kube_apiserver_kms"
 KUBEADM = (kubeadm_testdata() / "kubeadm" / "kube-apiserver.yaml").read_text()
-KUBECTL = shutil.which("kubectl")
+KUBECTL = os.environ.get("BAO_TEST_KUBECTL") or shutil.which("kubectl")
+# Debian's kubernetes-client (kubectl 1.20), unpacked by scripts/tools.sh: the oldest kubectl a
+# control-plane host may bring, and what `make tools` installs on a machine without kubectl.
+DEBIAN_KUBECTL = BUILD_DIR / "tools" / "kubernetes-client" / "kubectl"
 
 
 def local_inventory(hosts: dict[str, dict]) -> dict:
@@ -122,6 +126,35 @@ def test_verify_fails_when_etcd_shows_another_provider_than_the_stage_expects(ho
     ok = run_playbook(playbook(host["work"], "verify.yml"), local_inventory({"cp1": {}}),
                       verify_vars(host, "read", "aescbc"))
     ok.assert_ok()
+
+
+def test_the_checks_work_with_debians_kubectl_1_20(host):
+    """Create (no canary yet) and replace (a second run) through the advertise address with kubectl 1.20."""
+    assert DEBIAN_KUBECTL.exists(), f"{DEBIAN_KUBECTL} is missing: run `make tools` (scripts/tools.sh)"
+    api = host["api"]
+    api.prefix = b""
+    api.objects.pop("kube-system/bao-kms-provider-canary", None)
+    for _ in range(2):
+        run = run_playbook(playbook(host["work"], "verify.yml"), local_inventory({"cp1": {}}),
+                           {**verify_vars(host, "read", "identity"), "kube_apiserver_kms_kubectl": str(DEBIAN_KUBECTL)})
+        run.assert_ok()
+        assert "stored by identity" in run.output, run.output
+
+
+def test_a_missing_kubectl_is_refused_with_what_to_install(tmp_path):
+    missing = run_playbook(playbook(tmp_path, "kubectl.yml"), local_inventory({"cp1": {}}),
+                           {"kube_apiserver_kms_kubectl": str(tmp_path / "kubectl")})
+    assert missing.rc != 0 and f"kubectl ({tmp_path / 'kubectl'}) does not run on cp1" in missing.output, missing.output
+    assert "pkgs.k8s.io" in missing.output and "set kube_apiserver_kms_kubectl to its path" in missing.output
+    # Something else under that name (a broken wrapper): refused as well.
+    (tmp_path / "kubectl").write_text("#!/bin/sh\necho 'kubectl: cannot load config' >&2\nexit 1\n")
+    (tmp_path / "kubectl").chmod(0o755)
+    broken = run_playbook(playbook(tmp_path, "kubectl.yml"), local_inventory({"cp1": {}}),
+                          {"kube_apiserver_kms_kubectl": str(tmp_path / "kubectl")})
+    assert broken.rc != 0 and "cannot load config" in broken.output, broken.output
+    for kubectl in (KUBECTL, str(DEBIAN_KUBECTL)):
+        run_playbook(playbook(tmp_path, "kubectl.yml"), local_inventory({"cp1": {}}),
+                     {"kube_apiserver_kms_kubectl": kubectl}).assert_ok()
 
 
 def test_write_pass_refuses_while_one_of_two_hosts_has_not_done_the_read_pass(tmp_path):
