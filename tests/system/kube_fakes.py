@@ -133,6 +133,8 @@ class FakeApiServer:
 
     def __init__(self, pki: Path | None, etcd: Etcd | None, host: str = "127.0.0.2", prefix: bytes = b""):
         self.etcd, self.prefix = etcd, prefix
+        # When set: (etcd key, object bytes) -> stored value, e.g. EnvelopeWriter.encode (real KMS v2).
+        self.encode = None
         self.stores: dict[str, dict[str, dict]] = {r: {} for r in SERVED}   # resource -> "ns/name" -> object
         self.objects = self.stores["secrets"]   # "ns/name" -> Secret
         self.discovery_calls = 0
@@ -228,7 +230,8 @@ class FakeApiServer:
 
     def _store(self, resource: str, key: str) -> None:
         if self.etcd is not None:
-            self.etcd.put(self.etcd_key(resource, key), self.prefix + json.dumps(self.stores[resource][key]).encode())
+            path, data = self.etcd_key(resource, key), json.dumps(self.stores[resource][key]).encode()
+            self.etcd.put(path, self.encode(path, data) if self.encode else self.prefix + data)
 
     @staticmethod
     def _status(code: int, reason: str, message: str) -> tuple[int, dict]:
@@ -327,6 +330,57 @@ class FakeApiServer:
             self.replaces[ckey] = self.replaces.get(ckey, 0) + 1
             self._store(rid, key)
             return 200, obj
+
+
+class EnvelopeWriter:
+    """What kube-apiserver 1.29+ stores through a KMS v2 provider, against the real provider's socket:
+    a 32-byte seed encrypted once by the provider (Encrypt), per write a random HKDF info and nonce,
+    DEK = HKDF-Expand(SHA-256, seed, info), AES-256-GCM with the etcd key as additional data, the
+    EncryptedObject protobuf behind `k8s:enc:kms:v2:<provider>:`. `tamper` flips a ciphertext bit
+    (a value that cannot decrypt)."""
+
+    def __init__(self, socket_path: str, provider_name: str, workdir: Path):
+        from grpc_tools import protoc  # noqa: PLC0415
+        import grpc  # noqa: PLC0415
+        import importlib  # noqa: PLC0415
+        import sys  # noqa: PLC0415
+
+        proto = Path(__file__).resolve().parents[2] / "proto"
+        out = workdir / "stubs"
+        out.mkdir(parents=True, exist_ok=True)
+        rc = protoc.main(["protoc", f"-I{proto}", f"--python_out={out}", f"--grpc_python_out={out}",
+                          str(proto / "api.proto"), str(proto / "encrypted_object.proto")])
+        assert rc == 0, f"protoc failed with {rc}"
+        sys.path.insert(0, str(out))
+        self.api_pb2 = importlib.import_module("api_pb2")
+        self.eo_pb2 = importlib.import_module("encrypted_object_pb2")
+        api_grpc = importlib.import_module("api_pb2_grpc")
+        channel = grpc.insecure_channel(f"unix://{socket_path}", options=[("grpc.default_authority", "localhost")])
+        self.stub = api_grpc.KeyManagementServiceStub(channel)
+        self.prefix = f"k8s:enc:kms:v2:{provider_name}:".encode()
+        self.tamper = False
+        self._seed = self._encrypted = None
+
+    def encode(self, etcd_key: str, data: bytes) -> bytes:
+        import os  # noqa: PLC0415
+        from cryptography.hazmat.primitives import hashes  # noqa: PLC0415
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: PLC0415
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand  # noqa: PLC0415
+
+        if self._seed is None:
+            self._seed = os.urandom(32)
+            self._encrypted = self.stub.Encrypt(self.api_pb2.EncryptRequest(plaintext=self._seed, uid="fake-apiserver"),
+                                                timeout=3, wait_for_ready=True)
+        info, nonce = os.urandom(32), os.urandom(12)
+        dek = HKDFExpand(hashes.SHA256(), 32, info).derive(self._seed)
+        sealed = bytearray(info + nonce + AESGCM(dek).encrypt(nonce, data, etcd_key.encode()))
+        if self.tamper:
+            sealed[-20] ^= 1
+        obj = self.eo_pb2.EncryptedObject(
+            encryptedData=bytes(sealed), keyID=self._encrypted.key_id, encryptedDEKSource=self._encrypted.ciphertext,
+            annotations=dict(self._encrypted.annotations),
+            encryptedDEKSourceType=self.eo_pb2.HKDF_SHA256_XNONCE_AES_GCM_SEED)
+        return self.prefix + obj.SerializeToString()
 
 
 class Served:
