@@ -412,7 +412,8 @@ def _group(name: str, *versions: str) -> dict:
 
 # Discovery as kube-apiserver answers it, trimmed to what the migration's expansion must tell apart:
 # subresources, resources that cannot be listed or updated (bindings, componentstatuses, reviews),
-# events.k8s.io (stored as core events), an aggregated API (stored by its own server), a CRD.
+# events.k8s.io (stored as core events), an aggregated API (stored by its own server; its discovery is
+# not served, as when the aggregated server is down), a CRD.
 DISCOVERY = {
     "/api": {"kind": "APIVersions", "versions": ["v1"]},
     "/api/v1": _resources("v1", [
@@ -427,7 +428,6 @@ DISCOVERY = {
     "/apis/events.k8s.io/v1": _resources("events.k8s.io/v1", [("events", True, FULL)]),
     "/apis/authentication.k8s.io/v1": _resources("authentication.k8s.io/v1", [("tokenreviews", False, ["create"])]),
     "/apis/stable.example.com/v1": _resources("stable.example.com/v1", [("crontabs", True, FULL)]),
-    "/apis/wardle.example.com/v1alpha1": _resources("wardle.example.com/v1alpha1", [("flunders", True, FULL)]),
     "/apis/apiextensions.k8s.io/v1/customresourcedefinitions": {"kind": "CustomResourceDefinitionList", "items": [
         {"metadata": {"name": "crontabs.stable.example.com"},
          "spec": {"group": "stable.example.com", "names": {"plural": "crontabs", "kind": "CronTab"}}}]},
