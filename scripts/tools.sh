@@ -68,13 +68,12 @@ install_old_kubectl() {
   [[ -x "$dest/kubectl" ]] && return
   log "apt-get download kubernetes-client (unpacked into $dest)"
   tmp=$(mktemp -d)
-  # shellcheck disable=SC2064
-  trap "rm -rf '$tmp'" RETURN
   (cd "$tmp" && { apt-get download -q kubernetes-client >/dev/null 2>&1 \
     || { apt-get update -qq && apt-get download -q kubernetes-client >/dev/null; }; })
   dpkg-deb -x "$tmp"/kubernetes-client_*.deb "$tmp/x"
   mkdir -p "$dest"
   install -m 0755 "$tmp/x/usr/bin/kubectl" "$dest/kubectl"
+  rm -rf "$tmp"
 }
 
 case "$what" in
