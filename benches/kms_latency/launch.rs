@@ -59,7 +59,8 @@ impl BenchProvider {
             .stderr(Stdio::piped())
             .output()
             .is_ok_and(|o| {
-                o.status.success() || !String::from_utf8_lossy(&o.stderr).contains("max_connections")
+                o.status.success()
+                    || !String::from_utf8_lossy(&o.stderr).contains("max_connections")
             });
         if !known {
             let plain = config_text(bao, dir.path(), metrics_port, health_port, "");

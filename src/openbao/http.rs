@@ -1,13 +1,13 @@
 //! One place that sends requests to OpenBao: node choice and failover, redirects, the call's
 //! budget, retries, the connection cap, size caps, error classification and metrics.
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use reqwest::{Method, StatusCode, Url};
 use reqwest::header::HeaderValue;
+use reqwest::{Method, StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
