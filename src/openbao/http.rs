@@ -40,6 +40,7 @@ impl JsonBody {
         reqwest::Body::from(self.0.clone())
     }
 }
+
 /// An OpenBao token as the `X-Vault-Token` header it is sent in, built once per login: the
 /// header's bytes are the only copy of the token in the provider, in a buffer wiped when the
 /// last clone (the token, or a request still in flight) is dropped. Cloning shares that buffer.

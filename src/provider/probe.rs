@@ -120,24 +120,7 @@ impl Provider {
             Some(ttl) => metrics::token_ttl(ttl),
             None => metrics::token_never_expires(),
         }
-        // A deep probe that will be due anyway starts now, on the active version this host
-        // already serves (from its key registry), alongside the metadata read: one OpenBao
-        // round trip less before READY=1 on a restart. It counts only if the read confirms
-        // that version is still the active one; otherwise the deep probe runs again below.
-        let early = if deep_due || self.snapshot().deep_ok_at.is_none() {
-            self.snapshot().active.clone()
-        } else {
-            None
-        };
-        let (meta, early_deep) = match &early {
-            Some((version, key_id)) => {
-                let (meta, deep) =
-                    tokio::join!(self.client.read_key(), self.deep_probe(*version, key_id));
-                (meta, Some(deep))
-            }
-            None => (self.client.read_key().await, None),
-        };
-        let meta = meta.map_err(|e| match e.class() {
+        let meta = self.client.read_key().await.map_err(|e| match e.class() {
             // A refused or impossible login is the reason, whatever request met it.
             "auth" | "local_setup" => ProbeError::Login(e),
             _ => ProbeError::ReadKey(e),
@@ -197,10 +180,7 @@ impl Provider {
         let mut deep_ok = None;
         let did_deep = deep_due || changed_active || self.snapshot().deep_ok_at.is_none();
         if did_deep {
-            match (early, early_deep) {
-                (Some(early), Some(result)) if early == active => result?,
-                _ => self.deep_probe(active.0, &active.1).await?,
-            }
+            self.deep_probe(active.0, &active.1).await?;
             deep_ok = Some(Instant::now());
         }
         let known = known_keys(&registry);
