@@ -53,7 +53,7 @@ fuzz: tools
 	scripts/fuzz.sh $(FUZZ_SECONDS)
 
 fuzz-smoke: tools
-	FUZZ_BUILD_FLAGS="--dev -s none" scripts/fuzz.sh 10
+	FUZZ_BUILD_FLAGS="--dev -s none" FUZZ_KEEP_CORPUS=0 scripts/fuzz.sh 10
 
 demo: tools-openbao build
 	scripts/demo.sh

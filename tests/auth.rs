@@ -47,15 +47,8 @@ async fn token_is_renewed_before_expiry_and_replaced_at_max_ttl() {
 #[tokio::test]
 async fn revoked_token_triggers_one_relogin_that_rereads_the_jwt_file() {
     let bao = Bao::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    bao.mint_jwt(dir.path());
-    let jwt = dir.path().join("identity.jwt");
-    let mut o = ProviderOptions::new(&bao);
-    o.auth = format!(
-        "[auth]\nmethod = \"jwt\"\n[auth.jwt]\njwt_file = \"{}\"\n",
-        jwt.display()
-    );
-    let p = Provider::start(&o).await;
+    let jwt = bao.own_jwt();
+    let p = Provider::start(&ProviderOptions::with(&bao.addr, &jwt.path)).await;
 
     bao.revoke_all_tokens().await;
     assert!(
@@ -66,7 +59,7 @@ async fn revoked_token_triggers_one_relogin_that_rereads_the_jwt_file() {
     assert!(p.logs().contains("403 from OpenBao; logging in again"));
 
     // A broken JWT on disk: the next re-login reads it and fails...
-    std::fs::write(&jwt, "not-a-jwt\n").expect("write");
+    std::fs::write(&jwt.path, "not-a-jwt\n").expect("write");
     bao.revoke_all_tokens().await;
     assert!(
         !encrypt_works(&p).await,
@@ -75,7 +68,7 @@ async fn revoked_token_triggers_one_relogin_that_rereads_the_jwt_file() {
     p.wait_status("healthz not ok after login failure", |s| s.healthz != "ok")
         .await;
     // ...and a freshly minted JWT replaced on disk is picked up without a restart.
-    bao.mint_jwt(dir.path());
+    bao.mint_jwt(jwt.dir.path());
     p.wait_healthy().await;
     assert!(encrypt_works(&p).await, "{}", p.logs());
     assert!(!p.logs().contains("not-a-jwt"), "JWT content never logged");
@@ -85,17 +78,9 @@ async fn revoked_token_triggers_one_relogin_that_rereads_the_jwt_file() {
 async fn cert_login_over_mtls_with_server_name_override() {
     let bao = Bao::start_tls().await;
     let (cert, key) = bao.setup_cert_auth();
-    let mut o = ProviderOptions::new(&bao);
-    o.auth = format!(
-        "[auth]\nmethod = \"cert\"\n[auth.cert]\nname = \"bao-kms-provider\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
-        cert.display(),
-        key.display()
-    );
+    let mut o = ProviderOptions::with_auth(&bao.addr, cert_file_auth(&cert, &key));
     // The address uses the IP; verify the certificate against the name "localhost" instead.
-    o.openbao_extra = format!(
-        "ca_file = \"{}\"\ntls_server_name = \"localhost\"\n",
-        bao.ca_file().display()
-    );
+    o.openbao_extra = ca_file_line(&bao.ca_file()) + "tls_server_name = \"localhost\"\n";
     let p = Provider::start(&o).await;
     assert!(encrypt_works(&p).await);
     assert!(p.logs().contains("method=\"cert\""), "{}", p.logs());
@@ -105,30 +90,9 @@ async fn cert_login_over_mtls_with_server_name_override() {
 async fn wrong_ca_fails_clearly_and_never_falls_back_to_system_roots() {
     let bao = Bao::start_tls().await;
     let other = tempfile::tempdir().expect("tempdir");
-    let ca = other.path().join("other-ca.pem");
-    let status = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=other",
-        ])
-        .arg("-keyout")
-        .arg(other.path().join("k.pem"))
-        .arg("-out")
-        .arg(&ca)
-        .output()
-        .expect("openssl");
-    assert!(status.status.success());
+    let (_, ca) = self_signed_ca(other.path(), "other-ca", "other");
     let mut o = ProviderOptions::new(&bao);
-    o.openbao_extra = format!("ca_file = \"{}\"\n", ca.display());
+    o.openbao_extra = ca_file_line(&ca);
     let p = Provider::spawn(&o);
     p.wait_status("healthz names the TLS failure", |s| {
         s.healthz.contains("OpenBao") && s.healthz != "ok"

@@ -180,32 +180,8 @@ impl SoftHsm {
 
 /// A test CA issues a client certificate for `pubkey`; the CA key is deleted right after.
 fn issue_client_cert(dir: &Path, pubkey: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let (ca_key, ca, cert) = (
-        dir.join("client-ca.key"),
-        dir.join("client-ca.pem"),
-        dir.join(format!("{name}.pem")),
-    );
-    run(
-        Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=bao-kms-provider pkcs11 test CA",
-                "-keyout",
-            ])
-            .arg(&ca_key)
-            .arg("-out")
-            .arg(&ca),
-        "openssl req (CA)",
-    );
+    let (ca_key, ca) = self_signed_ca(dir, "client-ca", "bao-kms-provider pkcs11 test CA");
+    let cert = dir.join(format!("{name}.pem"));
     let ext = dir.join("client.ext");
     std::fs::write(&ext, "extendedKeyUsage=clientAuth\n").expect("ext");
     run(
@@ -255,28 +231,7 @@ impl TlsBao {
     async fn start(client_ca: &Path) -> TlsBao {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
-        let server_ca_key = d.join("server-ca.key");
-        run(
-            Command::new("openssl")
-                .args([
-                    "req",
-                    "-x509",
-                    "-newkey",
-                    "ec",
-                    "-pkeyopt",
-                    "ec_paramgen_curve:P-256",
-                    "-nodes",
-                    "-days",
-                    "1",
-                    "-subj",
-                    "/CN=test server CA",
-                    "-keyout",
-                ])
-                .arg(&server_ca_key)
-                .arg("-out")
-                .arg(d.join("server-ca.pem")),
-            "openssl req (server CA)",
-        );
+        let (server_ca_key, server_ca) = self_signed_ca(d, "server-ca", "test server CA");
         run(
             Command::new("openssl")
                 .args([
@@ -305,7 +260,7 @@ impl TlsBao {
                 .args(["x509", "-req", "-days", "1", "-in"])
                 .arg(d.join("server.csr"))
                 .arg("-CA")
-                .arg(d.join("server-ca.pem"))
+                .arg(&server_ca)
                 .arg("-CAkey")
                 .arg(&server_ca_key)
                 .arg("-CAcreateserial")
@@ -435,28 +390,22 @@ fn identity(token: &str, key_type: &str) -> Identity {
 
 impl Identity {
     fn auth(&self, key_line: &str) -> String {
-        format!(
-            "[auth]\nmethod = \"cert\"\n[auth.cert]\nname = \"bao-kms-provider\"\nkey_source = \"pkcs11\"\n\
-             cert_file = \"{}\"\nmodule_path = \"{MODULE}\"\ntoken_label = \"{}\"\n{key_line}\npin_file = \"{}\"\n",
-            self.cert.display(),
-            self.token,
-            self.pin_file.display()
+        cert_auth(
+            &self.cert,
+            &format!(
+                "key_source = \"pkcs11\"\nmodule_path = \"{MODULE}\"\ntoken_label = \"{}\"\n{key_line}\npin_file = \"{}\"\n",
+                self.token,
+                self.pin_file.display()
+            ),
         )
     }
 
     fn options(&self, address: &str, server_ca: &Path) -> ProviderOptions {
-        ProviderOptions {
-            address: address.to_owned(),
-            server_extra: String::new(),
-            status_extra: String::new(),
-            openbao_extra: format!("ca_file = \"{}\"\n", server_ca.display()),
-            cluster_id: "test-cluster".into(),
-            auth: self.auth(&format!("key_label = \"{}\"", self.key_label)),
-            rotation: "[rotation]\nstable_observations = 1\nactivation_delay = \"0s\"\n".into(),
-            state_dir: None,
-            extra: String::new(),
-            env: softhsm().env(),
-        }
+        let auth = self.auth(&format!("key_label = \"{}\"", self.key_label));
+        let mut o = ProviderOptions::with_auth(address, auth);
+        o.openbao_extra = ca_file_line(server_ca);
+        o.env = softhsm().env();
+        o
     }
 
     /// No private key as a file beside the provider's credentials.

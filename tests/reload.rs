@@ -3,7 +3,6 @@
 //! an unreachable new address leave the running client working; the log says the reload failed.
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bao_kms_provider::pb;
@@ -47,7 +46,7 @@ async fn a_broken_or_foreign_ca_is_refused_and_the_old_client_keeps_working() {
     let ca = dir.path().join("ca.pem");
     std::fs::copy(bao.ca_file(), &ca).expect("copy CA");
     let mut o = ProviderOptions::new(&bao);
-    o.openbao_extra = format!("ca_file = \"{}\"\n", ca.display());
+    o.openbao_extra = ca_file_line(&ca);
     let p = Provider::start(&o).await;
     assert!(encrypt_ok(&p).await);
 
@@ -60,29 +59,9 @@ async fn a_broken_or_foreign_ca_is_refused_and_the_old_client_keeps_working() {
         p.logs()
     );
 
-    // A valid CA of another authority: parses, but the login with it fails; nothing is swapped.
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ])
-        .arg("-keyout")
-        .arg(dir.path().join("other.key"))
-        .arg("-out")
-        .arg(&ca)
-        .args(["-subj", "/CN=another authority", "-days", "1"])
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // A valid CA of another authority (written over ca.pem): parses, but the login with it
+    // fails; nothing is swapped.
+    self_signed_ca(dir.path(), "ca", "another authority");
     hup(&p, FAILED).await;
     for _ in 0..10 {
         assert!(

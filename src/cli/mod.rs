@@ -192,13 +192,8 @@ fn check_config(arg: &ConfigArg) -> Result<ExitCode> {
         // A running `serve` only warns about these; a config being rolled out must pass them.
         return Err(e.into());
     }
-    println!("# {}: valid", arg.config.display());
-    println!(
-        "# auth method: {}; socket: {}",
-        settings.auth.method_name(),
-        settings.server.socket_path.display()
-    );
     // The same check `serve` runs; here it is an error, there a warning (docs/security.md).
+    // Before "valid" is printed: a config refused for its files' modes is not valid here.
     let problems = crate::hardening::check_permissions(&settings, &arg.config);
     if !problems.is_empty() {
         for p in &problems {
@@ -206,6 +201,12 @@ fn check_config(arg: &ConfigArg) -> Result<ExitCode> {
         }
         return Ok(ExitCode::from(EXIT_CONFIG));
     }
+    println!("# {}: valid", arg.config.display());
+    println!(
+        "# auth method: {}; socket: {}",
+        settings.auth.method_name(),
+        settings.server.socket_path.display()
+    );
     if let config::AuthSettings::Cert {
         cert_file,
         key: config::ClientKey::Pkcs11(p11),

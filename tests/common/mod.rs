@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod etcd;
 pub mod faults;
+pub mod login;
 
 use std::io::Write;
 use std::net::TcpListener as StdListener;
@@ -17,6 +18,8 @@ use std::time::{Duration, Instant};
 use bao_kms_provider::kms::client::{connect, KmsClient};
 use bao_kms_provider::pb;
 use serde_json::{json, Value};
+
+pub use login::*;
 
 /// reqwest is built without a default crypto provider; tests install ring like the product does.
 pub fn http() -> reqwest::Client {
@@ -538,23 +541,25 @@ impl ProviderOptions {
     pub fn new(bao: &Bao) -> Self {
         let mut o = Self::with(&bao.addr, &bao.jwt_path());
         if bao.addr.starts_with("https") {
-            o.openbao_extra = format!("ca_file = \"{}\"\n", bao.ca_file().display());
+            o.openbao_extra = ca_file_line(&bao.ca_file());
         }
         o
     }
 
     /// JWT auth with `jwt` against `address` (a URL, or a TOML list of URLs).
     pub fn with(address: &str, jwt: &Path) -> Self {
+        Self::with_auth(address, jwt_auth(jwt))
+    }
+
+    /// `auth` (an `[auth]` section, see `login`) against `address`.
+    pub fn with_auth(address: &str, auth: String) -> Self {
         Self {
             address: address.to_owned(),
             server_extra: String::new(),
             status_extra: String::new(),
             openbao_extra: String::new(),
             cluster_id: "test-cluster".into(),
-            auth: format!(
-                "[auth]\nmethod = \"jwt\"\n[auth.jwt]\njwt_file = \"{}\"\n",
-                jwt.display()
-            ),
+            auth,
             rotation: "[rotation]\nstable_observations = 1\nactivation_delay = \"0s\"\n".into(),
             state_dir: None,
             extra: String::new(),

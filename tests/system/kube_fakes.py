@@ -1,8 +1,9 @@
 """Test parts for the rollout's checks and the migration: kubeadm-like PKI (openssl), a real etcd with
 TLS client-certificate auth as kubeadm runs it, and a stand-in kube-apiserver.
 
-The stand-in serves only what the role's checks and the migration call (/readyz, the Secrets API by
-raw path: list with limit/continue, get, create, replace with resourceVersion conflicts), over HTTPS
+The stand-in serves only what the role's checks and the migration call (/readyz, API discovery as
+`kubectl api-resources` reads it, and by raw path for Secrets, ConfigMaps, Events, apps Deployments and
+a custom resource: list with limit/continue, get, create, replace with resourceVersion conflicts), over HTTPS
 with kubeadm's default certificate SANs (no 127.0.0.1), and answers 401 to a request without a
 client certificate (as --anonymous-auth=false). It stores every write in the real etcd under the
 key kube-apiserver uses, with the prefix of the provider it is told is first (a stand-in for the
@@ -132,7 +133,11 @@ class FakeApiServer:
 
     def __init__(self, pki: Path | None, etcd: Etcd | None, host: str = "127.0.0.2", prefix: bytes = b""):
         self.etcd, self.prefix = etcd, prefix
-        self.objects: dict[str, dict] = {}   # "ns/name" -> Secret
+        # When set: (etcd key, object bytes) -> stored value, e.g. EnvelopeWriter.encode (real KMS v2).
+        self.encode = None
+        self.stores: dict[str, dict[str, dict]] = {r: {} for r in SERVED}   # resource -> "ns/name" -> object
+        self.objects = self.stores["secrets"]   # "ns/name" -> Secret
+        self.discovery_calls = 0
         self.rv = 100
         self.conflict_once: set[str] = set()
         self.fail_after: int | None = None
@@ -205,74 +210,113 @@ class FakeApiServer:
         self.server.server_close()
 
     # -- storage
-    def add(self, ns: str, name: str, data: dict[str, str] | None = None) -> None:
+    def add(self, ns: str, name: str, data: dict[str, str] | None = None, resource: str = "secrets") -> None:
+        """An object of a served resource ("secrets", "configmaps", "deployments.apps", ...)."""
+        res = SERVED[resource]
         with self.lock:
             self.rv += 1
-            self.objects[f"{ns}/{name}"] = {"apiVersion": "v1", "kind": "Secret",
-                                            "metadata": {"name": name, "namespace": ns, "resourceVersion": str(self.rv)},
-                                            "data": data or {"k": base64.b64encode(name.encode()).decode()}}
-            self._store(f"{ns}/{name}")
+            obj = {"apiVersion": res.group_version, "kind": res.kind,
+                   "metadata": {"name": name, "namespace": ns, "resourceVersion": str(self.rv)}}
+            if resource in ("secrets", "configmaps"):
+                obj["data"] = data or {"k": base64.b64encode(name.encode()).decode()}
+            else:
+                obj["spec"] = data or {"replicas": 1}
+            self.stores[resource][f"{ns}/{name}"] = obj
+            self._store(resource, f"{ns}/{name}")
 
-    def _store(self, key: str) -> None:
+    def etcd_key(self, resource: str, key: str) -> str:
+        res = SERVED[resource]
+        return f"/registry/{res.group}/{res.name}/{key}" if res.custom else f"/registry/{res.name}/{key}"
+
+    def _store(self, resource: str, key: str) -> None:
         if self.etcd is not None:
-            self.etcd.put(f"/registry/secrets/{key}", self.prefix + json.dumps(self.objects[key]).encode())
+            path, data = self.etcd_key(resource, key), json.dumps(self.stores[resource][key]).encode()
+            self.etcd.put(path, self.encode(path, data) if self.encode else self.prefix + data)
 
     @staticmethod
     def _status(code: int, reason: str, message: str) -> tuple[int, dict]:
         return code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason,
                       "message": message, "code": code}
 
-    def _key(self, path: str) -> str | None:
-        parts = urllib.parse.urlsplit(path).path.strip("/").split("/")
-        if len(parts) == 6 and parts[:3] == ["api", "v1", "namespaces"] and parts[4] == "secrets":
-            return f"{parts[3]}/{urllib.parse.unquote(parts[5])}"
-        return None
+    @staticmethod
+    def _route(path: str) -> tuple[str | None, str | None, str | None]:
+        """(resource id, namespace, name) of an object or collection path of a served resource."""
+        parts = [urllib.parse.unquote(p) for p in urllib.parse.urlsplit(path).path.strip("/").split("/")]
+        if parts[:2] == ["api", "v1"]:
+            group, rest = "", parts[2:]
+        elif parts[:1] == ["apis"] and len(parts) >= 3:
+            group, rest = parts[1], parts[3:]
+        else:
+            return None, None, None
+        ns = None
+        if len(rest) >= 3 and rest[0] == "namespaces":
+            ns, rest = rest[1], rest[2:]
+        if not rest or len(rest) > 2:
+            return None, None, None
+        rid = rest[0] if not group else f"{rest[0]}.{group}"
+        if rid not in SERVED:
+            return None, None, None
+        return rid, ns, (rest[1] if len(rest) == 2 else None)
 
     def get(self, path: str) -> tuple[int, dict]:
         u = urllib.parse.urlsplit(path)
         if u.path == "/readyz":
             return 200, "[+]ping ok\n[+]etcd ok\n[+]kms-provider-0 ok\nreadyz check passed\n"
-        if u.path == "/api/v1/secrets":
+        if u.path in DISCOVERY:
+            self.discovery_calls += 1
+            return 200, DISCOVERY[u.path]
+        rid, ns, name = self._route(path)
+        if rid is None:
+            return self._status(404, "NotFound", f"the server could not find the requested resource ({u.path})")
+        store = self.stores[rid]
+        if name is None:
             q = urllib.parse.parse_qs(u.query)
             limit = int(q.get("limit", ["500"])[0])
             after = base64.b64decode(q["continue"][0]).decode() if "continue" in q else ""
             with self.lock:
-                keys = sorted(k for k in self.objects if k > after)
+                keys = sorted(k for k in store if k > after and (ns is None or k.startswith(ns + "/")))
                 page = keys[:limit]
-                items = [json.loads(json.dumps(self.objects[k])) for k in page]
+                items = [json.loads(json.dumps(store[k])) for k in page]
             meta = {"resourceVersion": str(self.rv)}
             if len(keys) > limit:
                 meta["continue"] = base64.b64encode(page[-1].encode()).decode()
-            return 200, {"kind": "SecretList", "apiVersion": "v1", "metadata": meta, "items": items}
-        key = self._key(path)
+            return 200, {"kind": SERVED[rid].kind + "List", "apiVersion": SERVED[rid].group_version,
+                         "metadata": meta, "items": items}
+        key = f"{ns}/{name}"
         with self.lock:
-            if key in self.objects:
-                return 200, json.loads(json.dumps(self.objects[key]))
-        return self._status(404, "NotFound", f'secrets "{key}" not found')
+            if key in store:
+                return 200, json.loads(json.dumps(store[key]))
+        return self._status(404, "NotFound", f'{rid} "{key}" not found')
 
     def create(self, path: str, obj: dict) -> tuple[int, dict]:
-        u = urllib.parse.urlsplit(path).path.strip("/").split("/")
-        key = f"{u[3]}/{obj['metadata']['name']}"
+        rid, ns, _ = self._route(path)
+        if rid is None:
+            return self._status(404, "NotFound", "the server could not find the requested resource")
+        key = f"{ns}/{obj['metadata']['name']}"
         with self.lock:
-            if key in self.objects:
-                return self._status(409, "AlreadyExists", f'secrets "{key}" already exists')
+            if key in self.stores[rid]:
+                return self._status(409, "AlreadyExists", f'{rid} "{key}" already exists')
             self.rv += 1
             obj["metadata"]["resourceVersion"] = str(self.rv)
-            self.objects[key] = obj
-            self._store(key)
+            self.stores[rid][key] = obj
+            self._store(rid, key)
             return 201, obj
 
     def replace(self, path: str, obj: dict) -> tuple[int, dict]:
-        key = self._key(path)
+        rid, ns, name = self._route(path)
+        key = f"{ns}/{name}"
+        if rid is None or name is None or key not in self.stores[rid]:
+            return self._status(404, "NotFound", f'"{key}" not found')
+        store = self.stores[rid]
+        # Conflicts and interruptions are keyed "ns/name" for Secrets, "resource:ns/name" otherwise.
+        ckey = key if rid == "secrets" else f"{rid}:{key}"
         with self.lock:
-            if key not in self.objects:
-                return self._status(404, "NotFound", f'secrets "{key}" not found')
             if self.fail_after is not None and sum(self.replaces.values()) >= self.fail_after:
                 return self._status(500, "InternalError", "injected: the API server went away")
-            current = self.objects[key]
-            if key in self.conflict_once:
+            current = store[key]
+            if ckey in self.conflict_once:
                 # Someone else updated it meanwhile: a new resourceVersion, so this replace conflicts.
-                self.conflict_once.discard(key)
+                self.conflict_once.discard(ckey)
                 self.rv += 1
                 current["metadata"]["resourceVersion"] = str(self.rv)
             sent = obj["metadata"].get("resourceVersion")
@@ -282,8 +326,114 @@ class FakeApiServer:
                                                      "to the latest version and try again")
             self.rv += 1
             obj["metadata"]["resourceVersion"] = str(self.rv)
-            self.objects[key] = obj
-            self.replaces[key] = self.replaces.get(key, 0) + 1
-            self._store(key)
+            store[key] = obj
+            self.replaces[ckey] = self.replaces.get(ckey, 0) + 1
+            self._store(rid, key)
             return 200, obj
 
+
+class EnvelopeWriter:
+    """What kube-apiserver 1.29+ stores through a KMS v2 provider, against the real provider's socket:
+    a 32-byte seed encrypted once by the provider (Encrypt), per write a random HKDF info and nonce,
+    DEK = HKDF-Expand(SHA-256, seed, info), AES-256-GCM with the etcd key as additional data, the
+    EncryptedObject protobuf behind `k8s:enc:kms:v2:<provider>:`. `tamper` flips a ciphertext bit
+    (a value that cannot decrypt)."""
+
+    def __init__(self, socket_path: str, provider_name: str, workdir: Path):
+        from grpc_tools import protoc  # noqa: PLC0415
+        import grpc  # noqa: PLC0415
+        import importlib  # noqa: PLC0415
+        import sys  # noqa: PLC0415
+
+        proto = Path(__file__).resolve().parents[2] / "proto"
+        out = workdir / "stubs"
+        out.mkdir(parents=True, exist_ok=True)
+        rc = protoc.main(["protoc", f"-I{proto}", f"--python_out={out}", f"--grpc_python_out={out}",
+                          str(proto / "api.proto"), str(proto / "encrypted_object.proto")])
+        assert rc == 0, f"protoc failed with {rc}"
+        sys.path.insert(0, str(out))
+        self.api_pb2 = importlib.import_module("api_pb2")
+        self.eo_pb2 = importlib.import_module("encrypted_object_pb2")
+        api_grpc = importlib.import_module("api_pb2_grpc")
+        channel = grpc.insecure_channel(f"unix://{socket_path}", options=[("grpc.default_authority", "localhost")])
+        self.stub = api_grpc.KeyManagementServiceStub(channel)
+        self.prefix = f"k8s:enc:kms:v2:{provider_name}:".encode()
+        self.tamper = False
+        self._seed = self._encrypted = None
+
+    def encode(self, etcd_key: str, data: bytes) -> bytes:
+        import os  # noqa: PLC0415
+        from cryptography.hazmat.primitives import hashes  # noqa: PLC0415
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: PLC0415
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand  # noqa: PLC0415
+
+        if self._seed is None:
+            self._seed = os.urandom(32)
+            self._encrypted = self.stub.Encrypt(self.api_pb2.EncryptRequest(plaintext=self._seed, uid="fake-apiserver"),
+                                                timeout=3, wait_for_ready=True)
+        info, nonce = os.urandom(32), os.urandom(12)
+        dek = HKDFExpand(hashes.SHA256(), 32, info).derive(self._seed)
+        sealed = bytearray(info + nonce + AESGCM(dek).encrypt(nonce, data, etcd_key.encode()))
+        if self.tamper:
+            sealed[-20] ^= 1
+        obj = self.eo_pb2.EncryptedObject(
+            encryptedData=bytes(sealed), keyID=self._encrypted.key_id, encryptedDEKSource=self._encrypted.ciphertext,
+            annotations=dict(self._encrypted.annotations),
+            encryptedDEKSourceType=self.eo_pb2.HKDF_SHA256_XNONCE_AES_GCM_SEED)
+        return self.prefix + obj.SerializeToString()
+
+
+class Served:
+    """A resource the stand-in serves (and its discovery entry)."""
+
+    def __init__(self, name: str, group: str, version: str, kind: str, custom: bool = False):
+        self.name, self.group, self.kind, self.custom = name, group, kind, custom
+        self.group_version = f"{group}/{version}" if group else version
+
+
+FULL = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+# What the stand-in stores: core Secrets, ConfigMaps and Events, apps Deployments, a custom resource.
+SERVED = {s.name if not s.group else f"{s.name}.{s.group}": s for s in (
+    Served("secrets", "", "v1", "Secret"), Served("configmaps", "", "v1", "ConfigMap"),
+    Served("events", "", "v1", "Event"), Served("deployments", "apps", "v1", "Deployment"),
+    Served("crontabs", "stable.example.com", "v1", "CronTab", custom=True))}
+
+
+def _resources(group_version: str, entries: list[tuple[str, bool, list[str]]]) -> dict:
+    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version,
+            "resources": [{"name": n, "singularName": "", "namespaced": ns, "kind": n.title(), "verbs": v}
+                          for n, ns, v in entries]}
+
+
+def _group(name: str, *versions: str) -> dict:
+    vs = [{"groupVersion": f"{name}/{v}", "version": v} for v in versions]
+    return {"name": name, "versions": vs, "preferredVersion": vs[0]}
+
+
+# Discovery as kube-apiserver answers it, trimmed to what the migration's expansion must tell apart:
+# subresources, resources that cannot be listed or updated (bindings, componentstatuses, reviews),
+# events.k8s.io (stored as core events), an aggregated API (stored by its own server; its discovery is
+# not served, as when the aggregated server is down), a CRD.
+DISCOVERY = {
+    "/api": {"kind": "APIVersions", "versions": ["v1"]},
+    "/api/v1": _resources("v1", [
+        ("bindings", True, ["create"]), ("componentstatuses", False, ["get", "list"]),
+        ("configmaps", True, FULL), ("events", True, FULL), ("pods/log", True, ["get"]),
+        ("secrets", True, FULL)]),
+    "/apis": {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
+        _group("apps", "v1"), _group("events.k8s.io", "v1"), _group("authentication.k8s.io", "v1"),
+        _group("stable.example.com", "v1"), _group("wardle.example.com", "v1alpha1")]},
+    "/apis/apps": {"kind": "APIGroup", **_group("apps", "v1")},
+    "/apis/apps/v1": _resources("apps/v1", [("deployments", True, FULL), ("deployments/status", True, ["get", "update"])]),
+    "/apis/events.k8s.io/v1": _resources("events.k8s.io/v1", [("events", True, FULL)]),
+    "/apis/authentication.k8s.io/v1": _resources("authentication.k8s.io/v1", [("tokenreviews", False, ["create"])]),
+    "/apis/stable.example.com/v1": _resources("stable.example.com/v1", [("crontabs", True, FULL)]),
+    "/apis/apiextensions.k8s.io/v1/customresourcedefinitions": {"kind": "CustomResourceDefinitionList", "items": [
+        {"metadata": {"name": "crontabs.stable.example.com"},
+         "spec": {"group": "stable.example.com", "names": {"plural": "crontabs", "kind": "CronTab"}}}]},
+    "/apis/apiregistration.k8s.io/v1/apiservices": {"kind": "APIServiceList", "items": [
+        {"metadata": {"name": "v1.apps"}, "spec": {"group": "apps", "version": "v1", "service": None}},
+        {"metadata": {"name": "v1alpha1.wardle.example.com"},
+         "spec": {"group": "wardle.example.com", "version": "v1alpha1",
+                  "service": {"namespace": "wardle", "name": "api"}}}]},
+}

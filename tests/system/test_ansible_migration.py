@@ -6,13 +6,14 @@ size-versus-quota check."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 
 import pytest
 
-from ansible_helpers import ANSIBLE_DIR
+from ansible_helpers import ANSIBLE_DIR, REPO_ROOT
 from kube_fakes import Etcd, FakeApiServer, kubeconfig, make_pki
 
 SCRIPT = ANSIBLE_DIR / "roles" / "kms_migrate_secrets" / "files" / "kms_migrate.py"
@@ -112,3 +113,70 @@ def test_etcd_size_is_compared_with_the_quota_before_starting(pki, cluster, tmp_
     assert api.replaces == {}, "nothing may be rewritten after the refusal"
     warned = run(pki, api, etcd, tmp_path, "--etcd-quota-bytes", "4096", "--quota-check", "warn")
     assert warned.returncode == 0 and "WARNING: etcd database" in warned.stdout, warned.stdout + warned.stderr
+
+
+# ---------------------------------------------------------------------------- wildcards
+
+_spec = importlib.util.spec_from_file_location(
+    "kube_apiserver_encryption_config",
+    ANSIBLE_DIR / "roles" / "kube_apiserver_kms" / "module_utils" / "kube_apiserver_encryption_config.py")
+ec = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ec)
+DOCS_EXAMPLE = REPO_ROOT / "tests" / "testdata" / "kubeadm" / "encryption-configs" / "k8s-docs-example-all-providers.yaml"
+OURS = {"apiVersion": "apiserver.config.k8s.io/v1", "kind": "EncryptionConfiguration", "resources": [
+    {"resources": ["secrets"], "providers": [{"kms": {"apiVersion": "v2", "name": "openbao-kms",
+                                                      "endpoint": "unix:///run/openbao-kms/kms.sock", "timeout": "3s"}},
+                                             {"identity": {}}]}]}
+
+
+def merged_entries(stage: str) -> list[dict]:
+    """The entries (provider types only, as the role's summary shows them) of our file after merge
+    mode carried over the Kubernetes documentation's example (events exempt, '*.apps', '*.*')."""
+    doc = ec.decide(OURS, None, ec.parse(DOCS_EXAMPLE.read_text(), str(DOCS_EXAMPLE)), stage)
+    return ec.summary(doc, "openbao-kms", ["secrets"])["entries"]
+
+
+def test_wildcards_of_a_merged_config_are_expanded_to_every_served_resource_it_encrypted(pki, cluster, tmp_path):
+    """Everything the old config encrypted ('*.apps', '*.*' and the names) is rewritten through the
+    provider before its providers may be dropped: discovered like `kubectl api-resources`, with
+    kube-apiserver's rules: the first entry that selects a resource decides (events stay exempt),
+    no subresources or resources that cannot be listed and updated, events.k8s.io is core events,
+    an aggregated API is stored by its own server, a custom resource lives under /registry/<group>/."""
+    api, etcd = cluster
+    for ns, name in (("default", "cm1"), ("team-a", "cm2")):
+        api.add(ns, name, resource="configmaps")
+    api.add("default", "ev1", resource="events")
+    api.add("default", "web", resource="deployments.apps")
+    api.add("team-a", "nightly", resource="crontabs.stable.example.com")
+    api.conflict_once = {"deployments.apps:default/web"}
+    entries = merged_entries("write")
+    assert [e["providers"][0] for e in entries] == ["kms:openbao-kms", "identity", "kms:openbao-kms", "kms:openbao-kms"]
+    p = run(pki, api, etcd, tmp_path, "--resources", "", "--config-entries", json.dumps(entries),
+            "--provider-name", "openbao-kms")
+    assert p.returncode == 0, p.stdout + p.stderr
+    out = p.stdout
+    assert "resources to rewrite: configmaps, crontabs.stable.example.com, deployments.apps, secrets" in out, out
+    assert "not rewritten: *.wardle.example.com (aggregated API, stored by its own server)" in out, out
+    assert "not rewritten: pandas.awesome.bears.example is listed in the EncryptionConfiguration but not served" in out
+    assert "not rewritten: events: an earlier entry (events) decides for it" in out, out
+    assert "verified in etcd: 25 of 25 checked objects start with" in out, out   # 21 Secrets + 4 others (not the event)
+    rewritten = {r: api.replaces.get(k if r == "secrets" else f"{r}:{k}", 0)
+                 for r, store in api.stores.items() for k in store}
+    assert rewritten == {**{r: 1 for r in ("secrets", "configmaps", "deployments.apps", "crontabs.stable.example.com")},
+                         "events": 0}, rewritten
+    assert api.conflicts_sent == 1
+    assert etcd.get("/registry/stable.example.com/crontabs/team-a/nightly").startswith(KMS)
+
+
+def test_rolling_back_rewrites_what_lists_the_provider_and_names_that_are_not_served_are_refused(pki, cluster, tmp_path):
+    api, etcd = cluster
+    api.add("default", "web", resource="deployments.apps")
+    api.prefix = b""   # rolled back: the old first providers write again
+    back = run(pki, api, etcd, tmp_path, "--resources", "", "--config-entries", json.dumps(merged_entries("rollback")),
+               "--provider-name", "openbao-kms", "--expect-not")
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert "resources to rewrite: configmaps, crontabs.stable.example.com, deployments.apps, secrets" in back.stdout
+    assert "22 of 22 checked objects do not start with" in back.stdout, back.stdout
+    (tmp_path / "state.json").unlink()
+    typo = run(pki, api, etcd, tmp_path, "--resources", "secrets,deployment.apps")
+    assert typo.returncode == 1 and "resource 'deployment.apps' is not served by this cluster" in typo.stderr, typo.stderr

@@ -49,6 +49,7 @@ KUBECTL_STANDIN = r"""#!/bin/bash
 # Stand-in for kubectl (there is no kube-apiserver in this test): the kubeadm-config ConfigMap in a file.
 echo "$*" >> /var/tmp/kubectl-standin.log
 case "$*" in
+  "version --client --output json") echo '{"clientVersion": {"major": "1", "minor": "34", "gitVersion": "v1.34.3"}}' ;;
   *"get configmap kubeadm-config --output json"*) cat /var/tmp/kubeadm-config.json ;;
   *"replace --filename -"*) cat > /var/tmp/kubeadm-config.json.new && mv /var/tmp/kubeadm-config.json.new /var/tmp/kubeadm-config.json
     echo "configmap/kubeadm-config replaced" ;;
@@ -75,6 +76,13 @@ KUBEADM_CONFIG = {"apiVersion": "v1", "kind": "ConfigMap",
 # manifest changed) or when the restart command ran.
 CONTAINER_ID = "cat /etc/kubernetes/manifests/kube-apiserver.yaml /var/tmp/apiserver-restarts 2>/dev/null | sha256sum"
 EXISTING_ENCRYPTION = "/etc/kubernetes/enc/enc.yaml"
+# Merge mode on a published manifest that already encrypts (kubeadm 1.21, --encryption-provider-config
+# =/etc/kubernetes/etcd/ec.yaml) with the Kubernetes documentation's aescbc configuration there
+# (tests/testdata/kubeadm/PROVENANCE.md).
+MERGE_MANIFEST = TESTDATA / "kubeadm" / "manifests" / "kubeadm-v1.21.0-existing-encryption.yaml"
+MERGE_EXISTING = "/etc/kubernetes/etcd/ec.yaml"
+MERGE_CONFIG = TESTDATA / "kubeadm" / "encryption-configs" / "aescbc-docs-write-config.yaml"
+PREVIOUS_FILE = f"{CONFIG_DIR}/previous-encryption-provider-config"
 
 
 def provider_package(request, workdir: Path) -> Path:
@@ -242,6 +250,12 @@ def rollout(request, tmp_path_factory):
             "touched": container.run("ls /etc/kubernetes/encryption /etc/openbao-kms 2>/dev/null", check=False).stdout,
         }
         container.copy_in(ORIGINAL_MANIFEST, MANIFEST, mode=0o600)
+        # The container has no kubectl: the first play stops before anything is installed.
+        ro.play("no-kubectl", "playbooks/site.yml", extra_vars={"kube_apiserver_kms_kubectl": "kubectl"})
+        ro.no_kubectl_state = {
+            "installed": container.run(["dpkg-query", "-W", "-f=${Status}", "bao-kms-provider"], check=False).stdout,
+            "touched": container.run("ls /etc/kubernetes/encryption /etc/openbao-kms 2>/dev/null", check=False).stdout,
+        }
         ro.play("site-1", "playbooks/site.yml", diff=True).assert_ok()
         ro.kubeadm_config_after_site = json.loads(ro.read("/var/tmp/kubeadm-config.json"))
         ro.play("site-2", "playbooks/site.yml").assert_ok()
@@ -272,10 +286,13 @@ def rollout(request, tmp_path_factory):
         ro.play("rollback", "playbooks/site.yml", extra_vars={"kube_apiserver_kms_stage": "rollback"}).assert_ok()
         ro.marker_after_rollback = container.run(["ls", "/var/lib/openbao-kms"]).stdout.split()
         ro.enc_config_after_rollback = ro.read(ENC_CONFIG)
+        ro.restarts_after_rollback = ro.read("/var/tmp/apiserver-restarts").splitlines()
         ro.play("absent", "playbooks/site.yml", tags="apiserver",
                 extra_vars={"kube_apiserver_kms_stage": "rollback", "kube_apiserver_kms_state": "absent"}).assert_ok()
         ro.manifest_after_absent = ro.read(MANIFEST)
         ro.kubeadm_config_after_absent = json.loads(ro.read("/var/tmp/kubeadm-config.json"))
+        ro.backups_after_absent = container.run(["ls", "/etc/kubernetes/backup"]).stdout.split()
+        merge_mode(ro)
         yield ro
     except BaseException:
         if container.running:
@@ -314,8 +331,51 @@ def refuse_with_provider_down(ro: Rollout) -> None:
             "cp2 manifest": second.read_file(MANIFEST),
             "cp2 touched": second.run("ls /etc/kubernetes/encryption /etc/openbao-kms 2>/dev/null", check=False).stdout,
         }
+        prepare_join(ro, second, hosts["cp2"])
     finally:
         second.stop()
+
+
+def prepare_join(ro: Rollout, joining: Container, cp2: dict) -> None:
+    """The refused cp2 joins later: prepare_join.yml stages the provider and cp1's EncryptionConfiguration
+    on it before `kubeadm join --control-plane` (not run here: no kubeadm), twice."""
+    inventory = copy.deepcopy(ro.inventory)
+    inventory["all"]["hosts"] = {"cp2": {**cp2, "bao_kms_provider_metrics_address": f"127.0.0.1:{free_port()}",
+                                         "bao_kms_provider_health_address": f"127.0.0.1:{free_port()}"}}
+    join = {"join_hosts": "cp2"}
+    ro.play("prepare-join-1", "playbooks/prepare_join.yml", inventory=inventory, extra_vars=join, diff=True).assert_ok()
+    ro.play("prepare-join-2", "playbooks/prepare_join.yml", inventory=inventory, extra_vars=join).assert_ok()
+    ro.joined = {
+        "config": joining.read_file(ENC_CONFIG),
+        "cp1 config": ro.read(ENC_CONFIG),
+        "stat": joining.run(["stat", "-c", "%U:%G %a", ENC_CONFIG, CONFIG_DIR]).stdout.split("\n"),
+        "installed": joining.run(["dpkg-query", "-W", "-f=${Status}", "bao-kms-provider"], check=False).stdout,
+        "socket": joining.run(["systemctl", "is-active", "bao-kms-provider.socket"], check=False).stdout.strip(),
+        "probe": joining.run(["bao-kms-provider", "probe", "--socket", "/run/openbao-kms/kms.sock"], check=False),
+        "manifest": joining.read_file(MANIFEST),
+    }
+
+
+def merge_mode(ro: Rollout) -> None:
+    """A cluster that already encrypts, rolled out with kube_apiserver_kms_existing_config: merge: the
+    read pass keeps aescbc first, the write pass puts our kms first and keeps aescbc (with its keys)
+    after it, the rollback puts aescbc first again and state=absent points the flag back at the old file
+    (a second run changing nothing is shown by the module tests; left out here to keep this test short).
+    Our file from the earlier rollout is removed first (a fresh cluster)."""
+    c = ro.container
+    c.copy_in(MERGE_MANIFEST, MANIFEST, mode=0o600)
+    c.copy_in(MERGE_CONFIG, MERGE_EXISTING, mode=0o600)
+    c.run(["rm", "-f", ENC_CONFIG, PREVIOUS_FILE])
+    merge = {"kube_apiserver_kms_existing_config": "merge"}
+    ro.play("merge-1", "playbooks/site.yml", tags="apiserver", extra_vars=merge).assert_ok()
+    ro.merged = {"config": ro.read(ENC_CONFIG), "manifest": ro.read(MANIFEST), "previous": ro.read(PREVIOUS_FILE),
+                 "existing": ro.read(MERGE_EXISTING)}
+    rollback = {**merge, "kube_apiserver_kms_stage": "rollback"}
+    ro.play("merge-rollback", "playbooks/site.yml", tags="apiserver", extra_vars=rollback).assert_ok()
+    ro.merged["config after rollback"] = ro.read(ENC_CONFIG)
+    ro.play("merge-absent", "playbooks/site.yml", tags="apiserver",
+            extra_vars={**rollback, "kube_apiserver_kms_state": "absent"}).assert_ok()
+    ro.merged["manifest after absent"] = ro.read(MANIFEST)
 
 
 def test_existing_encryption_is_refused_before_anything_is_installed(rollout):
@@ -325,6 +385,15 @@ def test_existing_encryption_is_refused_before_anything_is_installed(rollout):
     state = rollout.existing_refused_state
     assert EXISTING_ENCRYPTION in state["manifest"] and "ok installed" not in state["installed"]
     assert state["touched"] == ""
+
+
+def test_a_host_without_kubectl_is_refused_before_anything_is_installed_naming_what_to_install(rollout):
+    run = rollout.runs["no-kubectl"]
+    assert run.rc != 0 and "kubectl (kubectl) does not run on cp1" in run.output, run.output
+    assert "the kubectl package of your cluster's minor version from pkgs.k8s.io" in run.output, run.output
+    assert "Nothing was installed or changed" in run.output
+    assert "PLAY [Install bao-kms-provider" not in run.output, run.output
+    assert "ok installed" not in rollout.no_kubectl_state["installed"] and rollout.no_kubectl_state["touched"] == ""
 
 
 def test_site_playbook_lets_the_api_server_read_through_the_provider_before_writing_through_it(rollout):
@@ -425,7 +494,7 @@ def test_patched_manifest_has_one_flag_two_mounts_and_differs_only_there(rollout
 def test_manifest_backups_are_outside_the_manifests_directory(rollout):
     c = rollout.container
     assert c.run(["ls", "-A", "/etc/kubernetes/manifests"]).stdout.split() == ["kube-apiserver.yaml"]
-    backups = sorted(c.run(["ls", "/etc/kubernetes/backup"]).stdout.split())
+    backups = sorted(rollout.backups_after_absent)
     # site-1 and site-3 patched the manifest (site-2 and the --check run changed nothing), absent restored it.
     assert len(backups) == 3 and all(re.fullmatch(r"kube-apiserver\.yaml\.\d{8}T\d{6}(\.\d+)?", b) for b in backups)
     for b in backups[:2]:
@@ -496,10 +565,49 @@ def test_rollback_stage_puts_identity_first_keeps_the_provider_readable_and_inva
     providers = yaml.safe_load(rollout.enc_config_after_rollback)["resources"][0]["providers"]
     assert providers[0] == {"identity": {}} and providers[1]["kms"]["name"] == "openbao-kms"
     assert "secrets-migrated" not in rollout.marker_after_rollback
-    assert rollout.read("/var/tmp/apiserver-restarts").splitlines() == ["restarted"] * 3
+    assert rollout.restarts_after_rollback == ["restarted"] * 3
 
 
 def test_state_absent_restores_the_manifest_and_kubeadm_config(rollout):
     assert rollout.manifest_after_absent == ORIGINAL_MANIFEST.read_text()
     cc = yaml.safe_load(rollout.kubeadm_config_after_absent["data"]["ClusterConfiguration"])
     assert cc == yaml.safe_load(CLUSTER_CONFIGURATION)
+
+
+def test_prepare_join_stages_the_provider_and_the_encryption_configuration_on_a_joining_host(rollout):
+    j = rollout.joined
+    first, second = rollout.runs["prepare-join-1"], rollout.runs["prepare-join-2"]
+    assert first.changed("cp2") > 0 and second.changed("cp2") == 0, second.output
+    # Byte for byte cp1's file, root-only; its content (it may hold merged keys) never shown, not even in --diff.
+    assert j["config"] == j["cp1 config"] and '"kms"' in j["config"]
+    assert j["stat"][:2] == ["root:root 600", "root:root 700"], j["stat"]
+    assert "unix:///run/openbao-kms/kms.sock" not in first.output and '"providers"' not in first.output, first.output
+    assert j["installed"] == "hold ok installed" and j["socket"] == "active"
+    assert j["probe"].returncode == 0 and "result:   OK" in j["probe"].stdout, j["probe"].stdout + j["probe"].stderr
+    # Only staged: kubeadm join writes the manifest, prepare_join leaves it alone.
+    assert j["manifest"] == ORIGINAL_MANIFEST.read_text()
+
+
+def test_merge_mode_keeps_the_existing_aescbc_provider_so_old_secrets_stay_readable(rollout):
+    m = rollout.merged
+    existing = yaml.safe_load(MERGE_CONFIG.read_text())["resources"][0]
+    out = rollout.runs["merge-1"].output
+    assert "EncryptionConfiguration for stage read: secrets,configmaps,pandas.awesome.bears.example = aescbc, identity, " \
+           "kms:openbao-kms" in out, out
+    assert "EncryptionConfiguration for stage write: secrets,configmaps,pandas.awesome.bears.example = kms:openbao-kms, " \
+           "aescbc, identity" in out, out
+    # Our file: kms first, then the old providers with their keys, so what aescbc stored still decrypts.
+    entries = yaml.safe_load(m["config"])["resources"]
+    assert [e["resources"] for e in entries] == [existing["resources"]]
+    assert list(entries[0]["providers"][0]) == ["kms"] and entries[0]["providers"][1:] == existing["providers"]
+    # The keys never left the host's two files: not in any output.
+    key = existing["providers"][0]["aescbc"]["keys"][0]["secret"]
+    assert not [name for name, run in rollout.runs.items() if key in run.output]
+    # The flag repointed in place, the old path kept for state=absent, the old file untouched.
+    assert f"--encryption-provider-config={ENC_CONFIG}" in m["manifest"] and MERGE_EXISTING not in m["manifest"]
+    assert m["previous"].strip() == MERGE_EXISTING and m["existing"] == MERGE_CONFIG.read_text()
+    # Rolling back: aescbc writes again, our kms still reads.
+    back = yaml.safe_load(m["config after rollback"])["resources"][0]["providers"]
+    assert back[:2] == existing["providers"] and back[2]["kms"]["name"] == "openbao-kms"
+    # state=absent: the published manifest back byte for byte, pointing at the old file.
+    assert m["manifest after absent"] == MERGE_MANIFEST.read_text()

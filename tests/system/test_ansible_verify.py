@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
+import os
 import shutil
 import ssl
 import subprocess
@@ -27,12 +29,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ansible_helpers import ANSIBLE_DIR, REPO_ROOT, VENV_BIN, kubeadm_testdata, run_playbook
-from kube_fakes import Etcd, FakeApiServer, kubeconfig, make_pki
+from ansible_helpers import ANSIBLE_DIR, BUILD_DIR, REPO_ROOT, VENV_BIN, kubeadm_testdata, run_playbook
+from kube_fakes import EnvelopeWriter, Etcd, FakeApiServer, kubeconfig, make_pki
+from openbao import BaoDevServer, provider_binary, provider_config, provider_policy
 
 ROLE = ANSIBLE_DIR / "roles" / "kube_apiserver_kms"
 KUBEADM = (kubeadm_testdata() / "kubeadm" / "kube-apiserver.yaml").read_text()
-KUBECTL = shutil.which("kubectl")
+KUBECTL = os.environ.get("BAO_TEST_KUBECTL") or shutil.which("kubectl")
+# Debian's kubernetes-client (kubectl 1.20), unpacked by scripts/tools.sh: the oldest kubectl a
+# control-plane host may bring, and what `make tools` installs on a machine without kubectl.
+DEBIAN_KUBECTL = BUILD_DIR / "tools" / "kubernetes-client" / "kubectl"
 
 
 def local_inventory(hosts: dict[str, dict]) -> dict:
@@ -122,6 +128,97 @@ def test_verify_fails_when_etcd_shows_another_provider_than_the_stage_expects(ho
     ok = run_playbook(playbook(host["work"], "verify.yml"), local_inventory({"cp1": {}}),
                       verify_vars(host, "read", "aescbc"))
     ok.assert_ok()
+
+
+def test_the_checks_work_with_debians_kubectl_1_20(host):
+    """Create (no canary yet) and replace (a second run) through the advertise address with kubectl 1.20."""
+    assert DEBIAN_KUBECTL.exists(), f"{DEBIAN_KUBECTL} is missing: run `make tools` (scripts/tools.sh)"
+    api = host["api"]
+    api.prefix = b""
+    api.objects.pop("kube-system/bao-kms-provider-canary", None)
+    for _ in range(2):
+        run = run_playbook(playbook(host["work"], "verify.yml"), local_inventory({"cp1": {}}),
+                           {**verify_vars(host, "read", "identity"), "kube_apiserver_kms_kubectl": str(DEBIAN_KUBECTL)})
+        run.assert_ok()
+        assert "stored by identity" in run.output, run.output
+
+
+def test_a_missing_kubectl_is_refused_with_what_to_install(tmp_path):
+    missing = run_playbook(playbook(tmp_path, "kubectl.yml"), local_inventory({"cp1": {}}),
+                           {"kube_apiserver_kms_kubectl": str(tmp_path / "kubectl")})
+    assert missing.rc != 0 and f"kubectl ({tmp_path / 'kubectl'}) does not run on cp1" in missing.output, missing.output
+    assert "pkgs.k8s.io" in missing.output and "set kube_apiserver_kms_kubectl to its path" in missing.output
+    # Something else under that name (a broken wrapper): refused as well.
+    (tmp_path / "kubectl").write_text("#!/bin/sh\necho 'kubectl: cannot load config' >&2\nexit 1\n")
+    (tmp_path / "kubectl").chmod(0o755)
+    broken = run_playbook(playbook(tmp_path, "kubectl.yml"), local_inventory({"cp1": {}}),
+                          {"kube_apiserver_kms_kubectl": str(tmp_path / "kubectl")})
+    assert broken.rc != 0 and "cannot load config" in broken.output, broken.output
+    for kubectl in (KUBECTL, str(DEBIAN_KUBECTL)):
+        run_playbook(playbook(tmp_path, "kubectl.yml"), local_inventory({"cp1": {}}),
+                     {"kube_apiserver_kms_kubectl": kubectl}).assert_ok()
+
+
+@pytest.fixture(scope="module")
+def provider(tmp_path_factory):
+    """The real provider (debug build, `serve` binding its own socket) against a real OpenBao dev server,
+    and an EnvelopeWriter that stores through it as kube-apiserver does."""
+    work = tmp_path_factory.mktemp("provider")
+    bao = BaoDevServer(workdir=work / "bao").start()
+    proc = None
+    try:
+        config = provider_config(bao.addr, jwt_file=str(bao.jwt_path), socket_path=str(work / "kms.sock"),
+                                 state_dir=str(work / "state"))
+        (work / "state").mkdir(mode=0o700)
+        (work / "config.toml").write_text(config)
+        bao.setup(provider_policy(config))
+        bao.mint_jwt()
+        log = open(work / "provider.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen([str(provider_binary()), "serve", "--config", str(work / "config.toml")],
+                                stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        probe = subprocess.run([str(provider_binary()), "probe", "--socket", str(work / "kms.sock"), "--wait", "30s"],
+                               capture_output=True, text=True, timeout=60)
+        assert probe.returncode == 0, probe.stdout + probe.stderr + (work / "provider.log").read_text()[-3000:]
+        yield {"config": work / "config.toml", "writer": EnvelopeWriter(str(work / "kms.sock"), "openbao-kms", work)}
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        bao.cleanup()
+
+
+def test_write_pass_decrypts_the_canary_from_etcd_and_stops_on_a_value_that_does_not_verify(host, provider):
+    """The write pass's etcd step end to end: the stand-in API server stores real KMS v2 envelopes made
+    by the real provider; `bao-kms-provider verify-etcd-value` reads the canary from the real etcd (kubeadm's
+    etcd client certificate) and decrypts it. A value with our prefix that does not decrypt, and a
+    plaintext value, each fail the run with a clear message; the canary stays readable through the API."""
+    api, writer = host["api"], provider["writer"]
+    write = {**verify_vars(host, "write", "kms:openbao-kms"), "kube_apiserver_kms_provider_binary": str(provider_binary()),
+             "kube_apiserver_kms_provider_config": str(provider["config"])}
+    api.encode = writer.encode
+    try:
+        run = run_playbook(playbook(host["work"], "verify.yml"), local_inventory({"cp1": {}}), write)
+        run.assert_ok()
+        assert "stored by kms:openbao-kms" in run.output, run.output
+        assert re.search(r"Stop unless the provider decrypts the canary from etcd\] \*+\nok: \[cp1\] => \{\n\s+"
+                         r"\"changed\": false,\n\s+\"msg\": \"key: +/registry/secrets/kube-system/bao-kms-provider-canary \|",
+                         run.output), run.output
+        assert "result:     verified" in run.output, run.output
+        writer.tamper = True
+        bad = run_playbook(playbook(host["work"], "verify.yml"), local_inventory({"cp1": {}}), write)
+        assert bad.rc != 0 and "does not verify it (rc=6)" in bad.output and "DOES NOT DECRYPT" in bad.output, bad.output
+        assert "Stopping before the next host" in bad.output
+        writer.tamper, api.encode, api.prefix = False, None, b""
+        plain = run_playbook(playbook(host["work"], "verify.yml"), local_inventory({"cp1": {}}), write)
+        assert plain.rc != 0, plain.output
+        assert ("/registry/secrets/kube-system/bao-kms-provider-canary is stored with (no prefix), expected "
+                "k8s:enc:kms:v2:openbao-kms:") in plain.output, plain.output
+        assert api.objects["kube-system/bao-kms-provider-canary"]["data"]["host"] == "Y3AxIHdyaXRl"  # "cp1 write"
+    finally:
+        writer.tamper, api.encode, api.prefix = False, None, b""
 
 
 def test_write_pass_refuses_while_one_of_two_hosts_has_not_done_the_read_pass(tmp_path):

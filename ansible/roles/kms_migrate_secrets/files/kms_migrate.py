@@ -6,6 +6,11 @@ provider: page by page (--chunk-size), object by object, a conflict (409) retrie
 at most --rate objects per second, resumable (--state holds the last key done per resource), with
 progress per namespace and a final check of the raw values in etcd.
 
+Which resources: --resources (names or wildcards) and every resource the EncryptionConfiguration
+(--config-entries) has the provider first for. Wildcards ('*.*', '*.<group>', '*.' for the core
+group) are expanded to what the cluster serves, found by API discovery as `kubectl api-resources`
+does; as in kube-apiserver the first entry that selects a resource decides for it.
+
 Talks to the API server with the kubeconfig's client certificate (or token), standard library only
 (PyYAML when the kubeconfig is YAML). Exit 0 when everything was rewritten (and verified), 1 otherwise.
 """
@@ -123,24 +128,135 @@ class Api:
         raise Failure("%s %s: no answer" % (method, url))
 
 
-def resource_path(api, resource):
-    """List path for 'secrets' (core) or 'deployments.apps' (group, preferred version)."""
-    if "*" in resource:
-        raise Failure("resource %r: the migration needs resources listed by name (for example secrets, "
-                      "configmaps, deployments.apps), not wildcards" % resource)
-    name, _, group = resource.rstrip(".").partition(".")
-    if not group:
-        return "/api/v1", name
-    status, body = api.request("GET", "/apis/" + group)
+# ---------------------------------------------------------------------------- which resources
+
+# Groups whose objects are not stored under their own name: events.k8s.io events are the core
+# events in etcd (kube-apiserver refuses '*.events.k8s.io' in an EncryptionConfiguration), and the
+# removed 'extensions' group served the same objects as apps/networking.k8s.io.
+SAME_STORAGE_GROUPS = ("events.k8s.io", "extensions")
+# Built-in resources kube-apiserver stores under another etcd prefix than /registry/<resource>.
+ETCD_PREFIX = {"nodes": "minions", "services": "services/specs", "endpoints": "services/endpoints",
+               "replicationcontrollers": "controllers", "ingresses.networking.k8s.io": "ingress",
+               "apiservices.apiregistration.k8s.io": "apiregistration.k8s.io/apiservices",
+               "customresourcedefinitions.apiextensions.k8s.io": "apiextensions.k8s.io/customresourcedefinitions"}
+
+
+class Resource:
+    """One group-resource the cluster serves: 'secrets' (core) or 'deployments.apps'."""
+
+    def __init__(self, name, group, base, custom=False):
+        self.name, self.group, self.base, self.custom = name, group, base, custom
+        self.id = name if not group else "%s.%s" % (name, group)
+
+    def etcd_key(self, obj):
+        """Where kube-apiserver stores it: /registry/<resource>/... for built-in resources,
+        /registry/<group>/<resource>/... for custom resources."""
+        if self.custom:
+            prefix = "/registry/%s/%s" % (self.group, self.name)
+        else:
+            prefix = "/registry/" + ETCD_PREFIX.get(self.id, self.name)
+        return "%s/%s" % (prefix, key_of(obj).lstrip("/"))
+
+
+def normal(name):
+    """'secrets.' and 'secrets' are the same core resource (kube-apiserver's ParseGroupResource)."""
+    return name[:-1] if name.endswith(".") and not name.startswith("*") else name
+
+
+def covers(pattern, resource_id):
+    """Whether an EncryptionConfiguration resource name (maybe '*.*', '*.<group>' or '*.' for the
+    core group) selects the resource 'name' or 'name.group'."""
+    pattern, resource_id = normal(pattern), normal(resource_id)
+    if pattern in ("*.*", resource_id):
+        return True
+    group = resource_id.partition(".")[2]
+    if pattern == "*.":
+        return group == ""
+    return pattern.startswith("*.") and group == pattern[2:]
+
+
+def discover(api):
+    """Every group-resource the cluster serves and stores in this etcd, by its preferred version:
+    listable and updatable (so it can be rewritten), no subresources, no aggregated API (served and
+    stored by another server), no group that stores under another name (SAME_STORAGE_GROUPS)."""
+    found = {}
+    skipped = []
+
+    def add(base, group, custom):
+        status, body = api.request("GET", base)
+        if status != 200:
+            raise Failure("API discovery: GET %s: HTTP %d %s" % (base, status, body.get("message", "")))
+        for r in body.get("resources", []):
+            verbs = set(r.get("verbs") or [])
+            if "/" in r["name"] or not {"list", "get", "update"} <= verbs:
+                continue
+            res = Resource(r["name"], group, base, custom=(group, r["name"]) in custom)
+            found.setdefault(res.id, res)
+
+    aggregated = set()
+    status, body = api.request("GET", "/apis/apiregistration.k8s.io/v1/apiservices")
+    if status == 200:
+        aggregated = {i["spec"].get("group", "") for i in body.get("items", []) if (i.get("spec") or {}).get("service")}
+    custom = set()
+    status, body = api.request("GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions")
+    if status == 200:
+        custom = {(i["spec"]["group"], i["spec"]["names"]["plural"]) for i in body.get("items", [])}
+    add("/api/v1", "", custom)
+    status, body = api.request("GET", "/apis")
     if status != 200:
-        raise Failure("API group %s of resource %s: HTTP %d" % (group, resource, status))
-    return "/apis/" + body["preferredVersion"]["groupVersion"], name
+        raise Failure("API discovery: GET /apis: HTTP %d %s" % (status, body.get("message", "")))
+    for g in body.get("groups", []):
+        if g["name"] in SAME_STORAGE_GROUPS:
+            continue
+        if g["name"] in aggregated:
+            # Not even asked: an aggregated API may be down (503), and its objects are not in this etcd.
+            skipped.append("*.%s (aggregated API, stored by its own server)" % g["name"])
+            continue
+        add("/apis/" + g["preferredVersion"]["groupVersion"], g["name"], custom)
+    return found, skipped
 
 
-def object_path(base, name, obj):
+def select(api, explicit, entries, expect_not):
+    """The resources to rewrite, in a stable order. entries: the EncryptionConfiguration's entries
+    in order, as the role's summary shows them ({"resources": [...], "rewrite": bool}); explicit:
+    --resources, appended as a last entry that rewrites. As kube-apiserver does, the first entry
+    that selects a resource decides for it: an earlier identity-only exemption (events) wins over a
+    later '*.*'. Wildcards are expanded to what the cluster serves (discovery)."""
+    entries = list(entries) + ([{"resources": explicit, "rewrite": True, "explicit": True}] if explicit else [])
+    served, skipped = discover(api)
+    for line in skipped:
+        log("not rewritten: %s" % line)
+    chosen, notes = [], []
+    candidates = list(served)
+    for e in entries:
+        for name in e["resources"]:
+            if "*" not in name and normal(name) not in served and e["rewrite"]:
+                if e.get("explicit"):
+                    raise Failure("resource %r is not served by this cluster (kubectl api-resources lists the "
+                                  "names; a group resource is written name.group, e.g. deployments.apps)" % name)
+                notes.append("%s is listed in the EncryptionConfiguration but not served by this cluster: "
+                             "nothing to rewrite" % name)
+    for rid in sorted(candidates):
+        first = next((e for e in entries if any(covers(p, rid) for p in e["resources"])), None)
+        if first is None:
+            continue
+        if first["rewrite"]:
+            chosen.append(served[rid])
+        elif any(covers(p, rid) for e in entries if e["rewrite"] for p in e["resources"]):
+            notes.append("%s: an earlier entry (%s) decides for it, so it is not rewritten"
+                         % (rid, ", ".join(first["resources"])))
+    for n in notes:
+        log("not rewritten: " + n)
+    if not chosen:
+        raise Failure("no served resource is selected for the rewrite%s" % (
+            " back" if expect_not else ""))
+    return chosen
+
+
+def object_path(res, obj):
     meta = obj["metadata"]
     ns = meta.get("namespace")
-    return "%s%s/%s/%s" % (base, "/namespaces/" + ns if ns else "", name, urllib.parse.quote(meta["name"]))
+    return "%s%s/%s/%s" % (res.base, "/namespaces/" + ns if ns else "", res.name, urllib.parse.quote(meta["name"]))
 
 
 def key_of(obj):
@@ -148,21 +264,21 @@ def key_of(obj):
     return "%s/%s" % (meta.get("namespace", ""), meta["name"])
 
 
-def pages(api, base, name, chunk, after=None):
+def pages(api, res, chunk, after=None):
     """Every object in etcd key order (namespace/name), optionally only those after `after`."""
     token = None
     while True:
         query = {"limit": chunk}
         if token:
             query["continue"] = token
-        status, body = api.request("GET", "%s/%s" % (base, name), query=query)
+        status, body = api.request("GET", "%s/%s" % (res.base, res.name), query=query)
         if status == 410 and token:
             # The continue token expired (etcd compacted): list again, skipping what was done.
             log("  list continuation expired; listing again from the last object done")
             token = None
             continue
         if status != 200:
-            raise Failure("list %s: HTTP %d %s" % (name, status, body.get("message", "")))
+            raise Failure("list %s: HTTP %d %s" % (res.id, status, body.get("message", "")))
         items = [i for i in body.get("items", []) if after is None or key_of(i) > after]
         yield items
         token = (body.get("metadata") or {}).get("continue")
@@ -220,10 +336,10 @@ def save_state(path, state):
     os.replace(tmp, path)
 
 
-def count(api, base, name, chunk):
+def count(api, res, chunk):
     """Objects per namespace and their total JSON size (the write volume of a full rewrite)."""
     totals, size = {}, 0
-    for items in pages(api, base, name, chunk):
+    for items in pages(api, res, chunk):
         for i in items:
             ns = i["metadata"].get("namespace", "")
             totals[ns] = totals.get(ns, 0) + 1
@@ -231,26 +347,26 @@ def count(api, base, name, chunk):
     return totals, size
 
 
-def rewrite_one(api, base, name, obj):
+def rewrite_one(api, res, obj):
     """PUT the object back as read; on 409 read it again and retry. Returns 'rewritten', 'gone' or
     raises. Counts conflicts in the returned tuple."""
     conflicts = 0
     while True:
-        status, body = api.request("PUT", object_path(base, name, obj), obj)
+        status, body = api.request("PUT", object_path(res, obj), obj)
         if status in (200, 201):
             return "rewritten", conflicts
         if status == 404:
             return "gone", conflicts
         if status == 409 and conflicts < MAX_CONFLICT_RETRIES:
             conflicts += 1
-            status, fresh = api.request("GET", object_path(base, name, obj))
+            status, fresh = api.request("GET", object_path(res, obj))
             if status == 404:
                 return "gone", conflicts
             if status != 200:
                 raise Failure("re-read %s after a conflict: HTTP %d" % (key_of(obj), status))
             obj = fresh
             continue
-        raise Failure("replace %s %s: HTTP %d %s" % (name, key_of(obj), status, body.get("message", "")))
+        raise Failure("replace %s %s: HTTP %d %s" % (res.id, key_of(obj), status, body.get("message", "")))
 
 
 def migrate(a):
@@ -258,15 +374,17 @@ def migrate(a):
     needs_etcd = a.etcd_endpoint and (a.quota_check != "off" or a.verify != "none")
     etcd = Etcd(a.etcd_endpoint, a.etcd_cacert, a.etcd_cert, a.etcd_key) if needs_etcd else None
     state = load_state(a.state)
-    resources = [r.strip() for r in a.resources.split(",") if r.strip()]
+    explicit = [r.strip() for r in a.resources.split(",") if r.strip()]
     interval = 1.0 / a.rate if a.rate > 0 else 0
     try:
-        plan = {r: resource_path(api, r) for r in resources}
+        plan = {res.id: res for res in select(api, explicit, a.config_entries, a.expect_not)}
+        resources = list(plan)
+        log("resources to rewrite: %s" % ", ".join(resources))
         # Size check first: a full rewrite adds a revision of every object until etcd is compacted.
         todo = {r: state.get(r, {}) for r in resources if not state.get(r, {}).get("complete")}
         for r in todo:
             if "totals" not in todo[r]:
-                totals, size = count(api, *plan[r], a.chunk_size)
+                totals, size = count(api, plan[r], a.chunk_size)
                 todo[r].update({"totals": totals, "bytes": size, "done": {}, "last": None, "conflicts": 0, "gone": 0,
                                 "complete": False})
                 state[r] = todo[r]
@@ -291,12 +409,11 @@ def migrate(a):
             if st.get("complete"):
                 log("%s: already rewritten (resume state %s)" % (r, a.state))
                 continue
-            base, name = plan[r]
             totals = st["totals"]
             log("%s: %d objects in %d namespaces%s" % (r, sum(totals.values()), len(totals),
                                                           ", resuming after %s" % st["last"] if st["last"] else ""))
             try:
-                for items in pages(api, base, name, a.chunk_size, after=st["last"]):
+                for items in pages(api, plan[r], a.chunk_size, after=st["last"]):
                     touched = set()
                     for obj in items:
                         if interval:
@@ -304,7 +421,7 @@ def migrate(a):
                             if wait > 0:
                                 time.sleep(wait)
                             last_tick = time.monotonic()
-                        result, conflicts = rewrite_one(api, base, name, obj)
+                        result, conflicts = rewrite_one(api, plan[r], obj)
                         ns = obj["metadata"].get("namespace", "")
                         st["done"][ns] = st["done"].get(ns, 0) + 1
                         st["conflicts"] += conflicts
@@ -329,23 +446,27 @@ def migrate(a):
 
 def verify(a, api, etcd, plan):
     keys = []
-    for r, (base, name) in plan.items():
-        for items in pages(api, base, name, a.chunk_size):
-            keys.extend("/registry/%s/%s" % (name, key_of(i).lstrip("/")) for i in items)
+    for res in plan.values():
+        for items in pages(api, res, a.chunk_size):
+            keys.extend(res.etcd_key(i) for i in items)
     if a.verify.startswith("sample:"):
         n = int(a.verify.split(":", 1)[1])
         keys = random.sample(keys, min(n, len(keys)))
-    ok, bad = 0, []
+    ok, bad, missing = 0, [], []
     for key in keys:
         value = etcd.get(key)
         if value is None:
-            continue  # deleted meanwhile
+            missing.append(key)  # deleted meanwhile, or kept under a prefix this script does not know
+            continue
         if value.startswith(a.expect_prefix.encode()) != a.expect_not:
             ok += 1
         else:
             bad.append(key)
     log("verified in etcd: %d of %d checked objects %s with %s (%s)"
         % (ok, ok + len(bad), "do not start" if a.expect_not else "start", a.expect_prefix, a.verify))
+    if missing:
+        log("not found in etcd (deleted meanwhile, or under another key): %d, e.g. %s"
+            % (len(missing), ", ".join(missing[:3])))
     if bad:
         raise Failure("%d objects are %s the provider, e.g. %s"
                       % (len(bad), "still stored by" if a.expect_not else "not stored by", ", ".join(bad[:5])))
@@ -355,7 +476,14 @@ def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--kubeconfig", required=True)
     p.add_argument("--server", help="API server URL (default: the kubeconfig's)")
-    p.add_argument("--resources", default="secrets", help="comma separated, e.g. secrets,configmaps")
+    p.add_argument("--resources", default="",
+                   help="comma separated names or wildcards, e.g. secrets,configmaps,*.apps (always rewritten "
+                        "unless an earlier --config-entries entry decides otherwise)")
+    p.add_argument("--config-entries", type=json.loads, default=[],
+                   help='the EncryptionConfiguration entries in order as JSON, [{"resources": [...], '
+                        '"providers": ["kms:NAME", "aescbc", ...]}]: resources of an entry whose first '
+                        'provider is kms:--provider-name are rewritten (--expect-not: entries listing it)')
+    p.add_argument("--provider-name", default="", help="our KMS provider's name (with --config-entries)")
     p.add_argument("--chunk-size", type=int, default=250)
     p.add_argument("--rate", type=float, default=50, help="objects per second (0: no limit)")
     p.add_argument("--state", help="resume state file (JSON)")
@@ -376,6 +504,17 @@ def main():
         p.error("--chunk-size must be at least 1 and --rate not negative")
     if not (a.verify in ("all", "none") or (a.verify.startswith("sample:") and a.verify[7:].isdigit())):
         p.error("--verify must be all, none or sample:N")
+    if a.config_entries and not a.provider_name:
+        p.error("--config-entries needs --provider-name")
+    ours = "kms:" + a.provider_name
+    try:
+        a.config_entries = [{"resources": list(e["resources"]),
+                             "rewrite": (ours in e["providers"]) if a.expect_not else e["providers"][0] == ours}
+                            for e in a.config_entries]
+    except (KeyError, IndexError, TypeError):
+        p.error('--config-entries must be a list of {"resources": [...], "providers": [...]}')
+    if not a.config_entries and not a.resources:
+        p.error("give --resources or --config-entries")
     global PROGRESS_FILE  # pylint: disable=global-statement
     PROGRESS_FILE = a.progress_file
     # SIGTERM (systemd, a timeout) ends like Ctrl-C: the resume state is saved on the way out.
