@@ -10,7 +10,7 @@ use std::sync::{Mutex as StdMutex, RwLock as StdRwLock};
 use tokio::sync::watch;
 use zeroize::Zeroizing;
 
-use super::http::{Http, JsonBody, Nodes, Operation};
+use super::http::{Http, JsonBody, Nodes, Operation, TokenHeader};
 use super::Error;
 use crate::config::AuthSettings;
 use crate::telemetry::metrics;
@@ -19,7 +19,8 @@ use crate::telemetry::metrics;
 /// someone else already replaced it.
 #[derive(Clone)]
 pub(crate) struct Token {
-    pub(crate) secret: Arc<SecretString>,
+    /// The token exists only as its header (a wiped, shared buffer).
+    pub(crate) secret: TokenHeader,
     pub(crate) generation: u64,
     obtained: Instant,
     ttl: Option<Duration>,
@@ -460,7 +461,7 @@ async fn login_call(
         .ok_or_else(|| Error::Protocol("login returned no auth block".into()))?
         .auth;
     Ok(Token {
-        secret: Arc::new(info.client_token),
+        secret: TokenHeader::new(&info.client_token)?,
         generation,
         obtained: Instant::now(),
         ttl: (info.lease_duration > 0).then(|| Duration::from_secs(info.lease_duration)),
@@ -475,7 +476,7 @@ async fn token_from_file(
     generation: u64,
 ) -> Result<Token, Error> {
     let raw = read_secret_file("token file", path)?;
-    let secret = Arc::new(SecretString::from(raw.as_str()));
+    let secret = TokenHeader::new(&SecretString::from(raw.as_str()))?;
     let lookup: Option<LookupBody> = http
         .call_on(
             nodes,

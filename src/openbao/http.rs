@@ -1,10 +1,12 @@
 //! One place that sends requests to OpenBao: node choice and failover, redirects, the call's
 //! budget, retries, the connection cap, size caps, error classification and metrics.
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
+use reqwest::header::HeaderValue;
 use reqwest::{Method, StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
@@ -38,6 +40,34 @@ impl JsonBody {
         reqwest::Body::from(self.0.clone())
     }
 }
+
+/// An OpenBao token as the `X-Vault-Token` header it is sent in, built once per login: the
+/// header's bytes are the only copy of the token in the provider, in a buffer wiped when the
+/// last clone (the token, or a request still in flight) is dropped. Cloning shares that buffer.
+#[derive(Clone)]
+pub(crate) struct TokenHeader(HeaderValue);
+
+impl TokenHeader {
+    pub(crate) fn new(token: &SecretString) -> Result<Self, Error> {
+        let shared =
+            bytes::Bytes::from_owner(Zeroizing::new(token.expose_secret().as_bytes().to_vec()));
+        let mut value = HeaderValue::from_maybe_shared(shared)
+            .map_err(|_| Error::NoToken("token holds characters not allowed in a header".into()))?;
+        value.set_sensitive(true);
+        Ok(Self(value))
+    }
+}
+
+impl std::fmt::Debug for TokenHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenHeader(<redacted>)")
+    }
+}
+
+/// Request paths whose URL a node keeps once joined: the provider uses about ten distinct paths,
+/// so the cache stays tiny; `Url::join` (a full re-parse, host included) is not paid per call.
+const MAX_CACHED_URLS: usize = 32;
+
 /// An attempt with less time left than this is not started: it could not finish.
 const MIN_ATTEMPT: Duration = Duration::from_millis(50);
 
@@ -80,6 +110,37 @@ impl Operation {
 struct Node {
     url: Url,
     client: reqwest::Client,
+    /// `path` -> `url` joined with `v1/<path>`, filled on first use.
+    urls: RwLock<Vec<(Box<str>, Url)>>,
+}
+
+impl Node {
+    fn url_for(&self, path: &str) -> Result<Url, Error> {
+        let cached = |urls: &Vec<(Box<str>, Url)>| {
+            urls.iter()
+                .find(|(p, _)| &**p == path)
+                .map(|(_, u)| u.clone())
+        };
+        let found = match self.urls.read() {
+            Ok(g) => cached(&g),
+            Err(p) => cached(&p.into_inner()),
+        };
+        if let Some(url) = found {
+            return Ok(url);
+        }
+        let url = self
+            .url
+            .join(&format!("v1/{}", path.trim_start_matches('/')))
+            .map_err(|e| Error::Protocol(format!("bad request path {path:?}: {e}")))?;
+        let mut urls = match self.urls.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if urls.len() < MAX_CACHED_URLS && cached(&urls).is_none() {
+            urls.push((path.into(), url.clone()));
+        }
+        Ok(url)
+    }
 }
 
 /// Everything a reload may change, built whole on the side and swapped in one step.
@@ -106,6 +167,7 @@ impl Nodes {
                 Ok(Node {
                     url: n.url.clone(),
                     client: build_client(settings, tls)?,
+                    urls: RwLock::new(Vec::new()),
                 })
             })
             .collect::<Result<Vec<_>, Error>>()?;
@@ -182,7 +244,7 @@ impl Http {
         op: Operation,
         method: Method,
         path: &str,
-        token: Option<&SecretString>,
+        token: Option<&TokenHeader>,
         body: Option<JsonBody>,
     ) -> Result<Option<T>, Error> {
         let nodes = self.nodes();
@@ -196,7 +258,7 @@ impl Http {
         op: Operation,
         method: Method,
         path: &str,
-        token: Option<&SecretString>,
+        token: Option<&TokenHeader>,
         body: Option<JsonBody>,
     ) -> Result<Option<T>, Error> {
         let (code, bytes) = self
@@ -230,7 +292,7 @@ impl Http {
         op: Operation,
         method: &Method,
         path: &str,
-        token: Option<&SecretString>,
+        token: Option<&TokenHeader>,
         body: Option<&JsonBody>,
         any_status: bool,
     ) -> Result<(StatusCode, Zeroizing<Vec<u8>>), Error> {
@@ -268,7 +330,11 @@ impl Http {
                 Ok(Attempt::Done(code, bytes)) if any_status => Ok((code, bytes)),
                 Ok(Attempt::Done(code, bytes)) => classify(code, bytes),
                 Ok(Attempt::Redirect(location)) => {
-                    metrics::openbao_request(op.as_str(), "307", attempt_started.elapsed());
+                    metrics::openbao_request(
+                        op.as_str(),
+                        metrics::status_label(307),
+                        attempt_started.elapsed(),
+                    );
                     match nodes.by_origin(&location) {
                         Some(next) if hops < 2 => {
                             tracing::debug!(operation = op.as_str(), from = %node.url, to = %location.origin().ascii_serialization(), "following a redirect to a configured node");
@@ -287,11 +353,11 @@ impl Http {
                 Err(e) => Err(e),
             };
             let label = match &result {
-                Ok((code, _)) => code.as_u16().to_string(),
-                Err(Error::Server { status, .. }) => status.to_string(),
-                Err(e) => e.class().to_owned(),
+                Ok((code, _)) => metrics::status_label(code.as_u16()),
+                Err(Error::Server { status, .. }) => metrics::status_label(*status),
+                Err(e) => Cow::Borrowed(e.class()),
             };
-            metrics::openbao_request(op.as_str(), &label, attempt_started.elapsed());
+            metrics::openbao_request(op.as_str(), label, attempt_started.elapsed());
             match result {
                 Ok(ok) => {
                     if self.preferred.swap(index, Ordering::Relaxed) % count != index && count > 1 {
@@ -319,7 +385,7 @@ impl Http {
         node: &Node,
         method: &Method,
         path: &str,
-        token: Option<&SecretString>,
+        token: Option<&TokenHeader>,
         body: Option<&JsonBody>,
         deadline: Instant,
     ) -> Result<Attempt, Error> {
@@ -342,25 +408,16 @@ async fn send(
     node: &Node,
     method: &Method,
     path: &str,
-    token: Option<&SecretString>,
+    token: Option<&TokenHeader>,
     body: Option<&JsonBody>,
 ) -> Result<Attempt, Error> {
-    let url = node
-        .url
-        .join(&format!("v1/{}", path.trim_start_matches('/')))
-        .map_err(|e| Error::Protocol(format!("bad request path {path:?}: {e}")))?;
-    let mut req = node.client.request(method.clone(), url.clone());
+    let mut req = node.client.request(method.clone(), node.url_for(path)?);
     if let Some(ns) = &nodes.namespace {
         req = req.header("X-Vault-Namespace", ns);
     }
     if let Some(token) = token {
-        // The header shares a wiped-on-drop buffer instead of copying the token.
-        let shared =
-            bytes::Bytes::from_owner(Zeroizing::new(token.expose_secret().as_bytes().to_vec()));
-        let mut value = reqwest::header::HeaderValue::from_maybe_shared(shared)
-            .map_err(|_| Error::NoToken("token holds characters not allowed in a header".into()))?;
-        value.set_sensitive(true);
-        req = req.header("X-Vault-Token", value);
+        // Shares the token's wiped buffer (a reference count), no copy of the token.
+        req = req.header("X-Vault-Token", token.0.clone());
     }
     if let Some(body) = body {
         req = req
@@ -375,7 +432,7 @@ async fn send(
             .headers()
             .get(reqwest::header::LOCATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| url.join(v).ok())
+            .and_then(|v| node.url_for(path).ok()?.join(v).ok())
             .ok_or_else(|| {
                 Error::Protocol(format!("redirect {status} without a usable Location"))
             })?;

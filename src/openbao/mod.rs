@@ -114,6 +114,9 @@ pub(crate) struct Client {
     auth: Arc<Auth>,
     mount: String,
     key: String,
+    /// The Transit paths of the per-call requests, rendered once.
+    encrypt_path: String,
+    decrypt_path: String,
 }
 
 impl Client {
@@ -130,6 +133,8 @@ impl Client {
             auth: Arc::new(Auth::new(auth.clone())),
             mount: transit.mount_path.clone(),
             key: transit.key_name.clone(),
+            encrypt_path: contract::ENCRYPT.render(&transit.mount_path, &transit.key_name),
+            decrypt_path: contract::DECRYPT.render(&transit.mount_path, &transit.key_name),
         })
     }
 
@@ -225,7 +230,7 @@ impl Client {
         aad: &[u8],
         version: u32,
     ) -> Result<Encrypted, Error> {
-        let path = contract::ENCRYPT.render(&self.mount, &self.key);
+        let path = &self.encrypt_path;
         let b64 = Zeroizing::new(STANDARD.encode(plaintext));
         let body = EncryptRequest {
             plaintext: b64.as_str(),
@@ -233,7 +238,7 @@ impl Client {
             key_version: version,
         };
         let resp: DataBody<EncryptData> = self
-            .authed(Operation::Encrypt, Method::POST, &path, Some(&body))
+            .authed(Operation::Encrypt, Method::POST, path, Some(&body))
             .await?
             .ok_or_else(|| Error::Protocol("encrypt returned no data".into()))?;
         let claimed = ciphertext_version(&resp.data.ciphertext).ok_or_else(|| {
@@ -254,13 +259,13 @@ impl Client {
         ciphertext: &str,
         aad: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, Error> {
-        let path = contract::DECRYPT.render(&self.mount, &self.key);
+        let path = &self.decrypt_path;
         let body = DecryptRequest {
             ciphertext,
             associated_data: STANDARD.encode(aad),
         };
         let resp: DataBody<DecryptData> = self
-            .authed(Operation::Decrypt, Method::POST, &path, Some(&body))
+            .authed(Operation::Decrypt, Method::POST, path, Some(&body))
             .await?
             .ok_or_else(|| Error::Protocol("decrypt returned no data".into()))?;
         resp.data.bytes()

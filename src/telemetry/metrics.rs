@@ -1,5 +1,6 @@
 //! Prometheus metrics. One global registry so every module can count without plumbing; labels
 //! are bounded (methods, codes, operations, a short key_id hash), never uids or key names.
+use std::borrow::Cow;
 use std::sync::atomic::AtomicU64;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -11,26 +12,28 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+// Label values on the per-call paths are `&'static str` (or a `Cow` that is borrowed for every
+// common HTTP status), so counting a call allocates nothing.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MethodCode {
-    method: String,
-    code: String,
+    method: &'static str,
+    code: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Method {
-    method: String,
+    method: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OperationStatus {
-    operation: String,
-    status: String,
+    operation: &'static str,
+    status: Cow<'static, str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Operation {
-    operation: String,
+    operation: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -162,34 +165,43 @@ fn metrics() -> &'static Metrics {
     })
 }
 
-pub(crate) fn grpc_request(method: &str, code: &str, took: Duration) {
+pub(crate) fn grpc_request(method: &'static str, code: &'static str, took: Duration) {
     let m = metrics();
     m.grpc_requests
-        .get_or_create(&MethodCode {
-            method: method.into(),
-            code: code.into(),
-        })
+        .get_or_create(&MethodCode { method, code })
         .inc();
     m.grpc_duration
-        .get_or_create(&Method {
-            method: method.into(),
-        })
+        .get_or_create(&Method { method })
         .observe(took.as_secs_f64());
 }
 
-pub(crate) fn openbao_request(operation: &str, status: &str, took: Duration) {
+/// `status` is an HTTP status or an error class; `status_label` gives it without allocating.
+pub(crate) fn openbao_request(operation: &'static str, status: Cow<'static, str>, took: Duration) {
     let m = metrics();
     m.openbao_requests
-        .get_or_create(&OperationStatus {
-            operation: operation.into(),
-            status: status.into(),
-        })
+        .get_or_create(&OperationStatus { operation, status })
         .inc();
     m.openbao_duration
-        .get_or_create(&Operation {
-            operation: operation.into(),
-        })
+        .get_or_create(&Operation { operation })
         .observe(took.as_secs_f64());
+}
+
+/// An HTTP status as a label value: borrowed for the statuses OpenBao answers with.
+pub(crate) fn status_label(code: u16) -> Cow<'static, str> {
+    Cow::Borrowed(match code {
+        200 => "200",
+        204 => "204",
+        307 => "307",
+        400 => "400",
+        403 => "403",
+        404 => "404",
+        412 => "412",
+        429 => "429",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        _ => return Cow::Owned(code.to_string()),
+    })
 }
 
 pub(crate) fn active_key_id(short_hash: &str) {
