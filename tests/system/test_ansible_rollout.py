@@ -79,9 +79,11 @@ EXISTING_ENCRYPTION = "/etc/kubernetes/enc/enc.yaml"
 # Merge mode on a published manifest that already encrypts (kubeadm 1.21, --encryption-provider-config
 # =/etc/kubernetes/etcd/ec.yaml) with the Kubernetes documentation's aescbc configuration there
 # (tests/testdata/kubeadm/PROVENANCE.md).
-MERGE_MANIFEST = TESTDATA / "kubeadm" / "manifests" / "kubeadm-v1.21.0-existing-encryption.yaml"
+# The project's own corpus, not kubeadm_testdata() (../shared/testdata holds only one manifest).
+CORPUS = REPO_ROOT / "tests" / "testdata" / "kubeadm"
+MERGE_MANIFEST = CORPUS / "manifests" / "kubeadm-v1.21.0-existing-encryption.yaml"
 MERGE_EXISTING = "/etc/kubernetes/etcd/ec.yaml"
-MERGE_CONFIG = TESTDATA / "kubeadm" / "encryption-configs" / "aescbc-docs-write-config.yaml"
+MERGE_CONFIG = CORPUS / "encryption-configs" / "aescbc-docs-write-config.yaml"
 PREVIOUS_FILE = f"{CONFIG_DIR}/previous-encryption-provider-config"
 
 
