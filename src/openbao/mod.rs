@@ -3,6 +3,7 @@ mod auth;
 pub(crate) mod contract;
 mod diagnostics;
 mod error;
+mod conn;
 mod http;
 mod pkcs11;
 mod tls;
