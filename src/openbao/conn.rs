@@ -134,7 +134,10 @@ impl Pool {
                 // applied by the certificate verifier in `tls`.
                 let name = ServerName::try_from(host.to_owned())
                     .map_err(|e| Error::Tls(format!("OpenBao node host {host:?}: {e}")))?;
-                Some((tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls)), name))
+                Some((
+                    tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls)),
+                    name,
+                ))
             }
             _ => None,
         };

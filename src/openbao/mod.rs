@@ -1,9 +1,9 @@
 //! The OpenBao side: authentication, Transit encrypt/decrypt and key metadata over HTTPS.
 mod auth;
+mod conn;
 pub(crate) mod contract;
 mod diagnostics;
 mod error;
-mod conn;
 mod http;
 mod pkcs11;
 mod tls;
