@@ -13,11 +13,12 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use ::http::header::{HeaderMap, HeaderValue, HOST, USER_AGENT};
+use ::http::StatusCode;
 use http_body_util::Full;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use reqwest::header::{HeaderMap, HeaderValue, HOST, USER_AGENT};
-use reqwest::{StatusCode, Url};
+use reqwest::Url;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -32,7 +33,7 @@ pub(crate) type Body = Full<Bytes>;
 
 const USER_AGENT_VALUE: &str = concat!("bao-kms-provider/", env!("CARGO_PKG_VERSION"));
 
-/// An unused connection older than this is closed rather than reused (reqwest's default).
+/// An unused connection older than this is closed rather than reused (as reqwest did).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Why an exchange gave no response. Display names the step; the cause is the source.

@@ -5,9 +5,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use ::http::header::HeaderValue;
+use ::http::{Method, StatusCode};
 use rand::Rng;
-use reqwest::header::HeaderValue;
-use reqwest::{Method, StatusCode, Url};
+use reqwest::Url;
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
@@ -119,7 +120,7 @@ struct Node {
 #[derive(Clone)]
 struct Target {
     url: Url,
-    uri: http::Uri,
+    uri: ::http::Uri,
 }
 
 impl Node {
@@ -145,7 +146,7 @@ impl Node {
             origin_form.push('?');
             origin_form.push_str(query);
         }
-        let uri = http::Uri::try_from(origin_form)
+        let uri = ::http::Uri::try_from(origin_form)
             .map_err(|e| Error::Protocol(format!("bad request path {path:?}: {e}")))?;
         let target = Target { url, uri };
         let mut urls = match self.urls.write() {
@@ -428,7 +429,7 @@ async fn send(
     body: Option<&JsonBody>,
 ) -> Result<Attempt, Error> {
     let target = node.url_for(path)?;
-    let mut req = http::Request::new(body.map(JsonBody::to_body).unwrap_or_default());
+    let mut req = ::http::Request::new(body.map(JsonBody::to_body).unwrap_or_default());
     *req.method_mut() = method.clone();
     *req.uri_mut() = target.uri;
     let headers = req.headers_mut();
@@ -443,7 +444,7 @@ async fn send(
     }
     if body.is_some() {
         headers.insert(
-            http::header::CONTENT_TYPE,
+            ::http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
     }
@@ -458,7 +459,7 @@ async fn send(
         .map_err(transport_error)?;
     if status.is_redirection() {
         let location = headers
-            .get(http::header::LOCATION)
+            .get(::http::header::LOCATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| target.url.join(v).ok())
             .ok_or_else(|| {

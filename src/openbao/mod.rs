@@ -11,7 +11,7 @@ mod transit;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use reqwest::Method;
+use ::http::Method;
 use serde::Serialize;
 use zeroize::Zeroizing;
 

@@ -19,6 +19,9 @@ struct Faults {
     open: AtomicUsize,
     /// Requests (client->server chunks that start with an HTTP method) seen.
     requests: AtomicUsize,
+    /// Wakes every open connection to be closed (a FIN to the client), as a server does with
+    /// idle keep-alive connections.
+    close: tokio::sync::Notify,
 }
 
 pub struct FaultProxy {
@@ -99,6 +102,12 @@ impl FaultProxy {
         self.faults.down.store(false, Ordering::SeqCst);
     }
 
+    /// Closes every open connection with a FIN to the client and keeps accepting new ones: what
+    /// OpenBao's idle timeout (or a restarted load balancer) does to kept-alive connections.
+    pub fn close_connections(&self) {
+        self.faults.close.notify_waiters();
+    }
+
     pub fn open_connections(&self) -> usize {
         self.faults.open.load(Ordering::SeqCst)
     }
@@ -141,7 +150,15 @@ async fn pump(inbound: TcpStream, outbound: TcpStream, f: &Arc<Faults>) {
     };
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let n = match in_r.read(&mut buf).await {
+        let read = tokio::select! {
+            r = in_r.read(&mut buf) => r,
+            _ = f.close.notified() => {
+                back.abort();
+                let _ = in_w.lock().await.shutdown().await;
+                break;
+            }
+        };
+        let n = match read {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
