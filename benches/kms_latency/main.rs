@@ -190,9 +190,20 @@ async fn calls(kms: &KmsClient, direct: &Arc<Direct>) -> Calls {
             .map_err(|e| e.to_string())
         })
     });
+    // BENCH_DIRECT_GAP_US: an experiment, not a figure. Each direct Decrypt first leaves the
+    // machine idle this long (a blocking sleep, so nothing runs), as the provider's own gRPC hop
+    // does between OpenBao requests; it shows what OpenBao's CPU per request does when its
+    // requests arrive further apart (docs/performance.md).
+    let gap = std::env::var("BENCH_DIRECT_GAP_US")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_micros);
     let (d, ct, a) = (direct.clone(), ciphertext, aad.clone());
     let direct_decrypt: Call = Arc::new(move || {
         let (d, ct, a) = (d.clone(), ct.clone(), a.clone());
+        if let Some(gap) = gap {
+            std::thread::sleep(gap);
+        }
         Box::pin(async move {
             match d.decrypt(&ct, &a).await? {
                 32 => Ok(()),

@@ -12,9 +12,9 @@ use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use ::http::header::{HeaderMap, HeaderValue, HOST, USER_AGENT};
 use ::http::StatusCode;
+use bytes::Bytes;
 use http_body_util::Full;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;

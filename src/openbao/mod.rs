@@ -9,9 +9,9 @@ mod pkcs11;
 mod tls;
 mod transit;
 
+use ::http::Method;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use ::http::Method;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
