@@ -34,6 +34,9 @@ where
     if body.size_hint().lower() > max as u64 {
         return Err(ReadError::TooLarge);
     }
+    // One allocation for an announced length, not a copy of the body per growth step.
+    let announced = usize::try_from(body.size_hint().lower()).unwrap_or(max);
+    buf.reserve(announced.min(max));
     let mut body = std::pin::pin!(body);
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| ReadError::Transport(e.into()))?;

@@ -99,6 +99,8 @@ struct Link {
     io: http1::Connection<TokioIo<Stream>, Body>,
     /// The connection future finished (closed by either side): never reused.
     ended: bool,
+    /// Why it finished, when it failed: the cause shown for the call it ended.
+    error: Option<hyper::Error>,
 }
 
 /// `drive`: the connection finished while the future still waited.
@@ -143,7 +145,11 @@ impl Pool {
             _ => None,
         };
         Ok(Self {
-            endpoint: format!("{host}:{port}"),
+            endpoint: if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            },
             target,
             host: host_header,
             tls,
@@ -172,23 +178,24 @@ impl Pool {
             match drive(&mut conn.link, pin!(conn.sender.ready())).await {
                 Ok(Ok(())) => {}
                 _ if reused => continue,
-                Ok(Err(e)) => return Err(self.http_error(e)),
-                Err(Ended) => return Err(self.closed()),
+                Ok(Err(e)) => return Err(self.http_error(conn.link.error.take().unwrap_or(e))),
+                Err(Ended) => return Err(self.closed(conn.link.error.take())),
             }
             let mut sending = pin!(conn.sender.try_send_request(req));
             let sent = match drive(&mut conn.link, sending.as_mut()).await {
                 Ok(sent) => sent,
                 Err(Ended) => {
+                    let cause = conn.link.error.take();
                     // Dropping the connection answers every request it still holds.
                     drop(conn);
                     match sending.await {
-                        Ok(_) => return Err(self.closed()),
+                        Ok(_) => return Err(self.closed(cause)),
                         Err(mut e) => match e.take_message() {
                             Some(back) if reused => {
                                 req = back;
                                 continue;
                             }
-                            _ => return Err(self.http_error(e.into_error())),
+                            _ => return Err(self.http_error(cause.unwrap_or(e.into_error()))),
                         },
                     }
                 }
@@ -201,18 +208,22 @@ impl Pool {
                         req = back;
                         continue;
                     }
-                    _ => return Err(self.http_error(e.into_error())),
+                    _ => {
+                        let cause = conn.link.error.take();
+                        return Err(self.http_error(cause.unwrap_or(e.into_error())));
+                    }
                 },
             };
             let (parts, body) = resp.into_parts();
             let mut buf = Zeroizing::new(Vec::new());
-            let (read, conn) = {
+            let (read, conn, cause) = {
                 let mut reading = pin!(read_capped(body, max, &mut buf));
                 match drive(&mut conn.link, reading.as_mut()).await {
-                    Ok(read) => (read, Some(conn)),
+                    Ok(read) => (read, Some(conn), None),
                     Err(Ended) => {
+                        let cause = conn.link.error.take();
                         drop(conn);
-                        (reading.await, None)
+                        (reading.await, None, cause)
                     }
                 }
             };
@@ -222,7 +233,7 @@ impl Pool {
                 Err(ReadError::Transport(source)) => {
                     return Err(SendError::Http {
                         endpoint: self.endpoint.clone(),
-                        source,
+                        source: cause.map_or(source, |c| Box::new(c)),
                     })
                 }
             }
@@ -237,11 +248,58 @@ impl Pool {
         }
     }
 
-    fn closed(&self) -> SendError {
+    /// The connection ended under a call: its own error when it had one.
+    fn closed(&self, cause: Option<hyper::Error>) -> SendError {
         SendError::Http {
             endpoint: self.endpoint.clone(),
-            source: "the connection closed".into(),
+            source: match cause {
+                Some(e) => Box::new(e),
+                None => "the connection closed".into(),
+            },
         }
+    }
+
+    /// TCP to the node: every address its name resolves to, in order, each with an equal share
+    /// of what is left of `connect_timeout`, so an address that drops packets (an IPv6 route
+    /// that goes nowhere) cannot use the whole budget before the next one is tried.
+    async fn connect_tcp(&self) -> Result<TcpStream, SendError> {
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        let timed_out = || SendError::ConnectTimeout(self.endpoint.clone());
+        let addrs: Vec<SocketAddr> = match &self.target {
+            Target::Addr(addr) => vec![*addr],
+            Target::Name(host, port) => {
+                tokio::time::timeout_at(deadline, tokio::net::lookup_host((host.as_str(), *port)))
+                    .await
+                    .map_err(|_| timed_out())?
+                    .map_err(|source| SendError::Connect {
+                        endpoint: self.endpoint.clone(),
+                        source,
+                    })?
+                    .collect()
+            }
+        };
+        let mut last = None;
+        for (i, addr) in addrs.iter().enumerate() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let share = left / u32::try_from(addrs.len() - i).unwrap_or(u32::MAX);
+            match tokio::time::timeout(share, TcpStream::connect(addr)).await {
+                Ok(Ok(tcp)) => return Ok(tcp),
+                Ok(Err(source)) => {
+                    last = Some(SendError::Connect {
+                        endpoint: addr.to_string(),
+                        source,
+                    })
+                }
+                Err(_) => last = Some(SendError::ConnectTimeout(addr.to_string())),
+            }
+        }
+        Err(last.unwrap_or_else(|| SendError::Connect {
+            endpoint: self.endpoint.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the name resolved to no address",
+            ),
+        }))
     }
 
     fn http_error(&self, e: hyper::Error) -> SendError {
@@ -254,7 +312,8 @@ impl Pool {
     /// The most recently used idle connection the server has not closed, if any.
     fn checkout(&self) -> Option<Conn> {
         loop {
-            let mut conn = {
+            let mut expired = Vec::new();
+            let taken = {
                 let mut idle = match self.idle.lock() {
                     Ok(g) => g,
                     Err(p) => p.into_inner(),
@@ -263,10 +322,13 @@ impl Pool {
                     .front()
                     .is_some_and(|c| c.idle_since.elapsed() >= IDLE_TIMEOUT)
                 {
-                    idle.pop_front();
+                    expired.extend(idle.pop_front());
                 }
-                idle.pop_back()?
+                idle.pop_back()
             };
+            // Closing sockets is a syscall each: not under the lock.
+            drop(expired);
+            let mut conn = taken?;
             // One poll without a waker reads a pending close (EOF) or error; an idle, open
             // connection stays Pending. Nothing here waits.
             let mut cx = Context::from_waker(Waker::noop());
@@ -286,25 +348,21 @@ impl Pool {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        if idle.len() < self.max_idle {
+        // Full: the oldest goes, the one just used (most likely still open) stays.
+        let evicted = if idle.len() >= self.max_idle {
+            idle.pop_front()
+        } else {
+            None
+        };
+        if self.max_idle > 0 {
             idle.push_back(conn);
         }
+        drop(idle);
+        drop(evicted);
     }
 
     async fn connect(&self) -> Result<Conn, SendError> {
-        let connecting = async {
-            match &self.target {
-                Target::Addr(addr) => TcpStream::connect(addr).await,
-                Target::Name(host, port) => TcpStream::connect((host.as_str(), *port)).await,
-            }
-        };
-        let tcp = tokio::time::timeout(self.connect_timeout, connecting)
-            .await
-            .map_err(|_| SendError::ConnectTimeout(self.endpoint.clone()))?
-            .map_err(|source| SendError::Connect {
-                endpoint: self.endpoint.clone(),
-                source,
-            })?;
+        let tcp = self.connect_tcp().await?;
         // Requests are one write each; waiting for ACKs (Nagle) would only add latency.
         let _ = tcp.set_nodelay(true);
         let stream = match &self.tls {
@@ -331,7 +389,11 @@ impl Pool {
             .map_err(|e| self.http_error(e))?;
         Ok(Conn {
             sender,
-            link: Link { io, ended: false },
+            link: Link {
+                io,
+                ended: false,
+                error: None,
+            },
             idle_since: Instant::now(),
         })
     }
@@ -348,7 +410,14 @@ async fn drive<F: Future>(link: &mut Link, mut fut: Pin<&mut F>) -> Result<F::Ou
         if link.ended {
             return Poll::Ready(Err(Ended));
         }
-        let done = link.io.poll_without_shutdown(cx).is_ready();
+        let done = match link.io.poll_without_shutdown(cx) {
+            Poll::Pending => false,
+            Poll::Ready(Ok(())) => true,
+            Poll::Ready(Err(e)) => {
+                link.error = Some(e);
+                true
+            }
+        };
         link.ended |= done;
         // What the connection just read may have answered `fut`: look now rather than after
         // a wake-up through the scheduler.
