@@ -20,24 +20,32 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 pub(crate) enum ReadError {
     /// The body is (or says it is) larger than the cap.
     TooLarge,
-    Transport(reqwest::Error),
+    Transport(Box<dyn std::error::Error + Send + Sync>),
 }
 
-/// Reads `resp`'s body into `buf`, refusing more than `max` bytes (checked against
-/// Content-Length first, then while reading). `buf` may be a zeroizing buffer.
-pub(crate) async fn read_capped(
-    resp: &mut reqwest::Response,
-    max: usize,
-    buf: &mut Vec<u8>,
-) -> Result<(), ReadError> {
-    if resp.content_length().is_some_and(|n| n > max as u64) {
+/// Reads `body` into `buf`, refusing more than `max` bytes (checked against its announced
+/// length first, then while reading). `buf` may be a zeroizing buffer.
+pub(crate) async fn read_capped<B>(body: B, max: usize, buf: &mut Vec<u8>) -> Result<(), ReadError>
+where
+    B: hyper::body::Body<Data = bytes::Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http_body_util::BodyExt;
+    if body.size_hint().lower() > max as u64 {
         return Err(ReadError::TooLarge);
     }
-    while let Some(chunk) = resp.chunk().await.map_err(ReadError::Transport)? {
-        if buf.len() + chunk.len() > max {
-            return Err(ReadError::TooLarge);
+    // One allocation for an announced length, not a copy of the body per growth step.
+    let announced = usize::try_from(body.size_hint().lower()).unwrap_or(max);
+    buf.reserve(announced.min(max));
+    let mut body = std::pin::pin!(body);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ReadError::Transport(e.into()))?;
+        if let Ok(chunk) = frame.into_data() {
+            if buf.len() + chunk.len() > max {
+                return Err(ReadError::TooLarge);
+            }
+            buf.extend_from_slice(&chunk);
         }
-        buf.extend_from_slice(&chunk);
     }
     Ok(())
 }

@@ -101,6 +101,54 @@ async fn a_redirect_to_a_configured_node_is_followed() {
     assert!(try_encrypt(&p).await.is_ok());
 }
 
+/// The provider keeps its OpenBao connections alive between calls and only polls one while a
+/// call uses it (src/openbao/conn.rs). A connection the server closed meanwhile must be noticed
+/// and replaced before the request goes out: no failed attempt, no retry, no error.
+#[tokio::test]
+async fn kept_alive_connections_closed_by_openbao_are_replaced_without_a_failed_attempt() {
+    let bao = Bao::start().await;
+    let proxy = FaultProxy::start(bao.port).await;
+    let o = ProviderOptions::with(&proxy.addr(), &bao.jwt_path());
+    let p = Provider::start(&o).await;
+    let (mut slowest, mut failed) = (Duration::ZERO, Vec::new());
+    for round in 0..10 {
+        assert!(try_encrypt(&p).await.is_ok(), "round {round}\n{}", p.logs());
+        let open = proxy.open_connections();
+        assert!(open > 0, "no kept-alive connection");
+        let severed = proxy.severed();
+        proxy.close_connections();
+        let waited = Instant::now();
+        // Connections opened meanwhile (the probe loop) stay open; the old ones must close.
+        while proxy.severed() < severed + open {
+            assert!(
+                waited.elapsed() < Duration::from_secs(5),
+                "proxy did not close"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Let the FIN arrive, as it would long before the next call after an idle timeout.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // A probe (every 300 ms here) whose request was in flight when the proxy closed may
+        // fail, as it would against a real server; calls made after the close must not.
+        let mark = p.logs().len();
+        let started = Instant::now();
+        let r = try_encrypt(&p).await;
+        assert!(r.is_ok(), "round {round}: {r:?}\n{}", p.logs());
+        slowest = slowest.max(started.elapsed());
+        let logs = p.logs();
+        let during = logs.get(mark..).unwrap_or_default();
+        if during.contains("OpenBao request failed") {
+            failed.push(format!("round {round}:\n{during}"));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "a closed kept-alive connection cost a failed attempt:\n{}",
+        failed.join("\n")
+    );
+    eprintln!("FIGURES keep-alive: 10 calls right after OpenBao closed every connection, none failed an attempt; slowest {slowest:?}");
+}
+
 #[tokio::test]
 async fn a_reset_or_a_503_once_is_retried_within_the_budget() {
     let bao = Bao::start().await;

@@ -87,6 +87,40 @@ pub fn client(ca_file: Option<&Path>, timeout: Duration) -> reqwest::Client {
         .expect("HTTP client")
 }
 
+/// What the provider does before READY=1, done by a plain client from nothing: a fresh client
+/// (new connection, TLS handshake), JWT login, key metadata read, then an encrypt and a decrypt
+/// (the deep probe). Returns the wall time; the baseline of exec -> READY=1, because an idle
+/// OpenBao answers its first requests far slower than a busy one.
+pub async fn startup_sequence(addr: &str, ca_file: Option<&Path>, jwt_file: &Path) -> Duration {
+    let started = std::time::Instant::now();
+    let d = Direct::login(addr, ca_file, jwt_file).await;
+    let resp = d
+        .http
+        .get(format!("{addr}/v1/transit/keys/k8s-etcd"))
+        .header("X-Vault-Token", d.token.clone())
+        .send()
+        .await
+        .expect("key read");
+    assert!(resp.status().is_success(), "key read: {}", resp.status());
+    resp.bytes().await.expect("key read body");
+    let aad = STANDARD.encode(b"bench-startup");
+    let c: Ciphertext = d
+        .post(
+            &d.encrypt_url,
+            &EncryptBody {
+                plaintext: &STANDARD.encode([0u8; 32]),
+                associated_data: &aad,
+                key_version: 1,
+            },
+        )
+        .await
+        .expect("startup encrypt");
+    d.decrypt(&c.ciphertext, &aad)
+        .await
+        .expect("startup decrypt");
+    started.elapsed()
+}
+
 impl Direct {
     /// Logs in with the provider's JWT role, so OpenBao evaluates the same policy per call.
     pub async fn login(addr: &str, ca_file: Option<&Path>, jwt_file: &Path) -> Direct {

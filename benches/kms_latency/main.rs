@@ -82,6 +82,9 @@ struct Target {
 }
 
 const SEED: [u8; 32] = [7u8; 32];
+/// Idle time before each timed start (the provider's, and the direct sequence's).
+const START_GAP: Duration = Duration::from_millis(300);
+
 /// Decrypt callers kept busy while one caller measures Status ("StatusUnderLoad").
 const BACKGROUND_CALLERS: usize = 64;
 
@@ -187,9 +190,20 @@ async fn calls(kms: &KmsClient, direct: &Arc<Direct>) -> Calls {
             .map_err(|e| e.to_string())
         })
     });
+    // BENCH_DIRECT_GAP_US: an experiment, not a figure. Each direct Decrypt first leaves the
+    // machine idle this long (a blocking sleep, so nothing runs), as the provider's own gRPC hop
+    // does between OpenBao requests; it shows what OpenBao's CPU per request does when its
+    // requests arrive further apart (docs/performance.md).
+    let gap = std::env::var("BENCH_DIRECT_GAP_US")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_micros);
     let (d, ct, a) = (direct.clone(), ciphertext, aad.clone());
     let direct_decrypt: Call = Arc::new(move || {
         let (d, ct, a) = (d.clone(), ct.clone(), a.clone());
+        if let Some(gap) = gap {
+            std::thread::sleep(gap);
+        }
         Box::pin(async move {
             match d.decrypt(&ct, &a).await? {
                 32 => Ok(()),
@@ -285,6 +299,13 @@ async fn round(
     out: &mut Round,
 ) {
     t.provider.stop();
+    // The same quiet gap before the direct start-up sequence and before the provider's start:
+    // OpenBao's first answers after idling are what both wait for.
+    tokio::time::sleep(START_GAP).await;
+    let ca = (t.name == "https").then(|| t.bao.ca_file());
+    let direct_start =
+        direct::startup_sequence(&t.bao.addr, ca.as_deref(), &t.bao.jwt_path()).await;
+    tokio::time::sleep(START_GAP).await;
     let ready = t.provider.start(notify);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let pid = t.provider.pid();
@@ -363,6 +384,7 @@ async fn round(
     out.startups.push(Startup {
         transport: t.name,
         ready_ms: ready.as_secs_f64() * 1e3,
+        direct_start_ms: direct_start.as_secs_f64() * 1e3,
         idle_rss_kib,
         peak_rss_kib: vm_kib(pid, "VmHWM"),
         end_rss_kib: vm_kib(pid, "VmRSS"),

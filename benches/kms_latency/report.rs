@@ -48,6 +48,8 @@ impl Measurement {
 pub struct Startup {
     pub transport: &'static str,
     pub ready_ms: f64,
+    /// The same start-up requests by a plain client from nothing (`direct::startup_sequence`).
+    pub direct_start_ms: f64,
     pub idle_rss_kib: u64,
     pub peak_rss_kib: u64,
     pub end_rss_kib: u64,
@@ -226,6 +228,22 @@ const FIGURES: &[Figure] = &[
         label: "exec -> READY=1: JWT login, metadata, deep probe (ms)",
         target: Some((10.0, true)),
         value: |r, t| Some(r.startup(t)?.ready_ms),
+    },
+    Figure {
+        key: "direct_startup_ms",
+        label: "direct: new connection, login, key read, encrypt, decrypt (ms)",
+        target: None,
+        value: |r, t| Some(r.startup(t)?.direct_start_ms),
+    },
+    Figure {
+        // What the provider adds to the start-up requests themselves: exec, config, runtime.
+        key: "exec_to_ready_minus_direct_ms",
+        label: "exec -> READY=1 minus the direct start-up sequence (ms)",
+        target: None,
+        value: |r, t| {
+            let s = r.startup(t)?;
+            Some(s.ready_ms - s.direct_start_ms)
+        },
     },
     Figure {
         key: "status_p99_under_decrypt_load_ms",
@@ -476,6 +494,7 @@ pub fn to_json(rounds: &[Round], header: Value) -> Value {
                     json!({
                         "transport": s.transport,
                         "exec_to_ready_ms": s.ready_ms,
+                        "direct_startup_ms": s.direct_start_ms,
                         "idle_rss_kib": s.idle_rss_kib,
                         "peak_rss_kib": s.peak_rss_kib,
                         "end_rss_kib": s.end_rss_kib,

@@ -126,7 +126,7 @@ impl EtcdClient {
             url: shown.clone(),
             reason: error_chain(&e),
         };
-        let mut resp = self
+        let resp = self
             .http
             .post(url)
             .json(&body)
@@ -135,7 +135,8 @@ impl EtcdClient {
             .map_err(req_err)?;
         let status = resp.status();
         let mut bytes = Vec::new();
-        match read_capped(&mut resp, MAX_RESPONSE_BYTES, &mut bytes).await {
+        let body = http::Response::<reqwest::Body>::from(resp).into_body();
+        match read_capped(body, MAX_RESPONSE_BYTES, &mut bytes).await {
             Ok(()) => {}
             Err(ReadError::TooLarge) => {
                 return Err(EtcdError::Protocol {
@@ -143,7 +144,12 @@ impl EtcdClient {
                     reason: format!("response over {MAX_RESPONSE_BYTES} bytes"),
                 })
             }
-            Err(ReadError::Transport(e)) => return Err(req_err(e)),
+            Err(ReadError::Transport(e)) => {
+                return Err(EtcdError::Request {
+                    url: shown,
+                    reason: error_chain(&*e),
+                })
+            }
         }
         if !status.is_success() {
             let body = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned();

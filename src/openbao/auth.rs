@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use reqwest::Method;
+use ::http::Method;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use std::sync::{Mutex as StdMutex, RwLock as StdRwLock};

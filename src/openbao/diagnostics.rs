@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::Method;
+use ::http::Method;
 use rustls::pki_types::ServerName;
 
 use super::auth::LookupBody;
@@ -43,7 +43,7 @@ pub(crate) async fn tls_handshake(
         .to_owned();
     let port = url.port_or_known_default().unwrap_or(443);
     let endpoint = format!("{host}:{port}");
-    // The URL host goes into SNI exactly as reqwest sends it; the verifier applies
+    // The URL host goes into SNI exactly as the client (conn.rs) sends it; the verifier applies
     // tls_server_name, so this proves the same check the daemon's requests pass.
     let sni = ServerName::try_from(host.clone())
         .map_err(|e| Error::Tls(format!("openbao.address host {host:?}: {e}")))?;

@@ -5,18 +5,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use ::http::header::HeaderValue;
+use ::http::{Method, StatusCode};
 use rand::Rng;
-use reqwest::header::HeaderValue;
-use reqwest::{Method, StatusCode, Url};
+use reqwest::Url;
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
+use super::conn::{Exchange, Pool, SendError};
 use super::tls::for_names;
 use super::Error;
 use crate::config::{AuthSettings, OpenBaoSettings};
-use crate::support::{read_capped, ReadError};
 use crate::telemetry::metrics;
 
 /// OpenBao answers for this provider are small; anything larger is refused unread.
@@ -36,8 +37,8 @@ impl JsonBody {
     }
 
     /// Hands the buffer to the HTTP stack without a copy; the last reference wipes it.
-    fn to_body(&self) -> reqwest::Body {
-        reqwest::Body::from(self.0.clone())
+    fn to_body(&self) -> super::conn::Body {
+        super::conn::Body::new(self.0.clone())
     }
 }
 
@@ -106,20 +107,28 @@ impl Operation {
     }
 }
 
-/// One configured node with its own HTTP client (its own certificate name).
+/// One configured node with its own connections (its own certificate name).
 struct Node {
     url: Url,
-    client: reqwest::Client,
+    pool: Pool,
     /// `path` -> `url` joined with `v1/<path>`, filled on first use.
-    urls: RwLock<Vec<(Box<str>, Url)>>,
+    urls: RwLock<Vec<(Box<str>, Target)>>,
+}
+
+/// A request path on one node: the full URL (redirects resolve against it) and the
+/// origin-form URI sent on the wire.
+#[derive(Clone)]
+struct Target {
+    url: Url,
+    uri: ::http::Uri,
 }
 
 impl Node {
-    fn url_for(&self, path: &str) -> Result<Url, Error> {
-        let cached = |urls: &Vec<(Box<str>, Url)>| {
+    fn url_for(&self, path: &str) -> Result<Target, Error> {
+        let cached = |urls: &Vec<(Box<str>, Target)>| {
             urls.iter()
                 .find(|(p, _)| &**p == path)
-                .map(|(_, u)| u.clone())
+                .map(|(_, t)| t.clone())
         };
         let found = match self.urls.read() {
             Ok(g) => cached(&g),
@@ -132,14 +141,22 @@ impl Node {
             .url
             .join(&format!("v1/{}", path.trim_start_matches('/')))
             .map_err(|e| Error::Protocol(format!("bad request path {path:?}: {e}")))?;
+        let mut origin_form = url.path().to_owned();
+        if let Some(query) = url.query() {
+            origin_form.push('?');
+            origin_form.push_str(query);
+        }
+        let uri = ::http::Uri::try_from(origin_form)
+            .map_err(|e| Error::Protocol(format!("bad request path {path:?}: {e}")))?;
+        let target = Target { url, uri };
         let mut urls = match self.urls.write() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
         if urls.len() < MAX_CACHED_URLS && cached(&urls).is_none() {
-            urls.push((path.into(), url.clone()));
+            urls.push((path.into(), target.clone()));
         }
-        Ok(url)
+        Ok(target)
     }
 }
 
@@ -166,7 +183,7 @@ impl Nodes {
             .map(|(n, tls)| {
                 Ok(Node {
                     url: n.url.clone(),
-                    client: build_client(settings, tls)?,
+                    pool: Pool::new(&n.url, tls, settings.timeout, settings.max_connections)?,
                     urls: RwLock::new(Vec::new()),
                 })
             })
@@ -395,7 +412,7 @@ impl Http {
             _ => return Err(Error::Overloaded(self.max_connections)),
         };
         let send = send(nodes, node, method, path, token, body);
-        // reqwest's own timeout (openbao.timeout) also applies; this one is the call's budget.
+        // `deadline` is already capped at openbao.timeout from the attempt's start.
         match tokio::time::timeout_at(deadline.into(), send).await {
             Ok(r) => r,
             Err(_) => Err(Error::Timeout(started.elapsed())),
@@ -411,41 +428,46 @@ async fn send(
     token: Option<&TokenHeader>,
     body: Option<&JsonBody>,
 ) -> Result<Attempt, Error> {
-    let mut req = node.client.request(method.clone(), node.url_for(path)?);
+    let target = node.url_for(path)?;
+    let mut req = ::http::Request::new(body.map(JsonBody::to_body).unwrap_or_default());
+    *req.method_mut() = method.clone();
+    *req.uri_mut() = target.uri;
+    let headers = req.headers_mut();
     if let Some(ns) = &nodes.namespace {
-        req = req.header("X-Vault-Namespace", ns);
+        let ns = HeaderValue::from_str(ns)
+            .map_err(|_| Error::Protocol("openbao.namespace is not a valid header value".into()))?;
+        headers.insert("x-vault-namespace", ns);
     }
     if let Some(token) = token {
         // Shares the token's wiped buffer (a reference count), no copy of the token.
-        req = req.header("X-Vault-Token", token.0.clone());
+        headers.insert("x-vault-token", token.0.clone());
     }
-    if let Some(body) = body {
-        req = req
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.to_body());
+    if body.is_some() {
+        headers.insert(
+            ::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
     }
-    let fail = |e| transport_error(e, nodes.timeout);
-    let mut resp = req.send().await.map_err(fail)?;
-    let status = resp.status();
+    let Exchange {
+        status,
+        headers,
+        body,
+    } = node
+        .pool
+        .send(req, MAX_RESPONSE_BYTES)
+        .await
+        .map_err(transport_error)?;
     if status.is_redirection() {
-        let location = resp
-            .headers()
-            .get(reqwest::header::LOCATION)
+        let location = headers
+            .get(::http::header::LOCATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| node.url_for(path).ok()?.join(v).ok())
+            .and_then(|v| target.url.join(v).ok())
             .ok_or_else(|| {
                 Error::Protocol(format!("redirect {status} without a usable Location"))
             })?;
         return Ok(Attempt::Redirect(location));
     }
-    let mut buf = Zeroizing::new(Vec::new());
-    read_capped(&mut resp, MAX_RESPONSE_BYTES, &mut buf)
-        .await
-        .map_err(|e| match e {
-            ReadError::TooLarge => Error::ResponseTooLarge(MAX_RESPONSE_BYTES),
-            ReadError::Transport(e) => fail(e),
-        })?;
-    Ok(Attempt::Done(status, buf))
+    Ok(Attempt::Done(status, body))
 }
 
 /// A finished HTTP exchange as a result: 2xx is data, everything else a typed error.
@@ -470,45 +492,19 @@ fn classify(
     })
 }
 
-/// Redirects are never followed by the HTTP library: `failover` decides, and only towards a
-/// configured node. With https addresses the client refuses plain http outright.
-fn build_client(
-    settings: &OpenBaoSettings,
-    tls: rustls::ClientConfig,
-) -> Result<reqwest::Client, Error> {
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .timeout(settings.timeout)
-        .connect_timeout(settings.timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .https_only(settings.address.scheme() == "https")
-        .pool_max_idle_per_host(settings.max_connections)
-        .no_proxy()
-        .user_agent(concat!("bao-kms-provider/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| Error::Tls(format!("cannot build the HTTP client: {e}")))
-}
-
-fn transport_error(e: reqwest::Error, timeout: Duration) -> Error {
+fn transport_error(e: SendError) -> Error {
     if let Some(p11) = pkcs11_cause(&e) {
         return Error::Pkcs11(p11);
     }
-    if e.is_timeout() {
-        return Error::Timeout(timeout);
+    match e {
+        SendError::TooLarge(max) => Error::ResponseTooLarge(max),
+        e => Error::Unreachable(crate::support::error_chain(&e)),
     }
-    let mut msg = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    Error::Unreachable(msg)
 }
 
 /// A handshake that failed because the token could not sign is a token problem, not an
 /// unreachable OpenBao: find our error inside the io::Error rustls reported.
-fn pkcs11_cause(e: &reqwest::Error) -> Option<super::Pkcs11Error> {
+fn pkcs11_cause(e: &SendError) -> Option<super::Pkcs11Error> {
     type Dyn<'a> = &'a (dyn std::error::Error + 'static);
     let mut todo: Vec<Dyn<'_>> = vec![e];
     // Bounded: error chains are short; a cycle must not loop forever.

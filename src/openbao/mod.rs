@@ -1,5 +1,6 @@
 //! The OpenBao side: authentication, Transit encrypt/decrypt and key metadata over HTTPS.
 mod auth;
+mod conn;
 pub(crate) mod contract;
 mod diagnostics;
 mod error;
@@ -8,9 +9,9 @@ mod pkcs11;
 mod tls;
 mod transit;
 
+use ::http::Method;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use reqwest::Method;
 use serde::Serialize;
 use zeroize::Zeroizing;
 

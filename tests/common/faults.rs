@@ -19,6 +19,12 @@ struct Faults {
     open: AtomicUsize,
     /// Requests (client->server chunks that start with an HTTP method) seen.
     requests: AtomicUsize,
+    /// `close_connections` calls so far: a connection opened before the latest one closes.
+    epoch: AtomicU64,
+    /// Wakes every connection waiting for the client to be closed now.
+    close: tokio::sync::Notify,
+    /// Connections closed by `close_connections`.
+    severed: AtomicUsize,
 }
 
 pub struct FaultProxy {
@@ -42,10 +48,13 @@ impl FaultProxy {
                     continue;
                 }
                 let f = f.clone();
+                // Read before the connection counts as open: a close requested once it is
+                // counted always reaches it.
+                let born = f.epoch.load(Ordering::SeqCst);
                 let h = tokio::spawn(async move {
                     if let Ok(outbound) = TcpStream::connect(("127.0.0.1", target_port)).await {
                         f.open.fetch_add(1, Ordering::SeqCst);
-                        pump(inbound, outbound, &f).await;
+                        pump(inbound, outbound, &f, born).await;
                         f.open.fetch_sub(1, Ordering::SeqCst);
                     }
                 });
@@ -99,6 +108,18 @@ impl FaultProxy {
         self.faults.down.store(false, Ordering::SeqCst);
     }
 
+    /// Closes every open connection with a FIN to the client and keeps accepting new ones: what
+    /// OpenBao's idle timeout (or a restarted load balancer) does to kept-alive connections.
+    pub fn close_connections(&self) {
+        self.faults.epoch.fetch_add(1, Ordering::SeqCst);
+        self.faults.close.notify_waiters();
+    }
+
+    /// Connections closed by `close_connections` so far.
+    pub fn severed(&self) -> usize {
+        self.faults.severed.load(Ordering::SeqCst)
+    }
+
     pub fn open_connections(&self) -> usize {
         self.faults.open.load(Ordering::SeqCst)
     }
@@ -115,7 +136,7 @@ impl Drop for FaultProxy {
     }
 }
 
-async fn pump(inbound: TcpStream, outbound: TcpStream, f: &Arc<Faults>) {
+async fn pump(inbound: TcpStream, outbound: TcpStream, f: &Arc<Faults>, born: u64) {
     let (mut in_r, in_w) = inbound.into_split();
     let (mut out_r, mut out_w) = outbound.into_split();
     let in_w = Arc::new(tokio::sync::Mutex::new(in_w));
@@ -141,7 +162,27 @@ async fn pump(inbound: TcpStream, outbound: TcpStream, f: &Arc<Faults>) {
     };
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let n = match in_r.read(&mut buf).await {
+        // Enabled before the epoch is checked: a close requested at any moment (also while a
+        // request was being forwarded) is seen here or wakes the read below.
+        let close = f.close.notified();
+        tokio::pin!(close);
+        close.as_mut().enable();
+        let sever = f.epoch.load(Ordering::SeqCst) != born;
+        let read = if sever {
+            None
+        } else {
+            tokio::select! {
+                r = in_r.read(&mut buf) => Some(r),
+                _ = &mut close => None,
+            }
+        };
+        let Some(read) = read else {
+            back.abort();
+            let _ = in_w.lock().await.shutdown().await;
+            f.severed.fetch_add(1, Ordering::SeqCst);
+            break;
+        };
+        let n = match read {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
