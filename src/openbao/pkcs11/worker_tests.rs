@@ -38,21 +38,39 @@ fn a_hung_call_costs_its_budget_and_the_other_worker_keeps_serving() {
 fn a_full_queue_is_refused_at_once() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let token = softhsm();
-    // Occupy both workers, fill the queue, then one more is "busy" without waiting.
-    let mut waiting = Vec::new();
-    for _ in 0..WORKERS + QUEUE {
-        let jobs = token.jobs.clone();
-        let job: Job = Box::new(|_| std::thread::sleep(Duration::from_millis(300)));
-        waiting.push(
-            jobs.try_send((Instant::now() + Duration::from_secs(5), job))
-                .is_ok(),
-        );
+    let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let job = || -> Job {
+        let running = running.clone();
+        Box::new(move |_| {
+            running.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(300));
+        })
+    };
+    let deadline = || Instant::now() + Duration::from_secs(5);
+    // Occupy both workers, and wait until each runs its job: a worker still waking up would
+    // otherwise take a job from the full queue and make room.
+    for _ in 0..WORKERS {
+        assert!(token.jobs.try_send((deadline(), job())).is_ok());
     }
+    let waited = Instant::now();
+    while running.load(Ordering::SeqCst) < WORKERS {
+        assert!(
+            waited.elapsed() < Duration::from_secs(5),
+            "workers did not start"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Fill the queue; the workers are busy for the next 300 ms.
+    let mut queued = 0;
+    while queued <= QUEUE && token.jobs.try_send((deadline(), job())).is_ok() {
+        queued += 1;
+    }
+    assert_eq!(queued, QUEUE);
+    // One more is "busy" without waiting.
     let started = Instant::now();
     let r = token.run(Duration::from_secs(5), |_| Ok(()));
     assert!(matches!(r, Err(Pkcs11Error::Busy { .. })), "{r:?}");
     assert!(started.elapsed() < Duration::from_millis(100));
-    assert!(waiting.iter().filter(|ok| **ok).count() >= QUEUE);
     // Let the workers drain before the next test uses them.
     let drained = (0..100).any(|_| {
         std::thread::sleep(Duration::from_millis(100));
