@@ -59,3 +59,9 @@ pub fn config(data: &[u8]) {
 pub fn openbao_response(data: &[u8]) {
     crate::openbao::fuzz_decoders(data);
 }
+
+/// HTTP/2 frames from a client on the KMS socket: header blocks decoded against the client's
+/// HPACK table and re-encoded with any `:authority` accepted (first byte: read size).
+pub fn http2_frames(data: &[u8]) {
+    crate::kms::fuzz_frames(data);
+}

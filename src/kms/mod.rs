@@ -1,6 +1,7 @@
 //! The Kubernetes side: the KMS v2 gRPC contract on a unix socket. Handlers work on plain Rust
 //! types behind `KeyService`; `service` adapts them to the generated protobuf types and maps
 //! `KmsError` to gRPC codes in exactly one place.
+mod authority;
 pub mod client;
 mod conn;
 mod error;
@@ -59,6 +60,9 @@ pub(crate) fn fuzz_request(data: &[u8]) {
         }
     }
 }
+
+#[cfg(feature = "fuzzing")]
+pub(crate) use authority::fuzz_frames;
 
 /// Longest client-supplied string (uid, key_id, annotation key) echoed into a log line,
 /// metric or error message: a hostile or broken client cannot flood the journal.

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
+use super::authority::{Rewrite, MAX_FRAME_BYTES};
 use super::conn::Conn;
 use super::{KeyService, KmsAdapter};
 use crate::pb::key_management_service_server::KeyManagementServiceServer;
@@ -123,6 +124,8 @@ pub(crate) async fn serve<S: KeyService>(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let server = tonic::transport::Server::builder()
         .max_concurrent_streams(limits.max_concurrent_streams)
+        // Stated, not left to hyper's default: `Rewrite` re-emits header frames this large.
+        .max_frame_size(MAX_FRAME_BYTES as u32)
         .add_service(svc)
         .serve_with_incoming_shutdown(
             incoming(listener, self_check, accept_after, limits.idle_timeout),
@@ -150,7 +153,7 @@ fn incoming(
     self_check: mpsc::Receiver<DuplexStream>,
     accept_after: impl Future<Output = ()> + Send + 'static,
     idle_timeout: Duration,
-) -> impl tokio_stream::Stream<Item = std::io::Result<Idle<Conn>>> {
+) -> impl tokio_stream::Stream<Item = std::io::Result<Idle<Rewrite<Conn>>>> {
     let socket = Gated {
         gate: Some(Box::pin(accept_after)),
         inner: Accept {
@@ -163,7 +166,7 @@ fn incoming(
     let memory = ReceiverStream::new(self_check).map(|d| Ok(Conn::Memory(d)));
     socket
         .merge(memory)
-        .map(move |r| r.map(|c| Idle::new(c, idle_timeout)))
+        .map(move |r| r.map(|c| Idle::new(Rewrite::new(c), idle_timeout)))
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(10);

@@ -33,8 +33,9 @@ def main():
         import api_pb2  # noqa: E402
         import api_pb2_grpc  # noqa: E402
 
-        # Like kube-apiserver: unix socket, authority "localhost", wait for ready, 3 s deadline.
-        channel = grpc.insecure_channel(f"unix://{socket_path}", options=[("grpc.default_authority", "localhost")])
+        # grpcio's own defaults for a unix: target (no grpc.default_authority, so it picks the
+        # :authority), like kube-apiserver: wait for ready, 3 s deadline.
+        channel = grpc.insecure_channel(f"unix://{socket_path}")
         stub = api_pb2_grpc.KeyManagementServiceStub(channel)
         status = stub.Status(api_pb2.StatusRequest(), timeout=3, wait_for_ready=True)
         seed = os.urandom(32)
