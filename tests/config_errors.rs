@@ -1,5 +1,5 @@
 //! Every invalid config field gives a message naming it (exit 64), via the real binary.
-mod common;
+pub mod common;
 
 use std::process::Command;
 

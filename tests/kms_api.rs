@@ -1,6 +1,6 @@
 //! The KMS v2 contract against a real OpenBao: round trip, key_id agreement, refusals with the
 //! right gRPC codes, and Status honesty while OpenBao is down.
-mod common;
+pub mod common;
 
 use std::time::Duration;
 

