@@ -118,10 +118,20 @@ impl Node {
     }
 }
 
+/// `openbao.namespace` as the header it is sent in. Config validation refuses a namespace that
+/// is not a valid header value, so this only fails for settings built some other way.
+fn namespace_header(namespace: &str) -> Result<HeaderValue, Error> {
+    HeaderValue::from_str(namespace).map_err(|_| Error::Setting {
+        field: "openbao.namespace",
+        reason: "is not a valid HTTP header value",
+    })
+}
+
 /// Everything a reload may change, built whole on the side and swapped in one step.
 pub(crate) struct Nodes {
     nodes: Vec<Node>,
-    namespace: Option<String>,
+    /// The `X-Vault-Namespace` header, built once here rather than per request.
+    namespace: Option<HeaderValue>,
     timeout: Duration,
 }
 
@@ -148,7 +158,11 @@ impl Nodes {
             .collect::<Result<Vec<_>, Error>>()?;
         Ok(Self {
             nodes,
-            namespace: settings.namespace.clone(),
+            namespace: settings
+                .namespace
+                .as_deref()
+                .map(namespace_header)
+                .transpose()?,
             timeout: settings.timeout,
         })
     }
@@ -377,9 +391,7 @@ async fn send(nodes: &Nodes, node: &Node, request: &Request<'_>) -> Result<Attem
     *req.uri_mut() = target.uri;
     let headers = req.headers_mut();
     if let Some(ns) = &nodes.namespace {
-        let ns = HeaderValue::from_str(ns)
-            .map_err(|_| Error::Protocol("openbao.namespace is not a valid header value".into()))?;
-        headers.insert("x-vault-namespace", ns);
+        headers.insert("x-vault-namespace", ns.clone());
     }
     if let Some(token) = request.token {
         headers.insert("x-vault-token", token.header());
@@ -495,4 +507,17 @@ pub(crate) fn error_messages(body: &[u8]) -> String {
         text.push('…');
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_namespace_that_is_no_header_value_is_an_error_naming_the_field() {
+        assert!(namespace_header("team-a/child").is_ok());
+        let e = namespace_header("team\na").expect_err("a newline is no header value");
+        assert!(e.to_string().contains("openbao.namespace"), "{e}");
+        assert_eq!(e.class(), "local_setup");
+    }
 }
