@@ -1,6 +1,6 @@
 //! OpenBao authentication against a real server: JWT login, renewal ahead of expiry, fresh login
 //! at max TTL, re-login after revocation (re-reading the JWT file), and cert (mTLS) login.
-mod common;
+pub mod common;
 
 use std::time::{Duration, Instant};
 

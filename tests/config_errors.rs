@@ -1,5 +1,5 @@
 //! Every invalid config field gives a message naming it (exit 64), via the real binary.
-mod common;
+pub mod common;
 
 use std::process::Command;
 
@@ -274,6 +274,24 @@ fn new_rules_are_errors_in_check_config_and_warnings_in_serve() {
     let (code, _, stderr) = check(&with("openbao", "timeout", "\"2s\"\nmax_connections = 0"));
     assert_eq!(code, 64);
     assert!(stderr.contains("openbao.max_connections"), "{stderr}");
+}
+
+#[test]
+fn a_namespace_that_cannot_be_sent_as_a_header_is_named() {
+    let namespace = |value: &str| {
+        with(
+            "openbao",
+            "instance_id",
+            &format!("\"openbao-prod\"\nnamespace = {value}"),
+        )
+    };
+    let (code, stdout, stderr) = check(&namespace("\"team-a/child/\""));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("team-a/child"), "{stdout}");
+    let (code, _, stderr) = check(&namespace("\"team\\na\""));
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("openbao.namespace"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 const PKCS11_AUTH: &str = "[auth]\nmethod = \"cert\"\n[auth.cert]\ncert_file = \"/etc/openbao-kms/tls/client.pem\"\nkey_source = \"pkcs11\"\nmodule_path = \"/usr/lib/softhsm/libsofthsm2.so\"\ntoken_label = \"kms\"\nkey_label = \"client\"\npin_file = \"/etc/openbao-kms/token.pin\"\n";

@@ -2,7 +2,7 @@
 //! exactly as kube-apiserver writes them are opaque in etcd (seen with the real etcdctl) and
 //! `bao-kms-provider verify-etcd-value` decrypts them, across a Transit rotation; each way a
 //! value can be wrong ends in its own exit code.
-mod common;
+pub mod common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};

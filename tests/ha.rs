@@ -1,7 +1,7 @@
 //! OpenBao HA: a real 3-node raft cluster on loopback; the node the provider uses is killed
 //! under load. Calls must resume within one election plus one probe interval, with no
 //! re-login storm (tokens are cluster-wide and survive a leader election).
-mod common;
+pub mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,7 +1,7 @@
 //! Health that does not flap: one failed probe does not turn Status not ok (status.unhealthy_after
 //! consecutive failures do), and warnings that do not stop serving (a min_decryption_version that
 //! blocks retained versions) go to metrics, logs and `doctor`, not to Status healthz.
-mod common;
+pub mod common;
 
 use std::time::{Duration, Instant};
 

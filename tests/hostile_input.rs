@@ -1,6 +1,6 @@
 //! Bounded echoes: huge client strings (uid, key_id, annotation keys) are cut to 128 bytes
 //! before they reach a log line or an error message, so neither grows with the input.
-mod common;
+pub mod common;
 
 use std::collections::HashMap;
 

@@ -1,6 +1,6 @@
 //! Key lifecycle against a real OpenBao: observed rotation with delayed promotion, decrypting old
 //! versions, restart stability, the registry's lock and integrity checks, and min_decryption_version.
-mod common;
+pub mod common;
 
 use std::process::Command;
 use std::time::Duration;

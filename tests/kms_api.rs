@@ -1,10 +1,11 @@
 //! The KMS v2 contract against a real OpenBao: round trip, key_id agreement, refusals with the
 //! right gRPC codes, and Status honesty while OpenBao is down.
-mod common;
+pub mod common;
 
 use std::time::Duration;
 
 use bao_kms_provider::kms::ANNOTATION_KEY_VERSION;
+use common::faults::FaultProxy;
 use common::*;
 use tonic::Code;
 
@@ -216,7 +217,7 @@ async fn ciphertext_from_another_key_id_scope_does_not_decrypt() {
 #[tokio::test]
 async fn status_stays_served_while_openbao_is_down_and_sealed_then_recovers() {
     let bao = Bao::start().await;
-    let proxy = Proxy::start(bao.port).await;
+    let proxy = FaultProxy::start(bao.port).await;
     let mut o = ProviderOptions::new(&bao);
     o.address = proxy.addr();
     let p = Provider::start(&o).await;

@@ -1,7 +1,7 @@
 //! Local faults on the state directory (a real tmpfs, made full and read-only by the test, as
 //! root): encryption never stops, every known version keeps decrypting, a promotion waits for
 //! the disk, and a read-only state directory at start serves degraded instead of exiting.
-mod common;
+pub mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -2,7 +2,7 @@
 //! Status reports, /readyz follows OpenBao while /livez stays up, `doctor` passes on the lab's
 //! least-privilege setup and names each misconfiguration, and the docs' dashboard and alert
 //! rules only use metric names a real scrape exposes.
-mod common;
+pub mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bao_kms_provider::keys::short_hash;
+use common::faults::FaultProxy;
 use common::*;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -216,7 +217,7 @@ async fn metrics_count_a_round_trip_and_expose_the_status_key_id_hash() {
 #[tokio::test]
 async fn readyz_follows_openbao_while_livez_stays_up() {
     let bao = Bao::start().await;
-    let proxy = Proxy::start(bao.port).await;
+    let proxy = FaultProxy::start(bao.port).await;
     let mut o = ProviderOptions::new(&bao);
     o.address = proxy.addr();
     let p = Provider::start(&o).await;

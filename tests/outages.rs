@@ -2,7 +2,7 @@
 //! server itself: redirects, resets and 503s, a slow OpenBao under concurrent load, revoked
 //! tokens and persistent 403s, a refused login. Each test prints a `FIGURES` line that
 //! docs/reliability.md quotes.
-mod common;
+pub mod common;
 
 use std::time::{Duration, Instant};
 

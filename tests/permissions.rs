@@ -3,7 +3,7 @@
 //! directory and a world-readable JWT, token or client key file (exit 64, naming the file, its
 //! mode and the fix); `serve` logs `UNSAFE PERMISSIONS` for the same files and keeps serving, so
 //! an upgraded host with an old, loose mode is not taken down.
-mod common;
+pub mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

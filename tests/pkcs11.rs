@@ -3,7 +3,7 @@
 //! and refusals that name their cause. Keys are generated on the token (non-extractable);
 //! the test CA's key is deleted once the client certificate is issued, so no client or CA
 //! private key exists as a file outside SoftHSM's own store.
-mod common;
+pub mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use common::faults::FaultProxy;
 use common::*;
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -556,7 +557,7 @@ async fn rsa_token_without_combined_mechanisms_signs_digests_over_tls13_and_tls1
     let id = identity("rsa-raw", "rsa:2048");
     let shim = hang_shim(id.dir.path());
     let bao = TlsBao::start(&id.client_ca).await;
-    let proxy = SwitchProxy::start(port_of(&bao.tls13)).await;
+    let proxy = FaultProxy::start(port_of(&bao.tls13)).await;
     let mut o = id.options(
         &format!("https://127.0.0.1:{}", proxy.port),
         &bao.server_ca(),
@@ -747,68 +748,6 @@ async fn wrong_pin_missing_key_and_wrong_module_are_refused_by_name() {
     );
 }
 
-/// A TCP proxy whose backend can be switched; switching drops every open connection.
-struct SwitchProxy {
-    port: u16,
-    target: std::sync::Arc<std::sync::atomic::AtomicU16>,
-    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl SwitchProxy {
-    async fn start(target: u16) -> SwitchProxy {
-        use std::sync::atomic::Ordering;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let t = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(target));
-        let g = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (t2, g2) = (t.clone(), g.clone());
-        let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let (target, mine, g) = (
-                    t2.load(Ordering::SeqCst),
-                    g2.load(Ordering::SeqCst),
-                    g2.clone(),
-                );
-                tokio::spawn(async move {
-                    let Ok(mut outbound) =
-                        tokio::net::TcpStream::connect(("127.0.0.1", target)).await
-                    else {
-                        return;
-                    };
-                    let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
-                    let switched = async {
-                        while g.load(Ordering::SeqCst) == mine {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    };
-                    tokio::select! { _ = copy => {}, _ = switched => {} }
-                });
-            }
-        });
-        SwitchProxy {
-            port,
-            target: t,
-            generation: g,
-            task,
-        }
-    }
-
-    fn switch_to(&self, target: u16) {
-        use std::sync::atomic::Ordering;
-        self.target.store(target, Ordering::SeqCst);
-        self.generation.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-impl Drop for SwitchProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 fn port_of(address: &str) -> u16 {
     address
         .rsplit(':')
@@ -825,7 +764,7 @@ fn port_of(address: &str) -> u16 {
 async fn a_removed_token_is_a_named_health_reason_and_a_restart_picks_it_up_again() {
     let id = identity("removal", "EC:prime256v1");
     let bao = TlsBao::start(&id.client_ca).await;
-    let proxy = SwitchProxy::start(port_of(&bao.tls13)).await;
+    let proxy = FaultProxy::start(port_of(&bao.tls13)).await;
     let address = format!("https://127.0.0.1:{}", proxy.port);
     let mut p = Provider::start(&id.options(&address, &bao.server_ca())).await;
     round_trip(&p).await;
@@ -904,7 +843,7 @@ async fn a_hung_sign_is_bounded_named_and_never_stalls_status() {
     let shim = hang_shim(id.dir.path());
     let hang = id.dir.path().join("hang");
     let bao = TlsBao::start(&id.client_ca).await;
-    let proxy = SwitchProxy::start(port_of(&bao.tls13)).await;
+    let proxy = FaultProxy::start(port_of(&bao.tls13)).await;
     let mut o = id.options(
         &format!("https://127.0.0.1:{}", proxy.port),
         &bao.server_ca(),

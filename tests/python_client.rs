@@ -1,5 +1,5 @@
 //! A gRPC client that is not ours (Python grpcio, stubs generated from proto/) runs the round trip.
-mod common;
+pub mod common;
 
 use common::*;
 

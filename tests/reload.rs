@@ -1,7 +1,7 @@
 //! SIGHUP is all or nothing: the new OpenBao client and credentials are built and proven by a
 //! login on the side, and only then swapped in. A broken CA file, a CA of the wrong authority or
 //! an unreachable new address leave the running client working; the log says the reload failed.
-mod common;
+pub mod common;
 
 use std::time::{Duration, Instant};
 

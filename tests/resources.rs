@@ -1,7 +1,7 @@
 //! Bounded resources on the KMS side: idle connections are closed after server.idle_timeout,
 //! and a provider out of file descriptors backs off accepting instead of spinning, then serves
 //! again once descriptors are free.
-mod common;
+pub mod common;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! value written on one host is read on another while the new version is promoted. With an
 //! activation_delay of two probe intervals, and a re-read of key metadata before NotFound, no
 //! host fails to read what another wrote, all switch to the same key_id and none flips back.
-mod common;
+pub mod common;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! Secrets leave no copies we could avoid: after an Encrypt/Decrypt round trip at trace level,
 //! the live provider's memory (read through /proc/PID/mem as root) holds at most the copies
 //! that docs/security.md ("Copies of secrets in memory") names, and no log line holds them.
-mod common;
+pub mod common;
 
 use std::io::{Read, Seek, SeekFrom};
 use std::time::Duration;

@@ -13,7 +13,7 @@
 //! BENCH_CALLERS (e.g. "1") narrow the run, to hold one load steady while profiling;
 //! BENCH_KEEP_LOGS=DIR keeps each provider process's log.
 #[path = "../../tests/common/mod.rs"]
-mod common;
+pub mod common;
 mod direct;
 mod launch;
 mod load;

@@ -191,7 +191,9 @@ fn openbao(raw: &RawConfig, env: &Environment) -> Result<OpenBaoSettings> {
         ));
     }
     let tls_server_name = global_name;
-    let namespace = optional(&o.namespace).map(|n| n.trim_matches('/').to_owned());
+    let namespace = optional(&o.namespace)
+        .map(|n| namespace(n.trim_matches('/')))
+        .transpose()?;
     let instance_id = required("openbao.instance_id", &o.instance_id)?;
     let max_connections = o.max_connections as usize;
     if !(1..=4096).contains(&max_connections) {
@@ -210,6 +212,20 @@ fn openbao(raw: &RawConfig, env: &Environment) -> Result<OpenBaoSettings> {
         timeout: duration("openbao.timeout", &o.timeout, ms(100), secs(60))?,
         instance_id,
     })
+}
+
+/// The namespace is sent as the `X-Vault-Namespace` header on every request, so it must be a
+/// valid header value (no control characters such as a newline).
+fn namespace(value: &str) -> Result<String> {
+    if http::HeaderValue::from_str(value).is_err() {
+        return Err(ConfigError::invalid(
+            "openbao.namespace",
+            format!(
+                "{value:?} is not a valid HTTP header value (control characters are not allowed)"
+            ),
+        ));
+    }
+    Ok(value.to_owned())
 }
 
 /// One node's URL: http(s), no credentials, query or path; plain http only to loopback.

@@ -10,7 +10,8 @@ use std::sync::{Mutex as StdMutex, RwLock as StdRwLock};
 use tokio::sync::watch;
 use zeroize::Zeroizing;
 
-use super::http::{Http, JsonBody, Nodes, Operation, TokenHeader};
+use super::http::{Http, Nodes, Operation};
+use super::request::{JsonBody, Request, TokenHeader};
 use super::Error;
 use crate::config::AuthSettings;
 use crate::telemetry::metrics;
@@ -325,17 +326,16 @@ impl Auth {
     /// `Ok(None)` when the renewal did not extend the lease meaningfully (max TTL reached).
     async fn renew(&self, http: &Http, token: &Token) -> Result<Option<Token>, Error> {
         let requested = token.ttl.unwrap_or_default().as_secs().max(60);
-        let body: Option<AuthBody> = http
-            .call(
-                Operation::Renew,
-                Method::POST,
-                super::contract::RENEW_SELF.fixed(),
-                Some(&token.secret),
-                Some(JsonBody::new(&RenewRequest {
-                    increment: format!("{requested}s"),
-                })?),
-            )
-            .await?;
+        let request = Request::new(
+            Operation::Renew,
+            Method::POST,
+            super::contract::RENEW_SELF.fixed(),
+        )
+        .token(&token.secret)
+        .body(JsonBody::new(&RenewRequest {
+            increment: format!("{requested}s"),
+        })?);
+        let body: Option<AuthBody> = http.call(request).await?;
         let info = body
             .ok_or_else(|| Error::Protocol("renew-self returned no auth block".into()))?
             .auth;
@@ -446,11 +446,7 @@ async fn login_call(
     let resp: Option<AuthBody> = http
         .call_on(
             nodes,
-            Operation::Login,
-            Method::POST,
-            path,
-            None,
-            Some(body),
+            Request::new(Operation::Login, Method::POST, path).body(body),
         )
         .await
         .map_err(|e| match e {
@@ -480,11 +476,12 @@ async fn token_from_file(
     let lookup: Option<LookupBody> = http
         .call_on(
             nodes,
-            Operation::Lookup,
-            Method::GET,
-            super::contract::LOOKUP_SELF.fixed(),
-            Some(&secret),
-            None,
+            Request::new(
+                Operation::Lookup,
+                Method::GET,
+                super::contract::LOOKUP_SELF.fixed(),
+            )
+            .token(&secret),
         )
         .await
         .map_err(|e| match e {

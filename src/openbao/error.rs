@@ -33,6 +33,12 @@ pub(crate) enum Error {
     },
     #[error("TLS setup: {0}")]
     Tls(String),
+    /// A setting the client cannot use, named as in the config file.
+    #[error("config field `{field}`: {reason}")]
+    Setting {
+        field: &'static str,
+        reason: &'static str,
+    },
     #[error("no valid token: {0}")]
     NoToken(String),
     /// The auth method refused the credential (an expired or wrong JWT, an unknown certificate).
@@ -73,6 +79,7 @@ impl Clone for Error {
                 source: std::io::Error::new(source.kind(), source.to_string()),
             },
             Self::Tls(m) => Self::Tls(m.clone()),
+            Self::Setting { field, reason } => Self::Setting { field, reason },
             Self::NoToken(m) => Self::NoToken(m.clone()),
             Self::LoginRefused(m) => Self::LoginRefused(m.clone()),
             Self::Overloaded(n) => Self::Overloaded(*n),
@@ -95,7 +102,7 @@ impl Error {
             Self::BadRequest(_) => "bad_request",
             Self::Server { .. } => "server_error",
             Self::ResponseTooLarge(_) | Self::Protocol(_) => "protocol",
-            Self::Credential { .. } | Self::Tls(_) => "local_setup",
+            Self::Credential { .. } | Self::Tls(_) | Self::Setting { .. } => "local_setup",
             Self::NoToken(_) | Self::LoginRefused(_) => "auth",
             Self::Overloaded(_) => "overloaded",
             Self::RedirectRefused(_) => "redirect_refused",

@@ -9,12 +9,12 @@ use ::http::header::HeaderValue;
 use ::http::{Method, StatusCode};
 use rand::Rng;
 use reqwest::Url;
-use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
 use super::conn::{Exchange, Pool, SendError};
+use super::request::{Accept, Call, JsonBody, Request};
 use super::tls::for_names;
 use super::Error;
 use crate::config::{AuthSettings, OpenBaoSettings};
@@ -22,48 +22,6 @@ use crate::telemetry::metrics;
 
 /// OpenBao answers for this provider are small; anything larger is refused unread.
 pub(crate) const MAX_RESPONSE_BYTES: usize = 1 << 20;
-
-/// A request body serialised straight into a buffer that is wiped when the request is done:
-/// bodies carry the JWT and base64 plaintext, so no `serde_json::Value` or plain `Vec` holds them.
-/// Attempts on several nodes share the one buffer (reference-counted, never copied).
-#[derive(Clone)]
-pub(crate) struct JsonBody(bytes::Bytes);
-
-impl JsonBody {
-    pub(crate) fn new(value: &impl serde::Serialize) -> Result<Self, Error> {
-        let mut buf = Zeroizing::new(Vec::with_capacity(256));
-        serde_json::to_writer(&mut *buf, value).map_err(|e| Error::Protocol(e.to_string()))?;
-        Ok(Self(bytes::Bytes::from_owner(buf)))
-    }
-
-    /// Hands the buffer to the HTTP stack without a copy; the last reference wipes it.
-    fn to_body(&self) -> super::conn::Body {
-        super::conn::Body::new(self.0.clone())
-    }
-}
-
-/// An OpenBao token as the `X-Vault-Token` header it is sent in, built once per login: the
-/// header's bytes are the only copy of the token in the provider, in a buffer wiped when the
-/// last clone (the token, or a request still in flight) is dropped. Cloning shares that buffer.
-#[derive(Clone)]
-pub(crate) struct TokenHeader(HeaderValue);
-
-impl TokenHeader {
-    pub(crate) fn new(token: &SecretString) -> Result<Self, Error> {
-        let shared =
-            bytes::Bytes::from_owner(Zeroizing::new(token.expose_secret().as_bytes().to_vec()));
-        let mut value = HeaderValue::from_maybe_shared(shared)
-            .map_err(|_| Error::NoToken("token holds characters not allowed in a header".into()))?;
-        value.set_sensitive(true);
-        Ok(Self(value))
-    }
-}
-
-impl std::fmt::Debug for TokenHeader {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TokenHeader(<redacted>)")
-    }
-}
 
 /// Request paths whose URL a node keeps once joined: the provider uses about ten distinct paths,
 /// so the cache stays tiny; `Url::join` (a full re-parse, host included) is not paid per call.
@@ -160,10 +118,20 @@ impl Node {
     }
 }
 
+/// `openbao.namespace` as the header it is sent in. Config validation refuses a namespace that
+/// is not a valid header value, so this only fails for settings built some other way.
+fn namespace_header(namespace: &str) -> Result<HeaderValue, Error> {
+    HeaderValue::from_str(namespace).map_err(|_| Error::Setting {
+        field: "openbao.namespace",
+        reason: "is not a valid HTTP header value",
+    })
+}
+
 /// Everything a reload may change, built whole on the side and swapped in one step.
 pub(crate) struct Nodes {
     nodes: Vec<Node>,
-    namespace: Option<String>,
+    /// The `X-Vault-Namespace` header, built once here rather than per request.
+    namespace: Option<HeaderValue>,
     timeout: Duration,
 }
 
@@ -190,7 +158,11 @@ impl Nodes {
             .collect::<Result<Vec<_>, Error>>()?;
         Ok(Self {
             nodes,
-            namespace: settings.namespace.clone(),
+            namespace: settings
+                .namespace
+                .as_deref()
+                .map(namespace_header)
+                .transpose()?,
             timeout: settings.timeout,
         })
     }
@@ -258,32 +230,24 @@ impl Http {
     /// Sends one request and returns the JSON body decoded as `T` (or `None` for 204).
     pub(crate) async fn call<T: DeserializeOwned>(
         &self,
-        op: Operation,
-        method: Method,
-        path: &str,
-        token: Option<&TokenHeader>,
-        body: Option<JsonBody>,
+        request: Request<'_>,
     ) -> Result<Option<T>, Error> {
         let nodes = self.nodes();
-        self.call_on(&nodes, op, method, path, token, body).await
+        self.call_on(&nodes, request).await
     }
 
     /// `call` against a given node set (a reload's candidate before it is installed).
     pub(crate) async fn call_on<T: DeserializeOwned>(
         &self,
         nodes: &Nodes,
-        op: Operation,
-        method: Method,
-        path: &str,
-        token: Option<&TokenHeader>,
-        body: Option<JsonBody>,
+        request: Request<'_>,
     ) -> Result<Option<T>, Error> {
-        let (code, bytes) = self
-            .failover(nodes, op, &method, path, token, body.as_ref(), false)
-            .await?;
+        let mut call = self.start(request);
+        let (code, bytes) = self.failover(nodes, &mut call).await?;
         if code == StatusCode::NO_CONTENT || bytes.is_empty() {
             return Ok(None);
         }
+        let Request { op, path, .. } = call.request;
         serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| Error::Protocol(format!("{} {path}: {e}", op.as_str())))
@@ -293,28 +257,26 @@ impl Http {
     /// into an error (sys/health).
     pub(crate) async fn status_of(&self, op: Operation, path: &str) -> Result<u16, Error> {
         let nodes = self.nodes();
-        let (code, _) = self
-            .failover(&nodes, op, &Method::GET, path, None, None, true)
-            .await?;
+        let mut call = self.start(Request::new(op, Method::GET, path).any_status());
+        let (code, _) = self.failover(&nodes, &mut call).await?;
         Ok(code.as_u16())
+    }
+
+    /// The request as a call: inside a KMS call its deadline applies, outside one the
+    /// default budget from now.
+    fn start<'a>(&self, request: Request<'a>) -> Call<'a> {
+        Call::new(request, crate::deadline::current_or(self.default_budget))
     }
 
     /// Tries the preferred node, then the others, on transient failures; then once more after
     /// a short jitter if time is left. Follows a redirect only to a configured node. Nothing
     /// runs past the call's deadline.
-    #[allow(clippy::too_many_arguments)]
     async fn failover(
         &self,
         nodes: &Nodes,
-        op: Operation,
-        method: &Method,
-        path: &str,
-        token: Option<&TokenHeader>,
-        body: Option<&JsonBody>,
-        any_status: bool,
+        call: &mut Call<'_>,
     ) -> Result<(StatusCode, Zeroizing<Vec<u8>>), Error> {
-        let started = Instant::now();
-        let deadline = crate::deadline::current_or(self.default_budget);
+        let op = call.request.op;
         let count = nodes.nodes.len().max(1);
         let mut index = self.preferred.load(Ordering::Relaxed) % count;
         let mut last: Option<Error> = None;
@@ -325,26 +287,24 @@ impl Http {
             if failures == count && !jittered {
                 jittered = true;
                 let jitter = Duration::from_millis(rand::thread_rng().gen_range(RETRY_JITTER_MS));
-                if Instant::now() + jitter + MIN_ATTEMPT >= deadline {
+                if Instant::now() + jitter + MIN_ATTEMPT >= call.deadline {
                     break;
                 }
                 tokio::time::sleep(jitter).await;
                 index = self.preferred.load(Ordering::Relaxed) % count;
             }
-            let now = Instant::now();
-            if now + MIN_ATTEMPT > deadline {
+            if Instant::now() + MIN_ATTEMPT > call.deadline {
                 break;
             }
             let Some(node) = nodes.nodes.get(index) else {
                 break;
             };
-            let attempt_deadline = deadline.min(now + nodes.timeout);
             let attempt_started = Instant::now();
-            let result = self
-                .attempt(nodes, node, method, path, token, body, attempt_deadline)
-                .await;
+            let result = self.attempt(nodes, node, call).await;
             let result = match result {
-                Ok(Attempt::Done(code, bytes)) if any_status => Ok((code, bytes)),
+                Ok(Attempt::Done(code, bytes)) if call.request.accept == Accept::AnyStatus => {
+                    Ok((code, bytes))
+                }
                 Ok(Attempt::Done(code, bytes)) => classify(code, bytes),
                 Ok(Attempt::Redirect(location)) => {
                     metrics::openbao_request(
@@ -383,7 +343,7 @@ impl Http {
                     return Ok(ok);
                 }
                 Err(e) if e.is_transient() => {
-                    tracing::debug!(operation = op.as_str(), node = %node.url, error = %e, "OpenBao request failed; trying the next node");
+                    tracing::debug!(operation = op.as_str(), node = %node.url, attempt = call.attempts, error = %e, "OpenBao request failed; trying the next node");
                     last = Some(e);
                     index = (index + 1) % count;
                     failures += 1;
@@ -391,27 +351,25 @@ impl Http {
                 Err(e) => return Err(e),
             }
         }
-        Err(last.unwrap_or(Error::Timeout(started.elapsed())))
+        Err(last.unwrap_or(Error::Timeout(call.started.elapsed())))
     }
 
-    /// One request to one node, bounded by `deadline`, holding one of `max_connections` permits.
-    #[allow(clippy::too_many_arguments)]
+    /// One request to one node, bounded by the call's deadline and `openbao.timeout`, holding
+    /// one of `max_connections` permits.
     async fn attempt(
         &self,
         nodes: &Nodes,
         node: &Node,
-        method: &Method,
-        path: &str,
-        token: Option<&TokenHeader>,
-        body: Option<&JsonBody>,
-        deadline: Instant,
+        call: &mut Call<'_>,
     ) -> Result<Attempt, Error> {
         let started = Instant::now();
+        let deadline = call.attempt_deadline(nodes.timeout);
+        call.attempts += 1;
         let _permit = match tokio::time::timeout_at(deadline.into(), self.permits.acquire()).await {
             Ok(Ok(p)) => p,
             _ => return Err(Error::Overloaded(self.max_connections)),
         };
-        let send = send(nodes, node, method, path, token, body);
+        let send = send(nodes, node, &call.request);
         // `deadline` is already capped at openbao.timeout from the attempt's start.
         match tokio::time::timeout_at(deadline.into(), send).await {
             Ok(r) => r,
@@ -420,29 +378,25 @@ impl Http {
     }
 }
 
-async fn send(
-    nodes: &Nodes,
-    node: &Node,
-    method: &Method,
-    path: &str,
-    token: Option<&TokenHeader>,
-    body: Option<&JsonBody>,
-) -> Result<Attempt, Error> {
-    let target = node.url_for(path)?;
-    let mut req = ::http::Request::new(body.map(JsonBody::to_body).unwrap_or_default());
-    *req.method_mut() = method.clone();
+async fn send(nodes: &Nodes, node: &Node, request: &Request<'_>) -> Result<Attempt, Error> {
+    let target = node.url_for(request.path)?;
+    let mut req = ::http::Request::new(
+        request
+            .body
+            .as_ref()
+            .map(JsonBody::to_body)
+            .unwrap_or_default(),
+    );
+    *req.method_mut() = request.method.clone();
     *req.uri_mut() = target.uri;
     let headers = req.headers_mut();
     if let Some(ns) = &nodes.namespace {
-        let ns = HeaderValue::from_str(ns)
-            .map_err(|_| Error::Protocol("openbao.namespace is not a valid header value".into()))?;
-        headers.insert("x-vault-namespace", ns);
+        headers.insert("x-vault-namespace", ns.clone());
     }
-    if let Some(token) = token {
-        // Shares the token's wiped buffer (a reference count), no copy of the token.
-        headers.insert("x-vault-token", token.0.clone());
+    if let Some(token) = request.token {
+        headers.insert("x-vault-token", token.header());
     }
-    if body.is_some() {
+    if request.body.is_some() {
         headers.insert(
             ::http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -553,4 +507,17 @@ pub(crate) fn error_messages(body: &[u8]) -> String {
         text.push('…');
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_namespace_that_is_no_header_value_is_an_error_naming_the_field() {
+        assert!(namespace_header("team-a/child").is_ok());
+        let e = namespace_header("team\na").expect_err("a newline is no header value");
+        assert!(e.to_string().contains("openbao.namespace"), "{e}");
+        assert_eq!(e.class(), "local_setup");
+    }
 }

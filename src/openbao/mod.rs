@@ -6,6 +6,7 @@ mod diagnostics;
 mod error;
 mod http;
 mod pkcs11;
+mod request;
 mod tls;
 mod transit;
 
@@ -24,7 +25,8 @@ pub(crate) use transit::{ciphertext_version, KeyMetadata, KeysConfig, MountInfo,
 use std::sync::Arc;
 
 use auth::{Auth, Token};
-use http::{Http, JsonBody, Nodes};
+use http::{Http, Nodes};
+use request::{JsonBody, Request};
 use transit::{DataBody, DecryptData, EncryptData, RawKey};
 
 use crate::config::{AuthSettings, OpenBaoSettings, TransitSettings};
@@ -184,19 +186,12 @@ impl Client {
     where
         T: serde::de::DeserializeOwned,
     {
-        let body = body.map(|b| b.json()).transpose()?;
+        let mut request = Request::new(operation, method, path);
+        if let Some(body) = body {
+            request = request.body(body.json()?);
+        }
         let token: Token = self.auth.token(&self.http).await?;
-        match self
-            .http
-            .call(
-                operation,
-                method.clone(),
-                path,
-                Some(&token.secret),
-                body.clone(),
-            )
-            .await
-        {
+        match self.http.call(request.clone().token(&token.secret)).await {
             Err(Error::PermissionDenied(msg)) => {
                 let Some(fresh) = self
                     .auth
@@ -206,9 +201,8 @@ impl Client {
                     return Err(Error::PermissionDenied(msg));
                 };
                 tracing::info!(operation = operation.as_str(), reason = %msg, "403 from OpenBao; logging in again and retrying once");
-                self.http
-                    .call(operation, method, path, Some(&fresh?.secret), body)
-                    .await
+                let fresh = fresh?;
+                self.http.call(request.token(&fresh.secret)).await
             }
             other => other,
         }

@@ -61,6 +61,7 @@ impl From<openbao::Error> for KmsError {
             | E::ResponseTooLarge(_)
             | E::Protocol(_)
             | E::Tls(_)
+            | E::Setting { .. }
             | E::RedirectRefused(_) => Self::Internal(e.to_string()),
         }
     }

@@ -1,16 +1,18 @@
-//! Faults made on the wire between the provider and a real OpenBao: a TCP proxy that can add
-//! latency to every answer, reset the next request's connection, answer the next request with
-//! a canned HTTP response (a 503, a redirect) instead of forwarding it, or refuse connections;
-//! and a canary listener that records whatever reaches it.
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+//! Faults made on the wire between the provider and a real OpenBao: one TCP proxy that can
+//! refuse connections (OpenBao "down" without losing its in-memory state), add latency to every
+//! answer, reset the next request's connection, answer the next request with a canned HTTP
+//! response (a 503, a redirect) instead of forwarding it, close kept-alive connections, or
+//! switch to another backend; and a canary listener that records whatever reaches it.
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-#[derive(Default)]
 struct Faults {
+    /// The backend port new connections go to.
+    target: AtomicU16,
     down: AtomicBool,
     delay_ms: AtomicU64,
     reset_next: AtomicBool,
@@ -27,6 +29,23 @@ struct Faults {
     severed: AtomicUsize,
 }
 
+impl Faults {
+    fn new(target: u16) -> Self {
+        Self {
+            target: AtomicU16::new(target),
+            down: AtomicBool::default(),
+            delay_ms: AtomicU64::default(),
+            reset_next: AtomicBool::default(),
+            canned_next: Mutex::default(),
+            open: AtomicUsize::default(),
+            requests: AtomicUsize::default(),
+            epoch: AtomicU64::default(),
+            close: tokio::sync::Notify::new(),
+            severed: AtomicUsize::default(),
+        }
+    }
+}
+
 pub struct FaultProxy {
     pub port: u16,
     faults: Arc<Faults>,
@@ -38,7 +57,7 @@ impl FaultProxy {
     pub async fn start(target_port: u16) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy bind");
         let port = listener.local_addr().expect("addr").port();
-        let faults: Arc<Faults> = Arc::default();
+        let faults = Arc::new(Faults::new(target_port));
         let conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
         let (f, c) = (faults.clone(), conns.clone());
         let task = tokio::spawn(async move {
@@ -51,8 +70,9 @@ impl FaultProxy {
                 // Read before the connection counts as open: a close requested once it is
                 // counted always reaches it.
                 let born = f.epoch.load(Ordering::SeqCst);
+                let target = f.target.load(Ordering::SeqCst);
                 let h = tokio::spawn(async move {
-                    if let Ok(outbound) = TcpStream::connect(("127.0.0.1", target_port)).await {
+                    if let Ok(outbound) = TcpStream::connect(("127.0.0.1", target)).await {
                         f.open.fetch_add(1, Ordering::SeqCst);
                         pump(inbound, outbound, &f, born).await;
                         f.open.fetch_sub(1, Ordering::SeqCst);
@@ -97,6 +117,7 @@ impl FaultProxy {
         self.faults.canned_next.lock().expect("lock").is_some()
     }
 
+    /// Refuses new connections and drops the open ones, until `set_up`.
     pub fn set_down(&self) {
         self.faults.down.store(true, Ordering::SeqCst);
         for h in self.conns.lock().expect("lock").drain(..) {
@@ -113,6 +134,13 @@ impl FaultProxy {
     pub fn close_connections(&self) {
         self.faults.epoch.fetch_add(1, Ordering::SeqCst);
         self.faults.close.notify_waiters();
+    }
+
+    /// New connections go to `target`; every open one is closed (as `close_connections`), so
+    /// a TLS client has to make a full handshake with the new backend.
+    pub fn switch_to(&self, target: u16) {
+        self.faults.target.store(target, Ordering::SeqCst);
+        self.close_connections();
     }
 
     /// Connections closed by `close_connections` so far.

