@@ -116,6 +116,24 @@ fn each_invalid_field_is_named() {
         ("auth.jwt", "role", "\"\"", "auth.jwt.role"),
         ("auth.jwt", "mount_path", "\"a//b\"", "auth.jwt.mount_path"),
         ("transit", "key_name", "\"k8s/etcd\"", "transit.key_name"),
+        // `.` and `..` would be normalised away in the request URL and address another path.
+        ("transit", "key_name", "\".\"", "transit.key_name"),
+        ("transit", "key_name", "\"..\"", "transit.key_name"),
+        ("transit", "mount_path", "\".\"", "transit.mount_path"),
+        ("transit", "mount_path", "\"..\"", "transit.mount_path"),
+        (
+            "transit",
+            "mount_path",
+            "\"teams/./transit\"",
+            "transit.mount_path",
+        ),
+        (
+            "transit",
+            "mount_path",
+            "\"teams/../transit\"",
+            "transit.mount_path",
+        ),
+        ("auth.jwt", "mount_path", "\"jwt/.\"", "auth.jwt.mount_path"),
         (
             "transit.key_id_scope",
             "provider_name",
