@@ -80,7 +80,7 @@ impl Provider {
             if last.is_none_or(|t| t.elapsed() >= REFRESH_EVERY) {
                 *last = Some(Instant::now());
                 tracing::info!(
-                    key_id,
+                    key_id = %crate::kms::clip(key_id),
                     "Decrypt for a key_id not seen yet; reading key metadata once more"
                 );
                 let _ = self.probe_once(false).await;
