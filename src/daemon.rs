@@ -246,9 +246,10 @@ impl Supervisor {
             settings.telemetry.health_address,
             health,
         );
-        let http_tasks = telemetry::http::serve(routes, &stopped)
-            .await
-            .context("binding the metrics/health address")?;
+        let http_tasks =
+            telemetry::http::serve(routes, settings.telemetry.max_connections, &stopped)
+                .await
+                .context("binding the metrics/health address")?;
 
         Ok(Self {
             settings,

@@ -200,6 +200,11 @@ fn unknown_and_mistyped_fields_are_rejected_by_name() {
     ));
     assert_eq!(code, 64);
     assert!(stderr.contains("telemetry.metrics_address"), "{stderr}");
+    for n in ["0", "1025"] {
+        let (code, _, stderr) = check(&format!("{VALID}\n[telemetry]\nmax_connections = {n}\n"));
+        assert_eq!(code, 64, "max_connections = {n}");
+        assert!(stderr.contains("telemetry.max_connections"), "{stderr}");
+    }
     let (code, _, stderr) = check("this is not toml = = =");
     assert_eq!(code, 64);
     assert!(stderr.contains("config.toml"), "names the file: {stderr}");

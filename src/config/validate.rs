@@ -85,6 +85,15 @@ pub fn validate(raw: &RawConfig, env: &Environment) -> Result<Settings> {
             &raw.telemetry.metrics_address,
         )?,
         health_address: listen_address("telemetry.health_address", &raw.telemetry.health_address)?,
+        max_connections: match raw.telemetry.max_connections {
+            n @ 1..=1024 => n as usize,
+            n => {
+                return Err(ConfigError::invalid(
+                    "telemetry.max_connections",
+                    format!("{n} is out of range (1 to 1024)"),
+                ))
+            }
+        },
     };
     Ok(Settings {
         server,
