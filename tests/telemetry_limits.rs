@@ -1,6 +1,7 @@
 //! The telemetry listeners (`/metrics`, `/livez`, `/readyz`) cannot be used by a local client to
 //! take the provider's file descriptors: thousands of idle connections leave its descriptor count
-//! bounded while KMS calls, new KMS connections and OpenBao re-logins keep working.
+//! bounded while KMS calls, new KMS connections and OpenBao re-logins keep working; and `/livez`
+//! reports when the provider cannot open a descriptor.
 mod common;
 
 use std::time::{Duration, Instant};
@@ -226,4 +227,49 @@ async fn idle_telemetry_connections_are_closed_after_the_header_timeout() {
     }
     let text = String::from_utf8_lossy(&response);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}
+
+#[tokio::test]
+async fn livez_and_the_watchdog_report_when_no_descriptor_can_be_opened() {
+    let bao = Bao::start().await;
+    let p = Provider::start(&ProviderOptions::new(&bao)).await;
+    let pid = p.pid().expect("provider pid");
+    // Opened before the limit drops: the request below needs no new descriptor to be served.
+    let mut conn = TcpStream::connect(("127.0.0.1", p.health_port))
+        .await
+        .expect("connect");
+    let (code, _) = p.http_get(p.health_port, "/livez").await;
+    assert_eq!(code, 200);
+
+    // Below every descriptor the process holds: the next open of any kind fails with EMFILE.
+    let previous = set_fd_limit(pid, Some(3));
+    conn.write_all(b"GET /livez HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut response))
+        .await
+        .expect("/livez answers on the open connection")
+        .expect("read");
+    let text = String::from_utf8_lossy(&response);
+    assert!(
+        text.starts_with("HTTP/1.1 503") && text.contains("cannot open a file"),
+        "{text}"
+    );
+    wait_for(
+        "the watchdog check to name the missing descriptors",
+        Duration::from_secs(15),
+        || async {
+            p.logs()
+                .lines()
+                .any(|l| l.contains("withholding the watchdog ping") && l.contains("cannot open"))
+        },
+    )
+    .await;
+
+    set_fd_limit(pid, Some(previous));
+    wait_for("/livez ok again", Duration::from_secs(15), || async {
+        p.http_get(p.health_port, "/livez").await.0 == 200
+    })
+    .await;
 }
