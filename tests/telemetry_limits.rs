@@ -86,9 +86,20 @@ async fn thousands_of_idle_telemetry_connections_leave_descriptors_and_kms_calls
     let mut most = before;
     for port in [p.metrics_port, p.health_port] {
         for i in 0..IDLE_PER_LISTENER {
-            let s = TcpStream::connect(("127.0.0.1", port))
-                .await
-                .unwrap_or_else(|e| panic!("connect #{i} to {port}: {e}"));
+            // A listener that stops accepting (the provider out of descriptors) fills its
+            // backlog, and connects then hang.
+            let s = tokio::time::timeout(
+                Duration::from_secs(10),
+                TcpStream::connect(("127.0.0.1", port)),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "connect #{i} to {port} not accepted in 10 s; provider holds {} descriptors",
+                    fd_count(pid)
+                )
+            })
+            .unwrap_or_else(|e| panic!("connect #{i} to {port}: {e}"));
             held.push(s);
             if i % 100 == 0 {
                 most = most.max(fd_count(pid));
