@@ -1,10 +1,11 @@
 //! `serve`: a small supervisor that wires the provider, the KMS socket, the probe loop and
 //! telemetry together, tells systemd about readiness, start-up time and liveness (watchdog), and
 //! handles signals (SIGTERM/SIGINT: drain and exit 0; SIGHUP: reload credentials and config).
+mod liveness;
+
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
@@ -17,14 +18,8 @@ use crate::openbao;
 use crate::provider::Provider;
 use crate::systemd;
 use crate::telemetry::{self, http::HealthSource};
+use liveness::{Liveness, NotLive};
 
-/// How long the gRPC self-check may go unanswered before liveness fails.
-const GRPC_SILENCE_LIMIT: Duration = Duration::from_secs(30);
-/// OpenBao calls one probe may make in a row (login or renewal, key read, encrypt, decrypt,
-/// a re-login and retry after a 403), each bounded by `openbao.timeout`.
-const PROBE_CALL_BUDGET: u32 = 6;
-/// Slack on top of the probe loop's own bound before it counts as silent.
-const PROBE_SILENCE_SLACK: Duration = Duration::from_secs(5);
 /// How long a provider with a verified key registry waits for its first probe before it
 /// accepts on the socket anyway and serves Status from the registry.
 const REGISTRY_FIRST_PROBE_WAIT: Duration = Duration::from_millis(500);
@@ -41,55 +36,6 @@ const SELF_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// The most start-up time asked of systemd at once (EXTEND_TIMEOUT_USEC).
 const MAX_TIMEOUT_EXTENSION: Duration = Duration::from_secs(30);
 
-/// Liveness as seen by the watchdog and /livez: when the probe loop and the gRPC server last
-/// proved themselves.
-struct Liveness {
-    started: Instant,
-    probe_beat_ms: AtomicU64,
-    grpc_beat_ms: AtomicU64,
-    probe_limit: Duration,
-}
-
-impl Liveness {
-    fn new(settings: &Settings) -> Self {
-        Self {
-            started: Instant::now(),
-            probe_beat_ms: AtomicU64::new(0),
-            grpc_beat_ms: AtomicU64::new(0),
-            probe_limit: settings.status.probe_interval * 2
-                + settings.openbao.timeout * PROBE_CALL_BUDGET
-                + PROBE_SILENCE_SLACK,
-        }
-    }
-
-    fn beat(&self, which: &AtomicU64) {
-        which.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    fn since(&self, which: &AtomicU64) -> Duration {
-        self.started
-            .elapsed()
-            .saturating_sub(Duration::from_millis(which.load(Ordering::Relaxed)))
-    }
-
-    /// `/livez` and the watchdog: both loops have proved themselves recently. The gRPC beat
-    /// comes from a Status self-call through the real service, so a wedged server stops it.
-    fn check(&self) -> Result<(), String> {
-        let probe = self.since(&self.probe_beat_ms);
-        if probe > self.probe_limit {
-            return Err(format!("probe loop silent for {}s", probe.as_secs()));
-        }
-        let grpc = self.since(&self.grpc_beat_ms);
-        if grpc > GRPC_SILENCE_LIMIT {
-            return Err(format!(
-                "KMS gRPC server has not answered its self-check for {}s",
-                grpc.as_secs()
-            ));
-        }
-        Ok(())
-    }
-}
-
 struct Health {
     provider: Arc<Provider>,
     liveness: Arc<Liveness>,
@@ -97,7 +43,7 @@ struct Health {
 
 impl HealthSource for Health {
     fn live(&self) -> Result<(), String> {
-        self.liveness.check()
+        self.liveness.check().map_err(|e| e.to_string())
     }
 
     fn ready(&self) -> Result<(), Vec<String>> {
@@ -232,7 +178,7 @@ impl Supervisor {
         let probes = {
             let (p, l) = (provider.clone(), liveness.clone());
             tokio::spawn(p.run_probes(stopped(), move || {
-                l.beat(&l.probe_beat_ms);
+                l.probe_beat();
                 probed_tx.send_replace(true);
             }))
         };
@@ -246,9 +192,10 @@ impl Supervisor {
             settings.telemetry.health_address,
             health,
         );
-        let http_tasks = telemetry::http::serve(routes, &stopped)
-            .await
-            .context("binding the metrics/health address")?;
+        let http_tasks =
+            telemetry::http::serve(routes, settings.telemetry.max_connections, &stopped)
+                .await
+                .context("binding the metrics/health address")?;
 
         Ok(Self {
             settings,
@@ -375,19 +322,19 @@ impl Supervisor {
         let answered =
             tokio::time::timeout(SELF_CHECK_TIMEOUT, c.status(crate::pb::StatusRequest {})).await;
         if matches!(answered, Ok(Ok(_))) {
-            self.liveness.beat(&self.liveness.grpc_beat_ms);
+            self.liveness.grpc_beat();
         }
         let alive = if self.grpc.is_finished() {
-            Err("KMS gRPC server stopped".to_owned())
+            Err(NotLive::GrpcStopped)
         } else if self.probes.is_finished() {
-            Err("probe loop stopped".to_owned())
+            Err(NotLive::ProbeStopped)
         } else {
             self.liveness.check()
         };
         match alive {
             Ok(()) => systemd::watchdog(),
             Err(reason) => tracing::error!(
-                reason,
+                reason = %reason,
                 "liveness check failed; withholding the watchdog ping"
             ),
         }
@@ -446,37 +393,4 @@ async fn reload(
         .await
         .context("building the OpenBao client and logging in with the reloaded configuration")?;
     Ok(applied)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn liveness(age: Duration) -> Liveness {
-        Liveness {
-            started: Instant::now().checked_sub(age).expect("uptime"),
-            probe_beat_ms: AtomicU64::new(0),
-            grpc_beat_ms: AtomicU64::new(0),
-            probe_limit: Duration::from_secs(10),
-        }
-    }
-
-    #[test]
-    fn livez_fails_when_either_loop_falls_silent() {
-        let fresh = liveness(Duration::from_secs(1));
-        assert_eq!(fresh.check(), Ok(()));
-
-        let l = liveness(Duration::from_secs(20));
-        l.beat(&l.grpc_beat_ms);
-        let err = l.check().unwrap_err();
-        assert!(err.contains("probe loop"), "{err}");
-
-        let l = liveness(Duration::from_secs(40));
-        l.beat(&l.probe_beat_ms);
-        let err = l.check().unwrap_err();
-        assert!(err.contains("gRPC"), "{err}");
-
-        l.beat(&l.grpc_beat_ms);
-        assert_eq!(l.check(), Ok(()));
-    }
 }

@@ -116,6 +116,24 @@ fn each_invalid_field_is_named() {
         ("auth.jwt", "role", "\"\"", "auth.jwt.role"),
         ("auth.jwt", "mount_path", "\"a//b\"", "auth.jwt.mount_path"),
         ("transit", "key_name", "\"k8s/etcd\"", "transit.key_name"),
+        // `.` and `..` would be normalised away in the request URL and address another path.
+        ("transit", "key_name", "\".\"", "transit.key_name"),
+        ("transit", "key_name", "\"..\"", "transit.key_name"),
+        ("transit", "mount_path", "\".\"", "transit.mount_path"),
+        ("transit", "mount_path", "\"..\"", "transit.mount_path"),
+        (
+            "transit",
+            "mount_path",
+            "\"teams/./transit\"",
+            "transit.mount_path",
+        ),
+        (
+            "transit",
+            "mount_path",
+            "\"teams/../transit\"",
+            "transit.mount_path",
+        ),
+        ("auth.jwt", "mount_path", "\"jwt/.\"", "auth.jwt.mount_path"),
         (
             "transit.key_id_scope",
             "provider_name",
@@ -182,6 +200,11 @@ fn unknown_and_mistyped_fields_are_rejected_by_name() {
     ));
     assert_eq!(code, 64);
     assert!(stderr.contains("telemetry.metrics_address"), "{stderr}");
+    for n in ["0", "1025"] {
+        let (code, _, stderr) = check(&format!("{VALID}\n[telemetry]\nmax_connections = {n}\n"));
+        assert_eq!(code, 64, "max_connections = {n}");
+        assert!(stderr.contains("telemetry.max_connections"), "{stderr}");
+    }
     let (code, _, stderr) = check("this is not toml = = =");
     assert_eq!(code, 64);
     assert!(stderr.contains("config.toml"), "names the file: {stderr}");

@@ -80,3 +80,35 @@ async fn huge_uid_annotation_key_and_key_id_stay_out_of_logs_and_errors() {
     );
     assert!(calls.iter().all(|l| l.contains("(204800 bytes)")));
 }
+
+#[tokio::test]
+async fn unknown_key_id_is_clipped_in_the_refresh_log_line() {
+    let bao = Bao::start().await;
+    let p = Provider::start(&ProviderOptions::new(&bao)).await;
+    let mut c = p.client().await;
+    // The longest key_id KMS v2 allows: it passes the size check and reaches the lookup.
+    let key_id = "z".repeat(1024);
+    let refused = c
+        .decrypt(pb::DecryptRequest {
+            ciphertext: b"vault:v1:AAAA".to_vec(),
+            uid: "unknown-key-id".into(),
+            key_id: key_id.clone(),
+            annotations: HashMap::from([(ANNOTATION_KEY_VERSION.to_owned(), b"1".to_vec())]),
+        })
+        .await
+        .expect_err("unknown key_id");
+    assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+
+    let logs = p.logs();
+    let refresh: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("key_id not seen yet"))
+        .collect();
+    assert_eq!(refresh.len(), 1, "one metadata refresh is logged:\n{logs}");
+    assert!(refresh[0].contains("(1024 bytes)"), "{}", refresh[0]);
+    let unclipped = "z".repeat(129);
+    assert!(
+        !logs.contains(&unclipped),
+        "a log line carries more than 128 bytes of the key_id"
+    );
+}

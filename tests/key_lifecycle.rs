@@ -328,3 +328,92 @@ async fn raised_min_decryption_version_and_a_recreated_key_are_reported_by_name(
         "the key_id is never silently replaced"
     );
 }
+
+#[tokio::test]
+async fn decrypts_with_unknown_key_ids_do_not_hurry_a_promotion() {
+    use base64::{engine::general_purpose::STANDARD, Engine};
+
+    let bao = Bao::start().await;
+    let mut o = ProviderOptions::new(&bao);
+    // Two scheduled probes must see a new version; with 30 s probes that is a minute away.
+    o.rotation = "[rotation]\nstable_observations = 2\nactivation_delay = \"0s\"\n".into();
+    let mut p = Provider::start(&o).await;
+    p.stop();
+    let config = std::fs::read_to_string(&p.config).expect("config").replace(
+        "probe_interval = \"300ms\"\ndeep_probe_interval = \"1s\"\nmax_staleness = \"3s\"",
+        "probe_interval = \"30s\"\ndeep_probe_interval = \"5m\"\nmax_staleness = \"2m\"",
+    );
+    assert!(config.contains("\"5m\""), "probe intervals replaced");
+    std::fs::write(&p.config, config).expect("config");
+    p.start_process();
+    p.wait_healthy().await;
+    let v1_id = p.status().await.key_id;
+    let mut c = p.client().await;
+    let under_v1 = encrypt(&mut c, &[7u8; 32]).await;
+
+    bao.rotate().await;
+    // Unknown key_ids as fast as a client likes; at most one a second re-reads key metadata.
+    let mut sent = 0u32;
+    wait_for(
+        "five metadata reads for unknown key_ids",
+        Duration::from_secs(30),
+        || {
+            sent += 1;
+            let mut req = decrypt_request(&under_v1);
+            req.key_id = format!("obkms1-unknown-{sent}");
+            let mut c = c.clone();
+            let log = p.log.clone();
+            async move {
+                let refused = c.decrypt(req).await.expect_err("unknown key_id");
+                assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
+                let logs = std::fs::read_to_string(log).unwrap_or_default();
+                logs.matches("key_id not seen yet").count() >= 5
+            }
+        },
+    )
+    .await;
+
+    assert_eq!(
+        p.status().await.key_id,
+        v1_id,
+        "reads for unknown key_ids are no rotation observations:\n{}",
+        p.logs()
+    );
+    let e = encrypt(&mut c, &[8u8; 32]).await;
+    assert_eq!(e.annotations["key-version.kms.openbao.org"], b"1");
+    assert!(!p.logs().contains("promoted Transit key version"));
+
+    // What correctness needs still happened: v2 is known, pending, and decrypts what another
+    // host that already promoted it wrote.
+    let (code, table, _) = cli(&["state", "show"], &p.config);
+    assert_eq!(code, 0);
+    let v2_id = table
+        .lines()
+        .find(|l| l.starts_with("v2 ") && l.contains("pending"))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap_or_else(|| panic!("v2 pending:\n{table}"))
+        .to_owned();
+    let written = bao
+        .root(
+            Method::POST,
+            "transit/encrypt/k8s-etcd",
+            Some(json!({
+                "plaintext": STANDARD.encode([9u8; 32]),
+                "associated_data": STANDARD.encode(bao_kms_provider::keys::associated_data(&v2_id)),
+                "key_version": 2,
+            })),
+        )
+        .await;
+    let ciphertext = written["data"]["ciphertext"].as_str().expect("ciphertext");
+    let back = c
+        .decrypt(bao_kms_provider::pb::DecryptRequest {
+            ciphertext: ciphertext.as_bytes().to_vec(),
+            uid: "other-host".into(),
+            key_id: v2_id,
+            annotations: [("key-version.kms.openbao.org".to_owned(), b"2".to_vec())].into(),
+        })
+        .await
+        .expect("a pending version decrypts")
+        .into_inner();
+    assert_eq!(back.plaintext, [9u8; 32]);
+}

@@ -323,6 +323,9 @@ pub(crate) struct RawLog {
 pub(crate) struct RawTelemetry {
     pub(crate) metrics_address: String,
     pub(crate) health_address: String,
+    /// Open connections per listener; more are closed at once, so a local client cannot use up
+    /// the descriptors the KMS socket and OpenBao need.
+    pub(crate) max_connections: u32,
 }
 
 impl Default for RawTelemetry {
@@ -330,6 +333,7 @@ impl Default for RawTelemetry {
         Self {
             metrics_address: "127.0.0.1:8081".into(),
             health_address: "127.0.0.1:8082".into(),
+            max_connections: 64,
         }
     }
 }

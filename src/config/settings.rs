@@ -85,6 +85,10 @@ impl Settings {
             "telemetry.health_address",
         );
         check(
+            a.telemetry.max_connections != b.telemetry.max_connections,
+            "telemetry.max_connections",
+        );
+        check(
             a.status.probe_interval != b.status.probe_interval
                 || a.status.deep_probe_interval != b.status.deep_probe_interval
                 || a.status.max_staleness != b.status.max_staleness
@@ -231,4 +235,5 @@ pub(crate) struct LogSettings {
 pub(crate) struct TelemetrySettings {
     pub(crate) metrics_address: Option<SocketAddr>,
     pub(crate) health_address: Option<SocketAddr>,
+    pub(crate) max_connections: usize,
 }

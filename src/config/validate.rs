@@ -85,6 +85,15 @@ pub fn validate(raw: &RawConfig, env: &Environment) -> Result<Settings> {
             &raw.telemetry.metrics_address,
         )?,
         health_address: listen_address("telemetry.health_address", &raw.telemetry.health_address)?,
+        max_connections: match raw.telemetry.max_connections {
+            n @ 1..=1024 => n as usize,
+            n => {
+                return Err(ConfigError::invalid(
+                    "telemetry.max_connections",
+                    format!("{n} is out of range (1 to 1024)"),
+                ))
+            }
+        },
     };
     Ok(Settings {
         server,
@@ -394,6 +403,12 @@ fn transit(raw: &RawConfig) -> Result<TransitSettings> {
             "may only contain letters, digits, '-', '_' and '.'",
         ));
     }
+    if is_dot_segment(&key_name) {
+        return Err(ConfigError::invalid(
+            "transit.key_name",
+            format!("{key_name:?} is a path step, not a key name: the request URL would name another path"),
+        ));
+    }
     let provider_name = required("transit.key_id_scope.provider_name", &s.provider_name)?;
     if provider_name.contains(':') {
         return Err(ConfigError::invalid(
@@ -583,7 +598,7 @@ fn mount_path(field: &'static str, value: &str) -> Result<String> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
         || v.contains("//")
-        || v.split('/').any(|s| s == "..")
+        || v.split('/').any(is_dot_segment)
     {
         return Err(ConfigError::invalid(
             field,
@@ -591,6 +606,12 @@ fn mount_path(field: &'static str, value: &str) -> Result<String> {
         ));
     }
     Ok(v)
+}
+
+/// `.` and `..` are removed or followed when the request URL is built, so a name or mount
+/// made of them would address another path than the one configured.
+fn is_dot_segment(segment: &str) -> bool {
+    matches!(segment, "." | "..")
 }
 
 fn listen_address(field: &'static str, value: &str) -> Result<Option<SocketAddr>> {

@@ -7,7 +7,7 @@ pub(crate) use id::KeyIdentity;
 /// decrypt during recovery need it).
 pub use id::{associated_data, short_hash};
 pub(crate) use registry::{Change, KeyState, Refusal, Registry};
-pub(crate) use registry::{Observation, Promotion};
+pub(crate) use registry::{Observation, Promotion, Sighting};
 mod store;
 
 pub(crate) use store::{Store, StoreError};

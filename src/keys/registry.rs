@@ -21,6 +21,17 @@ pub(crate) struct Observation {
     pub(crate) versions: BTreeMap<u32, i64>,
 }
 
+/// Why key metadata was read. Only the probe loop's schedule counts toward promotion, so a
+/// client cannot hurry a rotation by asking for reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sighting {
+    /// The probe loop, every `status.probe_interval`: one of `stable_observations`.
+    Scheduled,
+    /// A read a request asked for (a Decrypt with a key_id not seen yet): records new versions,
+    /// so they decrypt, and counts for nothing.
+    OnDemand,
+}
+
 /// When a pending version becomes active.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Promotion {
@@ -56,7 +67,7 @@ pub(crate) struct KeyRecord {
     pub(crate) key_id: String,
     pub(crate) state: KeyState,
     pub(crate) first_seen_unix: i64,
-    /// Consecutive probes that saw this version as the latest (pending versions only).
+    /// Consecutive scheduled probes that saw this version as the latest (pending versions only).
     pub(crate) observations: u32,
 }
 
@@ -101,10 +112,11 @@ impl Registry {
         self.records.is_empty()
     }
 
-    /// Feeds one metadata probe into the registry. On refusal nothing is changed.
+    /// Feeds one metadata read into the registry. On refusal nothing is changed.
     pub(crate) fn observe(
         &mut self,
         meta: &Observation,
+        sighting: Sighting,
         identity: &KeyIdentity,
         rotation: &Promotion,
         now_unix: i64,
@@ -153,6 +165,7 @@ impl Registry {
         if active == Some(latest) {
             return Ok(changes);
         }
+        let first_seen = !self.records.contains_key(&latest);
         let rec = self.records.entry(latest).or_insert_with(|| {
             record(
                 identity,
@@ -163,8 +176,11 @@ impl Registry {
                 0,
             )
         });
-        if rec.observations == 0 {
+        if first_seen {
             changes.push(Change::Pending { version: latest });
+        }
+        if sighting == Sighting::OnDemand {
+            return Ok(changes);
         }
         rec.observations = rec.observations.saturating_add(1);
         let waited =
@@ -268,6 +284,18 @@ mod tests {
         }
     }
 
+    impl Registry {
+        fn observe_scheduled(
+            &mut self,
+            meta: &Observation,
+            identity: &KeyIdentity,
+            rotation: &Promotion,
+            now_unix: i64,
+        ) -> Result<Vec<Change>, Refusal> {
+            self.observe(meta, Sighting::Scheduled, identity, rotation, now_unix)
+        }
+    }
+
     fn rotation(n: u32, delay: u64) -> Promotion {
         Promotion {
             stable_observations: NonZeroU32::new(n).unwrap(),
@@ -279,7 +307,7 @@ mod tests {
     fn first_start_adopts_existing_versions_with_latest_active() {
         let mut r = Registry::default();
         let changes = r
-            .observe(&meta(3), &identity(), &rotation(3, 120), 0)
+            .observe_scheduled(&meta(3), &identity(), &rotation(3, 120), 0)
             .unwrap();
         assert_eq!(
             changes,
@@ -296,13 +324,18 @@ mod tests {
     fn rotation_waits_for_observations_and_delay_then_promotes() {
         let mut r = Registry::default();
         let rot = rotation(3, 120);
-        r.observe(&meta(1), &identity(), &rot, 0).unwrap();
-        r.observe(&meta(2), &identity(), &rot, 10).unwrap();
+        r.observe_scheduled(&meta(1), &identity(), &rot, 0).unwrap();
+        r.observe_scheduled(&meta(2), &identity(), &rot, 10)
+            .unwrap();
         assert_eq!(r.records[&2].state, KeyState::Pending);
-        r.observe(&meta(2), &identity(), &rot, 20).unwrap();
-        r.observe(&meta(2), &identity(), &rot, 30).unwrap();
+        r.observe_scheduled(&meta(2), &identity(), &rot, 20)
+            .unwrap();
+        r.observe_scheduled(&meta(2), &identity(), &rot, 30)
+            .unwrap();
         assert_eq!(r.active().unwrap().version, 1, "delay not yet passed");
-        let changes = r.observe(&meta(2), &identity(), &rot, 131).unwrap();
+        let changes = r
+            .observe_scheduled(&meta(2), &identity(), &rot, 131)
+            .unwrap();
         assert_eq!(
             changes,
             vec![Change::Promoted {
@@ -316,17 +349,17 @@ mod tests {
     #[test]
     fn backwards_version_and_changed_creation_time_are_refused_without_change() {
         let mut r = Registry::default();
-        r.observe(&meta(3), &identity(), &rotation(1, 0), 0)
+        r.observe_scheduled(&meta(3), &identity(), &rotation(1, 0), 0)
             .unwrap();
         let before = r.clone();
         assert_eq!(
-            r.observe(&meta(2), &identity(), &rotation(1, 0), 5),
+            r.observe_scheduled(&meta(2), &identity(), &rotation(1, 0), 5),
             Err(Refusal::VersionWentBackwards { known: 3, seen: 2 })
         );
         let mut m = meta(3);
         m.versions.insert(2, 99);
         assert!(matches!(
-            r.observe(&m, &identity(), &rotation(1, 0), 5),
+            r.observe_scheduled(&m, &identity(), &rotation(1, 0), 5),
             Err(Refusal::CreationTimeChanged { version: 2, .. })
         ));
         assert_eq!(r, before);
@@ -335,11 +368,53 @@ mod tests {
     #[test]
     fn skipped_versions_are_kept_as_retired() {
         let mut r = Registry::default();
-        r.observe(&meta(1), &identity(), &rotation(1, 0), 0)
+        r.observe_scheduled(&meta(1), &identity(), &rotation(1, 0), 0)
             .unwrap();
-        r.observe(&meta(4), &identity(), &rotation(1, 0), 5)
+        r.observe_scheduled(&meta(4), &identity(), &rotation(1, 0), 5)
             .unwrap();
         assert_eq!(r.active().unwrap().version, 4);
         assert!(r.records.len() == 4 && r.records[&2].state == KeyState::Retired);
+    }
+
+    #[test]
+    fn on_demand_reads_record_a_new_version_but_never_count_toward_promotion() {
+        let mut r = Registry::default();
+        let rot = rotation(2, 0);
+        r.observe_scheduled(&meta(1), &identity(), &rot, 0).unwrap();
+        let first = r
+            .observe(&meta(2), Sighting::OnDemand, &identity(), &rot, 1)
+            .unwrap();
+        assert_eq!(first, vec![Change::Pending { version: 2 }]);
+        assert_eq!(
+            r.records[&2].state,
+            KeyState::Pending,
+            "v2 decrypts already"
+        );
+        for t in 2..50 {
+            let c = r
+                .observe(&meta(2), Sighting::OnDemand, &identity(), &rot, t)
+                .unwrap();
+            assert!(c.is_empty(), "{c:?}");
+        }
+        assert_eq!(r.records[&2].observations, 0);
+        assert_eq!(r.active().unwrap().version, 1);
+
+        // The schedule alone decides: two scheduled probes, as if no read had come in between.
+        assert_eq!(
+            r.observe_scheduled(&meta(2), &identity(), &rot, 60)
+                .unwrap(),
+            vec![Change::Observed {
+                version: 2,
+                observations: 1
+            }]
+        );
+        assert_eq!(
+            r.observe_scheduled(&meta(2), &identity(), &rot, 90)
+                .unwrap(),
+            vec![Change::Promoted {
+                from: Some(1),
+                to: 2
+            }]
+        );
     }
 }

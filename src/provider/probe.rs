@@ -8,7 +8,7 @@ use rand::RngCore;
 
 use super::health::ProbeError;
 use super::{known_keys, Provider, Snapshot};
-use crate::keys::{associated_data, short_hash, Change};
+use crate::keys::{associated_data, short_hash, Change, Sighting};
 use crate::openbao;
 use crate::telemetry::metrics;
 
@@ -34,7 +34,7 @@ impl Provider {
         let mut retry = FIRST_RETRY;
         loop {
             let deep_due = last_deep.is_none_or(|t| t.elapsed() >= self.status.deep_probe_interval);
-            let delay = match self.probe_once(deep_due).await {
+            let delay = match self.probe_once(deep_due, Sighting::Scheduled).await {
                 Ok(did_deep) => {
                     if did_deep {
                         last_deep = Some(Instant::now());
@@ -63,7 +63,8 @@ impl Provider {
 
     /// The version behind `key_id`. A key_id this host has not seen may come from another host
     /// that already promoted a version this one has not read yet: key metadata is read once
-    /// more before answering NotFound.
+    /// more before answering NotFound. That read records a new version (so it decrypts) but is
+    /// no rotation observation: clients sending unknown key_ids cannot hurry a promotion.
     pub(super) async fn known_or_refresh(
         &self,
         key_id: &str,
@@ -80,10 +81,10 @@ impl Provider {
             if last.is_none_or(|t| t.elapsed() >= REFRESH_EVERY) {
                 *last = Some(Instant::now());
                 tracing::info!(
-                    key_id,
+                    key_id = %crate::kms::clip(key_id),
                     "Decrypt for a key_id not seen yet; reading key metadata once more"
                 );
-                let _ = self.probe_once(false).await;
+                let _ = self.probe_once(false, Sighting::OnDemand).await;
             }
         }
         self.snapshot()
@@ -94,8 +95,12 @@ impl Provider {
     }
 
     /// One probe. Returns whether a deep probe ran; `Err` when anything failed (recorded in the snapshot).
-    async fn probe_once(&self, deep_due: bool) -> Result<bool, Arc<ProbeError>> {
-        match self.try_probe(deep_due).await {
+    async fn probe_once(
+        &self,
+        deep_due: bool,
+        sighting: Sighting,
+    ) -> Result<bool, Arc<ProbeError>> {
+        match self.try_probe(deep_due, sighting).await {
             Ok(did_deep) => Ok(did_deep),
             Err(reason) => {
                 let reason = Arc::new(reason);
@@ -110,7 +115,7 @@ impl Provider {
         }
     }
 
-    async fn try_probe(&self, deep_due: bool) -> Result<bool, ProbeError> {
+    async fn try_probe(&self, deep_due: bool, sighting: Sighting) -> Result<bool, ProbeError> {
         let ttl = self
             .client
             .maintain_token()
@@ -139,7 +144,13 @@ impl Provider {
             let mut regs = self.registry.lock().await;
             let before_active = regs.served().active().map(|r| r.version);
             let mut next = regs.current.clone();
-            let changes = next.observe(&observation, &self.identity, &self.rotation, now_unix)?;
+            let changes = next.observe(
+                &observation,
+                sighting,
+                &self.identity,
+                &self.rotation,
+                now_unix,
+            )?;
             // Observations count in memory even while they cannot be saved.
             regs.current = next;
             let unsaved = self.persist(&mut regs);

@@ -79,9 +79,12 @@ pub(crate) fn routes(
         .collect()
 }
 
-/// Serves the endpoints until `shutdown` resolves. Bind errors are returned before serving.
+/// Serves the endpoints until `shutdown` resolves, each listener with at most
+/// `max_connections` open connections (`super::listener`). Bind errors are returned before
+/// serving.
 pub(crate) async fn serve<F>(
     routes: Vec<(SocketAddr, Router)>,
+    max_connections: usize,
     shutdown: impl Fn() -> F,
 ) -> std::io::Result<Vec<tokio::task::JoinHandle<()>>>
 where
@@ -90,16 +93,13 @@ where
     let mut tasks = Vec::new();
     for (addr, router) in routes {
         let listener = tokio::net::TcpListener::bind(addr).await?;
-        let shutdown = shutdown();
-        tracing::info!(%addr, "serving HTTP endpoints");
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::warn!(error = %e, "HTTP endpoint server failed");
-            }
-        }));
+        tracing::info!(%addr, max_connections, "serving HTTP endpoints");
+        tasks.push(tokio::spawn(super::listener::serve(
+            listener,
+            router,
+            max_connections,
+            shutdown(),
+        )));
     }
     Ok(tasks)
 }

@@ -66,6 +66,8 @@ struct Metrics {
     healthy: Gauge,
     registry_unsaved: Gauge,
     warnings: Gauge,
+    http_shed: Counter,
+    http_accept_errors: Counter,
 }
 
 fn buckets() -> impl Iterator<Item = f64> {
@@ -92,6 +94,8 @@ fn metrics() -> &'static Metrics {
             healthy: Gauge::default(),
             registry_unsaved: Gauge::default(),
             warnings: Gauge::default(),
+            http_shed: Counter::default(),
+            http_accept_errors: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -153,6 +157,16 @@ fn metrics() -> &'static Metrics {
             "registry_unsaved",
             "1 while the key registry cannot be saved or locked (state directory full or read-only): Encrypt keeps the saved active key, promotions wait",
             m.registry_unsaved.clone(),
+        );
+        registry.register(
+            "http_connections_shed",
+            "Connections to /metrics, /livez or /readyz closed at once because the listener had telemetry.max_connections open",
+            m.http_shed.clone(),
+        );
+        registry.register(
+            "http_accept_errors",
+            "Accept errors on the telemetry listeners other than a single failed connection (e.g. out of file descriptors)",
+            m.http_accept_errors.clone(),
         );
         let build = Family::<Version, Gauge>::default();
         build
@@ -254,6 +268,14 @@ pub(crate) fn registry_unsaved(unsaved: bool) {
 
 pub(crate) fn warnings(count: usize) {
     metrics().warnings.set(count as i64);
+}
+
+pub(crate) fn http_connection_shed() {
+    metrics().http_shed.inc();
+}
+
+pub(crate) fn http_accept_error() {
+    metrics().http_accept_errors.inc();
 }
 
 /// The Prometheus text exposition of every metric.

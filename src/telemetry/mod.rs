@@ -1,4 +1,5 @@
 //! Logging, metrics and health endpoints.
 pub(crate) mod http;
+mod listener;
 pub(crate) mod logging;
 pub(crate) mod metrics;
