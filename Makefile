@@ -5,7 +5,7 @@ BUILD_DIR ?= $(CURDIR)/build
 PYTHON := $(BUILD_DIR)/venv/bin/python
 export BUILD_DIR
 
-.PHONY: all build tools tools-openbao lint unit test test-rust test-system demo bench clean help
+.PHONY: all build tools tools-openbao kube lint unit test test-rust test-system demo bench clean help
 .PHONY: deb rpm package-files
 
 all: build
@@ -15,6 +15,7 @@ help:
 	@echo "make test   - install what the tests need, then lint and run every test"
 	@echo "make bench  - the provider vs direct Transit calls on a real OpenBao (QUICK=1: short run)"
 	@echo "make fuzz   - run every fuzz target for FUZZ_SECONDS (default 60) each (nightly, cargo-fuzz)"
+	@echo "make kube   - build the real kube-apiserver, kubeadm, kubectl and etcd for the tests (KUBE_VERSION)"
 	@echo "make build  - cargo build"
 	@echo "make deb    - Debian package (cargo-deb) into $$CARGO_TARGET_DIR/packages (default target/packages)"
 	@echo "make rpm    - RPM package (rpmbuild, packaging/rpm/bao-kms-provider.spec) into the same directory"
@@ -32,6 +33,11 @@ tools:
 tools-openbao:
 	scripts/tools.sh openbao
 
+# The real Kubernetes binaries (scripts/kube.sh): built once per version, cached in KUBE_CACHE_DIR
+# (default ~/.cache/bao-kms-provider/kube), outside the clone.
+kube:
+	scripts/kube.sh
+
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
@@ -40,9 +46,9 @@ lint:
 test-rust: tools
 	$(CARGO) test --locked
 
-# System tests: systemd in systemd-nspawn, packages, Ansible, etcd (pytest).
+# System tests: systemd in systemd-nspawn, packages, Ansible, etcd, the real kube-apiserver (pytest).
 test-system: tools build
-	$(PYTHON) -m pytest -v tests/system
+	kube_bin=$$(scripts/kube.sh) && BAO_KUBE_BIN_DIR="$$kube_bin" $(PYTHON) -m pytest -v tests/system
 
 test: tools lint test-rust fuzz-smoke test-system
 

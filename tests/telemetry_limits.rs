@@ -2,7 +2,7 @@
 //! take the provider's file descriptors: thousands of idle connections leave its descriptor count
 //! bounded while KMS calls, new KMS connections and OpenBao re-logins keep working; and `/livez`
 //! reports when the provider cannot open a descriptor.
-mod common;
+pub mod common;
 
 use std::time::{Duration, Instant};
 

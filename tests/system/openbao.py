@@ -220,17 +220,19 @@ class BaoDevServer:
 
 
 class TcpProxy:
-    """A loopback TCP proxy to `target_port` the test can take down and up again. While down it
-    accepts and closes at once (the client sees a reset), so the target's state survives."""
+    """A TCP proxy to 127.0.0.1:`target_port` the test can take down and up again. While down it
+    accepts and closes at once (the client sees a reset), so the target's state survives. It
+    listens on loopback, or on `listen_host` (e.g. the bridge address of the test hosts)."""
 
-    def __init__(self, target_port: int, up: bool = True):
+    def __init__(self, target_port: int, up: bool = True, listen_host: str = "127.0.0.1"):
         self.target_port = target_port
+        self.listen_host = listen_host
         self._up = threading.Event()
         if up:
             self._up.set()
         self._sock = socket.socket()
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
+        self._sock.bind((listen_host, 0))
         self._sock.listen(64)
         self.port = self._sock.getsockname()[1]
         self._conns: list[socket.socket] = []
@@ -241,7 +243,7 @@ class TcpProxy:
 
     @property
     def addr(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.listen_host}:{self.port}"
 
     def set_up(self) -> None:
         self._up.set()

@@ -1,0 +1,354 @@
+"""The product against Kubernetes itself: the real kube-apiserver, etcd, kubeadm and kubectl.
+
+One control-plane host (kube_cluster.py: real kubeadm output, the etcd and kube-apiserver static
+pods run by the static-pod runner standing in for kubelet), the packaged provider under systemd,
+a real OpenBao with TLS reached through a proxy the test can take down. `playbooks/site.yml` rolls
+out with the role's defaults except the static-pod commands; then the tests mirror what
+Kubernetes' own KMS v2 integration tests assert. They run in file order: each builds on the state
+the one before left (creates, restart, rotation, outages).
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import hashlib
+import importlib
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ansible_helpers import OpenBao, JwtSigner, localhost_inventory, run_playbook  # noqa: E402
+from kube_cluster import CONTAINER_ID_COMMAND, RESTART_COMMAND, ControlPlane, kube_bin_dir  # noqa: E402
+from openbao import REPO_ROOT, TcpProxy  # noqa: E402
+from provider_host import SOCKET, host_socket  # noqa: E402
+
+PROVIDER = "openbao-kms"
+PREFIX = f"k8s:enc:kms:v2:{PROVIDER}:".encode()
+NS = "kms-test"
+MARKER = "bao-kms-provider-marker-9f3c2a"
+CREATES = 1000
+ENC_CONFIG = "/etc/kubernetes/encryption/openbao-kms/encryption-config.yaml"
+# k8s.io/apiserver pkg/storage/etcd3/watcher.go processEventConcurrency (ConcurrentWatchObjectDecode).
+WATCH_DECODE_CONCURRENCY = 10
+
+
+def envelope_pb(workdir: Path):
+    """Python stubs of proto/encrypted_object.proto (kube-apiserver's EncryptedObject)."""
+    from grpc_tools import protoc
+    out = workdir / "eo-stubs"
+    out.mkdir(exist_ok=True)
+    proto = REPO_ROOT / "proto"
+    assert protoc.main(["protoc", f"-I{proto}", f"--python_out={out}", str(proto / "encrypted_object.proto")]) == 0
+    sys.path.insert(0, str(out))
+    return importlib.import_module("encrypted_object_pb2")
+
+
+class Cluster:
+    """The control plane, OpenBao, the proxy in front of it and the rollout's playbook runs."""
+
+    def __init__(self, cp: ControlPlane, bao: OpenBao, proxy: TcpProxy, kms_pb, eo_pb, deb: Path):
+        self.cp, self.bao, self.proxy, self.eo_pb = cp, bao, proxy, eo_pb
+        self.api_pb2, api_grpc = kms_pb
+        self.host = cp.hosts[0]
+        self.api = cp.api(0)
+        self.etcd = cp.etcd()
+        self.runs: dict[str, object] = {}
+        signer = JwtSigner()
+        self.inventory = localhost_inventory()
+        self.inventory["all"]["vars"] = {
+            "openbao_transit_address": bao.addr,
+            "openbao_transit_token": bao.root_token,
+            "openbao_transit_ca_file": str(bao.ca),
+            "openbao_transit_jwt_validation_pubkeys": [signer.public_pem],
+        }
+        self.inventory["all"]["children"] = {"kube_control_plane": {"hosts": {self.host.name: {
+            "ansible_connection": "nsenter", "ansible_nsenter_pid": self.host.c.pid,
+            "ansible_python_interpreter": "/usr/bin/python3", "ansible_become": False,
+            "bao_kms_provider_package_file": str(deb),
+            "bao_kms_provider_openbao_address": f"https://{proxy.listen_host}:{proxy.port}",
+            # OpenBao's dev certificate names localhost; the hosts reach it through the bridge.
+            "bao_kms_provider_openbao_tls_server_name": "localhost",
+            "bao_kms_provider_openbao_instance_id": "openbao-test",
+            "bao_kms_provider_openbao_ca_src": str(bao.ca),
+            "bao_kms_provider_jwt": signer.mint(ttl=3600),
+            "bao_kms_provider_cluster_id": "kube-test",
+            "bao_kms_provider_transit_mount_id": "transit-test",
+            "bao_kms_provider_key_lineage_id": "lineage-1",
+            # Short, documented probe and promotion settings so a rotation is seen in seconds.
+            "bao_kms_provider_settings": {"status": {"probe_interval": "1s"},
+                                          "rotation": {"stable_observations": 2, "activation_delay": "2s"}},
+            "kube_apiserver_kms_container_id_command": CONTAINER_ID_COMMAND,
+            "kube_apiserver_kms_restart_command": RESTART_COMMAND,
+            "kube_apiserver_kms_wait_delay": 1,
+            "kube_apiserver_kms_wait_retries": 180,
+        }}}}
+        import grpc
+        # A channel like kube-apiserver's, to read the provider's Status without moving its counters.
+        self._stub = api_grpc.KeyManagementServiceStub(grpc.insecure_channel(
+            f"unix://{host_socket(self.host.c)}", options=[("grpc.default_authority", "localhost")]))
+
+    def play(self, name: str, playbook: str = "playbooks/site.yml", **kwargs):
+        run = run_playbook(playbook, self.inventory, timeout=900, **kwargs)
+        self.runs[name] = run
+        return run
+
+    def status_key_id(self) -> str:
+        return self._stub.Status(self.api_pb2.StatusRequest(), timeout=5).key_id
+
+    def provider_metric(self, name: str, **labels: str) -> float:
+        """Sum of the provider's /metrics samples of `name` matching `labels` (read inside the host)."""
+        text = self.host.c.run(["python3", "-c", "import urllib.request;print(urllib.request.urlopen("
+                                "'http://127.0.0.1:8081/metrics', timeout=5).read().decode())"]).stdout
+        return sum_samples(text, name, labels)
+
+    def create(self, name: str, value: str, conn=None) -> dict:
+        body = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": NS},
+                "data": {"value": base64.b64encode(value.encode()).decode()}}
+        status, out = self.api.request("POST", f"/api/v1/namespaces/{NS}/secrets", body, conn=conn)
+        assert status == 201, out
+        return out
+
+    def envelopes(self) -> dict[str, object]:
+        """Every Secret in etcd stored through the provider, parsed (EncryptedObject)."""
+        out = {}
+        for key, value in self.etcd.range("/registry/secrets/").items():
+            if value.startswith(PREFIX):
+                obj = self.eo_pb.EncryptedObject()
+                obj.ParseFromString(value[len(PREFIX):])
+                out[key] = obj
+        return out
+
+    def poke_readyz(self) -> tuple[int, str]:
+        """kube-apiserver's KMS health check; also makes it call Status (instead of waiting a minute)."""
+        return self.api.readyz("kms-providers")
+
+
+def sum_samples(text: str, name: str, labels: dict[str, str]) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(rf"^{re.escape(name)}(?:\{{(.*)\}})? (\S+)$", line)
+        if not m:
+            continue
+        have = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(1) or ""))
+        if all(have.get(k) == v for k, v in labels.items()):
+            total += float(m.group(2))
+    return total
+
+
+def wait_until(cond, what: str, timeout: float, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def kube_hash(key_id: str) -> str:
+    """kube-apiserver's key_id label: sha256: + hex, unsalted."""
+    return "sha256:" + hashlib.sha256(key_id.encode()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def cluster(request, tmp_path_factory, nspawn_rootfs, kms_pb):
+    work = tmp_path_factory.mktemp("kube")
+    bins = kube_bin_dir()
+    # The package the project ships; BAO_ANSIBLE_DEB=/path picks another (e.g. a deliberately broken
+    # provider, to see these tests fail).
+    deb = Path(os.environ["BAO_ANSIBLE_DEB"]) if os.environ.get("BAO_ANSIBLE_DEB") \
+        else request.getfixturevalue("built_packages").deb1
+    bao = OpenBao(work).start()
+    cp = proxy = None
+    try:
+        cp = ControlPlane(nspawn_rootfs, bins, work, hosts=1).start()
+        proxy = TcpProxy(bao.port, listen_host=cp.net.gateway)
+        k = Cluster(cp, bao, proxy, kms_pb, envelope_pb(work), deb)
+        status, out = k.api.request("POST", "/api/v1/namespaces",
+                                    {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+        assert status == 201, out
+        # Written before the rollout: stored in plaintext (identity), must stay readable.
+        k.create("before-rollout", "written before the rollout")
+        k.play("site-1").assert_ok()
+        k.play("site-2").assert_ok()
+        yield k
+    finally:
+        for part in (proxy, cp):
+            if part is not None:
+                try:
+                    part.close() if part is proxy else part.stop()
+                except Exception as e:  # noqa: BLE001 - tear everything down
+                    print(f"teardown: {e}", file=sys.stderr)
+        bao.stop()
+
+
+def test_site_playbook_rolls_out_on_the_real_kube_apiserver_and_a_second_run_changes_nothing(cluster):
+    first, second = cluster.runs["site-1"], cluster.runs["site-2"]
+    out = first.output
+    read = out.index("PLAY [Install bao-kms-provider and let every API server read through it]")
+    write = out.index("PLAY [Make every API server write through bao-kms-provider]")
+    assert "EncryptionConfiguration for stage read: secrets = identity, kms:openbao-kms" in out[read:write], out
+    assert "EncryptionConfiguration for stage write: secrets = kms:openbao-kms, identity" in out[write:], out
+    # The real kube-apiserver stored the canary by identity while reading through the provider, then
+    # through the provider, and the provider decrypted it from etcd; kubeadm-config got the flag.
+    assert "bao-kms-provider-canary in etcd is stored by identity" in out[read:write], out
+    assert "bao-kms-provider-canary in etcd is stored by kms:openbao-kms" in out[write:], out
+    assert re.search(r"Stop unless the provider decrypts the canary from etcd\] \*+\nok: \[cp1\]", out), out
+    assert "set extraArgs encryption-provider-config=" + ENC_CONFIG in out, out
+    assert second.changed(cluster.host.name) == 0, second.output
+    assert second.changed("localhost") == 0, second.output
+
+
+def test_the_real_kubeadm_config_keeps_the_flag_and_both_mounts(cluster):
+    import yaml
+    out = cluster.host.kubectl("-n", "kube-system", "get", "configmap", "kubeadm-config", "-o", "json").stdout
+    import json
+    cc = yaml.safe_load(json.loads(out)["data"]["ClusterConfiguration"])
+    args = cc["apiServer"]["extraArgs"]  # v1beta4: a list of name/value pairs; v1beta3: a map
+    args = {a["name"]: a["value"] for a in args} if isinstance(args, list) else args
+    assert args["encryption-provider-config"] == ENC_CONFIG, cc
+    assert [v["name"] for v in cc["apiServer"]["extraVolumes"]] == ["openbao-kms-config", "openbao-kms-socket"], cc
+
+
+def test_a_secret_is_a_kms_v2_envelope_in_etcd_under_the_status_key_id_and_never_plaintext(cluster):
+    cluster.create("marker", MARKER)
+    obj = cluster.envelopes()[f"/registry/secrets/{NS}/marker"]
+    assert obj.keyID == cluster.status_key_id()
+    assert obj.encryptedDEKSourceType == cluster.eo_pb.HKDF_SHA256_XNONCE_AES_GCM_SEED
+    assert len(obj.encryptedDEKSource) > 0 and len(obj.encryptedData) > 32 + 12 + 16
+    everything = cluster.etcd.range("/")
+    for needle in (MARKER.encode(), base64.b64encode(MARKER.encode())):
+        assert not [k for k, v in everything.items() if needle in v], "the marker is readable in etcd"
+    status, out = cluster.api.request("GET", f"/api/v1/namespaces/{NS}/secrets/marker")
+    assert status == 200 and base64.b64decode(out["data"]["value"]).decode() == MARKER
+    # The plaintext Secret from before the rollout still reads (identity stays behind kms).
+    status, out = cluster.api.request("GET", f"/api/v1/namespaces/{NS}/secrets/before-rollout")
+    assert status == 200 and base64.b64decode(out["data"]["value"]).decode() == "written before the rollout"
+    etcd = ["--etcd-endpoint", f"https://127.0.0.1:2379", "--etcd-cacert", "/etc/kubernetes/pki/etcd/ca.crt",
+            "--etcd-cert", "/etc/kubernetes/pki/apiserver-etcd-client.crt",
+            "--etcd-client-key", "/etc/kubernetes/pki/apiserver-etcd-client.key"]
+    r = cluster.host.c.run(["bao-kms-provider", "verify-etcd-value", "--config", "/etc/openbao-kms/config.toml",
+                            "--key", f"/registry/secrets/{NS}/marker", *etcd], check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_thousand_creates_reuse_one_dek_seed_and_never_call_encrypt(cluster):
+    before = cluster.provider_metric("openbao_kms_grpc_requests_total", method="Encrypt")
+
+    def create_range(start: int) -> None:
+        conn = cluster.api.connection()
+        try:
+            for i in range(start, CREATES, 8):
+                cluster.create(f"bulk-{i:04d}", f"value {i}", conn=conn)
+        finally:
+            conn.close()
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(create_range, range(8)))
+    assert cluster.provider_metric("openbao_kms_grpc_requests_total", method="Encrypt") == before
+    bulk = [o for k, o in cluster.envelopes().items() if k.startswith(f"/registry/secrets/{NS}/bulk-")]
+    assert len(bulk) == CREATES
+    assert len({o.encryptedDEKSource for o in bulk}) == 1
+
+
+def test_after_a_kube_apiserver_restart_everything_reads_back_with_one_decrypt_per_seed_at_most(cluster):
+    before = cluster.provider_metric("openbao_kms_grpc_requests_total", method="Decrypt")
+    cluster.host.restart_apiserver()
+    status, out = cluster.api.request("GET", f"/api/v1/namespaces/{NS}/secrets")
+    assert status == 200, out
+    values = {i["metadata"]["name"]: base64.b64decode(i["data"]["value"]).decode() for i in out["items"]}
+    assert values["marker"] == MARKER and values["before-rollout"] == "written before the rollout"
+    assert all(values[f"bulk-{i:04d}"] == f"value {i}" for i in range(CREATES))
+    seeds = {o.encryptedDEKSource for o in cluster.envelopes().values()}
+    decrypts = cluster.provider_metric("openbao_kms_grpc_requests_total", method="Decrypt") - before
+    # kube-apiserver has no single-flight on a DEK cache miss and decodes watch events with up to
+    # WATCH_DECODE_CONCURRENCY goroutines, so one uncached seed can be asked for that many times at once.
+    assert 1 <= decrypts <= len(seeds) * WATCH_DECODE_CONCURRENCY, (decrypts, len(seeds))
+
+
+def test_a_transit_rotation_reaches_kube_apiserver_and_a_no_op_update_rewrites_once(cluster):
+    old = cluster.status_key_id()
+    status, out = cluster.bao.api("POST", "transit/keys/k8s-etcd/rotate")
+    assert status in (200, 204), out
+    new = wait_until(lambda: (k := cluster.status_key_id()) != old and k, "the provider to promote the new version", 60)
+    metric = "apiserver_envelope_encryption_key_id_hash_status_last_timestamp_seconds"
+
+    def apiserver_saw_new() -> bool:
+        cluster.poke_readyz()
+        return sum_samples(cluster.api.metrics(), metric, {"key_id_hash": kube_hash(new)}) > 0
+
+    wait_until(apiserver_saw_new, "kube-apiserver's Status to see the new key_id", 120, interval=1)
+    # A no-op update of an object stored under the old key_id rewrites it once, under the new one.
+    status, obj = cluster.api.request("GET", f"/api/v1/namespaces/{NS}/secrets/bulk-0001")
+    assert status == 200 and cluster.envelopes()[f"/registry/secrets/{NS}/bulk-0001"].keyID == old
+    status, first = cluster.api.request("PUT", f"/api/v1/namespaces/{NS}/secrets/bulk-0001", obj)
+    assert status == 200, first
+    assert first["metadata"]["resourceVersion"] != obj["metadata"]["resourceVersion"]
+    assert cluster.envelopes()[f"/registry/secrets/{NS}/bulk-0001"].keyID == new
+    status, second = cluster.api.request("PUT", f"/api/v1/namespaces/{NS}/secrets/bulk-0001", first)
+    assert status == 200 and second["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]
+    counted = sum_samples(cluster.api.metrics(), "apiserver_envelope_encryption_key_id_hash_total",
+                          {"transformation_type": "to_storage", "key_id_hash": kube_hash(new)})
+    assert counted >= 1
+    # Values under the old key_id still read.
+    status, out = cluster.api.request("GET", f"/api/v1/namespaces/{NS}/secrets/bulk-0002")
+    assert status == 200 and base64.b64decode(out["data"]["value"]).decode() == "value 2"
+    assert cluster.envelopes()[f"/registry/secrets/{NS}/bulk-0002"].keyID == old
+
+
+def test_readyz_fails_while_openbao_is_down_with_the_provider_healthz_and_recovers(cluster):
+    cluster.proxy.set_down()
+    try:
+        def failing():
+            status, body = cluster.poke_readyz()
+            return (status, body) if status != 200 else None
+
+        status, body = wait_until(failing, "/readyz/kms-providers to fail with OpenBao down", 120, interval=1)
+        # kube-apiserver shows the provider's own healthz text: which call failed and why.
+        assert "got unexpected healthz status: " in body and "cannot reach OpenBao" in body, body
+    finally:
+        cluster.proxy.set_up()
+    wait_until(lambda: cluster.poke_readyz()[0] == 200, "/readyz/kms-providers to recover", 120, interval=1)
+
+
+def test_readyz_fails_while_the_provider_is_stopped_and_recovers_without_restarting_kube_apiserver(cluster):
+    apiserver = cluster.host.pod_file("kube-apiserver", "id")
+    cluster.host.c.systemctl("stop", "bao-kms-provider.socket", "bao-kms-provider.service")
+    try:
+        wait_until(lambda: cluster.poke_readyz()[0] != 200, "/readyz/kms-providers to fail with the provider stopped",
+                   120, interval=1)
+    finally:
+        cluster.host.c.systemctl("start", "bao-kms-provider.socket", "bao-kms-provider.service")
+    # grpc-go's reconnect back-off can reach about two minutes.
+    wait_until(lambda: cluster.poke_readyz()[0] == 200, "/readyz/kms-providers to recover", 240, interval=1)
+    assert cluster.host.pod_file("kube-apiserver", "id") == apiserver
+    assert cluster.host.c.exists(SOCKET)
+
+
+def test_kubeadm_regenerates_a_manifest_that_keeps_the_flag_and_mounts_and_the_role_changes_nothing(cluster):
+    """What `kubeadm upgrade` does to the manifest: rendered again from the stored ClusterConfiguration."""
+    import json
+    import yaml
+    h = cluster.host
+    stored = json.loads(h.kubectl("-n", "kube-system", "get", "configmap", "kubeadm-config", "-o", "json").stdout)
+    init = next(yaml.safe_load_all(h.c.read_file("/etc/kubernetes/kubeadm.yaml")))
+    h.c.write_file("/etc/kubernetes/kubeadm-regenerate.yaml",
+                   yaml.safe_dump(init) + "---\n" + stored["data"]["ClusterConfiguration"], mode=0o600)
+    before = h.pod_file("kube-apiserver", "id")
+    h.kubeadm("init", "phase", "control-plane", "apiserver", "--config", "/etc/kubernetes/kubeadm-regenerate.yaml")
+    manifest = yaml.safe_load(h.c.read_file("/etc/kubernetes/manifests/kube-apiserver.yaml"))
+    container = manifest["spec"]["containers"][0]
+    assert f"--encryption-provider-config={ENC_CONFIG}" in container["command"]
+    assert {m["name"] for m in container["volumeMounts"]} >= {"openbao-kms-config", "openbao-kms-socket"}
+    h.wait_pod("kube-apiserver", timeout=180, other_than=before)
+    run = cluster.play("site-after-kubeadm").assert_ok()
+    assert run.changed(h.name) == 0, run.output
+    status, out = cluster.api.request("GET", f"/api/v1/namespaces/{NS}/secrets/marker")
+    assert status == 200 and base64.b64decode(out["data"]["value"]).decode() == MARKER
