@@ -352,3 +352,20 @@ def test_kubeadm_regenerates_a_manifest_that_keeps_the_flag_and_mounts_and_the_r
     assert run.changed(h.name) == 0, run.output
     status, out = cluster.api.request("GET", f"/api/v1/namespaces/{NS}/secrets/marker")
     assert status == 200 and base64.b64decode(out["data"]["value"]).decode() == MARKER
+
+
+def test_the_migration_rewrites_every_secret_under_the_current_key_id_then_identity_is_dropped(cluster):
+    """migrate_secrets.yml with the role's defaults (rate, chunk size, etcd quota check, verification)."""
+    run = cluster.play("migrate", "playbooks/migrate_secrets.yml").assert_ok()
+    current = cluster.status_key_id()
+    stored = cluster.etcd.range("/registry/secrets/")
+    plain = [k for k, v in stored.items() if not v.startswith(PREFIX)]
+    assert plain == [], f"not stored through the provider after the migration: {plain}\n{run.output[-3000:]}"
+    old = [k for k, o in cluster.envelopes().items() if o.keyID != current]
+    assert old == [], f"{len(old)} values still under an older key_id, e.g. {old[:3]}"
+    drop = cluster.play("drop-identity", "playbooks/migrate_secrets.yml",
+                        extra_vars={"kms_migrate_secrets_remove_identity_fallback": True}).assert_ok()
+    assert "identity" not in cluster.host.c.read_file(ENC_CONFIG), drop.output[-3000:]
+    cluster.host.wait_pod("kube-apiserver", timeout=180)
+    status, out = cluster.api.request("GET", f"/api/v1/namespaces/{NS}/secrets/before-rollout")
+    assert status == 200 and base64.b64decode(out["data"]["value"]).decode() == "written before the rollout"
