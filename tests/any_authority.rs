@@ -3,7 +3,7 @@
 //! client sending the path verbatim or other values h2 alone refuses run Status, Encrypt and
 //! Decrypt. Undecodable HPACK closes only that
 //! connection. (Python grpcio with its default authority: tests/python_client.rs.)
-mod common;
+pub mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
