@@ -1,5 +1,6 @@
 //! One place that sends requests to OpenBao: node choice and failover, redirects, the call's
-//! budget, retries, the connection cap, size caps, error classification and metrics.
+//! budget, retries (within the retry budget), the connection cap, size caps, error
+//! classification and metrics.
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -13,6 +14,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
+use super::budget::{AnswerTimes, Priority, RetryBudget};
 use super::conn::{Exchange, Pool, SendError};
 use super::request::{Accept, Call, JsonBody, Request};
 use super::tls::for_names;
@@ -29,6 +31,11 @@ const MAX_CACHED_URLS: usize = 32;
 
 /// An attempt with less time left than this is not started: it could not finish.
 const MIN_ATTEMPT: Duration = Duration::from_millis(50);
+
+/// Connection slots kept for the probe loop, renewals and logins when `max_connections` is at
+/// least `4 * RESERVED_FOR_BACKGROUND`: a storm of KMS calls must not starve what keeps the
+/// provider healthy.
+const RESERVED_FOR_BACKGROUND: usize = 2;
 
 /// Jitter before the one retry of a transient failure, so hosts do not retry in lockstep.
 const RETRY_JITTER_MS: std::ops::RangeInclusive<u64> = 20..=120;
@@ -69,6 +76,8 @@ impl Operation {
 struct Node {
     url: Url,
     pool: Pool,
+    /// How long it has needed to answer lately.
+    answers: AnswerTimes,
     /// `path` -> `url` joined with `v1/<path>`, filled on first use.
     urls: RwLock<Vec<(Box<str>, Target)>>,
 }
@@ -152,6 +161,7 @@ impl Nodes {
                 Ok(Node {
                     url: n.url.clone(),
                     pool: Pool::new(&n.url, tls, settings.timeout, settings.max_connections)?,
+                    answers: AnswerTimes::new(),
                     urls: RwLock::new(Vec::new()),
                 })
             })
@@ -179,8 +189,12 @@ pub(crate) struct Http {
     nodes: RwLock<Arc<Nodes>>,
     /// Index of the node that answered last; calls start there.
     preferred: AtomicUsize,
-    permits: Arc<Semaphore>,
+    /// Connection slots, granted in arrival order (tokio's semaphore is fair).
+    permits: Semaphore,
+    /// Slots only requests outside a KMS call may use.
+    reserved: Semaphore,
     max_connections: usize,
+    retries: RetryBudget,
     /// Budget of a request made outside a KMS call (probe loop, login task, CLI).
     default_budget: Duration,
 }
@@ -191,17 +205,42 @@ enum Attempt {
     Redirect(Url),
 }
 
+/// Why an attempt gave no answer.
+struct Failure {
+    error: Error,
+    /// The request may have reached OpenBao (a connection that could not be made, or a
+    /// request never sent, did not: failing over from it costs OpenBao nothing).
+    reached: bool,
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Self {
+        Self {
+            error,
+            reached: false,
+        }
+    }
+}
+
 impl Http {
     pub(crate) fn new(
         settings: &OpenBaoSettings,
         auth: &AuthSettings,
         default_budget: Duration,
     ) -> Result<Self, Error> {
+        let cap = settings.max_connections;
+        let reserved = if cap >= 4 * RESERVED_FOR_BACKGROUND {
+            RESERVED_FOR_BACKGROUND
+        } else {
+            0
+        };
         Ok(Self {
             nodes: RwLock::new(Arc::new(Nodes::build(settings, auth)?)),
             preferred: AtomicUsize::new(0),
-            permits: Arc::new(Semaphore::new(settings.max_connections)),
-            max_connections: settings.max_connections,
+            permits: Semaphore::new(cap - reserved),
+            reserved: Semaphore::new(reserved),
+            max_connections: cap,
+            retries: RetryBudget::new(settings.retry_budget),
             default_budget,
         })
     }
@@ -269,21 +308,29 @@ impl Http {
     }
 
     /// Tries the preferred node, then the others, on transient failures; then once more after
-    /// a short jitter if time is left. Follows a redirect only to a configured node. Nothing
-    /// runs past the call's deadline.
+    /// a short jitter if time is left. A node that timed out is not tried again by this call,
+    /// and a retry of a request that reached OpenBao needs the retry budget. Follows a redirect
+    /// only to a configured node. Nothing runs past the call's deadline.
     async fn failover(
         &self,
         nodes: &Nodes,
         call: &mut Call<'_>,
     ) -> Result<(StatusCode, Zeroizing<Vec<u8>>), Error> {
         let op = call.request.op;
+        let priority = Priority::current();
         let count = nodes.nodes.len().max(1);
         let mut index = self.preferred.load(Ordering::Relaxed) % count;
         let mut last: Option<Error> = None;
+        let mut timed_out = vec![false; count];
         // Every node once, then one jittered retry; redirects to configured nodes do not count
         // as failures but are limited to two hops.
         let (mut failures, mut hops, mut jittered) = (0, 0, false);
+        // An earlier attempt of this call may have reached OpenBao; the next one is a retry.
+        let (mut reached, mut redirected) = (false, false);
         while failures <= count {
+            if timed_out.iter().all(|&t| t) {
+                break;
+            }
             if failures == count && !jittered {
                 jittered = true;
                 let jitter = Duration::from_millis(rand::thread_rng().gen_range(RETRY_JITTER_MS));
@@ -293,19 +340,42 @@ impl Http {
                 tokio::time::sleep(jitter).await;
                 index = self.preferred.load(Ordering::Relaxed) % count;
             }
+            // A node that timed out would most likely time out again: the next one, if any.
+            match (0..count)
+                .map(|step| (index + step) % count)
+                .find(|&i| !timed_out.get(i).copied().unwrap_or(true))
+            {
+                Some(i) => index = i,
+                None => break,
+            }
             if Instant::now() + MIN_ATTEMPT > call.deadline {
                 break;
             }
             let Some(node) = nodes.nodes.get(index) else {
                 break;
             };
+            if call.attempts == 0 {
+                self.retries.first_attempt();
+            } else if reached
+                && !redirected
+                && priority == Priority::Call
+                && !self.retries.try_retry()
+            {
+                metrics::openbao_request_not_sent(op.as_str(), "retry_budget_exhausted");
+                tracing::debug!(operation = op.as_str(), node = %node.url, "retry budget exhausted; not retrying");
+                break;
+            }
+            redirected = false;
             let attempt_started = Instant::now();
-            let result = self.attempt(nodes, node, call).await;
-            let result = match result {
+            let attempts_before = call.attempts;
+            let result = match self.attempt(nodes, node, call, priority).await {
                 Ok(Attempt::Done(code, bytes)) if call.request.accept == Accept::AnyStatus => {
                     Ok((code, bytes))
                 }
-                Ok(Attempt::Done(code, bytes)) => classify(code, bytes),
+                Ok(Attempt::Done(code, bytes)) => classify(code, bytes).map_err(|error| Failure {
+                    error,
+                    reached: true,
+                }),
                 Ok(Attempt::Redirect(location)) => {
                     metrics::openbao_request(
                         op.as_str(),
@@ -317,6 +387,7 @@ impl Http {
                             tracing::debug!(operation = op.as_str(), from = %node.url, to = %location.origin().ascii_serialization(), "following a redirect to a configured node");
                             hops += 1;
                             index = next;
+                            redirected = true;
                             continue;
                         }
                         _ => {
@@ -329,12 +400,23 @@ impl Http {
                 }
                 Err(e) => Err(e),
             };
+            if let Err(Failure { error, .. }) = &result {
+                if matches!(error, Error::Overloaded(_) | Error::DeadlineTooShort { .. }) {
+                    metrics::openbao_request_not_sent(op.as_str(), error.class());
+                    tracing::debug!(operation = op.as_str(), node = %node.url, error = %error, "OpenBao request not sent");
+                }
+            }
             let label = match &result {
                 Ok((code, _)) => metrics::status_label(code.as_u16()),
-                Err(Error::Server { status, .. }) => metrics::status_label(*status),
-                Err(e) => Cow::Borrowed(e.class()),
+                Err(Failure {
+                    error: Error::Server { status, .. },
+                    ..
+                }) => metrics::status_label(*status),
+                Err(f) => Cow::Borrowed(f.error.class()),
             };
-            metrics::openbao_request(op.as_str(), label, attempt_started.elapsed());
+            if call.attempts > attempts_before {
+                metrics::openbao_request(op.as_str(), label, attempt_started.elapsed());
+            }
             match result {
                 Ok(ok) => {
                     if self.preferred.swap(index, Ordering::Relaxed) % count != index && count > 1 {
@@ -342,43 +424,104 @@ impl Http {
                     }
                     return Ok(ok);
                 }
-                Err(e) if e.is_transient() => {
-                    tracing::debug!(operation = op.as_str(), node = %node.url, attempt = call.attempts, error = %e, "OpenBao request failed; trying the next node");
-                    last = Some(e);
+                Err(Failure { error, reached: r }) if error.is_transient() => {
+                    tracing::debug!(operation = op.as_str(), node = %node.url, attempt = call.attempts, error = %error, "OpenBao request failed; trying the next node");
+                    if let Error::Timeout(_) = error {
+                        if let Some(t) = timed_out.get_mut(index) {
+                            *t = true;
+                        }
+                    }
+                    reached |= r;
+                    last = Some(error);
                     index = (index + 1) % count;
                     failures += 1;
                 }
-                Err(e) => return Err(e),
+                // Not sent (no slot or no time left): the earlier failure says more, if any.
+                Err(Failure { error, .. })
+                    if matches!(error, Error::Overloaded(_) | Error::DeadlineTooShort { .. }) =>
+                {
+                    return Err(last.unwrap_or(error));
+                }
+                Err(Failure { error, .. }) => return Err(error),
             }
         }
         Err(last.unwrap_or(Error::Timeout(call.started.elapsed())))
     }
 
-    /// One request to one node, bounded by the call's deadline and `openbao.timeout`, holding
-    /// one of `max_connections` permits.
+    /// A connection slot: KMS calls take theirs in arrival order; the probe loop, renewals
+    /// and logins may also take one of the reserved slots, whichever frees first.
+    async fn slot(&self, priority: Priority) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        if priority == Priority::Call {
+            return self.permits.acquire().await.ok();
+        }
+        if let Ok(p) = self.reserved.try_acquire() {
+            return Some(p);
+        }
+        tokio::select! {
+            p = self.reserved.acquire() => p.ok(),
+            p = self.permits.acquire() => p.ok(),
+        }
+    }
+
+    /// One request to one node, sent only when the call has time left for what the node has
+    /// needed lately, holding one of `max_connections` slots; bounded by the call's deadline
+    /// and `openbao.timeout`.
     async fn attempt(
         &self,
         nodes: &Nodes,
         node: &Node,
         call: &mut Call<'_>,
-    ) -> Result<Attempt, Error> {
+        priority: Priority,
+    ) -> Result<Attempt, Failure> {
+        let too_short = |needed: Duration| Error::DeadlineTooShort {
+            left: call.deadline.saturating_duration_since(Instant::now()),
+            needed,
+        };
+        let needed = node.answers.needed(MIN_ATTEMPT, nodes.timeout);
+        if Instant::now() + needed + MIN_ATTEMPT > call.deadline {
+            return Err(too_short(needed).into());
+        }
+        let slot_deadline = call
+            .deadline
+            .checked_sub(MIN_ATTEMPT)
+            .unwrap_or(call.deadline);
+        let _permit = match tokio::time::timeout_at(slot_deadline.into(), self.slot(priority)).await
+        {
+            Ok(Some(p)) => p,
+            _ => return Err(Error::Overloaded(self.max_connections).into()),
+        };
+        // Waiting for the slot took time, and answers that came meanwhile may have changed
+        // what the node needs: look again.
+        let needed = node.answers.needed(MIN_ATTEMPT, nodes.timeout);
+        if Instant::now() + needed > call.deadline {
+            return Err(too_short(needed).into());
+        }
+        call.attempts += 1;
         let started = Instant::now();
         let deadline = call.attempt_deadline(nodes.timeout);
-        call.attempts += 1;
-        let _permit = match tokio::time::timeout_at(deadline.into(), self.permits.acquire()).await {
-            Ok(Ok(p)) => p,
-            _ => return Err(Error::Overloaded(self.max_connections)),
-        };
         let send = send(nodes, node, &call.request);
-        // `deadline` is already capped at openbao.timeout from the attempt's start.
-        match tokio::time::timeout_at(deadline.into(), send).await {
+        let pending = node.answers.sent();
+        let result = match tokio::time::timeout_at(deadline.into(), send).await {
             Ok(r) => r,
-            Err(_) => Err(Error::Timeout(started.elapsed())),
+            Err(_) => Err(Failure {
+                error: Error::Timeout(started.elapsed()),
+                reached: true,
+            }),
+        };
+        match &result {
+            Ok(_) => node.answers.record(started.elapsed()),
+            Err(Failure {
+                error: Error::Timeout(took),
+                ..
+            }) => node.answers.record(*took),
+            Err(_) => {}
         }
+        drop(pending);
+        result
     }
 }
 
-async fn send(nodes: &Nodes, node: &Node, request: &Request<'_>) -> Result<Attempt, Error> {
+async fn send(nodes: &Nodes, node: &Node, request: &Request<'_>) -> Result<Attempt, Failure> {
     let target = node.url_for(request.path)?;
     let mut req = ::http::Request::new(
         request
@@ -410,14 +553,21 @@ async fn send(nodes: &Nodes, node: &Node, request: &Request<'_>) -> Result<Attem
         .pool
         .send(req, MAX_RESPONSE_BYTES)
         .await
-        .map_err(transport_error)?;
+        .map_err(|e| Failure {
+            reached: !matches!(
+                e,
+                SendError::Connect { .. } | SendError::ConnectTimeout(_) | SendError::Tls { .. }
+            ),
+            error: transport_error(e),
+        })?;
     if status.is_redirection() {
         let location = headers
             .get(::http::header::LOCATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| target.url.join(v).ok())
-            .ok_or_else(|| {
-                Error::Protocol(format!("redirect {status} without a usable Location"))
+            .ok_or_else(|| Failure {
+                error: Error::Protocol(format!("redirect {status} without a usable Location")),
+                reached: true,
             })?;
         return Ok(Attempt::Redirect(location));
     }

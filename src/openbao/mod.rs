@@ -1,5 +1,6 @@
 //! The OpenBao side: authentication, Transit encrypt/decrypt and key metadata over HTTPS.
 mod auth;
+mod budget;
 mod conn;
 pub(crate) mod contract;
 mod diagnostics;
