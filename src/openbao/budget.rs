@@ -20,9 +20,9 @@ const ANSWER_MEMORY: Duration = Duration::from_secs(30);
 /// The percentile of recent answer times a call must have left to be sent.
 const ANSWER_PERCENTILE: usize = 90;
 
-/// Who is asking. KMS calls spend the retry budget and take connection slots in arrival
-/// order; the probe loop, renewals and logins (few, and what keeps the provider healthy) are
-/// not limited by the budget and may use slots kept for them.
+/// Who is asking. KMS calls spend the retry budget, take connection slots in arrival order
+/// and wait their turn at a rate-limited node; the probe loop, renewals and logins (few, and
+/// what keeps the provider healthy) do not, and may use slots kept for them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Priority {
     Call,

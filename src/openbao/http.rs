@@ -1,6 +1,6 @@
 //! One place that sends requests to OpenBao: node choice and failover, redirects, the call's
-//! budget, retries (within the retry budget), the connection cap, size caps, error
-//! classification and metrics.
+//! budget, retries (within the retry budget), the connection cap, a node's rate-limit backoff,
+//! size caps, error classification and metrics.
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -17,6 +17,7 @@ use zeroize::Zeroizing;
 use super::budget::{AnswerTimes, Priority, RetryBudget};
 use super::conn::{Exchange, Pool, SendError};
 use super::request::{Accept, Call, JsonBody, Request};
+use super::throttle::{self, Throttle};
 use super::tls::for_names;
 use super::Error;
 use crate::config::{AuthSettings, OpenBaoSettings};
@@ -78,6 +79,8 @@ struct Node {
     pool: Pool,
     /// How long it has needed to answer lately.
     answers: AnswerTimes,
+    /// Its rate-limit backoff and pace.
+    throttle: Throttle,
     /// `path` -> `url` joined with `v1/<path>`, filled on first use.
     urls: RwLock<Vec<(Box<str>, Target)>>,
 }
@@ -162,6 +165,7 @@ impl Nodes {
                     url: n.url.clone(),
                     pool: Pool::new(&n.url, tls, settings.timeout, settings.max_connections)?,
                     answers: AnswerTimes::new(),
+                    throttle: Throttle::new(),
                     urls: RwLock::new(Vec::new()),
                 })
             })
@@ -201,7 +205,8 @@ pub(crate) struct Http {
 
 /// What one attempt on one node gave.
 enum Attempt {
-    Done(StatusCode, Zeroizing<Vec<u8>>),
+    /// The answer, and `Retry-After` when it was a 429 that carried one.
+    Done(StatusCode, Zeroizing<Vec<u8>>, Option<Duration>),
     Redirect(Url),
 }
 
@@ -368,14 +373,19 @@ impl Http {
             redirected = false;
             let attempt_started = Instant::now();
             let attempts_before = call.attempts;
+            // A 429 that said when to come back (`Retry-After`) is counted apart.
+            let mut hinted = false;
             let result = match self.attempt(nodes, node, call, priority).await {
-                Ok(Attempt::Done(code, bytes)) if call.request.accept == Accept::AnyStatus => {
+                Ok(Attempt::Done(code, bytes, _)) if call.request.accept == Accept::AnyStatus => {
                     Ok((code, bytes))
                 }
-                Ok(Attempt::Done(code, bytes)) => classify(code, bytes).map_err(|error| Failure {
-                    error,
-                    reached: true,
-                }),
+                Ok(Attempt::Done(code, bytes, retry_after)) => {
+                    hinted = retry_after.is_some();
+                    classify(code, bytes).map_err(|error| Failure {
+                        error,
+                        reached: true,
+                    })
+                }
                 Ok(Attempt::Redirect(location)) => {
                     metrics::openbao_request(
                         op.as_str(),
@@ -412,6 +422,9 @@ impl Http {
                     error: Error::Server { status, .. },
                     ..
                 }) => metrics::status_label(*status),
+                Err(f) if hinted && matches!(f.error, Error::RateLimited) => {
+                    Cow::Borrowed("retry_after")
+                }
                 Err(f) => Cow::Borrowed(f.error.class()),
             };
             if call.attempts > attempts_before {
@@ -423,6 +436,14 @@ impl Http {
                         tracing::info!(node = %node.url, "OpenBao node answered; using it from now on");
                     }
                     return Ok(ok);
+                }
+                // The probe loop, renewals and logins keep trying a rate-limited node within
+                // their budget: they go ahead of the calls (see `throttle`).
+                Err(Failure {
+                    error: Error::RateLimited,
+                    ..
+                }) if priority == Priority::Background => {
+                    last = Some(Error::RateLimited);
                 }
                 Err(Failure { error, reached: r }) if error.is_transient() => {
                     tracing::debug!(operation = op.as_str(), node = %node.url, attempt = call.attempts, error = %error, "OpenBao request failed; trying the next node");
@@ -464,8 +485,8 @@ impl Http {
     }
 
     /// One request to one node, sent only when the call has time left for what the node has
-    /// needed lately, holding one of `max_connections` slots; bounded by the call's deadline
-    /// and `openbao.timeout`.
+    /// needed lately, after the node's rate-limit backoff, holding one of `max_connections`
+    /// slots; bounded by the call's deadline and `openbao.timeout`.
     async fn attempt(
         &self,
         nodes: &Nodes,
@@ -478,9 +499,14 @@ impl Http {
             needed,
         };
         let needed = node.answers.needed(MIN_ATTEMPT, nodes.timeout);
-        if Instant::now() + needed + MIN_ATTEMPT > call.deadline {
+        // A call that waits for a rate-limited node gives up with a little time left, so that
+        // its answer reaches a caller whose deadline started before the call reached us.
+        let Some(latest) = call.deadline.checked_sub(needed + MIN_ATTEMPT) else {
             return Err(too_short(needed).into());
-        }
+        };
+        let Some(pass) = node.throttle.admit(priority, latest).await else {
+            return Err(too_short(needed).into());
+        };
         let slot_deadline = call
             .deadline
             .checked_sub(MIN_ATTEMPT)
@@ -509,14 +535,21 @@ impl Http {
             }),
         };
         match &result {
-            Ok(_) => node.answers.record(started.elapsed()),
+            Ok(Attempt::Done(code, _, retry_after)) if code.as_u16() == 429 => {
+                node.answers.record(started.elapsed());
+                node.throttle.limited(*retry_after);
+            }
+            Ok(_) => {
+                node.answers.record(started.elapsed());
+                node.throttle.answered();
+            }
             Err(Failure {
                 error: Error::Timeout(took),
                 ..
             }) => node.answers.record(*took),
             Err(_) => {}
         }
-        drop(pending);
+        drop((pending, pass));
         result
     }
 }
@@ -571,7 +604,10 @@ async fn send(nodes: &Nodes, node: &Node, request: &Request<'_>) -> Result<Attem
             })?;
         return Ok(Attempt::Redirect(location));
     }
-    Ok(Attempt::Done(status, body))
+    let retry_after = (status == StatusCode::TOO_MANY_REQUESTS)
+        .then(|| throttle::retry_after(&headers))
+        .flatten();
+    Ok(Attempt::Done(status, body, retry_after))
 }
 
 /// A finished HTTP exchange as a result: 2xx is data, everything else a typed error.

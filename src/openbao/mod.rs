@@ -8,6 +8,7 @@ mod error;
 mod http;
 mod pkcs11;
 mod request;
+mod throttle;
 mod tls;
 mod transit;
 
