@@ -1,6 +1,6 @@
 //! One place that sends requests to OpenBao: node choice and failover, redirects, the call's
 //! budget, retries (within the retry budget), the connection cap, a node's rate-limit backoff,
-//! size caps, error classification and metrics.
+//! size caps and metrics. The nodes are in `nodes`, what an answer means in `answer`.
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -14,21 +14,18 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
-use super::budget::{AnswerTimes, Priority, RetryBudget};
-use super::conn::{Exchange, Pool, SendError};
+use super::answer::{classify, transport_error};
+use super::budget::{Priority, RetryBudget};
+use super::conn::{Exchange, SendError};
+use super::nodes::{Node, Nodes};
 use super::request::{Accept, Call, JsonBody, Request};
-use super::throttle::{self, Throttle};
-use super::tls::for_names;
+use super::throttle;
 use super::Error;
 use crate::config::{AuthSettings, OpenBaoSettings};
 use crate::telemetry::metrics;
 
 /// OpenBao answers for this provider are small; anything larger is refused unread.
 pub(crate) const MAX_RESPONSE_BYTES: usize = 1 << 20;
-
-/// Request paths whose URL a node keeps once joined: the provider uses about ten distinct paths,
-/// so the cache stays tiny; `Url::join` (a full re-parse, host included) is not paid per call.
-const MAX_CACHED_URLS: usize = 32;
 
 /// An attempt with less time left than this is not started: it could not finish.
 const MIN_ATTEMPT: Duration = Duration::from_millis(50);
@@ -70,122 +67,6 @@ impl Operation {
             Self::ReadKeysConfig => "read_keys_config",
             Self::Capabilities => "capabilities",
         }
-    }
-}
-
-/// One configured node with its own connections (its own certificate name).
-struct Node {
-    url: Url,
-    pool: Pool,
-    /// How long it has needed to answer lately.
-    answers: AnswerTimes,
-    /// Its rate-limit backoff and pace.
-    throttle: Throttle,
-    /// `path` -> `url` joined with `v1/<path>`, filled on first use.
-    urls: RwLock<Vec<(Box<str>, Target)>>,
-}
-
-/// A request path on one node: the full URL (redirects resolve against it) and the
-/// origin-form URI sent on the wire.
-#[derive(Clone)]
-struct Target {
-    url: Url,
-    uri: ::http::Uri,
-}
-
-impl Node {
-    fn url_for(&self, path: &str) -> Result<Target, Error> {
-        let cached = |urls: &Vec<(Box<str>, Target)>| {
-            urls.iter()
-                .find(|(p, _)| &**p == path)
-                .map(|(_, t)| t.clone())
-        };
-        let found = match self.urls.read() {
-            Ok(g) => cached(&g),
-            Err(p) => cached(&p.into_inner()),
-        };
-        if let Some(url) = found {
-            return Ok(url);
-        }
-        let url = self
-            .url
-            .join(&format!("v1/{}", path.trim_start_matches('/')))
-            .map_err(|e| Error::Protocol(format!("bad request path {path:?}: {e}")))?;
-        let mut origin_form = url.path().to_owned();
-        if let Some(query) = url.query() {
-            origin_form.push('?');
-            origin_form.push_str(query);
-        }
-        let uri = ::http::Uri::try_from(origin_form)
-            .map_err(|e| Error::Protocol(format!("bad request path {path:?}: {e}")))?;
-        let target = Target { url, uri };
-        let mut urls = match self.urls.write() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        if urls.len() < MAX_CACHED_URLS && cached(&urls).is_none() {
-            urls.push((path.into(), target.clone()));
-        }
-        Ok(target)
-    }
-}
-
-/// `openbao.namespace` as the header it is sent in. Config validation refuses a namespace that
-/// is not a valid header value, so this only fails for settings built some other way.
-fn namespace_header(namespace: &str) -> Result<HeaderValue, Error> {
-    HeaderValue::from_str(namespace).map_err(|_| Error::Setting {
-        field: "openbao.namespace",
-        reason: "is not a valid HTTP header value",
-    })
-}
-
-/// Everything a reload may change, built whole on the side and swapped in one step.
-pub(crate) struct Nodes {
-    nodes: Vec<Node>,
-    /// The `X-Vault-Namespace` header, built once here rather than per request.
-    namespace: Option<HeaderValue>,
-    timeout: Duration,
-}
-
-impl Nodes {
-    /// Builds a client per node (reading CA and client certificate files); nothing is swapped.
-    pub(crate) fn build(settings: &OpenBaoSettings, auth: &AuthSettings) -> Result<Self, Error> {
-        let names: Vec<Option<&str>> = settings
-            .nodes
-            .iter()
-            .map(|n| n.tls_server_name.as_deref())
-            .collect();
-        let tls = for_names(settings, &names, auth)?;
-        let nodes = settings
-            .nodes
-            .iter()
-            .zip(tls)
-            .map(|(n, tls)| {
-                Ok(Node {
-                    url: n.url.clone(),
-                    pool: Pool::new(&n.url, tls, settings.timeout, settings.max_connections)?,
-                    answers: AnswerTimes::new(),
-                    throttle: Throttle::new(),
-                    urls: RwLock::new(Vec::new()),
-                })
-            })
-            .collect::<Result<Vec<_>, Error>>()?;
-        Ok(Self {
-            nodes,
-            namespace: settings
-                .namespace
-                .as_deref()
-                .map(namespace_header)
-                .transpose()?,
-            timeout: settings.timeout,
-        })
-    }
-
-    /// The node whose origin (scheme, host, port) `location` has, if any.
-    fn by_origin(&self, location: &Url) -> Option<usize> {
-        self.nodes
-            .iter()
-            .position(|n| n.url.origin() == location.origin())
     }
 }
 
@@ -608,102 +489,4 @@ async fn send(nodes: &Nodes, node: &Node, request: &Request<'_>) -> Result<Attem
         .then(|| throttle::retry_after(&headers))
         .flatten();
     Ok(Attempt::Done(status, body, retry_after))
-}
-
-/// A finished HTTP exchange as a result: 2xx is data, everything else a typed error.
-fn classify(
-    status: StatusCode,
-    buf: Zeroizing<Vec<u8>>,
-) -> Result<(StatusCode, Zeroizing<Vec<u8>>), Error> {
-    if status.is_success() {
-        return Ok((status, buf));
-    }
-    let message = error_messages(&buf);
-    Err(match status.as_u16() {
-        400 => Error::BadRequest(message),
-        403 => Error::PermissionDenied(message),
-        404 => Error::NotFound(message),
-        429 => Error::RateLimited,
-        503 => Error::Sealed,
-        code => Error::Server {
-            status: code,
-            message,
-        },
-    })
-}
-
-fn transport_error(e: SendError) -> Error {
-    if let Some(p11) = pkcs11_cause(&e) {
-        return Error::Pkcs11(p11);
-    }
-    match e {
-        SendError::TooLarge(max) => Error::ResponseTooLarge(max),
-        e => Error::Unreachable(crate::support::error_chain(&e)),
-    }
-}
-
-/// A handshake that failed because the token could not sign is a token problem, not an
-/// unreachable OpenBao: find our error inside the io::Error rustls reported.
-fn pkcs11_cause(e: &SendError) -> Option<super::Pkcs11Error> {
-    type Dyn<'a> = &'a (dyn std::error::Error + 'static);
-    let mut todo: Vec<Dyn<'_>> = vec![e];
-    // Bounded: error chains are short; a cycle must not loop forever.
-    for _ in 0..32 {
-        let s = todo.pop()?;
-        if let Some(rustls::Error::Other(other)) = s.downcast_ref::<rustls::Error>() {
-            if let Some(p) = other.0.downcast_ref::<super::Pkcs11Error>() {
-                return Some(p.clone());
-            }
-        }
-        // io::Error::source() skips the error it wraps; look at that one too.
-        if let Some(inner) = s
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-        {
-            todo.push(inner);
-        }
-        if let Some(next) = s.source() {
-            todo.push(next);
-        }
-    }
-    None
-}
-
-/// OpenBao's `{"errors": [...]}`, shortened; never echoes request data.
-pub(crate) fn error_messages(body: &[u8]) -> String {
-    #[derive(serde::Deserialize)]
-    struct Errors {
-        #[serde(default)]
-        errors: Vec<String>,
-    }
-    let text = serde_json::from_slice::<Errors>(body)
-        .map(|e| e.errors.join("; "))
-        .unwrap_or_default();
-    let mut text = if text.is_empty() {
-        "no error message".to_owned()
-    } else {
-        text
-    };
-    if text.len() > 300 {
-        let mut cut = 300;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-        text.push('…');
-    }
-    text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_namespace_that_is_no_header_value_is_an_error_naming_the_field() {
-        assert!(namespace_header("team-a/child").is_ok());
-        let e = namespace_header("team\na").expect_err("a newline is no header value");
-        assert!(e.to_string().contains("openbao.namespace"), "{e}");
-        assert_eq!(e.class(), "local_setup");
-    }
 }
