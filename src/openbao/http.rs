@@ -2,6 +2,7 @@
 //! budget, retries (within the retry budget), the connection cap, a node's rate-limit backoff,
 //! size caps and metrics. The nodes are in `nodes`, what an answer means in `answer`.
 use std::borrow::Cow;
+use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -34,6 +35,9 @@ const MIN_ATTEMPT: Duration = Duration::from_millis(50);
 /// least `4 * RESERVED_FOR_BACKGROUND`: a storm of KMS calls must not starve what keeps the
 /// provider healthy.
 const RESERVED_FOR_BACKGROUND: usize = 2;
+
+/// How often a call waiting for a connection slot looks again at what the node needs.
+const SLOT_RECHECK: Duration = Duration::from_millis(100);
 
 /// Jitter before the one retry of a transient failure, so hosts do not retry in lockstep.
 const RETRY_JITTER_MS: std::ops::RangeInclusive<u64> = 20..=120;
@@ -388,14 +392,27 @@ impl Http {
         let Some(pass) = node.throttle.admit(priority, latest).await else {
             return Err(too_short(needed).into());
         };
-        let slot_deadline = call
-            .deadline
-            .checked_sub(MIN_ATTEMPT)
-            .unwrap_or(call.deadline);
-        let _permit = match tokio::time::timeout_at(slot_deadline.into(), self.slot(priority)).await
-        {
-            Ok(Some(p)) => p,
-            _ => return Err(Error::Overloaded(self.max_connections).into()),
+        // Waiting for a slot is given up once the budget left no longer covers what the node
+        // needs, looked at again while waiting (its answers change it) without losing the
+        // call's place in the queue.
+        let mut slot = pin!(self.slot(priority));
+        let _permit = loop {
+            let needed = node.answers.needed(MIN_ATTEMPT, nodes.timeout);
+            let give_up = call
+                .deadline
+                .checked_sub(needed + MIN_ATTEMPT)
+                .unwrap_or_else(Instant::now);
+            tokio::select! {
+                permit = &mut slot => match permit {
+                    Some(p) => break p,
+                    None => return Err(Error::Overloaded(self.max_connections).into()),
+                },
+                _ = tokio::time::sleep_until((Instant::now() + SLOT_RECHECK).min(give_up).into()) => {
+                    if Instant::now() >= give_up {
+                        return Err(Error::Overloaded(self.max_connections).into());
+                    }
+                }
+            }
         };
         // Waiting for the slot took time, and answers that came meanwhile may have changed
         // what the node needs: look again.
