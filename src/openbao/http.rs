@@ -417,7 +417,7 @@ impl Http {
         // Waiting for the slot took time, and answers that came meanwhile may have changed
         // what the node needs: look again.
         let needed = node.answers.needed(MIN_ATTEMPT, nodes.timeout);
-        if Instant::now() + needed > call.deadline {
+        if Instant::now() + needed + MIN_ATTEMPT > call.deadline {
             return Err(too_short(needed).into());
         }
         call.attempts += 1;
