@@ -21,6 +21,11 @@ pub fn current_or(default: Duration) -> Instant {
         .unwrap_or_else(|_| Instant::now() + default)
 }
 
+/// Whether this task serves a KMS call (rather than the probe loop, a login or the CLI).
+pub(crate) fn in_call() -> bool {
+    DEADLINE.try_with(|_| ()).is_ok()
+}
+
 /// The deadline for a call that arrived with `grpc-timeout` `header` (if any): the shorter of it
 /// and `budget`, less a small margin so the answer reaches the caller before it gives up.
 pub fn for_call(header: Option<&str>, budget: Duration) -> Instant {

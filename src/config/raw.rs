@@ -61,6 +61,10 @@ pub(crate) struct RawOpenBao {
     pub(crate) instance_id: String,
     /// Concurrent requests (and so connections) to OpenBao.
     pub(crate) max_connections: u32,
+    /// Retries allowed, as a percentage of first attempts over the last 10 s.
+    pub(crate) retry_budget_percent: u32,
+    /// Retries allowed per second on top of the percentage, so a quiet provider can retry.
+    pub(crate) retry_budget_min_per_second: u32,
 }
 
 /// `address = "https://a:8200"`, or a list of nodes of one HA cluster, each a URL or a table
@@ -128,6 +132,8 @@ impl Default for RawOpenBao {
             timeout: "2s".into(),
             instance_id: String::new(),
             max_connections: 64,
+            retry_budget_percent: 20,
+            retry_budget_min_per_second: 10,
         }
     }
 }

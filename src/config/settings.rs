@@ -43,6 +43,14 @@ impl Settings {
             "openbao.max_connections",
         );
         check(
+            a.openbao.retry_budget.percent != b.openbao.retry_budget.percent,
+            "openbao.retry_budget_percent",
+        );
+        check(
+            a.openbao.retry_budget.min_per_second != b.openbao.retry_budget.min_per_second,
+            "openbao.retry_budget_min_per_second",
+        );
+        check(
             a.transit.mount_path != b.transit.mount_path,
             "transit.mount_path",
         );
@@ -135,6 +143,16 @@ pub(crate) struct OpenBaoSettings {
     pub(crate) timeout: Duration,
     pub(crate) instance_id: String,
     pub(crate) max_connections: usize,
+    pub(crate) retry_budget: RetryBudgetSettings,
+}
+
+/// How many retries the client may send beside first attempts (`openbao.retry_budget_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RetryBudgetSettings {
+    /// Retries per 100 first attempts.
+    pub(crate) percent: u32,
+    /// Retries per second allowed whatever the traffic.
+    pub(crate) min_per_second: u32,
 }
 
 /// One OpenBao node: its URL and the name its certificate is checked against (`None`: the host).

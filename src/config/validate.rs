@@ -211,10 +211,29 @@ fn openbao(raw: &RawConfig, env: &Environment) -> Result<OpenBaoSettings> {
             format!("{max_connections} is out of range (1 to 4096)"),
         ));
     }
+    if o.retry_budget_percent > 100 {
+        return Err(ConfigError::invalid(
+            "openbao.retry_budget_percent",
+            format!("{} is out of range (0 to 100)", o.retry_budget_percent),
+        ));
+    }
+    if o.retry_budget_min_per_second > 1000 {
+        return Err(ConfigError::invalid(
+            "openbao.retry_budget_min_per_second",
+            format!(
+                "{} is out of range (0 to 1000)",
+                o.retry_budget_min_per_second
+            ),
+        ));
+    }
     Ok(OpenBaoSettings {
         address,
         nodes,
         max_connections,
+        retry_budget: RetryBudgetSettings {
+            percent: o.retry_budget_percent,
+            min_per_second: o.retry_budget_min_per_second,
+        },
         ca_file,
         tls_server_name,
         namespace,

@@ -10,7 +10,8 @@ use std::sync::{Mutex as StdMutex, RwLock as StdRwLock};
 use tokio::sync::watch;
 use zeroize::Zeroizing;
 
-use super::http::{Http, Nodes, Operation};
+use super::http::{Http, Operation};
+use super::nodes::Nodes;
 use super::request::{JsonBody, Request, TokenHeader};
 use super::Error;
 use crate::config::AuthSettings;

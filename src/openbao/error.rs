@@ -47,6 +47,10 @@ pub(crate) enum Error {
     /// `openbao.max_connections` requests are in flight and none finished within the budget.
     #[error("too many OpenBao requests in flight (openbao.max_connections = {0})")]
     Overloaded(usize),
+    /// The call's budget left does not cover what the node has needed to answer lately (or
+    /// its rate-limit backoff and that); the request was not sent.
+    #[error("OpenBao has needed {needed:?} to answer lately and only {left:?} of this call's budget is left; not sent")]
+    DeadlineTooShort { left: Duration, needed: Duration },
     /// A redirect to an origin that is not one of the configured nodes; never followed.
     #[error("OpenBao redirected to {0}, which is not a configured openbao.address; not followed")]
     RedirectRefused(String),
@@ -83,6 +87,10 @@ impl Clone for Error {
             Self::NoToken(m) => Self::NoToken(m.clone()),
             Self::LoginRefused(m) => Self::LoginRefused(m.clone()),
             Self::Overloaded(n) => Self::Overloaded(*n),
+            Self::DeadlineTooShort { left, needed } => Self::DeadlineTooShort {
+                left: *left,
+                needed: *needed,
+            },
             Self::RedirectRefused(m) => Self::RedirectRefused(m.clone()),
             Self::Pkcs11(e) => Self::Pkcs11(e.clone()),
         }
@@ -105,6 +113,7 @@ impl Error {
             Self::Credential { .. } | Self::Tls(_) | Self::Setting { .. } => "local_setup",
             Self::NoToken(_) | Self::LoginRefused(_) => "auth",
             Self::Overloaded(_) => "overloaded",
+            Self::DeadlineTooShort { .. } => "deadline_too_short",
             Self::RedirectRefused(_) => "redirect_refused",
             Self::Pkcs11(_) => "pkcs11",
         }
@@ -120,6 +129,7 @@ impl Error {
                 | Self::RateLimited
                 | Self::Server { .. }
                 | Self::Overloaded(_)
+                | Self::DeadlineTooShort { .. }
         )
     }
 

@@ -1,6 +1,8 @@
 //! One place that sends requests to OpenBao: node choice and failover, redirects, the call's
-//! budget, retries, the connection cap, size caps, error classification and metrics.
+//! budget, retries (within the retry budget), the connection cap, a node's rate-limit backoff,
+//! size caps and metrics. The nodes are in `nodes`, what an answer means in `answer`.
 use std::borrow::Cow;
+use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -13,9 +15,12 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
-use super::conn::{Exchange, Pool, SendError};
+use super::answer::{classify, transport_error};
+use super::budget::{Priority, RetryBudget};
+use super::conn::{Exchange, SendError};
+use super::nodes::{Node, Nodes};
 use super::request::{Accept, Call, JsonBody, Request};
-use super::tls::for_names;
+use super::throttle;
 use super::Error;
 use crate::config::{AuthSettings, OpenBaoSettings};
 use crate::telemetry::metrics;
@@ -23,12 +28,16 @@ use crate::telemetry::metrics;
 /// OpenBao answers for this provider are small; anything larger is refused unread.
 pub(crate) const MAX_RESPONSE_BYTES: usize = 1 << 20;
 
-/// Request paths whose URL a node keeps once joined: the provider uses about ten distinct paths,
-/// so the cache stays tiny; `Url::join` (a full re-parse, host included) is not paid per call.
-const MAX_CACHED_URLS: usize = 32;
-
 /// An attempt with less time left than this is not started: it could not finish.
 const MIN_ATTEMPT: Duration = Duration::from_millis(50);
+
+/// Connection slots kept for the probe loop, renewals and logins when `max_connections` is at
+/// least `4 * RESERVED_FOR_BACKGROUND`: a storm of KMS calls must not starve what keeps the
+/// provider healthy.
+const RESERVED_FOR_BACKGROUND: usize = 2;
+
+/// How often a call waiting for a connection slot looks again at what the node needs.
+const SLOT_RECHECK: Duration = Duration::from_millis(100);
 
 /// Jitter before the one retry of a transient failure, so hosts do not retry in lockstep.
 const RETRY_JITTER_MS: std::ops::RangeInclusive<u64> = 20..=120;
@@ -65,130 +74,42 @@ impl Operation {
     }
 }
 
-/// One configured node with its own connections (its own certificate name).
-struct Node {
-    url: Url,
-    pool: Pool,
-    /// `path` -> `url` joined with `v1/<path>`, filled on first use.
-    urls: RwLock<Vec<(Box<str>, Target)>>,
-}
-
-/// A request path on one node: the full URL (redirects resolve against it) and the
-/// origin-form URI sent on the wire.
-#[derive(Clone)]
-struct Target {
-    url: Url,
-    uri: ::http::Uri,
-}
-
-impl Node {
-    fn url_for(&self, path: &str) -> Result<Target, Error> {
-        let cached = |urls: &Vec<(Box<str>, Target)>| {
-            urls.iter()
-                .find(|(p, _)| &**p == path)
-                .map(|(_, t)| t.clone())
-        };
-        let found = match self.urls.read() {
-            Ok(g) => cached(&g),
-            Err(p) => cached(&p.into_inner()),
-        };
-        if let Some(url) = found {
-            return Ok(url);
-        }
-        let url = self
-            .url
-            .join(&format!("v1/{}", path.trim_start_matches('/')))
-            .map_err(|e| Error::Protocol(format!("bad request path {path:?}: {e}")))?;
-        let mut origin_form = url.path().to_owned();
-        if let Some(query) = url.query() {
-            origin_form.push('?');
-            origin_form.push_str(query);
-        }
-        let uri = ::http::Uri::try_from(origin_form)
-            .map_err(|e| Error::Protocol(format!("bad request path {path:?}: {e}")))?;
-        let target = Target { url, uri };
-        let mut urls = match self.urls.write() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        if urls.len() < MAX_CACHED_URLS && cached(&urls).is_none() {
-            urls.push((path.into(), target.clone()));
-        }
-        Ok(target)
-    }
-}
-
-/// `openbao.namespace` as the header it is sent in. Config validation refuses a namespace that
-/// is not a valid header value, so this only fails for settings built some other way.
-fn namespace_header(namespace: &str) -> Result<HeaderValue, Error> {
-    HeaderValue::from_str(namespace).map_err(|_| Error::Setting {
-        field: "openbao.namespace",
-        reason: "is not a valid HTTP header value",
-    })
-}
-
-/// Everything a reload may change, built whole on the side and swapped in one step.
-pub(crate) struct Nodes {
-    nodes: Vec<Node>,
-    /// The `X-Vault-Namespace` header, built once here rather than per request.
-    namespace: Option<HeaderValue>,
-    timeout: Duration,
-}
-
-impl Nodes {
-    /// Builds a client per node (reading CA and client certificate files); nothing is swapped.
-    pub(crate) fn build(settings: &OpenBaoSettings, auth: &AuthSettings) -> Result<Self, Error> {
-        let names: Vec<Option<&str>> = settings
-            .nodes
-            .iter()
-            .map(|n| n.tls_server_name.as_deref())
-            .collect();
-        let tls = for_names(settings, &names, auth)?;
-        let nodes = settings
-            .nodes
-            .iter()
-            .zip(tls)
-            .map(|(n, tls)| {
-                Ok(Node {
-                    url: n.url.clone(),
-                    pool: Pool::new(&n.url, tls, settings.timeout, settings.max_connections)?,
-                    urls: RwLock::new(Vec::new()),
-                })
-            })
-            .collect::<Result<Vec<_>, Error>>()?;
-        Ok(Self {
-            nodes,
-            namespace: settings
-                .namespace
-                .as_deref()
-                .map(namespace_header)
-                .transpose()?,
-            timeout: settings.timeout,
-        })
-    }
-
-    /// The node whose origin (scheme, host, port) `location` has, if any.
-    fn by_origin(&self, location: &Url) -> Option<usize> {
-        self.nodes
-            .iter()
-            .position(|n| n.url.origin() == location.origin())
-    }
-}
-
 pub(crate) struct Http {
     nodes: RwLock<Arc<Nodes>>,
     /// Index of the node that answered last; calls start there.
     preferred: AtomicUsize,
-    permits: Arc<Semaphore>,
+    /// Connection slots, granted in arrival order (tokio's semaphore is fair).
+    permits: Semaphore,
+    /// Slots only requests outside a KMS call may use.
+    reserved: Semaphore,
     max_connections: usize,
+    retries: RetryBudget,
     /// Budget of a request made outside a KMS call (probe loop, login task, CLI).
     default_budget: Duration,
 }
 
 /// What one attempt on one node gave.
 enum Attempt {
-    Done(StatusCode, Zeroizing<Vec<u8>>),
+    /// The answer, and `Retry-After` when it was a 429 that carried one.
+    Done(StatusCode, Zeroizing<Vec<u8>>, Option<Duration>),
     Redirect(Url),
+}
+
+/// Why an attempt gave no answer.
+struct Failure {
+    error: Error,
+    /// The request may have reached OpenBao (a connection that could not be made, or a
+    /// request never sent, did not: failing over from it costs OpenBao nothing).
+    reached: bool,
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Self {
+        Self {
+            error,
+            reached: false,
+        }
+    }
 }
 
 impl Http {
@@ -197,11 +118,19 @@ impl Http {
         auth: &AuthSettings,
         default_budget: Duration,
     ) -> Result<Self, Error> {
+        let cap = settings.max_connections;
+        let reserved = if cap >= 4 * RESERVED_FOR_BACKGROUND {
+            RESERVED_FOR_BACKGROUND
+        } else {
+            0
+        };
         Ok(Self {
             nodes: RwLock::new(Arc::new(Nodes::build(settings, auth)?)),
             preferred: AtomicUsize::new(0),
-            permits: Arc::new(Semaphore::new(settings.max_connections)),
-            max_connections: settings.max_connections,
+            permits: Semaphore::new(cap - reserved),
+            reserved: Semaphore::new(reserved),
+            max_connections: cap,
+            retries: RetryBudget::new(settings.retry_budget),
             default_budget,
         })
     }
@@ -269,21 +198,29 @@ impl Http {
     }
 
     /// Tries the preferred node, then the others, on transient failures; then once more after
-    /// a short jitter if time is left. Follows a redirect only to a configured node. Nothing
-    /// runs past the call's deadline.
+    /// a short jitter if time is left. A node that timed out is not tried again by this call,
+    /// and a retry of a request that reached OpenBao needs the retry budget. Follows a redirect
+    /// only to a configured node. Nothing runs past the call's deadline.
     async fn failover(
         &self,
         nodes: &Nodes,
         call: &mut Call<'_>,
     ) -> Result<(StatusCode, Zeroizing<Vec<u8>>), Error> {
         let op = call.request.op;
+        let priority = Priority::current();
         let count = nodes.nodes.len().max(1);
         let mut index = self.preferred.load(Ordering::Relaxed) % count;
         let mut last: Option<Error> = None;
+        let mut timed_out = vec![false; count];
         // Every node once, then one jittered retry; redirects to configured nodes do not count
         // as failures but are limited to two hops.
         let (mut failures, mut hops, mut jittered) = (0, 0, false);
+        // An earlier attempt of this call may have reached OpenBao; the next one is a retry.
+        let (mut reached, mut redirected) = (false, false);
         while failures <= count {
+            if timed_out.iter().all(|&t| t) {
+                break;
+            }
             if failures == count && !jittered {
                 jittered = true;
                 let jitter = Duration::from_millis(rand::thread_rng().gen_range(RETRY_JITTER_MS));
@@ -293,19 +230,47 @@ impl Http {
                 tokio::time::sleep(jitter).await;
                 index = self.preferred.load(Ordering::Relaxed) % count;
             }
+            // A node that timed out would most likely time out again: the next one, if any.
+            match (0..count)
+                .map(|step| (index + step) % count)
+                .find(|&i| !timed_out.get(i).copied().unwrap_or(true))
+            {
+                Some(i) => index = i,
+                None => break,
+            }
             if Instant::now() + MIN_ATTEMPT > call.deadline {
                 break;
             }
             let Some(node) = nodes.nodes.get(index) else {
                 break;
             };
+            if call.attempts == 0 {
+                self.retries.first_attempt();
+            } else if reached
+                && !redirected
+                && priority == Priority::Call
+                && !self.retries.try_retry()
+            {
+                metrics::openbao_request_not_sent(op.as_str(), "retry_budget_exhausted");
+                tracing::debug!(operation = op.as_str(), node = %node.url, "retry budget exhausted; not retrying");
+                break;
+            }
+            redirected = false;
             let attempt_started = Instant::now();
-            let result = self.attempt(nodes, node, call).await;
-            let result = match result {
-                Ok(Attempt::Done(code, bytes)) if call.request.accept == Accept::AnyStatus => {
+            let attempts_before = call.attempts;
+            // A 429 that said when to come back (`Retry-After`) is counted apart.
+            let mut hinted = false;
+            let result = match self.attempt(nodes, node, call, priority).await {
+                Ok(Attempt::Done(code, bytes, _)) if call.request.accept == Accept::AnyStatus => {
                     Ok((code, bytes))
                 }
-                Ok(Attempt::Done(code, bytes)) => classify(code, bytes),
+                Ok(Attempt::Done(code, bytes, retry_after)) => {
+                    hinted = retry_after.is_some();
+                    classify(code, bytes).map_err(|error| Failure {
+                        error,
+                        reached: true,
+                    })
+                }
                 Ok(Attempt::Redirect(location)) => {
                     metrics::openbao_request(
                         op.as_str(),
@@ -317,6 +282,7 @@ impl Http {
                             tracing::debug!(operation = op.as_str(), from = %node.url, to = %location.origin().ascii_serialization(), "following a redirect to a configured node");
                             hops += 1;
                             index = next;
+                            redirected = true;
                             continue;
                         }
                         _ => {
@@ -329,12 +295,26 @@ impl Http {
                 }
                 Err(e) => Err(e),
             };
+            if let Err(Failure { error, .. }) = &result {
+                if matches!(error, Error::Overloaded(_) | Error::DeadlineTooShort { .. }) {
+                    metrics::openbao_request_not_sent(op.as_str(), error.class());
+                    tracing::debug!(operation = op.as_str(), node = %node.url, error = %error, "OpenBao request not sent");
+                }
+            }
             let label = match &result {
                 Ok((code, _)) => metrics::status_label(code.as_u16()),
-                Err(Error::Server { status, .. }) => metrics::status_label(*status),
-                Err(e) => Cow::Borrowed(e.class()),
+                Err(Failure {
+                    error: Error::Server { status, .. },
+                    ..
+                }) => metrics::status_label(*status),
+                Err(f) if hinted && matches!(f.error, Error::RateLimited) => {
+                    Cow::Borrowed("retry_after")
+                }
+                Err(f) => Cow::Borrowed(f.error.class()),
             };
-            metrics::openbao_request(op.as_str(), label, attempt_started.elapsed());
+            if call.attempts > attempts_before {
+                metrics::openbao_request(op.as_str(), label, attempt_started.elapsed());
+            }
             match result {
                 Ok(ok) => {
                     if self.preferred.swap(index, Ordering::Relaxed) % count != index && count > 1 {
@@ -342,43 +322,137 @@ impl Http {
                     }
                     return Ok(ok);
                 }
-                Err(e) if e.is_transient() => {
-                    tracing::debug!(operation = op.as_str(), node = %node.url, attempt = call.attempts, error = %e, "OpenBao request failed; trying the next node");
-                    last = Some(e);
+                // The probe loop, renewals and logins keep trying a rate-limited node within
+                // their budget: they go ahead of the calls (see `throttle`).
+                Err(Failure {
+                    error: Error::RateLimited,
+                    ..
+                }) if priority == Priority::Background => {
+                    last = Some(Error::RateLimited);
+                }
+                Err(Failure { error, reached: r }) if error.is_transient() => {
+                    tracing::debug!(operation = op.as_str(), node = %node.url, attempt = call.attempts, error = %error, "OpenBao request failed; trying the next node");
+                    if let Error::Timeout(_) = error {
+                        if let Some(t) = timed_out.get_mut(index) {
+                            *t = true;
+                        }
+                    }
+                    reached |= r;
+                    last = Some(error);
                     index = (index + 1) % count;
                     failures += 1;
                 }
-                Err(e) => return Err(e),
+                // Not sent (no slot or no time left): the earlier failure says more, if any.
+                Err(Failure { error, .. })
+                    if matches!(error, Error::Overloaded(_) | Error::DeadlineTooShort { .. }) =>
+                {
+                    return Err(last.unwrap_or(error));
+                }
+                Err(Failure { error, .. }) => return Err(error),
             }
         }
         Err(last.unwrap_or(Error::Timeout(call.started.elapsed())))
     }
 
-    /// One request to one node, bounded by the call's deadline and `openbao.timeout`, holding
-    /// one of `max_connections` permits.
+    /// A connection slot: KMS calls take theirs in arrival order; the probe loop, renewals
+    /// and logins may also take one of the reserved slots, whichever frees first.
+    async fn slot(&self, priority: Priority) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        if priority == Priority::Call {
+            return self.permits.acquire().await.ok();
+        }
+        if let Ok(p) = self.reserved.try_acquire() {
+            return Some(p);
+        }
+        tokio::select! {
+            p = self.reserved.acquire() => p.ok(),
+            p = self.permits.acquire() => p.ok(),
+        }
+    }
+
+    /// One request to one node, sent only when the call has time left for what the node has
+    /// needed lately, after the node's rate-limit backoff, holding one of `max_connections`
+    /// slots; bounded by the call's deadline and `openbao.timeout`.
     async fn attempt(
         &self,
         nodes: &Nodes,
         node: &Node,
         call: &mut Call<'_>,
-    ) -> Result<Attempt, Error> {
+        priority: Priority,
+    ) -> Result<Attempt, Failure> {
+        let too_short = |needed: Duration| Error::DeadlineTooShort {
+            left: call.deadline.saturating_duration_since(Instant::now()),
+            needed,
+        };
+        let needed = node.answers.needed(MIN_ATTEMPT, nodes.timeout);
+        // A call that waits for a rate-limited node gives up with a little time left, so that
+        // its answer reaches a caller whose deadline started before the call reached us.
+        let Some(latest) = call.deadline.checked_sub(needed + MIN_ATTEMPT) else {
+            return Err(too_short(needed).into());
+        };
+        let Some(pass) = node.throttle.admit(priority, latest).await else {
+            return Err(too_short(needed).into());
+        };
+        // Waiting for a slot is given up once the budget left no longer covers what the node
+        // needs, looked at again while waiting (its answers change it) without losing the
+        // call's place in the queue.
+        let mut slot = pin!(self.slot(priority));
+        let _permit = loop {
+            let needed = node.answers.needed(MIN_ATTEMPT, nodes.timeout);
+            let give_up = call
+                .deadline
+                .checked_sub(needed + MIN_ATTEMPT)
+                .unwrap_or_else(Instant::now);
+            tokio::select! {
+                permit = &mut slot => match permit {
+                    Some(p) => break p,
+                    None => return Err(Error::Overloaded(self.max_connections).into()),
+                },
+                _ = tokio::time::sleep_until((Instant::now() + SLOT_RECHECK).min(give_up).into()) => {
+                    if Instant::now() >= give_up {
+                        return Err(Error::Overloaded(self.max_connections).into());
+                    }
+                }
+            }
+        };
+        // Waiting for the slot took time, and answers that came meanwhile may have changed
+        // what the node needs: look again.
+        let needed = node.answers.needed(MIN_ATTEMPT, nodes.timeout);
+        if Instant::now() + needed + MIN_ATTEMPT > call.deadline {
+            return Err(too_short(needed).into());
+        }
+        call.attempts += 1;
         let started = Instant::now();
         let deadline = call.attempt_deadline(nodes.timeout);
-        call.attempts += 1;
-        let _permit = match tokio::time::timeout_at(deadline.into(), self.permits.acquire()).await {
-            Ok(Ok(p)) => p,
-            _ => return Err(Error::Overloaded(self.max_connections)),
-        };
         let send = send(nodes, node, &call.request);
-        // `deadline` is already capped at openbao.timeout from the attempt's start.
-        match tokio::time::timeout_at(deadline.into(), send).await {
+        let pending = node.answers.sent();
+        let result = match tokio::time::timeout_at(deadline.into(), send).await {
             Ok(r) => r,
-            Err(_) => Err(Error::Timeout(started.elapsed())),
+            Err(_) => Err(Failure {
+                error: Error::Timeout(started.elapsed()),
+                reached: true,
+            }),
+        };
+        match &result {
+            Ok(Attempt::Done(code, _, retry_after)) if code.as_u16() == 429 => {
+                node.answers.record(started.elapsed());
+                node.throttle.limited(*retry_after);
+            }
+            Ok(_) => {
+                node.answers.record(started.elapsed());
+                node.throttle.answered();
+            }
+            Err(Failure {
+                error: Error::Timeout(took),
+                ..
+            }) => node.answers.record(*took),
+            Err(_) => {}
         }
+        drop((pending, pass));
+        result
     }
 }
 
-async fn send(nodes: &Nodes, node: &Node, request: &Request<'_>) -> Result<Attempt, Error> {
+async fn send(nodes: &Nodes, node: &Node, request: &Request<'_>) -> Result<Attempt, Failure> {
     let target = node.url_for(request.path)?;
     let mut req = ::http::Request::new(
         request
@@ -410,114 +484,26 @@ async fn send(nodes: &Nodes, node: &Node, request: &Request<'_>) -> Result<Attem
         .pool
         .send(req, MAX_RESPONSE_BYTES)
         .await
-        .map_err(transport_error)?;
+        .map_err(|e| Failure {
+            reached: !matches!(
+                e,
+                SendError::Connect { .. } | SendError::ConnectTimeout(_) | SendError::Tls { .. }
+            ),
+            error: transport_error(e),
+        })?;
     if status.is_redirection() {
         let location = headers
             .get(::http::header::LOCATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| target.url.join(v).ok())
-            .ok_or_else(|| {
-                Error::Protocol(format!("redirect {status} without a usable Location"))
+            .ok_or_else(|| Failure {
+                error: Error::Protocol(format!("redirect {status} without a usable Location")),
+                reached: true,
             })?;
         return Ok(Attempt::Redirect(location));
     }
-    Ok(Attempt::Done(status, body))
-}
-
-/// A finished HTTP exchange as a result: 2xx is data, everything else a typed error.
-fn classify(
-    status: StatusCode,
-    buf: Zeroizing<Vec<u8>>,
-) -> Result<(StatusCode, Zeroizing<Vec<u8>>), Error> {
-    if status.is_success() {
-        return Ok((status, buf));
-    }
-    let message = error_messages(&buf);
-    Err(match status.as_u16() {
-        400 => Error::BadRequest(message),
-        403 => Error::PermissionDenied(message),
-        404 => Error::NotFound(message),
-        429 => Error::RateLimited,
-        503 => Error::Sealed,
-        code => Error::Server {
-            status: code,
-            message,
-        },
-    })
-}
-
-fn transport_error(e: SendError) -> Error {
-    if let Some(p11) = pkcs11_cause(&e) {
-        return Error::Pkcs11(p11);
-    }
-    match e {
-        SendError::TooLarge(max) => Error::ResponseTooLarge(max),
-        e => Error::Unreachable(crate::support::error_chain(&e)),
-    }
-}
-
-/// A handshake that failed because the token could not sign is a token problem, not an
-/// unreachable OpenBao: find our error inside the io::Error rustls reported.
-fn pkcs11_cause(e: &SendError) -> Option<super::Pkcs11Error> {
-    type Dyn<'a> = &'a (dyn std::error::Error + 'static);
-    let mut todo: Vec<Dyn<'_>> = vec![e];
-    // Bounded: error chains are short; a cycle must not loop forever.
-    for _ in 0..32 {
-        let s = todo.pop()?;
-        if let Some(rustls::Error::Other(other)) = s.downcast_ref::<rustls::Error>() {
-            if let Some(p) = other.0.downcast_ref::<super::Pkcs11Error>() {
-                return Some(p.clone());
-            }
-        }
-        // io::Error::source() skips the error it wraps; look at that one too.
-        if let Some(inner) = s
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-        {
-            todo.push(inner);
-        }
-        if let Some(next) = s.source() {
-            todo.push(next);
-        }
-    }
-    None
-}
-
-/// OpenBao's `{"errors": [...]}`, shortened; never echoes request data.
-pub(crate) fn error_messages(body: &[u8]) -> String {
-    #[derive(serde::Deserialize)]
-    struct Errors {
-        #[serde(default)]
-        errors: Vec<String>,
-    }
-    let text = serde_json::from_slice::<Errors>(body)
-        .map(|e| e.errors.join("; "))
-        .unwrap_or_default();
-    let mut text = if text.is_empty() {
-        "no error message".to_owned()
-    } else {
-        text
-    };
-    if text.len() > 300 {
-        let mut cut = 300;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-        text.push('…');
-    }
-    text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_namespace_that_is_no_header_value_is_an_error_naming_the_field() {
-        assert!(namespace_header("team-a/child").is_ok());
-        let e = namespace_header("team\na").expect_err("a newline is no header value");
-        assert!(e.to_string().contains("openbao.namespace"), "{e}");
-        assert_eq!(e.class(), "local_setup");
-    }
+    let retry_after = (status == StatusCode::TOO_MANY_REQUESTS)
+        .then(|| throttle::retry_after(&headers))
+        .flatten();
+    Ok(Attempt::Done(status, body, retry_after))
 }

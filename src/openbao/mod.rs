@@ -1,12 +1,16 @@
 //! The OpenBao side: authentication, Transit encrypt/decrypt and key metadata over HTTPS.
+mod answer;
 mod auth;
+mod budget;
 mod conn;
 pub(crate) mod contract;
 mod diagnostics;
 mod error;
 mod http;
+mod nodes;
 mod pkcs11;
 mod request;
+mod throttle;
 mod tls;
 mod transit;
 
@@ -25,7 +29,8 @@ pub(crate) use transit::{ciphertext_version, KeyMetadata, KeysConfig, MountInfo,
 use std::sync::Arc;
 
 use auth::{Auth, Token};
-use http::{Http, Nodes};
+use http::Http;
+use nodes::Nodes;
 use request::{JsonBody, Request};
 use transit::{DataBody, DecryptData, EncryptData, RawKey};
 
@@ -88,7 +93,7 @@ pub(crate) fn fuzz_decoders(body: &[u8]) {
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
         let _ = mount_info(v);
     }
-    let _ = http::error_messages(body);
+    let _ = answer::error_messages(body);
     if let Ok(text) = std::str::from_utf8(body) {
         let _ = ciphertext_version(text);
     }

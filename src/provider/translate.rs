@@ -46,7 +46,8 @@ impl From<openbao::Error> for KmsError {
             | E::Sealed
             | E::RateLimited
             | E::Server { .. }
-            | E::Overloaded(_) => Self::Unavailable(format!("OpenBao unavailable: {e}")),
+            | E::Overloaded(_)
+            | E::DeadlineTooShort { .. } => Self::Unavailable(format!("OpenBao unavailable: {e}")),
             // Wrong AAD or a tampered ciphertext: the caller's data is bad, not OpenBao.
             E::BadRequest(_) => Self::InvalidArgument(e.to_string()),
             E::PermissionDenied(_) => {

@@ -200,6 +200,18 @@ pub(crate) fn openbao_request(operation: &'static str, status: Cow<'static, str>
         .observe(took.as_secs_f64());
 }
 
+/// A request the client did not send, by why (`retry_budget_exhausted`,
+/// `deadline_too_short`, `overloaded`): counted with the requests, no duration observed.
+pub(crate) fn openbao_request_not_sent(operation: &'static str, status: &'static str) {
+    metrics()
+        .openbao_requests
+        .get_or_create(&OperationStatus {
+            operation,
+            status: Cow::Borrowed(status),
+        })
+        .inc();
+}
+
 /// An HTTP status as a label value: borrowed for the statuses OpenBao answers with.
 pub(crate) fn status_label(code: u16) -> Cow<'static, str> {
     Cow::Borrowed(match code {

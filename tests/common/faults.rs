@@ -1,11 +1,12 @@
 //! Faults made on the wire between the provider and a real OpenBao: one TCP proxy that can
 //! refuse connections (OpenBao "down" without losing its in-memory state), add latency to every
-//! answer, reset the next request's connection, answer the next request with a canned HTTP
+//! answer (per chunk, or once per answer counted from its request), count the requests in
+//! flight, reset the next request's connection, answer the next request with a canned HTTP
 //! response (a 503, a redirect) instead of forwarding it, close kept-alive connections, or
 //! switch to another backend; and a canary listener that records whatever reaches it.
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -15,12 +16,21 @@ struct Faults {
     target: AtomicU16,
     down: AtomicBool,
     delay_ms: AtomicU64,
+    /// Each answer is held until this long after its request was forwarded.
+    response_delay_ms: AtomicU64,
+    /// Requests forwarded to OpenBao whose answer has not reached the client yet and whose
+    /// connection the client has not closed; and the most seen at once.
+    in_flight: AtomicUsize,
+    peak_in_flight: AtomicUsize,
     reset_next: AtomicBool,
     canned_next: Mutex<Option<Vec<u8>>>,
-    /// Connections currently open through the proxy.
+    /// Connections currently open through the proxy, and the most at once.
     open: AtomicUsize,
+    peak_open: AtomicUsize,
     /// Requests (client->server chunks that start with an HTTP method) seen.
     requests: AtomicUsize,
+    /// The request line of each of them ("POST /v1/transit/decrypt/k HTTP/1.1").
+    request_lines: Mutex<Vec<String>>,
     /// `close_connections` calls so far: a connection opened before the latest one closes.
     epoch: AtomicU64,
     /// Wakes every connection waiting for the client to be closed now.
@@ -35,10 +45,15 @@ impl Faults {
             target: AtomicU16::new(target),
             down: AtomicBool::default(),
             delay_ms: AtomicU64::default(),
+            response_delay_ms: AtomicU64::default(),
+            in_flight: AtomicUsize::default(),
+            peak_in_flight: AtomicUsize::default(),
             reset_next: AtomicBool::default(),
             canned_next: Mutex::default(),
             open: AtomicUsize::default(),
+            peak_open: AtomicUsize::default(),
             requests: AtomicUsize::default(),
+            request_lines: Mutex::default(),
             epoch: AtomicU64::default(),
             close: tokio::sync::Notify::new(),
             severed: AtomicUsize::default(),
@@ -73,7 +88,8 @@ impl FaultProxy {
                 let target = f.target.load(Ordering::SeqCst);
                 let h = tokio::spawn(async move {
                     if let Ok(outbound) = TcpStream::connect(("127.0.0.1", target)).await {
-                        f.open.fetch_add(1, Ordering::SeqCst);
+                        let now = f.open.fetch_add(1, Ordering::SeqCst) + 1;
+                        f.peak_open.fetch_max(now, Ordering::SeqCst);
                         pump(inbound, outbound, &f, born).await;
                         f.open.fetch_sub(1, Ordering::SeqCst);
                     }
@@ -100,6 +116,26 @@ impl FaultProxy {
         self.faults
             .delay_ms
             .store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Every answer reaches the client `d` after its request was forwarded to OpenBao (or at
+    /// once if OpenBao took longer), on each connection independently: a slow OpenBao.
+    pub fn set_response_delay(&self, d: Duration) {
+        self.faults
+            .response_delay_ms
+            .store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Requests sent on to OpenBao and neither answered nor closed by the client.
+    pub fn in_flight(&self) -> usize {
+        self.faults.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The most requests in flight at once since the last call (which resets it).
+    pub fn take_peak_in_flight(&self) -> usize {
+        self.faults
+            .peak_in_flight
+            .swap(self.in_flight(), Ordering::SeqCst)
     }
 
     /// The next request's connection is reset (RST) instead of forwarded.
@@ -152,8 +188,21 @@ impl FaultProxy {
         self.faults.open.load(Ordering::SeqCst)
     }
 
+    /// The most connections open at once since the last call (which resets it).
+    pub fn take_peak_connections(&self) -> usize {
+        self.faults
+            .peak_open
+            .swap(self.open_connections(), Ordering::SeqCst)
+    }
+
     pub fn requests(&self) -> usize {
         self.faults.requests.load(Ordering::SeqCst)
+    }
+
+    /// Requests seen whose request line contains `fragment` (a path such as "/decrypt/").
+    pub fn requests_to(&self, fragment: &str) -> usize {
+        let lines = self.faults.request_lines.lock().expect("lock");
+        lines.iter().filter(|l| l.contains(fragment)).count()
     }
 }
 
@@ -168,8 +217,13 @@ async fn pump(inbound: TcpStream, outbound: TcpStream, f: &Arc<Faults>, born: u6
     let (mut in_r, in_w) = inbound.into_split();
     let (mut out_r, mut out_w) = outbound.into_split();
     let in_w = Arc::new(tokio::sync::Mutex::new(in_w));
+    // The forwarded request still unanswered on this connection (HTTP/1.1: at most one).
+    let pending: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let counted = Arc::new(AtomicBool::new(false));
+    let _uncount = Unanswered(counted.clone(), f.clone());
     let back = {
-        let (in_w, f) = (in_w.clone(), f.clone());
+        let (in_w, f, pending, counted) =
+            (in_w.clone(), f.clone(), pending.clone(), counted.clone());
         tokio::spawn(async move {
             let mut buf = vec![0u8; 16 * 1024];
             loop {
@@ -181,8 +235,16 @@ async fn pump(inbound: TcpStream, outbound: TcpStream, f: &Arc<Faults>, born: u6
                 if delay > 0 {
                     tokio::time::sleep(Duration::from_millis(delay)).await;
                 }
+                let asked = pending.lock().expect("lock").take();
+                if let Some(asked) = asked {
+                    let hold = Duration::from_millis(f.response_delay_ms.load(Ordering::SeqCst));
+                    tokio::time::sleep_until((asked + hold).into()).await;
+                }
                 if in_w.lock().await.write_all(&buf[..n]).await.is_err() {
                     break;
+                }
+                if counted.swap(false, Ordering::SeqCst) {
+                    f.in_flight.fetch_sub(1, Ordering::SeqCst);
                 }
             }
             let _ = in_w.lock().await.shutdown().await;
@@ -216,6 +278,11 @@ async fn pump(inbound: TcpStream, outbound: TcpStream, f: &Arc<Faults>, born: u6
         };
         if starts_request(&buf[..n]) {
             f.requests.fetch_add(1, Ordering::SeqCst);
+            let line = buf[..n].split(|&b| b == b'\r').next().unwrap_or_default();
+            f.request_lines
+                .lock()
+                .expect("lock")
+                .push(String::from_utf8_lossy(line).into_owned());
             if f.reset_next.swap(false, Ordering::SeqCst) {
                 // Linger 0 makes the close an RST; with a zero timeout it never blocks.
                 #[allow(deprecated)]
@@ -230,11 +297,30 @@ async fn pump(inbound: TcpStream, outbound: TcpStream, f: &Arc<Faults>, born: u6
                 break;
             }
         }
+        if starts_request(&buf[..n]) {
+            *pending.lock().expect("lock") = Some(Instant::now());
+            if !counted.swap(true, Ordering::SeqCst) {
+                let now = f.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                f.peak_in_flight.fetch_max(now, Ordering::SeqCst);
+            }
+        }
         if out_w.write_all(&buf[..n]).await.is_err() {
             break;
         }
     }
     back.abort();
+}
+
+/// Uncounts a connection's unanswered request when the connection ends (closed by the client,
+/// severed, or its task aborted by `set_down`).
+struct Unanswered(Arc<AtomicBool>, Arc<Faults>);
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if self.0.swap(false, Ordering::SeqCst) {
+            self.1.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
 fn starts_request(chunk: &[u8]) -> bool {

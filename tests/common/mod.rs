@@ -466,6 +466,8 @@ pub struct ProviderOptions {
     pub status_extra: String,
     /// Extra lines for the [openbao] section (ca_file, tls_server_name, ...).
     pub openbao_extra: String,
+    /// `openbao.timeout`.
+    pub openbao_timeout: String,
     pub cluster_id: String,
     pub auth: String,
     pub rotation: String,
@@ -496,6 +498,7 @@ impl ProviderOptions {
             server_extra: String::new(),
             status_extra: String::new(),
             openbao_extra: String::new(),
+            openbao_timeout: "1s".into(),
             cluster_id: "test-cluster".into(),
             auth,
             rotation: "[rotation]\nstable_observations = 1\nactivation_delay = \"0s\"\n".into(),
@@ -528,7 +531,7 @@ impl Provider {
     ) -> String {
         format!(
             "[server]\nsocket_path = \"{}\"\nstate_dir = \"{}\"\ndrain_timeout = \"5s\"\n{}\
-             [openbao]\naddress = {}\ninstance_id = \"openbao-test\"\ntimeout = \"1s\"\n{}\
+             [openbao]\naddress = {}\ninstance_id = \"openbao-test\"\ntimeout = \"{}\"\n{}\
              {}\
              [transit.key_id_scope]\nprovider_name = \"openbao-kms\"\ncluster_id = \"{}\"\ntransit_mount_id = \"transit-test\"\nkey_lineage_id = \"lineage-1\"\n\
              [status]\nprobe_interval = \"300ms\"\ndeep_probe_interval = \"1s\"\nmax_staleness = \"3s\"\n{}\
@@ -543,6 +546,7 @@ impl Provider {
             } else {
                 format!("\"{}\"", o.address)
             },
+            o.openbao_timeout,
             o.openbao_extra,
             o.auth,
             o.cluster_id,
