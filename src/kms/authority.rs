@@ -14,6 +14,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use zeroize::Zeroize;
 
 /// What the server advertises as SETTINGS_MAX_FRAME_SIZE (`server::serve` sets it); header
 /// frames are re-emitted at most this large.
@@ -136,6 +137,8 @@ impl Rewriter {
                     }
                     let take = n.min(input.len());
                     out.extend_from_slice(&input[..take]);
+                    // DATA frames carry Encrypt plaintexts: no copy stays behind in the buffer.
+                    input[..take].zeroize();
                     input.advance(take);
                     self.want = Want::Passthrough(n - take);
                 }
@@ -403,6 +406,7 @@ impl<C: AsyncRead + Unpin> AsyncRead for Rewrite<C> {
             if !this.out.is_empty() {
                 let n = this.out.len().min(buf.remaining());
                 buf.put_slice(&this.out[..n]);
+                this.out[..n].zeroize();
                 this.out.advance(n);
                 return Poll::Ready(Ok(()));
             }
@@ -416,12 +420,14 @@ impl<C: AsyncRead + Unpin> AsyncRead for Rewrite<C> {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Ready(Ok(())) => {}
             }
-            if rb.filled().is_empty() {
+            let filled = rb.filled().len();
+            if filled == 0 {
                 // An unfinished frame at EOF is dropped; h2 sees the connection end.
                 this.eof = true;
                 continue;
             }
-            this.input.extend_from_slice(rb.filled());
+            this.input.extend_from_slice(&chunk[..filled]);
+            chunk[..filled].zeroize();
             if let Err(e) = this.rewriter.feed(&mut this.input, &mut this.out) {
                 tracing::debug!(error = %e, "closing a KMS connection: malformed HTTP/2 header frames");
                 return Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)));
