@@ -338,15 +338,7 @@ async fn decrypts_with_unknown_key_ids_do_not_hurry_a_promotion() {
     // Two scheduled probes must see a new version; with 30 s probes that is a minute away.
     o.rotation = "[rotation]\nstable_observations = 2\nactivation_delay = \"0s\"\n".into();
     let mut p = Provider::start(&o).await;
-    p.stop();
-    let config = std::fs::read_to_string(&p.config).expect("config").replace(
-        "probe_interval = \"300ms\"\ndeep_probe_interval = \"1s\"\nmax_staleness = \"3s\"",
-        "probe_interval = \"30s\"\ndeep_probe_interval = \"5m\"\nmax_staleness = \"2m\"",
-    );
-    assert!(config.contains("\"5m\""), "probe intervals replaced");
-    std::fs::write(&p.config, config).expect("config");
-    p.start_process();
-    p.wait_healthy().await;
+    p.restart_with_production_probes().await;
     let v1_id = p.status().await.key_id;
     let mut c = p.client().await;
     let under_v1 = encrypt(&mut c, &[7u8; 32]).await;

@@ -108,15 +108,7 @@ async fn round_trip_leaves_no_avoidable_copies_of_plaintext_or_jwt() {
     // Production-like probe intervals, so that no background probe reuses (and so hides) the
     // buffers of the call under test before the scan.
     let mut p = Provider::start(&o).await;
-    p.stop();
-    let config = std::fs::read_to_string(&p.config).expect("config").replace(
-        "probe_interval = \"300ms\"\ndeep_probe_interval = \"1s\"\nmax_staleness = \"3s\"",
-        "probe_interval = \"30s\"\ndeep_probe_interval = \"5m\"\nmax_staleness = \"2m\"",
-    );
-    assert!(config.contains("\"5m\""), "probe intervals replaced");
-    std::fs::write(&p.config, config).expect("config");
-    p.start_process();
-    p.wait_healthy().await;
+    p.restart_with_production_probes().await;
     let jwt = std::fs::read_to_string(bao.jwt_path()).expect("jwt");
     let signature = jwt
         .trim()

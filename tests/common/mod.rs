@@ -641,6 +641,22 @@ impl Provider {
         self.wait_status("healthz ok", |s| s.healthz == "ok").await;
     }
 
+    /// Restarts the provider with production probe intervals (30 s metadata probe, 5 m deep
+    /// probe), so that no background probe runs during what the test observes.
+    pub async fn restart_with_production_probes(&mut self) {
+        self.stop();
+        let config = std::fs::read_to_string(&self.config)
+            .expect("config")
+            .replace(
+                "probe_interval = \"300ms\"\ndeep_probe_interval = \"1s\"\nmax_staleness = \"3s\"",
+                "probe_interval = \"30s\"\ndeep_probe_interval = \"5m\"\nmax_staleness = \"2m\"",
+            );
+        assert!(config.contains("\"5m\""), "probe intervals replaced");
+        std::fs::write(&self.config, config).expect("config");
+        self.start_process();
+        self.wait_healthy().await;
+    }
+
     pub async fn wait_status(&self, what: &str, pred: impl Fn(&pb::StatusResponse) -> bool) {
         let end = Instant::now() + Duration::from_secs(20);
         loop {
