@@ -12,8 +12,8 @@ use common::*;
 use rand::Rng;
 
 /// Upper bounds, explained one by one in docs/security.md ("Copies of secrets in memory").
-/// Before issue 13 the scan found up to 2 raw and 2 base64 copies of the plaintext and up to 3
-/// of the JWT signature, and closing the connection changed nothing (freed memory kept them).
+/// Without the wipes docs/security.md describes, the scan finds more copies (the JWT signature
+/// among them), and they outlive the connection.
 /// While kube-apiserver's connection is open: h2's read buffer (the last Encrypt request) and
 /// write buffer (the last Decrypt response).
 const MAX_RAW_OPEN: usize = 2;
@@ -138,7 +138,7 @@ async fn round_trip_leaves_no_avoidable_copies_of_plaintext_or_jwt() {
         .plaintext;
     assert_eq!(back, marker);
     // The connection stays open, as kube-apiserver keeps it.
-    // The issue's measuring point: one second after the call.
+    // The measuring point docs/security.md states: one second after the call.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let pid = p.pid().expect("provider pid");

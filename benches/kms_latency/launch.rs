@@ -18,8 +18,8 @@ pub struct BenchProvider {
     metrics_port: u16,
 }
 
-/// The bench's 64 callers plus the probe loop must not meet a concurrency cap (issue 12 adds
-/// `openbao.max_connections`, default 64): raised when this build knows the setting.
+/// The bench's 64 callers plus the probe loop must not meet the concurrency cap
+/// (`openbao.max_connections`, default 64): raised when the build under test knows the setting.
 const MAX_CONNECTIONS: &str = "max_connections = 256\n";
 
 fn config_text(bao: &Bao, dir: &Path, metrics: u16, health: u16, extra: &str) -> String {

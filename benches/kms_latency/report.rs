@@ -1,5 +1,5 @@
 //! Results: one measurement per (transport, path, op, callers) and round; medians with min–max
-//! across rounds; the issue's target ratios; the printed table and target/bench/results.json.
+//! across rounds; the target ratios (docs/performance.md); the printed table and target/bench/results.json.
 use serde_json::{json, Map, Value};
 
 pub const TRANSPORTS: [&str; 2] = ["https", "http"];
@@ -108,7 +108,7 @@ impl Spread {
     }
 }
 
-/// One figure of the issue's target table, computed per round.
+/// One figure of the target table, computed per round.
 struct Figure {
     key: &'static str,
     label: &'static str,
@@ -377,7 +377,7 @@ pub fn print(rounds: &[Round]) {
     }
     println!();
     println!(
-        "targets of issue 16 (median [min-max] over {} rounds; targets apply to https)",
+        "targets (median [min-max] over {} rounds; targets apply to https)",
         rounds.len()
     );
     println!(

@@ -1,6 +1,6 @@
-"""A provider restarted under systemd while OpenBao is unreachable (issue 12, row "OpenBao down,
-provider restarted"): with a verified key registry, Status answers the previous key_id within
-1 s of the restart, healthz names the reason, systemd sees READY=1 with a "degraded: waiting
+"""A provider restarted under systemd while OpenBao is unreachable (docs/reliability.md, row
+"OpenBao down, provider restarted"): with a verified key registry, Status answers the previous
+key_id within 1 s of the restart, healthz names the reason, systemd sees READY=1 with a "degraded: waiting
 for OpenBao" status (so it does not kill and restart a provider that is doing its job), Encrypt
 fails fast with Unavailable, and everything recovers by itself when OpenBao is back.
 """

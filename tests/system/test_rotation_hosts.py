@@ -1,8 +1,9 @@
-"""Three control-plane hosts on one OpenBao through a rotation (issue 12, last row of the fault
-table): three systemd-nspawn containers, each with the packaged provider (the .deb, installed
-with apt) running as its systemd service, all against one OpenBao dev server on the host's
-loopback. The Transit key is rotated; every host's Status (key_id, healthz), its `/metrics`
-key_id hash and its systemd StatusText are sampled until all agree and for a while after.
+"""Three control-plane hosts on one OpenBao through a rotation (docs/reliability.md, the
+fault table's rows on rotation): three systemd-nspawn containers, each with the packaged
+provider (the .deb, installed with apt) running as its systemd service, all against one
+OpenBao dev server on the host's loopback. The Transit key is rotated; every host's Status
+(key_id, healthz), its `/metrics` key_id hash and its systemd StatusText are sampled until all
+agree and for a while after.
 
 Must show: all hosts report the same key_id hash within activation_delay + 2 probe intervals
 of the rotation, and none flip-flops (each host's key_id sequence is old -> new, once). While
