@@ -8,9 +8,14 @@ use crate::envelope;
 use crate::keys::{Registry, Store};
 
 /// KMS v2 Decrypt/Encrypt requests (first byte: which), decoded and validated as the service
-/// does before OpenBao is asked anything.
+/// does before OpenBao is asked anything; a valid Decrypt's ciphertext then goes through the
+/// Transit ciphertext check the provider runs (`kms` itself knows nothing of OpenBao).
 pub fn kms_request(data: &[u8]) {
-    crate::kms::fuzz_request(data);
+    if let Some(ciphertext) = crate::kms::fuzz_request(data) {
+        if let Ok(text) = std::str::from_utf8(&ciphertext) {
+            let _ = crate::openbao::ciphertext_version(text);
+        }
+    }
 }
 
 /// An etcd value as kube-apiserver would hand it to the restore drill: prefix, protobuf
