@@ -30,7 +30,7 @@ pub(crate) const MAX_ANNOTATIONS_BYTES: usize = 32 * 1024;
 pub(crate) const MAX_PLAINTEXT_BYTES: usize = 512;
 
 /// Decrypt and Encrypt requests as the service sees them (decoded by prost, as tonic does), run
-/// through the input rules (`cargo fuzz`, fuzz/, through `crate::fuzzing`). Returns the
+/// through the input rules (`cargo fuzz`, fuzz/, through `fuzzing::kms_request`). Returns the
 /// ciphertext of a Decrypt request that passed them, for the checks the provider runs next.
 #[cfg(feature = "fuzzing")]
 pub(crate) fn fuzz_request(data: &[u8]) -> Option<Vec<u8>> {
