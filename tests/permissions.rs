@@ -382,6 +382,21 @@ fn serve_refuses_to_start_with_a_ca_or_client_key_others_could_change() {
         !f.config.with_file_name("kms.sock").exists(),
         "nothing was served"
     );
+
+    // `doctor` fails the config check for what `serve` refuses (not just a warning).
+    let doctor = Command::new(provider_bin())
+        .args(["doctor", "--config"])
+        .arg(&f.config)
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .expect("run doctor");
+    let text = String::from_utf8_lossy(&doctor.stdout);
+    assert_eq!(doctor.status.code(), Some(1), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("FAIL config:") && l.contains("openbao.ca_file")),
+        "{text}"
+    );
 }
 
 /// The `UNSAFE PERMISSIONS` log line that names `path` with `mode`; panics if none does.
