@@ -38,9 +38,14 @@ tools-openbao:
 kube:
 	scripts/kube.sh
 
+# cargo-deny (deny.toml): licenses, banned or duplicate crates, crates.io as the only source.
+# Advisories are not checked here: `cargo deny check advisories` clones the RustSec database from
+# github.com, which the machines that run `make test` cannot reach (docs/security.md,
+# "Dependencies"). cargo-deny is installed by `make tools` into $(BUILD_DIR)/tools/bin.
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+	PATH=$(BUILD_DIR)/tools/bin:$$PATH $(CARGO) deny --locked check --hide-inclusion-graph licenses bans sources
 
 # Rust unit and integration tests (real OpenBao dev servers on loopback).
 test-rust: tools

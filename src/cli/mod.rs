@@ -134,6 +134,8 @@ pub fn run() -> ExitCode {
         Err(e) => {
             eprintln!("bao-kms-provider: {e:#}");
             if e.downcast_ref::<ConfigError>().is_some()
+                || e.downcast_ref::<crate::hardening::UntrustedFiles>()
+                    .is_some()
                 || matches!(
                     e.downcast_ref::<crate::openbao::Error>(),
                     Some(crate::openbao::Error::Pkcs11(p)) if p.needs_operator()
@@ -163,8 +165,12 @@ fn serve(arg: &ConfigArg) -> Result<ExitCode> {
         tracing::warn!(error = %e, "cannot mark the process non-dumpable; a core dump could hold secrets");
     }
     for p in crate::hardening::check_permissions(&settings, &arg.config) {
-        tracing::warn!(problem = %p, "UNSAFE PERMISSIONS: `check-config` refuses this; fix it before the next rollout");
+        if !p.refuses_serve() {
+            tracing::warn!(problem = %p, "UNSAFE PERMISSIONS: `check-config` refuses this; fix it before the next rollout");
+        }
     }
+    // A CA, client certificate or key, or PKCS#11 module others could change is not used.
+    crate::hardening::refuse_untrusted(&settings)?;
     // Newer rules only warn here: an upgrade must not stop a host whose config the previous
     // release accepted (check-config refuses them, so new rollouts fix them).
     for w in config::upgrade_checks(&settings) {
@@ -192,7 +198,8 @@ fn check_config(arg: &ConfigArg) -> Result<ExitCode> {
         // A running `serve` only warns about these; a config being rolled out must pass them.
         return Err(e.into());
     }
-    // The same check `serve` runs; here it is an error, there a warning (docs/security.md).
+    // The same check `serve` runs; here every problem is an error, there only untrusted files
+    // are (docs/security.md).
     // Before "valid" is printed: a config refused for its files' modes is not valid here.
     let problems = crate::hardening::check_permissions(&settings, &arg.config);
     if !problems.is_empty() {

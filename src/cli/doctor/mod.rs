@@ -134,7 +134,14 @@ pub(crate) fn run(arg: &ConfigArg) -> Result<ExitCode> {
         settings.transit.mount_path,
         settings.transit.key_name
     );
-    match crate::hardening::check_permissions(&settings, &arg.config).first() {
+    // What `serve` refuses fails here too; what it only warns about is a warning.
+    let problems = crate::hardening::check_permissions(&settings, &arg.config);
+    match problems
+        .iter()
+        .find(|p| p.refuses_serve())
+        .or(problems.first())
+    {
+        Some(p) if p.refuses_serve() => r.fail("config", format!("{detail}; but {p}")),
         Some(p) => r.warn("config", format!("{detail}; but {p}")),
         None => r.ok("config", detail),
     }
