@@ -365,7 +365,8 @@ def test_wildcards_of_a_merged_config_are_expanded_to_every_served_resource_it_e
     kube-apiserver's rules: the first entry that selects a resource decides (events stay exempt),
     no subresources or resources that cannot be listed and updated, events.k8s.io is core events,
     an aggregated API is stored by its own server, a custom resource lives under /registry/<group>/.
-    kube-apiserver runs the merged file for real, so etcd shows what it stored."""
+    kube-apiserver runs the merged file for real (served_config), so etcd shows what it stored; another
+    client's update of the Deployment before the script's replace makes it answer one real 409."""
     wildcard_objects(cluster)
     entries = merged_entries("write")
     assert [e["providers"][0] for e in entries] == ["kms:openbao-kms", "identity", "kms:openbao-kms", "kms:openbao-kms"]
