@@ -261,8 +261,11 @@ class ControlPlane:
     """N control-plane hosts with real kube-apiservers (see the module docstring)."""
 
     def __init__(self, rootfs: Path, bin_dir: Path, workdir: Path, hosts: int = 1, controller_manager: bool = True,
-                 nspawn_workdir: Path | None = None):
+                 nspawn_workdir: Path | None = None, binds: list[tuple] | None = None):
+        """`binds`: more (machine path, host path[, read-only]) bind mounts on every host, e.g. the
+        directory of a provider socket served from this machine."""
         self.rootfs, self.bin_dir, self.workdir = rootfs, bin_dir, workdir
+        self.binds = list(binds or [])
         self.count, self.controller_manager = hosts, controller_manager
         self.nspawn_workdir = nspawn_workdir
         self.net = HostNetwork(hosts)
@@ -289,7 +292,7 @@ class ControlPlane:
                 self._start_etcd()
             for i, (ns, addr) in enumerate(zip(self.net.namespaces, self.net.addresses)):
                 c = Container(self.rootfs, workdir=self.nspawn_workdir, name=f"bao-k{self.net.tag}{i}",
-                              binds=[(str(self.bin_dir), BIN, True)],
+                              binds=[(str(self.bin_dir), BIN, True), *self.binds],
                               nspawn_args=[f"--network-namespace-path=/run/netns/{ns}"])
                 self.hosts.append(KubeHost(c, f"cp{i + 1}", addr))
                 c.start()

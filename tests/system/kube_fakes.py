@@ -1,13 +1,16 @@
-"""Test parts for the rollout's checks and the migration: kubeadm-like PKI (openssl), a real etcd with
-TLS client-certificate auth as kubeadm runs it, and a stand-in kube-apiserver.
+"""A stand-in kube-apiserver (`FakeApiServer`), for a test that needs a fault the real one cannot
+produce.
+
+Everything that claims kube-apiserver behaviour runs against the real kube-apiserver
+(kube_cluster.py, kube_encryption.py; see docs/testing-kubernetes.md). test_ansible_verify.py and
+test_ansible_migration.py use no stand-in. A test that still uses this one names the fault it needs.
 
 The stand-in serves only what the role's checks and the migration call (/readyz, API discovery as
 `kubectl api-resources` reads it, and by raw path for Secrets, ConfigMaps, Events, apps Deployments and
-a custom resource: list with limit/continue, get, create, replace with resourceVersion conflicts), over HTTPS
-with kubeadm's default certificate SANs (no 127.0.0.1), and answers 401 to a request without a
-client certificate (as --anonymous-auth=false). It stores every write in the real etcd under the
-key kube-apiserver uses, with the prefix of the provider it is told is first (a stand-in for the
-encryption, which the Rust tests check with the real provider).
+a custom resource: list with limit/continue, get, create, replace with resourceVersion conflicts), over
+HTTPS when given a PKI directory (apiserver.crt/key, ca.crt; 401 without a client certificate), and
+stores every write into `etcd` (anything with `put(key, value)`) under the key kube-apiserver uses,
+with the prefix it is told (it never calls a provider).
 """
 
 from __future__ import annotations
@@ -15,125 +18,22 @@ from __future__ import annotations
 import base64
 import http.server
 import json
-import shutil
 import ssl
-import subprocess
 import threading
-import time
 import urllib.parse
-import urllib.request
 from pathlib import Path
-
-from openbao import free_port
-
-
-def openssl(cwd: Path, *args: str) -> None:
-    p = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True)
-    assert p.returncode == 0, f"openssl {args}: {p.stderr}"
-
-
-def make_pki(d: Path, advertise: str = "127.0.0.2", node: str = "cp1") -> Path:
-    """ca.crt/ca.key; apiserver.crt with kubeadm's default SANs (no 127.0.0.1); admin.crt
-    (kubernetes-admin, system:masters); etcd/ca.crt, etcd/server.crt (127.0.0.1) and
-    apiserver-etcd-client.crt/key as kubeadm lays them out."""
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "etcd").mkdir(exist_ok=True)
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
-    openssl(d, "req", "-x509", *ec, "-days", "2", "-subj", "/CN=kubernetes", "-keyout", "ca.key", "-out", "ca.crt")
-    openssl(d, "req", "-x509", *ec, "-days", "2", "-subj", "/CN=etcd-ca", "-keyout", "etcd/ca.key", "-out", "etcd/ca.crt")
-    sans = (f"DNS:{node},DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,"
-            f"DNS:kubernetes.default.svc.cluster.local,IP:10.96.0.1,IP:{advertise}")
-    certs = [("apiserver", "/CN=kube-apiserver", "ca", f"subjectAltName={sans}\nextendedKeyUsage=serverAuth\n"),
-             ("admin", "/O=system:masters/CN=kubernetes-admin", "ca", "extendedKeyUsage=clientAuth\n"),
-             ("etcd/server", "/CN=etcd", "etcd/ca", "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
-                                                    "extendedKeyUsage=serverAuth,clientAuth\n"),
-             ("apiserver-etcd-client", "/CN=kube-apiserver-etcd-client", "etcd/ca", "extendedKeyUsage=clientAuth\n")]
-    for name, subj, ca, ext in certs:
-        openssl(d, "req", *ec, "-subj", subj, "-keyout", f"{name}.key", "-out", f"{name}.csr")
-        (d / f"{name}.ext").write_text(ext)
-        openssl(d, "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key", "-CAcreateserial",
-                "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.crt")
-    return d
-
-
-def kubeconfig(pki: Path, server: str, path: Path) -> Path:
-    """admin.conf as kubeadm writes it (inline CA and client certificate)."""
-    b64 = lambda p: base64.b64encode((pki / p).read_bytes()).decode()  # noqa: E731
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "kubernetes-admin@kubernetes",
-        "clusters": [{"name": "kubernetes", "cluster": {"server": server, "certificate-authority-data": b64("ca.crt")}}],
-        "contexts": [{"name": "kubernetes-admin@kubernetes", "context": {"cluster": "kubernetes", "user": "kubernetes-admin"}}],
-        "users": [{"name": "kubernetes-admin", "user": {"client-certificate-data": b64("admin.crt"),
-                                                        "client-key-data": b64("admin.key")}}]}))
-    path.chmod(0o600)
-    return path
-
-
-class Etcd:
-    """A real etcd (Debian etcd-server) with TLS and client-certificate auth, OS-picked ports."""
-
-    def __init__(self, workdir: Path, pki: Path, quota_bytes: int | None = None):
-        assert Path("/usr/bin/etcd").exists(), "/usr/bin/etcd is missing: run `make tools` (etcd-server)"
-        self.pki, self.dir = pki, workdir
-        port, peer = free_port(), free_port()
-        self.endpoint = f"https://127.0.0.1:{port}"
-        args = ["/usr/bin/etcd", "--name", "t", "--data-dir", str(workdir / "data"),
-                "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
-                "--listen-peer-urls", f"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls",
-                f"http://127.0.0.1:{peer}", "--initial-cluster", f"t=http://127.0.0.1:{peer}",
-                "--client-cert-auth", "--trusted-ca-file", str(pki / "etcd/ca.crt"),
-                "--cert-file", str(pki / "etcd/server.crt"), "--key-file", str(pki / "etcd/server.key")]
-        if quota_bytes:
-            args += ["--quota-backend-bytes", str(quota_bytes)]
-        self.log = open(workdir / "etcd.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL)
-        self.ctx = ssl.create_default_context(cafile=str(pki / "etcd/ca.crt"))
-        self.ctx.load_cert_chain(str(pki / "apiserver-etcd-client.crt"), str(pki / "apiserver-etcd-client.key"))
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(self.endpoint + "/health", context=self.ctx, timeout=2) as r:
-                    if json.load(r).get("health") == "true":
-                        break
-            except OSError:
-                pass
-            assert self.proc.poll() is None, (workdir / "etcd.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "etcd did not become healthy in 30s"
-            time.sleep(0.1)
-
-    def call(self, path: str, body: dict) -> dict:
-        req = urllib.request.Request(self.endpoint + path, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, context=self.ctx, timeout=10) as r:
-            return json.load(r)
-
-    def put(self, key: str, value: bytes) -> None:
-        self.call("/v3/kv/put", {"key": base64.b64encode(key.encode()).decode(),
-                                 "value": base64.b64encode(value).decode()})
-
-    def get(self, key: str) -> bytes | None:
-        kvs = self.call("/v3/kv/range", {"key": base64.b64encode(key.encode()).decode()}).get("kvs") or []
-        return base64.b64decode(kvs[0]["value"]) if kvs else None
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
-        shutil.rmtree(self.dir / "data", ignore_errors=True)
 
 
 class FakeApiServer:
-    """The stand-in kube-apiserver (see the module doc). `prefix`: what the "first provider" puts in
+    """The stand-in kube-apiserver (see the module doc): only for a fault the real kube-apiserver
+    cannot produce, named by the test that uses it. `prefix`: what the "first provider" puts in
     front of stored values. `conflict_once`: keys (ns/name) whose next replace answers 409 after a
     concurrent update. `fail_after`: answer 500 to every replace after this many succeeded (an
     interrupted run)."""
 
-    def __init__(self, pki: Path | None, etcd: Etcd | None, host: str = "127.0.0.2", prefix: bytes = b""):
+    def __init__(self, pki: Path | None, etcd: object | None, host: str = "127.0.0.2", prefix: bytes = b""):
         self.etcd, self.prefix = etcd, prefix
-        # When set: (etcd key, object bytes) -> stored value, e.g. EnvelopeWriter.encode (real KMS v2).
+        # When set: (etcd key, object bytes) -> stored value, instead of prefix + object bytes.
         self.encode = None
         self.stores: dict[str, dict[str, dict]] = {r: {} for r in SERVED}   # resource -> "ns/name" -> object
         self.objects = self.stores["secrets"]   # "ns/name" -> Secret
@@ -330,57 +230,6 @@ class FakeApiServer:
             self.replaces[ckey] = self.replaces.get(ckey, 0) + 1
             self._store(rid, key)
             return 200, obj
-
-
-class EnvelopeWriter:
-    """What kube-apiserver 1.29+ stores through a KMS v2 provider, against the real provider's socket:
-    a 32-byte seed encrypted once by the provider (Encrypt), per write a random HKDF info and nonce,
-    DEK = HKDF-Expand(SHA-256, seed, info), AES-256-GCM with the etcd key as additional data, the
-    EncryptedObject protobuf behind `k8s:enc:kms:v2:<provider>:`. `tamper` flips a ciphertext bit
-    (a value that cannot decrypt)."""
-
-    def __init__(self, socket_path: str, provider_name: str, workdir: Path):
-        from grpc_tools import protoc  # noqa: PLC0415
-        import grpc  # noqa: PLC0415
-        import importlib  # noqa: PLC0415
-        import sys  # noqa: PLC0415
-
-        proto = Path(__file__).resolve().parents[2] / "proto"
-        out = workdir / "stubs"
-        out.mkdir(parents=True, exist_ok=True)
-        rc = protoc.main(["protoc", f"-I{proto}", f"--python_out={out}", f"--grpc_python_out={out}",
-                          str(proto / "api.proto"), str(proto / "encrypted_object.proto")])
-        assert rc == 0, f"protoc failed with {rc}"
-        sys.path.insert(0, str(out))
-        self.api_pb2 = importlib.import_module("api_pb2")
-        self.eo_pb2 = importlib.import_module("encrypted_object_pb2")
-        api_grpc = importlib.import_module("api_pb2_grpc")
-        channel = grpc.insecure_channel(f"unix://{socket_path}", options=[("grpc.default_authority", "localhost")])
-        self.stub = api_grpc.KeyManagementServiceStub(channel)
-        self.prefix = f"k8s:enc:kms:v2:{provider_name}:".encode()
-        self.tamper = False
-        self._seed = self._encrypted = None
-
-    def encode(self, etcd_key: str, data: bytes) -> bytes:
-        import os  # noqa: PLC0415
-        from cryptography.hazmat.primitives import hashes  # noqa: PLC0415
-        from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: PLC0415
-        from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand  # noqa: PLC0415
-
-        if self._seed is None:
-            self._seed = os.urandom(32)
-            self._encrypted = self.stub.Encrypt(self.api_pb2.EncryptRequest(plaintext=self._seed, uid="fake-apiserver"),
-                                                timeout=3, wait_for_ready=True)
-        info, nonce = os.urandom(32), os.urandom(12)
-        dek = HKDFExpand(hashes.SHA256(), 32, info).derive(self._seed)
-        sealed = bytearray(info + nonce + AESGCM(dek).encrypt(nonce, data, etcd_key.encode()))
-        if self.tamper:
-            sealed[-20] ^= 1
-        obj = self.eo_pb2.EncryptedObject(
-            encryptedData=bytes(sealed), keyID=self._encrypted.key_id, encryptedDEKSource=self._encrypted.ciphertext,
-            annotations=dict(self._encrypted.annotations),
-            encryptedDEKSourceType=self.eo_pb2.HKDF_SHA256_XNONCE_AES_GCM_SEED)
-        return self.prefix + obj.SerializeToString()
 
 
 class Served:

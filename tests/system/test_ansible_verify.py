@@ -1,16 +1,23 @@
-"""The kube_apiserver_kms role's checks on a stock kubeadm host, with real TLS and a real etcd:
+"""The kube_apiserver_kms role's checks (verify.yml) on a kubeadm host with the real kube-apiserver:
 
-- the API server's certificate has kubeadm's default SANs (advertise address 127.0.0.2, service IP,
-  node name, kubernetes* names; no 127.0.0.1) and anonymous requests get 401 (--anonymous-auth=false);
-- admin.conf points at https://127.0.0.1:<port> (like a load balancer address would, a name the
-  certificate does not carry), so the old check could never pass;
-- verify.yml passes through the advertise address from the manifest with admin.conf's client
-  certificate: /readyz?verbose with kubectl, the canary written and read back, and its raw value in
-  etcd (TLS with kubeadm's apiserver-etcd-client certificate) stored by the stage's first provider.
+- kubeadm's real apiserver.crt has the default SANs (advertise address, service IP, node name,
+  kubernetes* names) and no 127.0.0.1, so the old check through 127.0.0.1 fails TLS verification;
+  kubeadm leaves --anonymous-auth at its default, so an anonymous /readyz is answered (RBAC's
+  system:public-info-viewer) and an anonymous read of Secrets is refused (403, system:anonymous);
+- the role's admin.conf points at a load balancer address (here: one where nothing listens), so the
+  role must go through the advertise address from the manifest with admin.conf's client certificate:
+  /readyz?verbose with kubectl (also Debian's kubectl 1.20), the canary written and read back, and its
+  raw value in etcd (kubeadm's etcd with TLS, its apiserver-etcd-client certificate) stored by the
+  stage's first provider of a real EncryptionConfiguration (identity, aescbc, or the provider);
+- the write pass decrypts the canary's real KMS v2 envelope from etcd with `bao-kms-provider
+  verify-etcd-value`, and stops on a value that does not decrypt or is plaintext.
 
-The API server is a stand-in (tests/system/kube_fakes.py); kubectl and etcd are real.
-Also: the write pass refuses when one host of a two-host inventory has not done the read pass, and the
-kubeadm-config ClusterConfiguration edit in the v1beta3 and v1beta4 shapes and its revert.
+One control plane for the module (kube_cluster.py: real kubeadm PKI, etcd and kube-apiserver run by
+the static-pod runner in an nspawn host), the provider and OpenBao on this machine with the socket's
+directory bound into the host (kube_encryption.py). Ansible runs the role's tasks inside the host.
+Also: the write pass refuses when one host of a two-host inventory has not done the read pass, the
+kubeadm-config ClusterConfiguration edit in the v1beta3 and v1beta4 shapes and its revert, and a
+missing kubectl; these need no API server.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import os
 import shutil
 import ssl
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -29,16 +37,51 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ansible_helpers import ANSIBLE_DIR, BUILD_DIR, REPO_ROOT, VENV_BIN, kubeadm_testdata, run_playbook
-from kube_fakes import EnvelopeWriter, Etcd, FakeApiServer, kubeconfig, make_pki
-from openbao import BaoDevServer, provider_binary, provider_config, provider_policy
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ansible_helpers import ANSIBLE_DIR, BUILD_DIR, VENV_BIN, run_playbook  # noqa: E402
+from kube_cluster import ControlPlane, kube_bin_dir  # noqa: E402
+from kube_encryption import (HOST_BINARY, IDENTITY, KMS_PREFIX, MachineProvider, aescbc, encryption_config,  # noqa: E402
+                             kms, use_encryption_config)
 
 ROLE = ANSIBLE_DIR / "roles" / "kube_apiserver_kms"
-KUBEADM = (kubeadm_testdata() / "kubeadm" / "kube-apiserver.yaml").read_text()
 KUBECTL = os.environ.get("BAO_TEST_KUBECTL") or shutil.which("kubectl")
 # Debian's kubernetes-client (kubectl 1.20), unpacked by scripts/tools.sh: the oldest kubectl a
 # control-plane host may bring, and what `make tools` installs on a machine without kubectl.
 DEBIAN_KUBECTL = BUILD_DIR / "tools" / "kubernetes-client" / "kubectl"
+# Inside the host: the built kubectl (the release under test), Debian's, and admin.conf as on a host
+# behind a load balancer.
+HOST_KUBECTL = "/usr/local/bin/kubectl"
+HOST_DEBIAN_KUBECTL = "/usr/local/lib/kubernetes-client/kubectl"
+LB_ADMIN = "/etc/kubernetes/admin-lb.conf"
+CANARY = "/registry/secrets/kube-system/bao-kms-provider-canary"
+CANARY_API = "/api/v1/namespaces/kube-system/secrets/bao-kms-provider-canary"
+# A fault kube-apiserver never produces: a value with the provider's prefix that does not decrypt. This
+# wrapper flips one ciphertext bit of the canary in etcd, runs the real `verify-etcd-value` on it, and
+# puts the real value back.
+CORRUPTING_VERIFY = "/usr/local/lib/bao-test/verify-etcd-value-of-a-corrupted-canary"
+CORRUPTING_VERIFY_TEXT = f"""#!/usr/bin/python3
+import base64, json, ssl, subprocess, sys, urllib.request
+PKI = "/etc/kubernetes/pki"
+ctx = ssl.create_default_context(cafile=PKI + "/etcd/ca.crt")
+ctx.load_cert_chain(PKI + "/apiserver-etcd-client.crt", PKI + "/apiserver-etcd-client.key")
+key = base64.b64encode(b"{CANARY}").decode()
+
+def call(path, body):
+    req = urllib.request.Request("https://127.0.0.1:2379" + path, data=json.dumps(body).encode(), method="POST")
+    with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+        return json.load(r)
+
+value = base64.b64decode(call("/v3/kv/range", {{"key": key}})["kvs"][0]["value"])
+assert value.startswith({KMS_PREFIX!r}), value[:40]
+bad = bytearray(value)
+bad[-20] ^= 1
+call("/v3/kv/put", {{"key": key, "value": base64.b64encode(bytes(bad)).decode()}})
+try:
+    rc = subprocess.call(["{HOST_BINARY}", *sys.argv[1:]])
+finally:
+    call("/v3/kv/put", {{"key": key, "value": base64.b64encode(value).decode()}})
+sys.exit(rc)
+"""
 
 
 def local_inventory(hosts: dict[str, dict]) -> dict:
@@ -55,90 +98,128 @@ def playbook(tmp: Path, tasks_from: str, hosts: str = "kube_control_plane", pre_
     return str(path)
 
 
+class Host:
+    """The control plane's host, the provider on this machine, and the role's runs inside the host."""
+
+    def __init__(self, cp: ControlPlane, provider: MachineProvider, work: Path):
+        self.cp, self.provider, self.work = cp, provider, work
+        self.host = cp.hosts[0]
+        self.api = cp.api(0)
+        self.etcd = cp.etcd()
+        self.server = f"https://{self.host.address}:6443"
+        self.inventory = {"all": {"children": {"kube_control_plane": {"hosts": {self.host.name: {
+            "ansible_connection": "nsenter", "ansible_nsenter_pid": self.host.c.pid,
+            "ansible_python_interpreter": "/usr/bin/python3", "ansible_become": False}}}}}}
+
+    def encrypt(self, *providers: dict) -> None:
+        """Secrets under these providers, in this order (kube-apiserver recreated, ready)."""
+        use_encryption_config(self.host, encryption_config((["secrets"], list(providers))), mounts=[self.provider.dir])
+
+    def verify(self, stage: str, first: str, **extra) -> object:
+        variables = {"kube_apiserver_kms_kubeconfig": LB_ADMIN, "kube_apiserver_kms_kubectl": HOST_KUBECTL,
+                     "kube_apiserver_kms_stage": stage, "kube_apiserver_kms_wait_retries": 2,
+                     "kube_apiserver_kms_wait_delay": 1,
+                     "kube_apiserver_kms_provider_binary": HOST_BINARY,
+                     "kube_apiserver_kms_provider_config": str(self.provider.config),
+                     "_kube_apiserver_kms_encryption_config": {"summary": {"entries": [
+                         {"resources": ["secrets"], "providers": [first]}]}}, **extra}
+        return run_playbook(playbook(self.work, "verify.yml"), self.inventory, variables)
+
+    def canary_value(self) -> str:
+        status, out = self.api.request("GET", CANARY_API)
+        assert status == 200, out
+        return out["data"]["host"]
+
+    def anonymous(self, path: str) -> int:
+        ctx = ssl.create_default_context(cafile=str(self.host.c.root / "etc/kubernetes/pki/ca.crt"))
+        try:
+            with urllib.request.urlopen(self.server + path, context=ctx, timeout=10) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+
 @pytest.fixture(scope="module")
-def host(tmp_path_factory):
-    """PKI, a real etcd, the stand-in API server on 127.0.0.2 and the host's files."""
-    assert KUBECTL, "kubectl is missing: install it (Debian: kubernetes-client, see scripts/tools.sh)"
+def cluster(tmp_path_factory, nspawn_rootfs):
+    """One kubeadm control-plane host with the real kube-apiserver; the provider served into it."""
     work = tmp_path_factory.mktemp("verify")
-    pki = make_pki(work / "pki")
-    (work / "etcd").mkdir()
-    etcd = Etcd(work / "etcd", pki)
-    api = FakeApiServer(pki, etcd, host="127.0.0.2")
-    manifest = (KUBEADM.replace("172.18.0.2:6443", f"127.0.0.2:{api.port}")
-                .replace("--advertise-address=172.18.0.2", "--advertise-address=127.0.0.2")
-                .replace("--secure-port=6443", f"--secure-port={api.port}")
-                .replace("--etcd-servers=https://127.0.0.1:2379", f"--etcd-servers={etcd.endpoint}")
-                .replace("/etc/kubernetes/pki/etcd/ca.crt", str(pki / "etcd/ca.crt"))
-                .replace("/etc/kubernetes/pki/apiserver-etcd-client", str(pki / "apiserver-etcd-client")))
-    (work / "kube-apiserver.yaml").write_text(manifest)
-    admin = kubeconfig(pki, f"https://127.0.0.1:{api.port}", work / "admin.conf")
-    yield {"work": work, "pki": pki, "etcd": etcd, "api": api, "admin": admin, "manifest": work / "kube-apiserver.yaml"}
-    api.close()
-    etcd.stop()
+    provider = MachineProvider(work / "provider").start()
+    cp = None
+    try:
+        cp = ControlPlane(nspawn_rootfs, kube_bin_dir(), work, hosts=1, controller_manager=False,
+                          binds=provider.binds).start()
+        h = cp.hosts[0]
+        # admin.conf of a host behind a load balancer: its server is not this host's API server.
+        conf = yaml.safe_load(h.c.read_file("/etc/kubernetes/admin.conf"))
+        conf["clusters"][0]["cluster"]["server"] = f"https://{cp.net.gateway}:6443"
+        h.c.write_file(LB_ADMIN, yaml.safe_dump(conf), mode=0o600)
+        if DEBIAN_KUBECTL.exists():
+            h.c.copy_in(DEBIAN_KUBECTL, HOST_DEBIAN_KUBECTL, mode=0o755)
+        h.c.write_file(CORRUPTING_VERIFY, CORRUPTING_VERIFY_TEXT, mode=0o755)
+        yield Host(cp, provider, work)
+    finally:
+        if cp is not None:
+            cp.stop()
+        provider.stop()
 
 
-def test_stock_certificate_has_no_loopback_san_and_anonymous_requests_are_refused(host):
-    api, pki = host["api"], host["pki"]
+def test_stock_certificate_has_no_loopback_san_and_anonymous_requests_cannot_read_secrets(cluster):
+    from cryptography import x509
+    h = cluster.host
+    cert = x509.load_pem_x509_certificate(h.c.read_file("/etc/kubernetes/pki/apiserver.crt", binary=True))
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {str(ip) for ip in san.get_values_for_type(x509.IPAddress)} == {h.address, "10.96.0.1"}, san
+    assert set(san.get_values_for_type(x509.DNSName)) == {
+        h.name, "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"}
     # The old check went to 127.0.0.1, which the certificate does not carry: TLS verification fails.
-    p = subprocess.run([KUBECTL, "--kubeconfig", str(host["admin"]), "--server", f"https://127.0.0.2:{api.port}",
-                        "--tls-server-name", "127.0.0.1", "get", "--raw", "/readyz"],
-                       capture_output=True, text=True, timeout=60)
+    p = h.c.run([HOST_KUBECTL, "--kubeconfig", "/etc/kubernetes/admin.conf", "--server", "https://127.0.0.1:6443",
+                 "get", "--raw", "/readyz"], check=False)
     assert p.returncode != 0 and "x509" in p.stderr and "127.0.0.1" in p.stderr, p.stderr
-    # admin.conf's own server is not this host's API server (here: nothing listens there).
-    p = subprocess.run([KUBECTL, "--kubeconfig", str(host["admin"]), "get", "--raw", "/readyz"],
-                       capture_output=True, text=True, timeout=60)
-    assert p.returncode != 0
-    # Anonymous: 401.
-    ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
-    with pytest.raises(urllib.error.HTTPError) as e:
-        urllib.request.urlopen(f"https://127.0.0.2:{api.port}/readyz", context=ctx, timeout=10)
-    assert e.value.code == 401
+    # The role's admin.conf's own server is not this host's API server (here: nothing listens there).
+    p = h.c.run([HOST_KUBECTL, "--kubeconfig", LB_ADMIN, "--request-timeout", "10s", "get", "--raw", "/readyz"],
+                check=False)
+    assert p.returncode != 0, p.stdout
+    # kubeadm leaves --anonymous-auth at its default (true): health is public (system:public-info-viewer),
+    # Secrets are not.
+    manifest = h.c.read_file("/etc/kubernetes/manifests/kube-apiserver.yaml")
+    assert "--anonymous-auth" not in manifest and "--authorization-mode=Node,RBAC" in manifest, manifest
+    assert cluster.anonymous("/readyz") == 200
+    assert cluster.anonymous("/api/v1/namespaces/kube-system/secrets") == 403
 
 
-def verify_vars(host, stage: str, first: str) -> dict:
-    return {"kube_apiserver_kms_manifest": str(host["manifest"]), "kube_apiserver_kms_kubeconfig": str(host["admin"]),
-            "kube_apiserver_kms_kubectl": KUBECTL, "kube_apiserver_kms_stage": stage,
-            "kube_apiserver_kms_wait_retries": 2, "kube_apiserver_kms_wait_delay": 1,
-            "_kube_apiserver_kms_encryption_config": {"summary": {"entries": [
-                {"resources": ["secrets"], "providers": [first]}]}}}
-
-
-def test_verify_passes_through_the_advertise_address_and_checks_the_canary_in_etcd(host):
-    api, etcd = host["api"], host["etcd"]
-    api.prefix = b""   # read pass: identity first, the canary is stored in plaintext
-    run = run_playbook(playbook(host["work"], "verify.yml"), local_inventory({"cp1": {}}),
-                       verify_vars(host, "read", "identity"))
+def test_verify_passes_through_the_advertise_address_and_checks_the_canary_in_etcd(cluster):
+    cluster.encrypt(IDENTITY, kms(cluster.provider.socket))   # the read pass: identity first, the provider second
+    run = cluster.verify("read", "identity")
     run.assert_ok()
-    assert f"canary kube-system/bao-kms-provider-canary written and read back through https://127.0.0.2:{api.port}" \
+    assert f"canary kube-system/bao-kms-provider-canary written and read back through {cluster.server}" \
         in run.output, run.output
     assert "stored by identity" in run.output, run.output
-    assert api.objects["kube-system/bao-kms-provider-canary"]["data"]["host"] == "Y3AxIHJlYWQ="  # "cp1 read"
-    stored = etcd.get("/registry/secrets/kube-system/bao-kms-provider-canary")
-    assert stored is not None and json.loads(stored)["data"]["host"]
-    assert api.anonymous_rejected >= 1
+    assert cluster.canary_value() == "Y3AxIHJlYWQ="  # "cp1 read"
+    # identity: kube-apiserver's own encoding (protobuf), the value readable in etcd.
+    stored = cluster.etcd.get(CANARY)
+    assert stored is not None and stored.startswith(b"k8s\x00") and b"cp1 read" in stored, stored[:80]
+    assert cluster.anonymous(CANARY_API) == 403
 
 
-def test_verify_fails_when_etcd_shows_another_provider_than_the_stage_expects(host):
-    api = host["api"]
-    api.prefix = b"k8s:enc:aescbc:v1:key1:"   # the old provider still writes: not what the read pass of a
-    run = run_playbook(playbook(host["work"], "verify.yml"), local_inventory({"cp1": {}}),  # plain cluster wants
-                       verify_vars(host, "read", "identity"))
+def test_verify_fails_when_etcd_shows_another_provider_than_the_stage_expects(cluster):
+    # The old provider still writes: aescbc first in a real EncryptionConfiguration.
+    cluster.encrypt(aescbc(), IDENTITY, kms(cluster.provider.socket))
+    run = cluster.verify("read", "identity")   # not what the read pass of a plain cluster wants
     assert run.rc != 0
     assert "is stored with k8s:enc:aescbc:v1:key1:, expected plaintext (identity first)" in run.output, run.output
-    ok = run_playbook(playbook(host["work"], "verify.yml"), local_inventory({"cp1": {}}),
-                      verify_vars(host, "read", "aescbc"))
-    ok.assert_ok()
+    assert cluster.etcd.get(CANARY).startswith(b"k8s:enc:aescbc:v1:key1:")
+    cluster.verify("read", "aescbc").assert_ok()
 
 
-def test_the_checks_work_with_debians_kubectl_1_20(host):
+def test_the_checks_work_with_debians_kubectl_1_20(cluster):
     """Create (no canary yet) and replace (a second run) through the advertise address with kubectl 1.20."""
     assert DEBIAN_KUBECTL.exists(), f"{DEBIAN_KUBECTL} is missing: run `make tools` (scripts/tools.sh)"
-    api = host["api"]
-    api.prefix = b""
-    api.objects.pop("kube-system/bao-kms-provider-canary", None)
+    version = cluster.host.c.run([HOST_DEBIAN_KUBECTL, "version", "--client", "--short"], check=False).stdout
+    assert "v1.20." in version, version
+    cluster.encrypt(IDENTITY, kms(cluster.provider.socket), aescbc())
+    cluster.host.kubectl("-n", "kube-system", "delete", "secret", "bao-kms-provider-canary", "--ignore-not-found")
     for _ in range(2):
-        run = run_playbook(playbook(host["work"], "verify.yml"), local_inventory({"cp1": {}}),
-                           {**verify_vars(host, "read", "identity"), "kube_apiserver_kms_kubectl": str(DEBIAN_KUBECTL)})
+        run = cluster.verify("read", "identity", kube_apiserver_kms_kubectl=HOST_DEBIAN_KUBECTL)
         run.assert_ok()
         assert "stored by identity" in run.output, run.output
 
@@ -159,66 +240,31 @@ def test_a_missing_kubectl_is_refused_with_what_to_install(tmp_path):
                      {"kube_apiserver_kms_kubectl": kubectl}).assert_ok()
 
 
-@pytest.fixture(scope="module")
-def provider(tmp_path_factory):
-    """The real provider (debug build, `serve` binding its own socket) against a real OpenBao dev server,
-    and an EnvelopeWriter that stores through it as kube-apiserver does."""
-    work = tmp_path_factory.mktemp("provider")
-    bao = BaoDevServer(workdir=work / "bao").start()
-    proc = None
-    try:
-        config = provider_config(bao.addr, jwt_file=str(bao.jwt_path), socket_path=str(work / "kms.sock"),
-                                 state_dir=str(work / "state"))
-        (work / "state").mkdir(mode=0o700)
-        (work / "config.toml").write_text(config)
-        bao.setup(provider_policy(config))
-        bao.mint_jwt()
-        log = open(work / "provider.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen([str(provider_binary()), "serve", "--config", str(work / "config.toml")],
-                                stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-        probe = subprocess.run([str(provider_binary()), "probe", "--socket", str(work / "kms.sock"), "--wait", "30s"],
-                               capture_output=True, text=True, timeout=60)
-        assert probe.returncode == 0, probe.stdout + probe.stderr + (work / "provider.log").read_text()[-3000:]
-        yield {"config": work / "config.toml", "writer": EnvelopeWriter(str(work / "kms.sock"), "openbao-kms", work)}
-    finally:
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        bao.cleanup()
-
-
-def test_write_pass_decrypts_the_canary_from_etcd_and_stops_on_a_value_that_does_not_verify(host, provider):
-    """The write pass's etcd step end to end: the stand-in API server stores real KMS v2 envelopes made
-    by the real provider; `bao-kms-provider verify-etcd-value` reads the canary from the real etcd (kubeadm's
-    etcd client certificate) and decrypts it. A value with our prefix that does not decrypt, and a
-    plaintext value, each fail the run with a clear message; the canary stays readable through the API."""
-    api, writer = host["api"], provider["writer"]
-    write = {**verify_vars(host, "write", "kms:openbao-kms"), "kube_apiserver_kms_provider_binary": str(provider_binary()),
-             "kube_apiserver_kms_provider_config": str(provider["config"])}
-    api.encode = writer.encode
-    try:
-        run = run_playbook(playbook(host["work"], "verify.yml"), local_inventory({"cp1": {}}), write)
-        run.assert_ok()
-        assert "stored by kms:openbao-kms" in run.output, run.output
-        assert re.search(r"Stop unless the provider decrypts the canary from etcd\] \*+\nok: \[cp1\] => \{\n\s+"
-                         r"\"changed\": false,\n\s+\"msg\": \"key: +/registry/secrets/kube-system/bao-kms-provider-canary \|",
-                         run.output), run.output
-        assert "result:     verified" in run.output, run.output
-        writer.tamper = True
-        bad = run_playbook(playbook(host["work"], "verify.yml"), local_inventory({"cp1": {}}), write)
-        assert bad.rc != 0 and "does not verify it (rc=6)" in bad.output and "DOES NOT DECRYPT" in bad.output, bad.output
-        assert "Stopping before the next host" in bad.output
-        writer.tamper, api.encode, api.prefix = False, None, b""
-        plain = run_playbook(playbook(host["work"], "verify.yml"), local_inventory({"cp1": {}}), write)
-        assert plain.rc != 0, plain.output
-        assert ("/registry/secrets/kube-system/bao-kms-provider-canary is stored with (no prefix), expected "
-                "k8s:enc:kms:v2:openbao-kms:") in plain.output, plain.output
-        assert api.objects["kube-system/bao-kms-provider-canary"]["data"]["host"] == "Y3AxIHdyaXRl"  # "cp1 write"
-    finally:
-        writer.tamper, api.encode, api.prefix = False, None, b""
+def test_write_pass_decrypts_the_canary_from_etcd_and_stops_on_a_value_that_does_not_verify(cluster):
+    """The write pass's etcd step end to end: the real kube-apiserver stores the canary through the
+    real provider (a KMS v2 envelope); `bao-kms-provider verify-etcd-value` on the host reads it from
+    the real etcd (kubeadm's etcd client certificate) and decrypts it. A value with our prefix that
+    does not decrypt (the one fault injected: kube-apiserver never writes one), and a plaintext value
+    (identity first for real), each fail the run with a clear message; the canary stays readable."""
+    socket = cluster.provider.socket
+    cluster.encrypt(kms(socket), IDENTITY, aescbc())
+    run = cluster.verify("write", "kms:openbao-kms")
+    run.assert_ok()
+    assert "stored by kms:openbao-kms" in run.output, run.output
+    assert re.search(r"Stop unless the provider decrypts the canary from etcd\] \*+\nok: \[cp1\] => \{\n\s+"
+                     r"\"changed\": false,\n\s+\"msg\": \"key: +/registry/secrets/kube-system/bao-kms-provider-canary \|",
+                     run.output), run.output
+    assert "result:     verified" in run.output, run.output
+    assert cluster.etcd.get(CANARY).startswith(KMS_PREFIX)
+    bad = cluster.verify("write", "kms:openbao-kms", kube_apiserver_kms_provider_binary=CORRUPTING_VERIFY)
+    assert bad.rc != 0 and "does not verify it (rc=6)" in bad.output and "DOES NOT DECRYPT" in bad.output, bad.output
+    assert "Stopping before the next host" in bad.output
+    cluster.encrypt(IDENTITY, kms(socket), aescbc())   # the write pass's file, but identity first
+    plain = cluster.verify("write", "kms:openbao-kms")
+    assert plain.rc != 0, plain.output
+    assert ("/registry/secrets/kube-system/bao-kms-provider-canary is stored with (no prefix), expected "
+            "k8s:enc:kms:v2:openbao-kms:") in plain.output, plain.output
+    assert cluster.canary_value() == "Y3AxIHdyaXRl"  # "cp1 write"
 
 
 def test_write_pass_refuses_while_one_of_two_hosts_has_not_done_the_read_pass(tmp_path):
