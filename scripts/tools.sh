@@ -51,13 +51,23 @@ install_venv() {
   touch "$stamp"
 }
 
+# Each tool is built once per version into a cache outside the clone (a fresh clone on the same
+# machine reuses it, as it reuses the Kubernetes binaries) and linked into $BUILD_DIR/tools/bin.
+CARGO_TOOLS_CACHE="${CARGO_TOOLS_CACHE:-$HOME/.cache/bao-kms-provider/cargo-tools}"
+
 install_cargo_tools() {
+  mkdir -p "$BUILD_DIR/tools/bin"
   for spec in "${CARGO_TOOLS[@]}"; do
     local name="${spec%@*}" version="${spec#*@}"
-    # `cargo install --list` knows every tool's version (cargo-auditable has no plain --version).
-    if [[ -x "$BUILD_DIR/tools/bin/$name" ]] && cargo install --list --root "$BUILD_DIR/tools" 2>/dev/null | grep -qx "$name v$version:"; then continue; fi
-    log "cargo install $name $version"
-    cargo install --quiet --locked --root "$BUILD_DIR/tools" "$name" --version "$version"
+    local root="$CARGO_TOOLS_CACHE/$name-$version"
+    if [[ ! -f "$root/.complete" ]]; then
+      log "cargo install $name $version (into $root)"
+      rm -rf "$root"
+      cargo install --quiet --locked --root "$root" "$name" --version "$version"
+      touch "$root/.complete"
+    fi
+    local bin
+    for bin in "$root"/bin/*; do ln -sfn "$bin" "$BUILD_DIR/tools/bin/$(basename "$bin")"; done
   done
 }
 
