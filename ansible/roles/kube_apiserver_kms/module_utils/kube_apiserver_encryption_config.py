@@ -171,6 +171,15 @@ def build(rendered, previous, stage, drop_previous=False):
     if remaining:
         # Not selected by any existing entry (so stored in plaintext): an entry of their own, first.
         entries.insert(0, {"resources": remaining, "providers": _ours_first(kms, stage, identity)})
+    with_ours = [e["resources"] for e in entries if any(_is_ours(p, name) for p in e["providers"])]
+    if len(with_ours) > 1:
+        # kube-apiserver refuses to start with one KMS v2 name in two places ("duplicate KMS provider
+        # name"), so such a file would take the API server down: refused before anything is written.
+        raise EncryptionConfigError(
+            "merging would put the kms provider %r into %d resource entries (%s), and kube-apiserver accepts a KMS v2 "
+            "provider name only once per EncryptionConfiguration; merge supports an existing configuration whose "
+            "encrypted resources and the provider's resources end up in one entry: move them into one entry first"
+            % (name, len(with_ours), "; ".join("[%s]" % ", ".join(r) for r in with_ours)))
     return {"apiVersion": API_VERSION, "kind": KIND, "resources": entries}
 
 
