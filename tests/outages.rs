@@ -355,16 +355,7 @@ async fn a_login_refused_for_an_expired_jwt_is_unauthenticated_with_a_login_reas
     let o = ProviderOptions::with(&bao.addr, &jwt);
     let p = Provider::start(&o).await;
     // A JWT that expired five minutes ago (beyond the JWT role's default 150 s leeway).
-    std::fs::copy(
-        bao.dir.path().join("jwt-signing.pem"),
-        dir.path().join("jwt-signing.pem"),
-    )
-    .expect("copy key");
-    let out = std::process::Command::new(repo_root().join("scripts/openbao-lab.sh"))
-        .args(["jwt", &dir.path().to_string_lossy(), "-300"])
-        .output()
-        .expect("mint");
-    assert!(out.status.success());
+    bao.mint_jwt_for(dir.path(), -300);
     bao.revoke_all_tokens().await;
     let err = try_encrypt(&p).await.expect_err("login must fail");
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
