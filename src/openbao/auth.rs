@@ -97,8 +97,11 @@ pub(crate) struct LookupData {
     pub(crate) identity_policies: Vec<String>,
 }
 
-/// After a login failed because no node answered, waiters get that failure for this long
-/// instead of starting another login: logins are deferred while no active node answers.
+/// After a login failed because no node answered, work outside a KMS call (the probe loop, the
+/// CLI) gets that failure for this long instead of starting another login. A KMS call is never
+/// deferred: it may be the first to meet OpenBao back after an outage, and a stale failure
+/// would fail it for nothing. Its login costs what its Transit request would have cost, and is
+/// shared by concurrent calls.
 const LOGIN_DEFER: Duration = Duration::from_secs(1);
 
 /// A token that keeps getting 403 is replaced by a fresh login at most this often.
@@ -233,7 +236,7 @@ impl Auth {
         if let Some(rx) = &f.running {
             return Ok(rx.clone());
         }
-        if renew.is_none() {
+        if renew.is_none() && !crate::deadline::in_call() {
             if let Some((at, e)) = &f.last_unavailable {
                 if at.elapsed() < LOGIN_DEFER {
                     return Err(e.clone());
