@@ -119,6 +119,8 @@ struct Flight {
     last_failure: Option<Error>,
     /// When a 403 last forced a login, and the credential file's stamp then.
     last_forced: Option<(Instant, Option<CredentialStamp>)>,
+    /// The credential file's stamp when the latest login (or renewal) started.
+    last_tried: Option<CredentialStamp>,
     generation: u64,
 }
 
@@ -245,6 +247,7 @@ impl Auth {
         }
         f.generation += 1;
         let generation = f.generation;
+        f.last_tried = credential_stamp(&read(&self.settings));
         let (tx, rx) = watch::channel(None);
         f.running = Some(rx.clone());
         drop(f);
@@ -271,13 +274,39 @@ impl Auth {
         Ok(rx)
     }
 
-    /// Waits, within the caller's deadline, for the shared login.
+    /// Waits, within the caller's deadline, for the shared login. A login refused with a
+    /// credential file that has been replaced since it was read (a new JWT written while the
+    /// login ran) is tried once more with the new file: the caller asked after the change.
     async fn join(
         self: &Arc<Self>,
         http: &Arc<Http>,
         renew: Option<Token>,
     ) -> Result<Token, Error> {
         let deadline = crate::deadline::current_or(http.default_budget());
+        match self.wait(http, renew, deadline).await {
+            Err(e) if !e.is_unavailable() && self.credential_changed() => {
+                tracing::info!(error = %e, "login failed with a credential file replaced since; logging in with the new one");
+                self.wait(http, None, deadline).await
+            }
+            other => other,
+        }
+    }
+
+    /// Whether the credential file differs from what the latest login read, or another caller
+    /// already started the login that reads it.
+    fn credential_changed(&self) -> bool {
+        let now = credential_stamp(&read(&self.settings));
+        let f = self.flight();
+        f.running.is_some() || f.last_tried != now
+    }
+
+    /// Starts or joins the shared login and waits for its outcome until `deadline`.
+    async fn wait(
+        self: &Arc<Self>,
+        http: &Arc<Http>,
+        renew: Option<Token>,
+        deadline: Instant,
+    ) -> Result<Token, Error> {
         let mut rx = self.start(http, renew)?;
         let waited = tokio::time::timeout_at(deadline.into(), rx.wait_for(Option::is_some)).await;
         match waited {
