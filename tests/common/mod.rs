@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod etcd;
 pub mod faults;
 pub mod login;
+pub mod outage;
 
 use std::io::Write;
 use std::net::TcpListener as StdListener;
