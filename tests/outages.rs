@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use bao_kms_provider::pb;
 use common::faults::{http_response, Canary, FaultProxy};
-use common::outage::{self, Outage, SHORT_LIVED, TOKEN_MAX_TTL};
+use common::outage::{
+    self, first_decrypt_succeeds, jwt_provider_with_an_expiring_jwt, LoginCount, Outage,
+    SHORT_LIVED, TOKEN_MAX_TTL,
+};
 use common::*;
 
 fn with_deadline<T>(msg: T, d: Duration) -> tonic::Request<T> {
@@ -368,53 +371,6 @@ async fn a_login_refused_for_an_expired_jwt_is_unauthenticated_with_a_login_reas
         err.code(),
         s.healthz
     );
-}
-
-/// Logins counted by the provider and, for plain HTTP, the login requests that reached OpenBao.
-struct LoginCount {
-    succeeded: u64,
-    failed: u64,
-    requests: usize,
-}
-
-impl LoginCount {
-    async fn take(p: &Provider, proxy: &FaultProxy) -> LoginCount {
-        LoginCount {
-            succeeded: outage::logins(p, "success").await,
-            failed: outage::logins(p, "failure").await,
-            requests: proxy.requests_to("/login"),
-        }
-    }
-}
-
-/// The first Decrypt after `since` must succeed; returns how long after `since` it answered.
-async fn first_decrypt_succeeds(
-    p: &Provider,
-    sample: &pb::EncryptResponse,
-    since: Instant,
-) -> Duration {
-    let r = outage::try_decrypt(p, sample).await;
-    let took = since.elapsed();
-    assert!(
-        r.is_ok(),
-        "first Decrypt after {took:?}: {r:?}\n{}",
-        p.logs()
-    );
-    took
-}
-
-/// A JWT provider behind the proxy whose JWT file expires during the coming outage; returns the
-/// JWT, the proxy, the provider and a ciphertext to decrypt.
-async fn jwt_provider_with_an_expiring_jwt(
-    bao: &Bao,
-) -> (OwnJwt, FaultProxy, Provider, pb::EncryptResponse) {
-    let jwt = bao.own_jwt();
-    let proxy = FaultProxy::start(bao.port).await;
-    let p = Provider::start(&ProviderOptions::with(&proxy.addr(), &jwt.path)).await;
-    let sample = try_encrypt(&p).await.expect("encrypt");
-    // Valid for any login before the outage, expired long before it ends.
-    bao.mint_jwt_for(jwt.dir.path(), 2);
-    (jwt, proxy, p, sample)
 }
 
 #[tokio::test]

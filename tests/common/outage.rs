@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use bao_kms_provider::pb;
 
 use super::faults::FaultProxy;
-use super::{decrypt_request, wait_for, Bao, Provider};
+use super::{decrypt_request, encrypt, wait_for, Bao, OwnJwt, Provider, ProviderOptions};
 
 /// Token lifetimes a test can outlive: renewed after 1.3 s, replaced by a login at 4 s.
 pub const TOKEN_TTL: Duration = Duration::from_secs(2);
@@ -102,4 +102,51 @@ pub fn assert_same_process(p: &Provider, pid: Option<u32>) {
         "the provider exited:\n{}",
         p.logs()
     );
+}
+
+/// Logins counted by the provider and, for plain HTTP, the login requests that reached OpenBao.
+pub struct LoginCount {
+    pub succeeded: u64,
+    pub failed: u64,
+    pub requests: usize,
+}
+
+impl LoginCount {
+    pub async fn take(p: &Provider, proxy: &FaultProxy) -> LoginCount {
+        LoginCount {
+            succeeded: logins(p, "success").await,
+            failed: logins(p, "failure").await,
+            requests: proxy.requests_to("/login"),
+        }
+    }
+}
+
+/// The first Decrypt after `since` must succeed; returns how long after `since` it answered.
+pub async fn first_decrypt_succeeds(
+    p: &Provider,
+    sample: &pb::EncryptResponse,
+    since: Instant,
+) -> Duration {
+    let r = try_decrypt(p, sample).await;
+    let took = since.elapsed();
+    assert!(
+        r.is_ok(),
+        "first Decrypt after {took:?}: {r:?}\n{}",
+        p.logs()
+    );
+    took
+}
+
+/// A JWT provider behind the proxy whose JWT file expires during the coming outage; returns the
+/// JWT, the proxy, the provider and a ciphertext to decrypt.
+pub async fn jwt_provider_with_an_expiring_jwt(
+    bao: &Bao,
+) -> (OwnJwt, FaultProxy, Provider, pb::EncryptResponse) {
+    let jwt = bao.own_jwt();
+    let proxy = FaultProxy::start(bao.port).await;
+    let p = Provider::start(&ProviderOptions::with(&proxy.addr(), &jwt.path)).await;
+    let sample = encrypt(&mut p.client().await, &[3; 32]).await;
+    // Valid for any login before the outage, expired long before it ends.
+    bao.mint_jwt_for(jwt.dir.path(), 2);
+    (jwt, proxy, p, sample)
 }
