@@ -14,8 +14,8 @@ JWT_MOUNT="${JWT_MOUNT:-jwt}"
 ROLE="${ROLE:-bao-kms-provider}"
 TOKEN_TTL="${TOKEN_TTL:-1h}"
 TOKEN_MAX_TTL="${TOKEN_MAX_TTL:-24h}"
-# Seconds a JWT is still accepted after its exp: OpenBao adds the expiration leeway (0: its
-# default, 150 s) and the clock skew leeway (0: 60 s); -1 turns either off.
+# How long past its exp OpenBao still accepts a JWT: the role's expiration leeway (0: OpenBao's
+# default, 150 s) and clock skew leeway (0: 60 s); -1 turns either off.
 JWT_EXPIRATION_LEEWAY="${JWT_EXPIRATION_LEEWAY:-0}"
 JWT_CLOCK_SKEW_LEEWAY="${JWT_CLOCK_SKEW_LEEWAY:-0}"
 SUBJECT="system:bao-kms-provider"
