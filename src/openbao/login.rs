@@ -59,6 +59,7 @@ pub(crate) struct LookupData {
     pub(crate) identity_policies: Vec<String>,
 }
 
+/// Counts (`openbao_kms_auth_logins_total`) and logs each login's outcome, every method alike.
 pub(super) fn log_login(method: &'static str, result: &Result<Token, Error>) {
     metrics::auth_login(method, if result.is_ok() { "success" } else { "failure" });
     match result {
