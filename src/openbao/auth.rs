@@ -58,6 +58,11 @@ struct RenewRequest {
 /// shared by concurrent calls.
 const LOGIN_DEFER: Duration = Duration::from_secs(1);
 
+/// After the auth method refused a login, the same credential file is not offered again for this
+/// long (it would be refused again; with an expired JWT on disk every call would cost OpenBao a
+/// refused login). A replaced file is tried at once: the check is the file's stamp, on demand.
+const REFUSED_HOLD: Duration = Duration::from_secs(1);
+
 /// A token that keeps getting 403 is replaced by a fresh login at most this often.
 const FORCED_RELOGIN_EVERY: Duration = Duration::from_secs(30);
 
@@ -75,6 +80,8 @@ struct Flight {
     last_forced: Option<(Instant, Option<CredentialStamp>)>,
     /// The credential file's stamp when the latest login (or renewal) started.
     last_tried: Option<CredentialStamp>,
+    /// When the auth method last refused a login, the stamp of the file it was given, and why.
+    last_refused: Option<(Instant, Option<CredentialStamp>, Error)>,
     generation: u64,
 }
 
@@ -199,9 +206,17 @@ impl Auth {
                 }
             }
         }
+        let stamp = credential_stamp(&read(&self.settings));
+        if renew.is_none() {
+            if let Some((at, refused, e)) = &f.last_refused {
+                if at.elapsed() < REFUSED_HOLD && *refused == stamp {
+                    return Err(e.clone());
+                }
+            }
+        }
         f.generation += 1;
         let generation = f.generation;
-        f.last_tried = credential_stamp(&read(&self.settings));
+        f.last_tried = stamp;
         let (tx, rx) = watch::channel(None);
         f.running = Some(rx.clone());
         drop(f);
@@ -216,6 +231,12 @@ impl Auth {
                 f.running = None;
                 f.last_unavailable = match &outcome {
                     Err(e) if e.is_unavailable() => Some((Instant::now(), e.clone())),
+                    _ => None,
+                };
+                f.last_refused = match &outcome {
+                    Err(e) if matches!(e, Error::LoginRefused(_)) => {
+                        Some((Instant::now(), stamp, e.clone()))
+                    }
                     _ => None,
                 };
                 f.last_failure = outcome.as_ref().err().cloned();
@@ -362,6 +383,7 @@ impl Auth {
         write(&self.settings, settings);
         write(&self.current, Some(token));
         f.last_unavailable = None;
+        f.last_refused = None;
         f.last_failure = None;
     }
 }
