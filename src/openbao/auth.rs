@@ -1,17 +1,15 @@
-//! Token lifecycle: login (JWT re-read from disk each time, cert via mTLS, or a token file),
-//! renewal ahead of expiry, and one re-login when OpenBao says the token is no longer valid.
+//! Token lifecycle: one shared login at a time (the requests are in `login`), renewal ahead of
+//! expiry, and one re-login when OpenBao says the token is no longer valid.
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ::http::Method;
-use secrecy::SecretString;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::sync::{Mutex as StdMutex, RwLock as StdRwLock};
 use tokio::sync::watch;
-use zeroize::Zeroizing;
 
 use super::http::{Http, Operation};
-use super::nodes::Nodes;
+use super::login::{log_login, login_with, AuthBody};
 use super::request::{JsonBody, Request, TokenHeader};
 use super::Error;
 use crate::config::AuthSettings;
@@ -24,9 +22,9 @@ pub(crate) struct Token {
     /// The token exists only as its header (a wiped, shared buffer).
     pub(crate) secret: TokenHeader,
     pub(crate) generation: u64,
-    obtained: Instant,
-    ttl: Option<Duration>,
-    renewable: bool,
+    pub(super) obtained: Instant,
+    pub(super) ttl: Option<Duration>,
+    pub(super) renewable: bool,
 }
 
 impl Token {
@@ -49,57 +47,21 @@ impl Token {
 }
 
 #[derive(Serialize)]
-struct JwtLogin<'a> {
-    role: &'a str,
-    jwt: &'a str,
-}
-
-#[derive(Serialize)]
-struct CertLogin<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    name: Option<&'a str>,
-}
-
-#[derive(Serialize)]
 struct RenewRequest {
     increment: String,
 }
 
-#[derive(Deserialize)]
-pub(crate) struct AuthBody {
-    auth: AuthInfo,
-}
-
-#[derive(Deserialize)]
-struct AuthInfo {
-    client_token: SecretString,
-    #[serde(default)]
-    lease_duration: u64,
-    #[serde(default)]
-    renewable: bool,
-}
-
-/// `auth/token/lookup-self` (also read by the doctor).
-#[derive(Deserialize)]
-pub(crate) struct LookupBody {
-    pub(crate) data: LookupData,
-}
-
-#[derive(Deserialize)]
-pub(crate) struct LookupData {
-    #[serde(default)]
-    pub(crate) ttl: u64,
-    #[serde(default)]
-    pub(crate) renewable: bool,
-    #[serde(default)]
-    pub(crate) policies: Vec<String>,
-    #[serde(default)]
-    pub(crate) identity_policies: Vec<String>,
-}
-
-/// After a login failed because no node answered, waiters get that failure for this long
-/// instead of starting another login: logins are deferred while no active node answers.
+/// After a login failed because no node answered, work outside a KMS call (the probe loop, the
+/// CLI) gets that failure for this long instead of starting another login. A KMS call is never
+/// deferred: it may be the first to meet OpenBao back after an outage, and a stale failure
+/// would fail it for nothing. Its login costs what its Transit request would have cost, and is
+/// shared by concurrent calls.
 const LOGIN_DEFER: Duration = Duration::from_secs(1);
+
+/// After the auth method refused a login, the same credential file is not offered again for this
+/// long (it would be refused again; with an expired JWT on disk every call would cost OpenBao a
+/// refused login). A replaced file is tried at once: the check is the file's stamp, on demand.
+const REFUSED_HOLD: Duration = Duration::from_secs(1);
 
 /// A token that keeps getting 403 is replaced by a fresh login at most this often.
 const FORCED_RELOGIN_EVERY: Duration = Duration::from_secs(30);
@@ -116,6 +78,10 @@ struct Flight {
     last_failure: Option<Error>,
     /// When a 403 last forced a login, and the credential file's stamp then.
     last_forced: Option<(Instant, Option<CredentialStamp>)>,
+    /// The credential file's stamp when the latest login (or renewal) started.
+    last_tried: Option<CredentialStamp>,
+    /// When the auth method last refused a login, the stamp of the file it was given, and why.
+    last_refused: Option<(Instant, Option<CredentialStamp>, Error)>,
     generation: u64,
 }
 
@@ -233,15 +199,24 @@ impl Auth {
         if let Some(rx) = &f.running {
             return Ok(rx.clone());
         }
-        if renew.is_none() {
+        if renew.is_none() && !crate::deadline::in_call() {
             if let Some((at, e)) = &f.last_unavailable {
                 if at.elapsed() < LOGIN_DEFER {
                     return Err(e.clone());
                 }
             }
         }
+        let stamp = credential_stamp(&read(&self.settings));
+        if renew.is_none() {
+            if let Some((at, refused, e)) = &f.last_refused {
+                if at.elapsed() < REFUSED_HOLD && *refused == stamp {
+                    return Err(e.clone());
+                }
+            }
+        }
         f.generation += 1;
         let generation = f.generation;
+        f.last_tried = stamp;
         let (tx, rx) = watch::channel(None);
         f.running = Some(rx.clone());
         drop(f);
@@ -258,6 +233,12 @@ impl Auth {
                     Err(e) if e.is_unavailable() => Some((Instant::now(), e.clone())),
                     _ => None,
                 };
+                f.last_refused = match &outcome {
+                    Err(e) if matches!(e, Error::LoginRefused(_)) => {
+                        Some((Instant::now(), stamp, e.clone()))
+                    }
+                    _ => None,
+                };
                 f.last_failure = outcome.as_ref().err().cloned();
                 if let Ok(t) = &outcome {
                     write(&me.current, Some(t.clone()));
@@ -268,13 +249,39 @@ impl Auth {
         Ok(rx)
     }
 
-    /// Waits, within the caller's deadline, for the shared login.
+    /// Waits, within the caller's deadline, for the shared login. A login refused with a
+    /// credential file that has been replaced since it was read (a new JWT written while the
+    /// login ran) is tried once more with the new file: the caller asked after the change.
     async fn join(
         self: &Arc<Self>,
         http: &Arc<Http>,
         renew: Option<Token>,
     ) -> Result<Token, Error> {
         let deadline = crate::deadline::current_or(http.default_budget());
+        match self.wait(http, renew, deadline).await {
+            Err(e) if !e.is_unavailable() && self.credential_changed() => {
+                tracing::info!(error = %e, "login failed with a credential file replaced since; logging in with the new one");
+                self.wait(http, None, deadline).await
+            }
+            other => other,
+        }
+    }
+
+    /// Whether the credential file differs from what the latest login read, or another caller
+    /// already started the login that reads it.
+    fn credential_changed(&self) -> bool {
+        let now = credential_stamp(&read(&self.settings));
+        let f = self.flight();
+        f.running.is_some() || f.last_tried != now
+    }
+
+    /// Starts or joins the shared login and waits for its outcome until `deadline`.
+    async fn wait(
+        self: &Arc<Self>,
+        http: &Arc<Http>,
+        renew: Option<Token>,
+        deadline: Instant,
+    ) -> Result<Token, Error> {
         let mut rx = self.start(http, renew)?;
         let waited = tokio::time::timeout_at(deadline.into(), rx.wait_for(Option::is_some)).await;
         match waited {
@@ -376,153 +383,7 @@ impl Auth {
         write(&self.settings, settings);
         write(&self.current, Some(token));
         f.last_unavailable = None;
+        f.last_refused = None;
         f.last_failure = None;
     }
-}
-
-fn log_login(method: &'static str, result: &Result<Token, Error>) {
-    metrics::auth_login(method, if result.is_ok() { "success" } else { "failure" });
-    match result {
-        Ok(t) => {
-            tracing::info!(
-                method,
-                ttl_seconds = t.ttl.map(|d| d.as_secs()),
-                "logged in to OpenBao"
-            );
-            if let Some(ttl) = t.ttl {
-                metrics::token_ttl(ttl);
-            }
-        }
-        Err(e) => {
-            tracing::warn!(method, error = %e, error_class = e.class(), "OpenBao login failed")
-        }
-    }
-}
-
-/// Logs in with `settings` against `nodes` (the installed ones, or a reload's candidates).
-pub(crate) async fn login_with(
-    http: &Http,
-    nodes: &Nodes,
-    settings: &AuthSettings,
-    generation: u64,
-) -> Result<Token, Error> {
-    let (mount_path, body) = match settings {
-        AuthSettings::Jwt {
-            mount_path,
-            role,
-            jwt_file,
-        } => {
-            let jwt = read_secret_file("JWT file", jwt_file)?;
-            let body = JsonBody::new(&JwtLogin {
-                role,
-                jwt: jwt.as_str(),
-            })?;
-            (mount_path, body)
-        }
-        AuthSettings::Cert {
-            mount_path, name, ..
-        } => {
-            let body = JsonBody::new(&CertLogin {
-                name: name.as_deref(),
-            })?;
-            (mount_path, body)
-        }
-        AuthSettings::Token { token_file } => {
-            return token_from_file(http, nodes, token_file, generation).await
-        }
-    };
-    let path = format!("auth/{mount_path}/login");
-    login_call(http, nodes, &path, body, generation).await
-}
-
-/// A login the auth method refused (400 wrong or expired JWT, 403 unknown role or certificate)
-/// is an authentication failure, not a bad KMS request.
-async fn login_call(
-    http: &Http,
-    nodes: &Nodes,
-    path: &str,
-    body: JsonBody,
-    generation: u64,
-) -> Result<Token, Error> {
-    let resp: Option<AuthBody> = http
-        .call_on(
-            nodes,
-            Request::new(Operation::Login, Method::POST, path).body(body),
-        )
-        .await
-        .map_err(|e| match e {
-            Error::BadRequest(m) | Error::PermissionDenied(m) => Error::LoginRefused(m),
-            other => other,
-        })?;
-    let info = resp
-        .ok_or_else(|| Error::Protocol("login returned no auth block".into()))?
-        .auth;
-    Ok(Token {
-        secret: TokenHeader::new(&info.client_token)?,
-        generation,
-        obtained: Instant::now(),
-        ttl: (info.lease_duration > 0).then(|| Duration::from_secs(info.lease_duration)),
-        renewable: info.renewable,
-    })
-}
-
-async fn token_from_file(
-    http: &Http,
-    nodes: &Nodes,
-    path: &std::path::Path,
-    generation: u64,
-) -> Result<Token, Error> {
-    let raw = read_secret_file("token file", path)?;
-    let secret = TokenHeader::new(&SecretString::from(raw.as_str()))?;
-    let lookup: Option<LookupBody> = http
-        .call_on(
-            nodes,
-            Request::new(
-                Operation::Lookup,
-                Method::GET,
-                super::contract::LOOKUP_SELF.fixed(),
-            )
-            .token(&secret),
-        )
-        .await
-        .map_err(|e| match e {
-            Error::PermissionDenied(m) => Error::LoginRefused(m),
-            other => other,
-        })?;
-    let data = lookup
-        .ok_or_else(|| Error::Protocol("lookup-self returned no data".into()))?
-        .data;
-    Ok(Token {
-        secret,
-        generation,
-        obtained: Instant::now(),
-        ttl: (data.ttl > 0).then(|| Duration::from_secs(data.ttl)),
-        renewable: data.renewable,
-    })
-}
-
-fn read_secret_file(
-    what: &'static str,
-    path: &std::path::Path,
-) -> Result<Zeroizing<String>, Error> {
-    let mut trimmed =
-        Zeroizing::new(
-            std::fs::read_to_string(path).map_err(|source| Error::Credential {
-                what,
-                path: path.to_path_buf(),
-                source,
-            })?,
-        );
-    // Trimmed in place: no second copy of the credential.
-    let end = trimmed.trim_end().len();
-    trimmed.truncate(end);
-    let start = trimmed.len() - trimmed.trim_start().len();
-    trimmed.drain(..start);
-    if trimmed.is_empty() {
-        return Err(Error::NoToken(format!(
-            "{what} {} is empty",
-            path.display()
-        )));
-    }
-    Ok(trimmed)
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 use ::http::Method;
 use rustls::pki_types::ServerName;
 
-use super::auth::LookupBody;
 use super::http::Operation;
+use super::login::LookupBody;
 use super::tls::from_settings;
 use super::{Client, Error};
 use crate::config::{AuthSettings, OpenBaoSettings};

@@ -7,6 +7,7 @@ pub(crate) mod contract;
 mod diagnostics;
 mod error;
 mod http;
+mod login;
 mod nodes;
 mod pkcs11;
 mod request;
@@ -88,8 +89,8 @@ pub(crate) fn fuzz_decoders(body: &[u8]) {
     if let Ok(b) = serde_json::from_slice::<DataBody<KeysConfig>>(body) {
         let _ = b.data.disable_upsert;
     }
-    let _ = serde_json::from_slice::<auth::AuthBody>(body);
-    let _ = serde_json::from_slice::<auth::LookupBody>(body);
+    let _ = serde_json::from_slice::<login::AuthBody>(body);
+    let _ = serde_json::from_slice::<login::LookupBody>(body);
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
         let _ = mount_info(v);
     }
@@ -155,7 +156,7 @@ impl Client {
         auth: &AuthSettings,
     ) -> Result<(), Error> {
         let nodes = Nodes::build(openbao, auth)?;
-        let token = auth::login_with(&self.http, &nodes, auth, 0).await?;
+        let token = login::login_with(&self.http, &nodes, auth, 0).await?;
         self.http.install(nodes);
         self.auth.install(auth.clone(), token);
         tracing::info!(

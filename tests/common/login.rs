@@ -43,6 +43,30 @@ pub struct OwnJwt {
 }
 
 impl Bao {
+    /// Mints a new JWT, valid for an hour, into `dir/identity.jwt` with the lab signing key.
+    pub fn mint_jwt(&self, dir: &Path) {
+        self.mint_jwt_for(dir, 3600);
+    }
+
+    /// Mints a JWT whose `exp` is `seconds` from now (negative: already expired) into
+    /// `dir/identity.jwt`, replacing the file atomically (a rename, as a token projector does).
+    pub fn mint_jwt_for(&self, dir: &Path, seconds: i64) {
+        std::fs::copy(
+            self.dir.path().join("jwt-signing.pem"),
+            dir.join("jwt-signing.pem"),
+        )
+        .expect("copy key");
+        let out = Command::new(super::repo_root().join("scripts/openbao-lab.sh"))
+            .args(["jwt", &dir.to_string_lossy(), &seconds.to_string()])
+            .output()
+            .expect("mint jwt");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn own_jwt(&self) -> OwnJwt {
         let dir = tempfile::tempdir().expect("tempdir");
         self.mint_jwt(dir.path());

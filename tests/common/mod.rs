@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod etcd;
 pub mod faults;
 pub mod login;
+pub mod outage;
 
 use std::io::Write;
 use std::net::TcpListener as StdListener;
@@ -159,6 +160,8 @@ pub struct Bao {
     pub addr: String,
     pub dir: tempfile::TempDir,
     http: reqwest::Client,
+    /// What scripts/openbao-lab.sh was given (TOKEN_TTL, ...): cert-setup gets it too.
+    env: Vec<(String, String)>,
 }
 
 impl Bao {
@@ -174,7 +177,12 @@ impl Bao {
 
     /// A dev server with a TLS listener (`-dev-tls`): its CA is `ca_file()`.
     pub async fn start_tls() -> Bao {
-        Self::start_opts(true, &[]).await
+        Self::start_tls_with(&[]).await
+    }
+
+    /// A TLS dev server; `env` as for `start_with`.
+    pub async fn start_tls_with(env: &[(&str, &str)]) -> Bao {
+        Self::start_opts(true, env).await
     }
 
     pub fn ca_file(&self) -> PathBuf {
@@ -230,6 +238,7 @@ impl Bao {
             addr,
             dir,
             http: http(),
+            env: Vec::new(),
         };
         let end = Instant::now() + Duration::from_secs(30);
         let failed = |bao: &mut Bao, why: &str| {
@@ -281,7 +290,11 @@ impl Bao {
 
     /// Transit, the provider policy and JWT auth, via scripts/openbao-lab.sh.
     fn configure(self, tls: bool, env: &[(&str, &str)]) -> Bao {
-        let bao = self;
+        let mut bao = self;
+        bao.env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         let policy = bao.dir.path().join("policy.hcl");
         std::fs::write(&policy, policy_text("transit", "k8s-etcd")).expect("policy");
         let out = Command::new(repo_root().join("scripts/openbao-lab.sh"))
@@ -317,24 +330,6 @@ impl Bao {
         self.dir.path().join("identity.jwt")
     }
 
-    /// Mints a new JWT into `dir/identity.jwt` with the lab signing key.
-    pub fn mint_jwt(&self, dir: &Path) {
-        std::fs::copy(
-            self.dir.path().join("jwt-signing.pem"),
-            dir.join("jwt-signing.pem"),
-        )
-        .expect("copy key");
-        let out = Command::new(repo_root().join("scripts/openbao-lab.sh"))
-            .args(["jwt", &dir.to_string_lossy()])
-            .output()
-            .expect("mint jwt");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
     /// An admin call with the root token.
     pub async fn root(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
         let mut req = self
@@ -361,6 +356,7 @@ impl Bao {
             .env("BAO_TOKEN", "root")
             .env("BAO_BIN", bao_bin())
             .env("BAO_CACERT", self.ca_file())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()
             .expect("cert-setup");
         assert!(
@@ -374,8 +370,9 @@ impl Bao {
         )
     }
 
-    /// Revokes every token except root's (as an operator revoking the provider's token would).
-    pub async fn revoke_all_tokens(&self) {
+    /// The accessors of every token OpenBao holds except root's (the provider's, until they
+    /// expire or are revoked).
+    pub async fn token_accessors_besides_root(&self) -> Vec<String> {
         let list = self
             .root(
                 reqwest::Method::from_bytes(b"LIST").expect("LIST"),
@@ -389,16 +386,25 @@ impl Bao {
             .as_str()
             .unwrap_or_default()
             .to_owned();
-        for a in list["data"]["keys"].as_array().cloned().unwrap_or_default() {
-            let a = a.as_str().unwrap_or_default();
-            if a != root_accessor {
-                self.root(
-                    reqwest::Method::POST,
-                    "auth/token/revoke-accessor",
-                    Some(json!({ "accessor": a })),
-                )
-                .await;
-            }
+        list["data"]["keys"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str())
+            .filter(|a| *a != root_accessor)
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Revokes every token except root's (as an operator revoking the provider's token would).
+    pub async fn revoke_all_tokens(&self) {
+        for a in self.token_accessors_besides_root().await {
+            self.root(
+                reqwest::Method::POST,
+                "auth/token/revoke-accessor",
+                Some(json!({ "accessor": a })),
+            )
+            .await;
         }
     }
 
