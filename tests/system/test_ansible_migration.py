@@ -280,9 +280,16 @@ OURS = {"apiVersion": "apiserver.config.k8s.io/v1", "kind": "EncryptionConfigura
 
 
 def merged(stage: str) -> dict:
-    """Our file after merge mode carried over the Kubernetes documentation's example (events exempt,
-    '*.apps', '*.*')."""
-    return ec.decide(OURS, None, ec.parse(DOCS_EXAMPLE.read_text(), str(DOCS_EXAMPLE)), stage)
+    """The Kubernetes documentation's example (events exempt, '*.apps', '*.*') with our provider in
+    every entry that encrypts: first for the write stage, last for rollback. The role refuses to
+    write such a file (a KMS v2 name may appear once, see served_config); the migration script
+    still has to handle one provider per entry, so the file is built here."""
+    doc = ec.parse(DOCS_EXAMPLE.read_text(), str(DOCS_EXAMPLE))
+    kms = OURS["resources"][0]["providers"][0]
+    for entry in doc["resources"]:
+        if entry["providers"] != [{"identity": {}}]:
+            entry["providers"] = [kms] + entry["providers"] if stage == "write" else entry["providers"] + [kms]
+    return doc
 
 
 def merged_entries(stage: str) -> list[dict]:
@@ -295,8 +302,7 @@ def served_config(plane: Plane, stage: str) -> dict:
     a valid length (two of the example's are not), identity after each entry's providers, so what
     kubeadm wrote before any encryption stays readable, and the provider named openbao-kms-<entry>
     in every entry after the first that lists it: kube-apiserver refuses a KMS v2 provider name used
-    twice ("duplicate KMS provider name openbao-kms, names must be unique"), which the merged file
-    as the role writes it does."""
+    twice ("duplicate KMS provider name openbao-kms, names must be unique")."""
     doc = json.loads(json.dumps(merged(stage)))
     named = False
     for i, entry in enumerate(doc["resources"]):
