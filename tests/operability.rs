@@ -14,6 +14,7 @@ use common::faults::FaultProxy;
 use common::*;
 use reqwest::Method;
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 
 /// One scrape: series (name plus sorted labels) to value, and the family names from `# TYPE`.
 struct Scrape {
@@ -202,6 +203,31 @@ async fn metrics_count_a_round_trip_and_expose_the_status_key_id_hash() {
         1,
         "exactly one key_id hash series: {hashes:?}"
     );
+
+    // kube-apiserver's form, computed here as its envelope metrics do: "sha256:" + hex.
+    let digest = Sha256::digest(status.key_id.as_bytes());
+    let apiserver_hash: String = std::iter::once("sha256:".to_owned())
+        .chain(digest.iter().map(|b| format!("{b:02x}")))
+        .collect();
+    assert_eq!(apiserver_hash.len(), 7 + 64);
+    assert_eq!(
+        after.value(
+            "openbao_kms_key_id_info",
+            &[
+                ("key_id_hash", &apiserver_hash),
+                ("provider_name", "openbao-kms")
+            ]
+        ),
+        1.0,
+        "key_id_info carries kube-apiserver's hash:\n{}",
+        after.body
+    );
+    let infos = after
+        .samples
+        .iter()
+        .filter(|(n, _, _)| n == "openbao_kms_key_id_info")
+        .count();
+    assert_eq!(infos, 1, "exactly one key_id_info series");
 
     // Bounded labels: no uid, key name or key_id ever becomes a label value.
     for (name, labels, _) in &after.samples {

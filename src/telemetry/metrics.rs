@@ -41,6 +41,14 @@ struct Hash {
     hash: String,
 }
 
+/// Labelled as kube-apiserver labels its `apiserver_envelope_encryption_key_id_hash_*` series,
+/// so one PromQL join compares a host's provider with its API server.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyIdInfo {
+    provider_name: String,
+    key_id_hash: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MethodResult {
     method: String,
@@ -59,6 +67,7 @@ struct Metrics {
     openbao_requests: Family<OperationStatus, Counter>,
     openbao_duration: Family<Operation, Histogram>,
     key_id_hash: Family<Hash, Gauge>,
+    key_id_info: Family<KeyIdInfo, Gauge>,
     key_version: Gauge,
     snapshot_age: Gauge<f64, AtomicU64>,
     token_ttl: Gauge,
@@ -87,6 +96,7 @@ fn metrics() -> &'static Metrics {
             openbao_requests: Family::default(),
             openbao_duration: Family::new_with_constructor(|| Histogram::new(buckets())),
             key_id_hash: Family::default(),
+            key_id_info: Family::default(),
             key_version: Gauge::default(),
             snapshot_age: Gauge::default(),
             token_ttl: Gauge::default(),
@@ -122,6 +132,11 @@ fn metrics() -> &'static Metrics {
             "status_key_id_hash",
             "1 for the short hash of the key_id Status reports (compare across hosts)",
             m.key_id_hash.clone(),
+        );
+        registry.register(
+            "key_id_info",
+            "1 for the key_id Status reports, hashed as kube-apiserver does (sha256:<hex>) and with the EncryptionConfiguration provider name",
+            m.key_id_info.clone(),
         );
         registry.register(
             "key_version",
@@ -230,7 +245,10 @@ pub(crate) fn status_label(code: u16) -> Cow<'static, str> {
     })
 }
 
-pub(crate) fn active_key_id(short_hash: &str) {
+/// The key_id Status reports, in both forms: the short hash (`status_key_id_hash`, kept for
+/// existing dashboards) and kube-apiserver's `sha256:<64 hex>` (`key_id_info`). Only the current
+/// key_id has a series.
+pub(crate) fn active_key_id(short_hash: &str, apiserver_hash: &str, provider_name: &str) {
     let m = metrics();
     let current = Hash {
         hash: short_hash.into(),
@@ -238,6 +256,14 @@ pub(crate) fn active_key_id(short_hash: &str) {
     if m.key_id_hash.get(&current).is_none_or(|g| g.get() != 1) {
         m.key_id_hash.clear();
         m.key_id_hash.get_or_create(&current).set(1);
+    }
+    let info = KeyIdInfo {
+        provider_name: provider_name.into(),
+        key_id_hash: apiserver_hash.into(),
+    };
+    if m.key_id_info.get(&info).is_none_or(|g| g.get() != 1) {
+        m.key_id_info.clear();
+        m.key_id_info.get_or_create(&info).set(1);
     }
 }
 
