@@ -116,6 +116,9 @@ impl Provider {
     }
 
     async fn try_probe(&self, deep_due: bool, sighting: Sighting) -> Result<bool, ProbeError> {
+        // Before the login: an expired credential is what makes it fail.
+        self.client
+            .watch_credential_expiry(self.auth_expiry_warning);
         let ttl = self
             .client
             .maintain_token()

@@ -50,6 +50,11 @@ struct KeyIdInfo {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CredentialLabel {
+    credential: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MethodResult {
     method: String,
     result: String,
@@ -71,6 +76,7 @@ struct Metrics {
     key_version: Gauge,
     snapshot_age: Gauge<f64, AtomicU64>,
     token_ttl: Gauge,
+    credential_expiry: Family<CredentialLabel, Gauge>,
     logins: Family<MethodResult, Counter>,
     healthy: Gauge,
     registry_unsaved: Gauge,
@@ -100,6 +106,7 @@ fn metrics() -> &'static Metrics {
             key_version: Gauge::default(),
             snapshot_age: Gauge::default(),
             token_ttl: Gauge::default(),
+            credential_expiry: Family::default(),
             logins: Family::default(),
             healthy: Gauge::default(),
             registry_unsaved: Gauge::default(),
@@ -152,6 +159,11 @@ fn metrics() -> &'static Metrics {
             "token_ttl_seconds",
             "Remaining TTL of the OpenBao token, updated every probe; -1 when it never expires",
             m.token_ttl.clone(),
+        );
+        registry.register(
+            "credential_expiry_timestamp_seconds",
+            "When the login credential ends (Unix time): the JWT exp claim or the client certificate's notAfter",
+            m.credential_expiry.clone(),
         );
         registry.register(
             "key_warnings",
@@ -284,6 +296,18 @@ pub(crate) fn token_ttl(ttl: Duration) {
 /// A token without a TTL (a static token): -1, so "TTL low" alerts do not fire on it.
 pub(crate) fn token_never_expires() {
     metrics().token_ttl.set(-1);
+}
+
+/// The login credential's end as (`jwt` or `client_certificate`, Unix seconds); `None` (token
+/// auth, or a credential that cannot be read) removes the series.
+pub(crate) fn credential_expiry(expiry: Option<(&'static str, i64)>) {
+    let family = &metrics().credential_expiry;
+    family.clear();
+    if let Some((credential, at)) = expiry {
+        family
+            .get_or_create(&CredentialLabel { credential })
+            .set(at);
+    }
 }
 
 pub(crate) fn auth_login(method: &str, result: &str) {
