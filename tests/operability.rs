@@ -574,6 +574,18 @@ async fn dashboard_and_alert_rules_use_only_metrics_a_real_scrape_exposes() {
         );
     }
 
+    let rules =
+        std::fs::read_to_string(repo_root().join("docs/prometheus/bao-kms-provider.rules.yml"))
+            .expect("the alert rules exist");
+    let unknown: Vec<_> = metric_names_in(&rules)
+        .into_iter()
+        .filter(|n| !samples.contains(n))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "the alert rules query provider metrics a scrape does not show: {unknown:?}"
+    );
+
     let doc = std::fs::read_to_string(repo_root().join("docs/operations.md"))
         .expect("docs/operations.md exists");
     let named = metric_names_in(&doc);
