@@ -1,8 +1,8 @@
 //! The alert rules in docs/prometheus are valid (`promtool check rules`), pass their unit tests
 //! (`promtool test rules tests/prometheus/*.test.yml`), each alert is tested firing and not
 //! firing, carries a summary, a description and a runbook_url whose section exists in
-//! docs/operations.md, and every kube-apiserver metric the rules query is one kube-apiserver
-//! exposes. promtool comes from Debian's `prometheus` package (scripts/tools.sh);
+//! docs/operations.md, and every kube-apiserver metric the rules and the dashboard query is one
+//! kube-apiserver exposes. promtool comes from Debian's `prometheus` package (scripts/tools.sh);
 //! without it these tests fail.
 pub mod common;
 
@@ -176,7 +176,7 @@ const APISERVER_METRICS: &[&str] = &[
 ];
 
 #[test]
-fn kube_apiserver_metrics_in_rules_exist() {
+fn kube_apiserver_metrics_in_rules_and_dashboard_exist() {
     let known = |name: &str| {
         APISERVER_METRICS.iter().any(|m| {
             name == *m
@@ -186,17 +186,63 @@ fn kube_apiserver_metrics_in_rules_exist() {
         })
     };
     let mut used = 0;
-    let text = std::fs::read_to_string(repo_root().join(RULES)).expect(RULES);
-    let mut rest = text.as_str();
-    while let Some(i) = rest.find("apiserver_envelope_encryption_") {
-        let tail = &rest[i..];
-        let end = tail
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(tail.len());
-        let name = &tail[..end];
-        assert!(known(name), "{RULES}: kube-apiserver has no metric {name}");
-        used += 1;
-        rest = &tail[end..];
+    for path in [RULES, "docs/grafana/bao-kms-provider.json"] {
+        let text = std::fs::read_to_string(repo_root().join(path)).expect(path);
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find("apiserver_envelope_encryption_") {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            let name = &tail[..end];
+            assert!(known(name), "{path}: kube-apiserver has no metric {name}");
+            used += 1;
+            rest = &tail[end..];
+        }
     }
-    assert!(used >= 3, "the rules use kube-apiserver's metrics");
+    assert!(
+        used >= 4,
+        "the rules and dashboard use kube-apiserver's metrics"
+    );
+}
+
+fn exprs(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                match (k.as_str(), v) {
+                    ("expr", serde_json::Value::String(s)) => out.push(s.clone()),
+                    _ => exprs(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|v| exprs(v, out)),
+        _ => {}
+    }
+}
+
+/// Every query of the Grafana dashboard parses as PromQL: promtool checks them as recording
+/// rules, with the dashboard variables replaced by what "All" selects.
+#[test]
+fn dashboard_queries_are_valid_promql() {
+    let path = repo_root().join("docs/grafana/bao-kms-provider.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("dashboard")).expect("JSON");
+    let mut queries = Vec::new();
+    exprs(&dashboard["panels"], &mut queries);
+    assert!(queries.len() >= 20, "{queries:?}");
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, q) in queries.iter().enumerate() {
+        let q = q.replace("$instance", ".*").replace("$apiserver", ".*");
+        rules.push_str(&format!(
+            "      - record: dashboard_query_{i}\n        expr: {}\n",
+            serde_json::Value::String(q)
+        ));
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("dashboard.rules.yml");
+    std::fs::write(&file, rules).expect("write");
+    let mut check = promtool();
+    check.args(["check", "rules"]).arg(&file);
+    run(check);
 }
