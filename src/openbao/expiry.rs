@@ -130,7 +130,7 @@ fn jwt_exp(token: &str) -> Result<Option<SystemTime>, &'static str> {
         serde_json::from_slice(&json).map_err(|_| "the JWT payload is not a JSON object")?;
     match claims.exp {
         None => Ok(None),
-        Some(exp) if exp.is_finite() && exp >= 0.0 && exp < 1e12 => {
+        Some(exp) if (0.0..1e12).contains(&exp) => {
             Ok(Some(UNIX_EPOCH + Duration::from_secs_f64(exp)))
         }
         Some(_) => Err("the JWT exp claim is not a time"),
