@@ -760,4 +760,62 @@ async fn credential_expiry_of_a_client_certificate_is_its_not_after() {
         "{}",
         lines.join("\n")
     );
+
+    // A re-issued certificate (one day) is in use, and so in the metric, only after a reload.
+    let before = openssl_not_after(&cert);
+    let lab = bao.dir.path();
+    let reissued = dir.path().join("client.pem");
+    let out = Command::new("openssl")
+        .args(["x509", "-req", "-days", "1", "-CAcreateserial", "-in"])
+        .arg(lab.join("client.csr"))
+        .arg("-CA")
+        .arg(lab.join("client-ca.pem"))
+        .arg("-CAkey")
+        .arg(lab.join("client-ca.key"))
+        .arg("-extfile")
+        .arg(lab.join("client.ext"))
+        .arg("-out")
+        .arg(&reissued)
+        .output()
+        .expect("openssl x509 -req");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = openssl_not_after(&reissued);
+    assert!(
+        after < before,
+        "one day is sooner than two: {after} {before}"
+    );
+    std::fs::copy(&reissued, &cert).expect("replace the certificate");
+    let series = [("credential", "client_certificate")];
+    // Five probe intervals (300 ms): what must not change has had the time to.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pr = &p;
+    assert_eq!(
+        Scrape::take(p.metrics_port)
+            .await
+            .value("openbao_kms_credential_expiry_timestamp_seconds", &series),
+        before as f64,
+        "the certificate in use until a reload"
+    );
+    p.signal(libc::SIGHUP);
+    wait_for(
+        "the reloaded certificate's notAfter",
+        Duration::from_secs(15),
+        || async move {
+            Scrape::take(pr.metrics_port)
+                .await
+                .value("openbao_kms_credential_expiry_timestamp_seconds", &series)
+                == after as f64
+        },
+    )
+    .await;
+    assert!(
+        p.logs()
+            .contains("reloaded: new OpenBao client and credentials in use"),
+        "{}",
+        p.logs()
+    );
 }
