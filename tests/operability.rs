@@ -7,13 +7,16 @@ pub mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bao_kms_provider::keys::short_hash;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use common::faults::FaultProxy;
 use common::*;
 use reqwest::Method;
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 
 /// One scrape: series (name plus sorted labels) to value, and the family names from `# TYPE`.
 struct Scrape {
@@ -203,6 +206,31 @@ async fn metrics_count_a_round_trip_and_expose_the_status_key_id_hash() {
         "exactly one key_id hash series: {hashes:?}"
     );
 
+    // kube-apiserver's form, computed here as its envelope metrics do: "sha256:" + hex.
+    let digest = Sha256::digest(status.key_id.as_bytes());
+    let apiserver_hash: String = std::iter::once("sha256:".to_owned())
+        .chain(digest.iter().map(|b| format!("{b:02x}")))
+        .collect();
+    assert_eq!(apiserver_hash.len(), 7 + 64);
+    assert_eq!(
+        after.value(
+            "openbao_kms_key_id_info",
+            &[
+                ("key_id_hash", &apiserver_hash),
+                ("provider_name", "openbao-kms")
+            ]
+        ),
+        1.0,
+        "key_id_info carries kube-apiserver's hash:\n{}",
+        after.body
+    );
+    let infos = after
+        .samples
+        .iter()
+        .filter(|(n, _, _)| n == "openbao_kms_key_id_info")
+        .count();
+    assert_eq!(infos, 1, "exactly one key_id_info series");
+
     // Bounded labels: no uid, key name or key_id ever becomes a label value.
     for (name, labels, _) in &after.samples {
         for v in labels.values() {
@@ -337,6 +365,7 @@ async fn doctor_passes_least_privilege_and_names_a_wider_policy_and_an_exportabl
     assert_eq!(code, 0, "doctor passes on the lab setup:\n{all}");
     let checks = [
         "config",
+        "credential-expiry",
         "tls",
         "openbao-health",
         "login",
@@ -349,11 +378,22 @@ async fn doctor_passes_least_privilege_and_names_a_wider_policy_and_an_exportabl
         "capabilities",
     ];
     for (l, check) in lines.iter().zip(checks) {
+        // The lab's JWT lives one hour: within the default auth.expiry_warning (24h).
+        let level = if check == "credential-expiry" {
+            "warn"
+        } else {
+            "ok  "
+        };
         assert!(
-            l.starts_with(&format!("ok   {check}: ")),
-            "check {check} in order and ok:\n{all}"
+            l.starts_with(&format!("{level} {check}: ")),
+            "check {check} in order and {level}:\n{all}"
         );
     }
+    let ce = line(&lines, "credential-expiry");
+    assert!(
+        ce.contains("JWT") && ce.contains("within auth.expiry_warning (1day)"),
+        "{all}"
+    );
     assert!(
         line(&lines, "tls").contains("plain HTTP on the loopback"),
         "{all}"
@@ -534,6 +574,18 @@ async fn dashboard_and_alert_rules_use_only_metrics_a_real_scrape_exposes() {
         );
     }
 
+    let rules =
+        std::fs::read_to_string(repo_root().join("docs/prometheus/bao-kms-provider.rules.yml"))
+            .expect("the alert rules exist");
+    let unknown: Vec<_> = metric_names_in(&rules)
+        .into_iter()
+        .filter(|n| !samples.contains(n))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "the alert rules query provider metrics a scrape does not show: {unknown:?}"
+    );
+
     let doc = std::fs::read_to_string(repo_root().join("docs/operations.md"))
         .expect("docs/operations.md exists");
     let named = metric_names_in(&doc);
@@ -551,4 +603,219 @@ async fn dashboard_and_alert_rules_use_only_metrics_a_real_scrape_exposes() {
             "docs/operations.md documents {family}"
         );
     }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64
+}
+
+/// The `exp` claim of the JWT in `path`, decoded here rather than by the provider.
+fn jwt_exp(path: &Path) -> i64 {
+    let text = std::fs::read_to_string(path).expect("read JWT");
+    let payload = text.trim().split('.').nth(1).expect("JWT payload");
+    let claims: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("base64url")).expect("JSON");
+    claims["exp"].as_i64().expect("exp claim")
+}
+
+/// A JWT with `exp` and a signature OpenBao would refuse: enough for the expiry readers.
+fn write_unsigned_jwt(path: &Path, exp: i64) {
+    let payload = URL_SAFE_NO_PAD.encode(format!(r#"{{"sub":"bao-kms-provider","exp":{exp}}}"#));
+    let tmp = path.with_extension("tmp");
+    std::fs::write(
+        &tmp,
+        format!("eyJhbGciOiJSUzI1NiJ9.{payload}.c2lnbmF0dXJl\n"),
+    )
+    .expect("write JWT");
+    std::fs::rename(&tmp, path).expect("replace JWT");
+}
+
+#[tokio::test]
+async fn credential_expiry_follows_the_jwt_file_and_warns_within_the_margin() {
+    let bao = Bao::start().await;
+    let jwt = bao.own_jwt();
+    let p = Provider::start(&ProviderOptions::with(&bao.addr, &jwt.path)).await;
+    let series = [("credential", "jwt")];
+    let m = Scrape::take(p.metrics_port).await;
+    assert_eq!(
+        m.value("openbao_kms_credential_expiry_timestamp_seconds", &series),
+        jwt_exp(&jwt.path) as f64,
+        "the JWT's exp claim:\n{}",
+        m.body
+    );
+    wait_for(
+        "the expiry warning in the log",
+        Duration::from_secs(10),
+        || async { p.logs().contains("expires within auth.expiry_warning") },
+    )
+    .await;
+    let token = std::fs::read_to_string(&jwt.path).expect("read JWT");
+    let signature = token.trim().rsplit('.').next().expect("signature");
+    assert!(
+        !p.logs().contains(signature),
+        "the JWT never reaches the log"
+    );
+
+    // A replaced file is read again on the next probe; no restart, no reload.
+    let later = unix_now() + 3 * 86400;
+    write_unsigned_jwt(&jwt.path, later);
+    let pr = &p;
+    wait_for(
+        "the new exp in the metric",
+        Duration::from_secs(10),
+        || async move {
+            Scrape::take(pr.metrics_port)
+                .await
+                .value("openbao_kms_credential_expiry_timestamp_seconds", &series)
+                == later as f64
+        },
+    )
+    .await;
+    assert!(!p.logs().contains("c2lnbmF0dXJl"), "{}", p.logs());
+
+    // doctor: ok outside the margin, warn inside it, FAIL once expired.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = ProviderOptions::with(&bao.addr, &jwt.path);
+    let (_, lines) = doctor(&write_config(dir.path(), &o, |t| t));
+    let ce = line(&lines, "credential-expiry");
+    assert!(
+        ce.starts_with("ok   ") && ce.contains("expires at"),
+        "{}",
+        lines.join("\n")
+    );
+    let (_, lines) = doctor(&write_config(dir.path(), &o, |t| {
+        t.replace("[auth]\n", "[auth]\nexpiry_warning = \"4d\"\n")
+    }));
+    let ce = line(&lines, "credential-expiry");
+    assert!(
+        ce.starts_with("warn ") && ce.contains("within auth.expiry_warning (4days)"),
+        "{}",
+        lines.join("\n")
+    );
+    write_unsigned_jwt(&jwt.path, unix_now() - 120);
+    let (code, lines) = doctor(&write_config(dir.path(), &o, |t| t));
+    let ce = line(&lines, "credential-expiry");
+    assert!(
+        ce.starts_with("FAIL ") && ce.contains("expired at"),
+        "{}",
+        lines.join("\n")
+    );
+    assert_eq!(code, 1, "{}", lines.join("\n"));
+}
+
+/// notAfter as openssl prints it, turned into Unix seconds by date(1).
+fn openssl_not_after(cert: &Path) -> i64 {
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-enddate", "-in"])
+        .arg(cert)
+        .output()
+        .expect("openssl x509");
+    let text = String::from_utf8(out.stdout).expect("utf8");
+    let date = text.trim().strip_prefix("notAfter=").expect("notAfter=");
+    let out = Command::new("date")
+        .args(["-u", "+%s", "-d", date])
+        .output()
+        .expect("date");
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .parse()
+        .expect("seconds")
+}
+
+#[tokio::test]
+async fn credential_expiry_of_a_client_certificate_is_its_not_after() {
+    let bao = Bao::start_tls().await;
+    let (cert, key) = bao.setup_cert_auth();
+    let mut o = ProviderOptions::with_auth(&bao.addr, cert_file_auth(&cert, &key));
+    o.openbao_extra = ca_file_line(&bao.ca_file()) + "tls_server_name = \"localhost\"\n";
+    let p = Provider::start(&o).await;
+    let m = Scrape::take(p.metrics_port).await;
+    assert_eq!(
+        m.value(
+            "openbao_kms_credential_expiry_timestamp_seconds",
+            &[("credential", "client_certificate")]
+        ),
+        openssl_not_after(&cert) as f64,
+        "{}",
+        m.body
+    );
+    assert_eq!(
+        m.samples
+            .iter()
+            .filter(|(n, _, _)| n == "openbao_kms_credential_expiry_timestamp_seconds")
+            .count(),
+        1,
+        "one credential, one series"
+    );
+    // The lab's client certificate lives two days: beyond the default 24h margin.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, lines) = doctor(&write_config(dir.path(), &o, |t| t));
+    let ce = line(&lines, "credential-expiry");
+    assert!(
+        ce.starts_with("ok   ") && ce.contains("client certificate"),
+        "{}",
+        lines.join("\n")
+    );
+
+    // A re-issued certificate (one day) is in use, and so in the metric, only after a reload.
+    let before = openssl_not_after(&cert);
+    let lab = bao.dir.path();
+    let reissued = dir.path().join("client.pem");
+    let out = Command::new("openssl")
+        .args(["x509", "-req", "-days", "1", "-CAcreateserial", "-in"])
+        .arg(lab.join("client.csr"))
+        .arg("-CA")
+        .arg(lab.join("client-ca.pem"))
+        .arg("-CAkey")
+        .arg(lab.join("client-ca.key"))
+        .arg("-extfile")
+        .arg(lab.join("client.ext"))
+        .arg("-out")
+        .arg(&reissued)
+        .output()
+        .expect("openssl x509 -req");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = openssl_not_after(&reissued);
+    assert!(
+        after < before,
+        "one day is sooner than two: {after} {before}"
+    );
+    std::fs::copy(&reissued, &cert).expect("replace the certificate");
+    let series = [("credential", "client_certificate")];
+    // Five probe intervals (300 ms): what must not change has had the time to.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pr = &p;
+    assert_eq!(
+        Scrape::take(p.metrics_port)
+            .await
+            .value("openbao_kms_credential_expiry_timestamp_seconds", &series),
+        before as f64,
+        "the certificate in use until a reload"
+    );
+    p.signal(libc::SIGHUP);
+    wait_for(
+        "the reloaded certificate's notAfter",
+        Duration::from_secs(15),
+        || async move {
+            Scrape::take(pr.metrics_port)
+                .await
+                .value("openbao_kms_credential_expiry_timestamp_seconds", &series)
+                == after as f64
+        },
+    )
+    .await;
+    assert!(
+        p.logs()
+            .contains("reloaded: new OpenBao client and credentials in use"),
+        "{}",
+        p.logs()
+    );
 }

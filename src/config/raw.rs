@@ -147,13 +147,27 @@ pub(crate) enum AuthMethodName {
     Token,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawAuth {
     pub(crate) method: AuthMethodName,
+    /// Warn (log, `doctor`) when the JWT or client certificate ends within this long.
+    pub(crate) expiry_warning: String,
     pub(crate) jwt: RawJwtAuth,
     pub(crate) cert: RawCertAuth,
     pub(crate) token: RawTokenAuth,
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        Self {
+            method: AuthMethodName::default(),
+            expiry_warning: "24h".into(),
+            jwt: RawJwtAuth::default(),
+            cert: RawCertAuth::default(),
+            token: RawTokenAuth::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

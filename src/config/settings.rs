@@ -11,6 +11,8 @@ pub struct Settings {
     pub(crate) server: ServerSettings,
     pub(crate) openbao: OpenBaoSettings,
     pub(crate) auth: AuthSettings,
+    /// `auth.expiry_warning`: how long before the JWT or client certificate ends to warn.
+    pub(crate) auth_expiry_warning: Duration,
     pub(crate) transit: TransitSettings,
     pub(crate) status: StatusSettings,
     pub(crate) rotation: RotationSettings,
@@ -111,6 +113,10 @@ impl Settings {
         check(
             a.log.level != b.log.level || a.log.format != b.log.format,
             "log",
+        );
+        check(
+            a.auth_expiry_warning != b.auth_expiry_warning,
+            "auth.expiry_warning",
         );
         out
     }

@@ -66,6 +66,12 @@ pub fn validate(raw: &RawConfig, env: &Environment) -> Result<Settings> {
     };
     let openbao = openbao(raw, env)?;
     let auth = auth(raw, env)?;
+    let auth_expiry_warning = duration(
+        "auth.expiry_warning",
+        &raw.auth.expiry_warning,
+        Duration::ZERO,
+        secs(365 * 86400),
+    )?;
     let transit = transit(raw)?;
     let status = status(raw)?;
     let rotation = RotationSettings {
@@ -99,6 +105,7 @@ pub fn validate(raw: &RawConfig, env: &Environment) -> Result<Settings> {
         server,
         openbao,
         auth,
+        auth_expiry_warning,
         transit,
         status,
         rotation,

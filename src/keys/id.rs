@@ -70,6 +70,18 @@ pub fn short_hash(key_id: &str) -> String {
     digest[..6].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The key_id as kube-apiserver labels it in `apiserver_envelope_encryption_key_id_hash_*`
+/// metrics: `sha256:` and the hex SHA-256 of the key_id, so the two can be joined.
+pub(crate) fn apiserver_hash(key_id: &str) -> String {
+    let digest = Sha256::digest(key_id.as_bytes());
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256:");
+    for b in digest {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,5 +122,15 @@ mod tests {
         b.cluster_id = "a".into();
         b.transit_mount_id = "bc".into();
         assert_ne!(a.key_id(1, 0), b.key_id(1, 0));
+    }
+
+    /// kube-apiserver's getHash: `fmt.Sprintf("sha256:%x", sha256(keyID))`.
+    #[test]
+    fn apiserver_hash_is_sha256_prefix_and_full_hex() {
+        assert_eq!(
+            apiserver_hash("abc"),
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert!(apiserver_hash("abc")[7..].starts_with(&short_hash("abc")));
     }
 }

@@ -2,6 +2,7 @@
 mod id;
 mod registry;
 
+pub(crate) use id::apiserver_hash;
 pub(crate) use id::KeyIdentity;
 /// Public: the AAD binding is part of the stored data's contract (the bench and a manual Transit
 /// decrypt during recovery need it).

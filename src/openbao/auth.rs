@@ -128,6 +128,11 @@ impl Auth {
         }
     }
 
+    /// The settings logins use now (a reload replaces them).
+    pub(crate) fn settings(&self) -> AuthSettings {
+        read(&self.settings)
+    }
+
     fn flight(&self) -> std::sync::MutexGuard<'_, Flight> {
         match self.flight.lock() {
             Ok(g) => g,

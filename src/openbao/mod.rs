@@ -6,6 +6,7 @@ mod conn;
 pub(crate) mod contract;
 mod diagnostics;
 mod error;
+mod expiry;
 mod http;
 mod login;
 mod nodes;
@@ -23,6 +24,7 @@ use zeroize::Zeroizing;
 
 pub(crate) use diagnostics::tls_handshake;
 pub(crate) use error::Error;
+pub(crate) use expiry::{credential_expiry, Credential};
 pub(crate) use http::Operation;
 pub(crate) use pkcs11::{inspect as inspect_pkcs11_key, Pkcs11Error};
 pub(crate) use transit::{ciphertext_version, KeyMetadata, KeysConfig, MountInfo, ServerHealth};
@@ -126,6 +128,8 @@ pub(crate) struct Client {
     /// The Transit paths of the per-call requests, rendered once.
     encrypt_path: String,
     decrypt_path: String,
+    /// What the expiry gauge last showed; the probe loop refreshes it.
+    expiry: std::sync::Mutex<expiry::ExpiryWatch>,
 }
 
 impl Client {
@@ -144,6 +148,7 @@ impl Client {
             key: transit.key_name.clone(),
             encrypt_path: contract::ENCRYPT.render(&transit.mount_path, &transit.key_name),
             decrypt_path: contract::DECRYPT.render(&transit.mount_path, &transit.key_name),
+            expiry: std::sync::Mutex::new(expiry::ExpiryWatch::default()),
         })
     }
 
@@ -159,6 +164,7 @@ impl Client {
         let token = login::login_with(&self.http, &nodes, auth, 0).await?;
         self.http.install(nodes);
         self.auth.install(auth.clone(), token);
+        self.expiry_watch().reloaded();
         tracing::info!(
             method = auth.method_name(),
             "logged in to OpenBao with the reloaded configuration"
@@ -170,6 +176,22 @@ impl Client {
     /// request paths rarely pay for a login.
     pub(crate) async fn maintain_token(&self) -> Result<Option<std::time::Duration>, Error> {
         Ok(self.auth.token(&self.http).await?.remaining())
+    }
+
+    /// Exports when the credential in use ends, reading it again only when it changed (a new
+    /// JWT file, a reload), and warns once when that is within `margin`. No I/O beyond a `stat`
+    /// of the JWT file while nothing changed.
+    pub(crate) fn watch_credential_expiry(&self, margin: std::time::Duration) {
+        let settings = self.auth.settings();
+        self.expiry_watch()
+            .check(&settings, margin, std::time::SystemTime::now());
+    }
+
+    fn expiry_watch(&self) -> std::sync::MutexGuard<'_, expiry::ExpiryWatch> {
+        match self.expiry.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
     }
 
     /// Forces a fresh login now, re-reading the credential files. On failure the previous

@@ -27,6 +27,8 @@ pub(crate) struct Provider {
     identity: KeyIdentity,
     rotation: Promotion,
     status: StatusSettings,
+    /// `auth.expiry_warning`, for the credential expiry check of each probe.
+    auth_expiry_warning: Duration,
     registry: Mutex<Registries>,
     store: Store,
     /// When key metadata was last re-read for an unknown key_id (one at a time, at most once a
@@ -56,6 +58,7 @@ impl Provider {
             identity,
             rotation: translate::promotion(settings),
             status: settings.status.clone(),
+            auth_expiry_warning: settings.auth_expiry_warning,
             // Known key_ids decrypt from the first request on, and Status reports the saved active
             // key_id, even before OpenBao answers a probe (a restart during an outage must not
             // make kube-apiserver stop writing).

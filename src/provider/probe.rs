@@ -8,7 +8,7 @@ use rand::RngCore;
 
 use super::health::ProbeError;
 use super::{known_keys, Provider, Snapshot};
-use crate::keys::{associated_data, short_hash, Change, Sighting};
+use crate::keys::{apiserver_hash, associated_data, short_hash, Change, Sighting};
 use crate::openbao;
 use crate::telemetry::metrics;
 
@@ -116,6 +116,9 @@ impl Provider {
     }
 
     async fn try_probe(&self, deep_due: bool, sighting: Sighting) -> Result<bool, ProbeError> {
+        // Before the login: an expired credential is what makes it fail.
+        self.client
+            .watch_credential_expiry(self.auth_expiry_warning);
         let ttl = self
             .client
             .maintain_token()
@@ -186,7 +189,11 @@ impl Provider {
             }
         }
         metrics::key_version(active.0);
-        metrics::active_key_id(&short_hash(&active.1));
+        metrics::active_key_id(
+            &short_hash(&active.1),
+            &apiserver_hash(&active.1),
+            &self.identity.provider_name,
+        );
 
         let mut deep_ok = None;
         let did_deep = deep_due || changed_active || self.snapshot().deep_ok_at.is_none();

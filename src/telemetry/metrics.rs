@@ -41,6 +41,19 @@ struct Hash {
     hash: String,
 }
 
+/// Labelled as kube-apiserver labels its `apiserver_envelope_encryption_key_id_hash_*` series,
+/// so one PromQL join compares a host's provider with its API server.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyIdInfo {
+    provider_name: String,
+    key_id_hash: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CredentialLabel {
+    credential: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MethodResult {
     method: String,
@@ -59,9 +72,11 @@ struct Metrics {
     openbao_requests: Family<OperationStatus, Counter>,
     openbao_duration: Family<Operation, Histogram>,
     key_id_hash: Family<Hash, Gauge>,
+    key_id_info: Family<KeyIdInfo, Gauge>,
     key_version: Gauge,
     snapshot_age: Gauge<f64, AtomicU64>,
     token_ttl: Gauge,
+    credential_expiry: Family<CredentialLabel, Gauge>,
     logins: Family<MethodResult, Counter>,
     healthy: Gauge,
     registry_unsaved: Gauge,
@@ -87,9 +102,11 @@ fn metrics() -> &'static Metrics {
             openbao_requests: Family::default(),
             openbao_duration: Family::new_with_constructor(|| Histogram::new(buckets())),
             key_id_hash: Family::default(),
+            key_id_info: Family::default(),
             key_version: Gauge::default(),
             snapshot_age: Gauge::default(),
             token_ttl: Gauge::default(),
+            credential_expiry: Family::default(),
             logins: Family::default(),
             healthy: Gauge::default(),
             registry_unsaved: Gauge::default(),
@@ -124,6 +141,11 @@ fn metrics() -> &'static Metrics {
             m.key_id_hash.clone(),
         );
         registry.register(
+            "key_id_info",
+            "1 for the key_id Status reports, hashed as kube-apiserver does (sha256:<hex>) and with the EncryptionConfiguration provider name",
+            m.key_id_info.clone(),
+        );
+        registry.register(
             "key_version",
             "Transit key version used for Encrypt",
             m.key_version.clone(),
@@ -137,6 +159,11 @@ fn metrics() -> &'static Metrics {
             "token_ttl_seconds",
             "Remaining TTL of the OpenBao token, updated every probe; -1 when it never expires",
             m.token_ttl.clone(),
+        );
+        registry.register(
+            "credential_expiry_timestamp_seconds",
+            "When the login credential ends (Unix time): the JWT exp claim or the client certificate's notAfter",
+            m.credential_expiry.clone(),
         );
         registry.register(
             "key_warnings",
@@ -230,7 +257,10 @@ pub(crate) fn status_label(code: u16) -> Cow<'static, str> {
     })
 }
 
-pub(crate) fn active_key_id(short_hash: &str) {
+/// The key_id Status reports, in both forms: the short hash (`status_key_id_hash`, kept for
+/// existing dashboards) and kube-apiserver's `sha256:<64 hex>` (`key_id_info`). Only the current
+/// key_id has a series.
+pub(crate) fn active_key_id(short_hash: &str, apiserver_hash: &str, provider_name: &str) {
     let m = metrics();
     let current = Hash {
         hash: short_hash.into(),
@@ -238,6 +268,14 @@ pub(crate) fn active_key_id(short_hash: &str) {
     if m.key_id_hash.get(&current).is_none_or(|g| g.get() != 1) {
         m.key_id_hash.clear();
         m.key_id_hash.get_or_create(&current).set(1);
+    }
+    let info = KeyIdInfo {
+        provider_name: provider_name.into(),
+        key_id_hash: apiserver_hash.into(),
+    };
+    if m.key_id_info.get(&info).is_none_or(|g| g.get() != 1) {
+        m.key_id_info.clear();
+        m.key_id_info.get_or_create(&info).set(1);
     }
 }
 
@@ -258,6 +296,18 @@ pub(crate) fn token_ttl(ttl: Duration) {
 /// A token without a TTL (a static token): -1, so "TTL low" alerts do not fire on it.
 pub(crate) fn token_never_expires() {
     metrics().token_ttl.set(-1);
+}
+
+/// The login credential's end as (`jwt` or `client_certificate`, Unix seconds); `None` (token
+/// auth, or a credential that cannot be read) removes the series.
+pub(crate) fn credential_expiry(expiry: Option<(&'static str, i64)>) {
+    let family = &metrics().credential_expiry;
+    family.clear();
+    if let Some((credential, at)) = expiry {
+        family
+            .get_or_create(&CredentialLabel { credential })
+            .set(at);
+    }
 }
 
 pub(crate) fn auth_login(method: &str, result: &str) {

@@ -285,6 +285,10 @@ def test_a_transit_rotation_reaches_kube_apiserver_and_a_no_op_update_rewrites_o
         return sum_samples(cluster.api.metrics(), metric, {"key_id_hash": kube_hash(new)}) > 0
 
     wait_until(apiserver_saw_new, "kube-apiserver's Status to see the new key_id", 120, interval=1)
+    # The join of the alert BaoKmsKeyIdDiffersFromApiserver: kube-apiserver's key_id_hash and
+    # provider_name labels are those of the provider's openbao_kms_key_id_info on the same host.
+    assert sum_samples(cluster.api.metrics(), metric, {"key_id_hash": kube_hash(new), "provider_name": PROVIDER}) > 0
+    assert cluster.provider_metric("openbao_kms_key_id_info", key_id_hash=kube_hash(new), provider_name=PROVIDER) == 1
     # A no-op update of an object stored under the old key_id rewrites it once, under the new one.
     status, obj = cluster.api.request("GET", f"/api/v1/namespaces/{NS}/secrets/bulk-0001")
     assert status == 200 and cluster.envelopes()[f"/registry/secrets/{NS}/bulk-0001"].keyID == old

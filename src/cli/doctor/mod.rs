@@ -2,6 +2,7 @@
 //! depends on it. One line per check (`ok`, `warn`, `FAIL`, `skip`), non-zero exit on any FAIL.
 //! Read-only apart from one encrypt+decrypt of random bytes and a fresh login.
 mod checks;
+mod credential;
 mod privilege;
 mod profile;
 
@@ -15,6 +16,7 @@ use crate::config::{self, Environment};
 /// Every check in the order it runs; a check that cannot run is printed as `skip`.
 pub(crate) const CHECKS: &[&str] = &[
     "config",
+    "credential-expiry",
     "pkcs11-key",
     "tls",
     "openbao-health",
@@ -145,6 +147,7 @@ pub(crate) fn run(arg: &ConfigArg) -> Result<ExitCode> {
         Some(p) => r.warn("config", format!("{detail}; but {p}")),
         None => r.ok("config", detail),
     }
+    credential::check(&settings, &mut r);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
