@@ -40,6 +40,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN = "/usr/local/bin"
 MANIFESTS = "/etc/kubernetes/manifests"
 KUBEADM_CONFIG = "/etc/kubernetes/kubeadm.yaml"
+JOIN_CONFIG = "/etc/kubernetes/kubeadm-join.yaml"
+# The joining host finds the cluster through this kubeconfig (a copy of the first host's admin.conf).
+DISCOVERY = "/etc/kubernetes/discovery.conf"
 PKI = "/etc/kubernetes/pki"
 # What `kubeadm join --control-plane` needs from the first host (kubeadm's "certificate keys").
 SHARED_PKI = ["ca.crt", "ca.key", "sa.key", "sa.pub", "front-proxy-ca.crt", "front-proxy-ca.key"]
@@ -75,6 +78,19 @@ def kube_bin_dir() -> Path:
     if missing:
         raise AssertionError(f"{d} lacks {missing}: run scripts/kube.sh (make kube)")
     return d
+
+
+def wait_until(cond, what: str, timeout: float, interval: float = 0.2):
+    """Polls `cond` until it returns something true (returned) or `timeout` seconds pass (fails
+    naming `what`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -167,15 +183,17 @@ class KubeHost:
 class KubeApi:
     """An HTTPS client of one API server from this machine, as system:masters (super-admin.conf)."""
 
-    def __init__(self, host: KubeHost, workdir: Path):
-        conf = yaml.safe_load((host.c.root / "etc/kubernetes/super-admin.conf").read_text())
+    def __init__(self, host: KubeHost, workdir: Path, credentials: KubeHost | None = None):
+        """`credentials`: the host whose super-admin.conf to use (a joined host has none)."""
+        creds = credentials or host
+        conf = yaml.safe_load((creds.c.root / "etc/kubernetes/super-admin.conf").read_text())
         user = conf["users"][0]["user"]
         d = workdir / f"api-{host.name}"
         d.mkdir(parents=True, exist_ok=True)
         (d / "cert.pem").write_bytes(base64.b64decode(user["client-certificate-data"]))
         (d / "key.pem").write_bytes(base64.b64decode(user["client-key-data"]))
         os.chmod(d / "key.pem", 0o600)
-        self.ctx = ssl.create_default_context(cafile=str(host.c.root / "etc/kubernetes/pki/ca.crt"))
+        self.ctx = ssl.create_default_context(cafile=str(creds.c.root / "etc/kubernetes/pki/ca.crt"))
         self.ctx.load_cert_chain(d / "cert.pem", d / "key.pem")
         self.address = host.address
 
@@ -245,30 +263,53 @@ def kubeadm_api(version: str) -> str:
     return "kubeadm.k8s.io/v1beta4" if minor >= 31 else "kubeadm.k8s.io/v1beta3"
 
 
-def kubeadm_config(version: str, name: str, address: str, endpoint: str, external_etcd: str | None) -> str:
-    init = {"apiVersion": kubeadm_api(version), "kind": "InitConfiguration",
+def kubeadm_config(version: str, name: str, address: str, endpoint: str, external_etcd: str | None,
+                   api_server: dict | None = None) -> str:
+    """InitConfiguration + ClusterConfiguration. `api_server` is the ClusterConfiguration's
+    apiServer in v1beta4 form (extraArgs as name/value pairs), turned into a map for v1beta3."""
+    api = kubeadm_api(version)
+    init = {"apiVersion": api, "kind": "InitConfiguration",
             "localAPIEndpoint": {"advertiseAddress": address, "bindPort": 6443},
             "nodeRegistration": {"name": name, "criSocket": "unix:///run/containerd/containerd.sock"}}
-    cluster = {"apiVersion": kubeadm_api(version), "kind": "ClusterConfiguration", "kubernetesVersion": version,
+    cluster = {"apiVersion": api, "kind": "ClusterConfiguration", "kubernetesVersion": version,
                "clusterName": "kubernetes", "controlPlaneEndpoint": endpoint, "certificatesDir": PKI,
                "networking": {"serviceSubnet": "10.96.0.0/12", "dnsDomain": "cluster.local"}}
+    if api_server:
+        server = dict(api_server)
+        if api.endswith("v1beta3") and "extraArgs" in server:
+            server["extraArgs"] = {a["name"]: a["value"] for a in server["extraArgs"]}
+        cluster["apiServer"] = server
     if external_etcd:
         cluster["etcd"] = {"external": {"endpoints": [external_etcd]}}
     return yaml.safe_dump_all([init, cluster], sort_keys=False)
+
+
+def join_config(version: str, name: str, address: str) -> str:
+    """A control-plane JoinConfiguration that discovers the cluster through a kubeconfig file."""
+    return yaml.safe_dump({
+        "apiVersion": kubeadm_api(version), "kind": "JoinConfiguration",
+        "discovery": {"file": {"kubeConfigPath": DISCOVERY}},
+        "controlPlane": {"localAPIEndpoint": {"advertiseAddress": address, "bindPort": 6443}},
+        "nodeRegistration": {"name": name, "criSocket": "unix:///run/containerd/containerd.sock"}}, sort_keys=False)
 
 
 class ControlPlane:
     """N control-plane hosts with real kube-apiservers (see the module docstring)."""
 
     def __init__(self, rootfs: Path, bin_dir: Path, workdir: Path, hosts: int = 1, controller_manager: bool = True,
-                 nspawn_workdir: Path | None = None, binds: list[tuple] | None = None):
-        """`binds`: more (machine path, host path[, read-only]) bind mounts on every host, e.g. the
+                 nspawn_workdir: Path | None = None, joining: int = 0, api_server: dict | None = None,
+                 files: dict[str, str] | None = None, binds: list[tuple] | None = None):
+        """`hosts` are set up by kubeadm at start; `joining` more hosts only boot (runner installed)
+        until `join()`. `api_server` goes into the ClusterConfiguration; `files` (path -> text, 0600)
+        are written on every host before kubeadm runs, e.g. a configuration that `api_server` names.
+        `binds`: more (machine path, host path[, read-only]) bind mounts on every host, e.g. the
         directory of a provider socket served from this machine."""
         self.rootfs, self.bin_dir, self.workdir = rootfs, bin_dir, workdir
         self.binds = list(binds or [])
         self.count, self.controller_manager = hosts, controller_manager
+        self.joining, self.api_server, self.files = joining, api_server, files or {}
         self.nspawn_workdir = nspawn_workdir
-        self.net = HostNetwork(hosts)
+        self.net = HostNetwork(hosts + joining)
         self.hosts: list[KubeHost] = []
         self.etcd_proc: subprocess.Popen | None = None
         self.version = subprocess.run([str(bin_dir / "kubeadm"), "version", "-o", "short"], capture_output=True,
@@ -283,7 +324,7 @@ class ControlPlane:
 
     @property
     def external_etcd(self) -> str | None:
-        return f"http://{self.net.gateway}:2379" if self.count > 1 else None
+        return f"http://{self.net.gateway}:2379" if self.count + self.joining > 1 else None
 
     def start(self) -> "ControlPlane":
         try:
@@ -297,18 +338,22 @@ class ControlPlane:
                 self.hosts.append(KubeHost(c, f"cp{i + 1}", addr))
                 c.start()
                 self._install_runner(c)
-            for i, h in enumerate(self.hosts):
+            for i, h in enumerate(self.hosts[:self.count]):
                 self._kubeadm(h, first=(i == 0))
-            for h in self.hosts:
+            for h in self.hosts[:self.count]:
                 h.wait_pod("kube-apiserver", timeout=180)
             first = self.hosts[0]
             # What a full `kubeadm init` does after the control plane is up: admin.conf's group
             # gets cluster-admin, and the ClusterConfiguration goes into kubeadm-config.
-            self._wait(lambda: first.kubectl("create", "clusterrolebinding", "kubeadm:cluster-admins",
+            wait_until(lambda: first.kubectl("create", "clusterrolebinding", "kubeadm:cluster-admins",
                                              "--clusterrole=cluster-admin", "--group=kubeadm:cluster-admins",
                                              kubeconfig="/etc/kubernetes/super-admin.conf",
                                              check=False).returncode == 0, "the kubeadm:cluster-admins binding", 60)
             first.kubeadm("init", "phase", "upload-config", "kubeadm", "--config", KUBEADM_CONFIG)
+            if self.joining:
+                # What `kubeadm join` reads: cluster-info (discovery) and the kubelet configuration.
+                first.kubeadm("init", "phase", "bootstrap-token", "--config", KUBEADM_CONFIG)
+                first.kubeadm("init", "phase", "upload-config", "kubelet", "--config", KUBEADM_CONFIG)
         except BaseException:
             self.stop()
             raise
@@ -325,7 +370,7 @@ class ControlPlane:
              "--listen-peer-urls", f"http://{self.net.gateway}:2380",
              "--initial-advertise-peer-urls", f"http://{self.net.gateway}:2380",
              "--initial-cluster", f"etcd=http://{self.net.gateway}:2380"], stdout=log, stderr=subprocess.STDOUT)
-        self._wait(lambda: self._etcd_healthy(url), "the external etcd", 30)
+        wait_until(lambda: self._etcd_healthy(url), "the external etcd", 30)
 
     @staticmethod
     def _etcd_healthy(url: str) -> bool:
@@ -345,13 +390,12 @@ class ControlPlane:
 
     def _kubeadm(self, h: KubeHost, first: bool) -> None:
         endpoint = f"{self.hosts[0].address}:6443"
-        h.c.write_file(KUBEADM_CONFIG, kubeadm_config(self.version, h.name, h.address, endpoint, self.external_etcd),
-                       mode=0o600)
+        h.c.write_file(KUBEADM_CONFIG, kubeadm_config(self.version, h.name, h.address, endpoint, self.external_etcd,
+                                                      self.api_server), mode=0o600)
+        for path, text in self.files.items():
+            h.c.write_file(path, text, mode=0o600)
         if not first:
-            src = self.hosts[0].c
-            for f in SHARED_PKI:
-                h.c.write_file(f"{PKI}/{f}", src.read_file(f"{PKI}/{f}", binary=True),
-                               mode=0o600 if f.endswith(".key") else 0o644)
+            self._copy_shared_pki(h)
         cfg = ["--config", KUBEADM_CONFIG]
         h.kubeadm("init", "phase", "certs", "all", *cfg)
         for kc in ("admin", "super-admin", "controller-manager"):
@@ -362,17 +406,32 @@ class ControlPlane:
         if self.controller_manager:
             h.kubeadm("init", "phase", "control-plane", "controller-manager", *cfg)
 
-    @staticmethod
-    def _wait(cond, what: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not cond():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-            time.sleep(0.2)
+    def _copy_shared_pki(self, h: KubeHost) -> None:
+        src = self.hosts[0].c
+        for f in SHARED_PKI:
+            h.c.write_file(f"{PKI}/{f}", src.read_file(f"{PKI}/{f}", binary=True),
+                           mode=0o600 if f.endswith(".key") else 0o644)
+
+    def join(self, i: int, timeout: float = 180) -> KubeHost:
+        """The control-plane part of `kubeadm join --control-plane` on joining host `i`: the shared PKI
+        copied as for `--certificate-key`, then the real kubeadm's join phases, which read the
+        ClusterConfiguration from the cluster's kubeadm-config (so whatever a rollout stored there
+        reaches the new host's manifest). Waits for its kube-apiserver."""
+        h = self.hosts[i]
+        h.c.write_file(DISCOVERY, self.hosts[0].c.read_file("/etc/kubernetes/admin.conf"), mode=0o600)
+        h.c.write_file(JOIN_CONFIG, join_config(self.version, h.name, h.address), mode=0o600)
+        self._copy_shared_pki(h)
+        for phase in ("certs", "kubeconfig", "control-plane"):
+            h.kubeadm("join", "phase", "control-plane-prepare", phase, "--config", JOIN_CONFIG)
+        # The join writes every control-plane manifest; these hosts run kube-apiserver only (the
+        # first host runs the controller manager, nothing here builds a scheduler).
+        h.c.run(["rm", "-f", f"{MANIFESTS}/kube-scheduler.yaml", f"{MANIFESTS}/kube-controller-manager.yaml"])
+        h.wait_pod("kube-apiserver", timeout=timeout)
+        return h
 
     def api(self, i: int = 0) -> KubeApi:
         if i not in self._apis:
-            self._apis[i] = KubeApi(self.hosts[i], self.workdir)
+            self._apis[i] = KubeApi(self.hosts[i], self.workdir, credentials=self.hosts[0])
         return self._apis[i]
 
     def etcd(self) -> Etcd:

@@ -1,5 +1,5 @@
 """The Ansible rollout (ansible/): lint, the OpenBao role against a real OpenBao dev server, and the
-control-plane roles against a booted systemd container (see test_ansible_rollout.py)."""
+control-plane roles on the real control plane (see test_ansible_rollout.py)."""
 
 from __future__ import annotations
 

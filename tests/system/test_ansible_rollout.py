@@ -1,397 +1,221 @@
-"""playbooks/site.yml and playbooks/migrate_secrets.yml against a booted systemd container (the
-control-plane host) and a real OpenBao dev server (the OpenBao side, from the controller).
+"""playbooks/site.yml, migrate_secrets.yml and prepare_join.yml on a real control plane.
 
-There is no kube-apiserver here: its /readyz is a stand-in HTTP server on the host loopback that
-reports the KMS check once the container's manifest carries the flag; the migration talks to a
-stand-in API server (kube_fakes.FakeApiServer) on the host loopback; kubectl for kubeadm-config is a
-stand-in script over a file; the container id is a hash of the manifest and a restart log; the
-"Secret reads back" step is a real `bao-kms-provider probe` round trip. The checks themselves (through
-the advertise address, etcd) are tested against real TLS and etcd in test_ansible_verify.py.
-Every test name that relies on a stand-in says so.
+Two clusters of the real-control-plane fixture (kube_cluster.py: real kubeadm, etcd, kube-apiserver
+and kubectl; the static-pod runner stands in for kubelet), each with a real OpenBao (kube_rollout.py):
+* `rollout`: a fresh kubeadm cluster and a second host that joins later with the real
+  `kubeadm join` phases. The role's refusals, --check --diff after kubeadm rewrote the manifest,
+  the JWT handler, the migration, dropping identity, rollback and `state: absent`, all against
+  the real kube-apiserver, which must keep serving every Secret throughout.
+* `merged`: a cluster that already encrypts with `aescbc`, seeded as an operator would, through the
+  ClusterConfiguration's extraArgs and extraVolumes, with automatic reload on. The default rollout
+  refuses; `kube_apiserver_kms_existing_config: merge` keeps aescbc readable, kube-apiserver applies
+  the write pass without a restart, and rollback, rewrite and `state: absent` return it to aescbc.
+The tests of one fixture read what its runs left; the runs happen once, in the fixture.
 """
 
 from __future__ import annotations
 
-import copy
+import base64
 import difflib
-import http.server
 import json
-import os
 import re
-import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from ansible_helpers import (BUILD_DIR, kubeadm_testdata, REPO_ROOT, JwtSigner, OpenBao, build_minimal_deb, localhost_inventory,
-                             run_playbook)
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kube_fakes import FakeApiServer  # noqa: E402
-from nspawn import Container  # noqa: E402
-from openbao import free_port  # noqa: E402
+from ansible_helpers import REPO_ROOT  # noqa: E402
+from kube_cluster import KubeHost, wait_until  # noqa: E402
+from kube_rollout import ENC_CONFIG, ENC_DIR, MANIFEST, PREFIX, KubeRollout, kube_rollout  # noqa: E402
 
-TESTDATA = kubeadm_testdata()
-ORIGINAL_MANIFEST = TESTDATA / "kubeadm" / "kube-apiserver.yaml"
-MANIFEST = "/etc/kubernetes/manifests/kube-apiserver.yaml"
-CONFIG_DIR = "/etc/kubernetes/encryption/openbao-kms"
-ENC_CONFIG = f"{CONFIG_DIR}/encryption-config.yaml"
 FLAG = f"--encryption-provider-config={ENC_CONFIG}"
-# The shared harness rootfs; it carries what Ansible's apt module and the manifest edit need on a
-# Debian host (python3-apt, python3-yaml).
-ROOTFS = Path(os.environ.get("BAO_ROOTFS", BUILD_DIR / "cache" / "rootfs-bookworm"))
-
-KUBECTL_STANDIN = r"""#!/bin/bash
-# Stand-in for kubectl (there is no kube-apiserver in this test): the kubeadm-config ConfigMap in a file.
-echo "$*" >> /var/tmp/kubectl-standin.log
-case "$*" in
-  "version --client --output json") echo '{"clientVersion": {"major": "1", "minor": "34", "gitVersion": "v1.34.3"}}' ;;
-  *"get configmap kubeadm-config --output json"*) cat /var/tmp/kubeadm-config.json ;;
-  *"replace --filename -"*) cat > /var/tmp/kubeadm-config.json.new && mv /var/tmp/kubeadm-config.json.new /var/tmp/kubeadm-config.json
-    echo "configmap/kubeadm-config replaced" ;;
-  *) echo "unexpected kubectl call: $*" >&2; exit 1 ;;
-esac
-"""
-CLUSTER_CONFIGURATION = """apiServer:
-  extraArgs:
-  - name: authorization-mode
-    value: Node,RBAC
-apiVersion: kubeadm.k8s.io/v1beta4
-certificatesDir: /etc/kubernetes/pki
-clusterName: kubernetes
-kind: ClusterConfiguration
-kubernetesVersion: v1.34.3
-networking:
-  dnsDomain: cluster.local
-  serviceSubnet: 10.96.0.0/12
-"""
-KUBEADM_CONFIG = {"apiVersion": "v1", "kind": "ConfigMap",
-                  "metadata": {"name": "kubeadm-config", "namespace": "kube-system", "resourceVersion": "1"},
-                  "data": {"ClusterConfiguration": CLUSTER_CONFIGURATION}}
-# Stand-ins for the kube-apiserver container: its "id" changes when kubelet would recreate it (the
-# manifest changed) or when the restart command ran.
-CONTAINER_ID = "cat /etc/kubernetes/manifests/kube-apiserver.yaml /var/tmp/apiserver-restarts 2>/dev/null | sha256sum"
-EXISTING_ENCRYPTION = "/etc/kubernetes/enc/enc.yaml"
-# Merge mode on a published manifest that already encrypts (kubeadm 1.21, --encryption-provider-config
-# =/etc/kubernetes/etcd/ec.yaml) with the Kubernetes documentation's aescbc configuration there
-# (tests/testdata/kubeadm/PROVENANCE.md).
-# The project's own corpus, not kubeadm_testdata() (../shared/testdata holds only one manifest).
-CORPUS = REPO_ROOT / "tests" / "testdata" / "kubeadm"
-MERGE_MANIFEST = CORPUS / "manifests" / "kubeadm-v1.21.0-existing-encryption.yaml"
-MERGE_EXISTING = "/etc/kubernetes/etcd/ec.yaml"
-MERGE_CONFIG = CORPUS / "encryption-configs" / "aescbc-docs-write-config.yaml"
-PREVIOUS_FILE = f"{CONFIG_DIR}/previous-encryption-provider-config"
+PREVIOUS_FILE = f"{ENC_DIR}/previous-encryption-provider-config"
+MARKER = "/var/lib/openbao-kms/secrets-migrated"
+MISSING_KUBECTL = "/usr/local/bin/kubectl-not-installed"
+# Secrets written before the rollout (stored by identity, i.e. in plaintext).
+BEFORE = [("default", "a"), ("default", "b"), ("kube-system", "c"), ("team", "d"), ("team", "e")]
+# The cluster that already encrypts: the Kubernetes documentation's aescbc configuration
+# (tests/testdata/kubeadm/PROVENANCE.md) for secrets and configmaps. Its third resource, a custom
+# resource this cluster does not serve, is left out: the migration refuses names that are not served.
+AESCBC_SOURCE = REPO_ROOT / "tests" / "testdata" / "kubeadm" / "encryption-configs" / "aescbc-docs-write-config.yaml"
+EXISTING_DIR = "/etc/kubernetes/enc"
+EXISTING = f"{EXISTING_DIR}/enc.yaml"
+AESCBC_PREFIX = b"k8s:enc:aescbc:v1:key1:"
 
 
-def provider_package(request, workdir: Path) -> Path:
-    """The .deb the project ships: the packaging tests' `built_packages` build when that fixture
-    exists (one build per session), else `make deb`; a minimal .deb of the debug build only while
-    this tree has no `deb` target. BAO_ANSIBLE_DEB=/path picks a package by hand."""
-    if os.environ.get("BAO_ANSIBLE_DEB"):
-        return Path(os.environ["BAO_ANSIBLE_DEB"])
-    try:
-        return request.getfixturevalue("built_packages").deb1
-    except pytest.FixtureLookupError:
-        pass
-    if subprocess.run(["make", "-n", "deb"], cwd=REPO_ROOT, capture_output=True).returncode == 0:
-        out = workdir / "packages"
-        p = subprocess.run(["make", "deb", f"PKG_DIR={out}"], cwd=REPO_ROOT, capture_output=True, text=True,
-                           timeout=3600)
-        assert p.returncode == 0, f"make deb failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
-        debs = sorted(out.glob("bao-kms-provider_*.deb"))
-        assert len(debs) == 1, f"make deb left {debs} in {out}"
-        return debs[0]
-    return build_minimal_deb(workdir)
+def aescbc_config() -> str:
+    doc = yaml.safe_load(AESCBC_SOURCE.read_text())
+    doc["resources"][0]["resources"] = ["secrets", "configmaps"]
+    return yaml.safe_dump(doc, sort_keys=False)
 
 
-class ReadyzStandIn:
-    """Stand-in for kube-apiserver's /readyz?verbose on the host loopback (the container shares the
-    network). Like an API server that kubelet restarts after a manifest change, it answers 503 twice
-    after each change of the container's manifest, then lists the KMS check if the manifest carries
-    the flag."""
-
-    RESTART_ANSWERS = 2
-
-    def __init__(self, container: Container):
-        self.container = container
-        self.answers = {"restarting": 0, "with-kms": 0, "without-kms": 0}
-        self._manifest, self._since_change = None, 0
-        standin = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                status, body = standin.answer()
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/readyz?verbose"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def answer(self) -> tuple[int, bytes]:
-        manifest = (self.container.root / MANIFEST.lstrip("/")).read_text()
-        if manifest != self._manifest:
-            self._manifest, self._since_change = manifest, 0
-        self._since_change += 1
-        if self._since_change <= self.RESTART_ANSWERS:
-            self.answers["restarting"] += 1
-            return 503, b"[-]etcd failed: reason withheld\nreadyz check failed\n"
-        kms = FLAG in manifest
-        self.answers["with-kms" if kms else "without-kms"] += 1
-        return 200, ("[+]ping ok\n[+]etcd ok\n" + ("[+]kms-provider-0 ok\n" if kms else "")
-                     + "readyz check passed\n").encode()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
+def secret(ns: str, name: str, value: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": ns},
+            "data": {"value": base64.b64encode(value.encode()).decode()}}
 
 
-class Rollout:
-    """The container, the servers and the inventory, plus every playbook run made so far."""
+class Cluster:
+    """What the tests read from the API server and etcd of one cluster."""
 
-    def __init__(self, container, bao, signer, deb, readyz, api):
-        self.container, self.bao, self.readyz, self.signer, self.api = container, bao, readyz, signer, api
-        self.first_jwt = signer.mint(ttl=3600)
-        self.runs: dict[str, object] = {}
-        self.inventory = localhost_inventory()
-        self.inventory["all"]["vars"] = {
-            "openbao_transit_address": bao.addr,
-            "openbao_transit_token": bao.root_token,
-            "openbao_transit_ca_file": str(bao.ca),
-            "openbao_transit_jwt_validation_pubkeys": [signer.public_pem],
-        }
-        self.inventory["all"]["children"] = {"kube_control_plane": {"hosts": {"cp1": {
-            **self.connection(container),
-            "bao_kms_provider_package_file": str(deb),
-            "bao_kms_provider_openbao_address": bao.addr,
-            "bao_kms_provider_openbao_instance_id": "openbao-test",
-            "bao_kms_provider_openbao_ca_src": str(bao.ca),
-            "bao_kms_provider_jwt": self.first_jwt,
-            "bao_kms_provider_cluster_id": "test-cluster",
-            "bao_kms_provider_transit_mount_id": "transit-test",
-            "bao_kms_provider_key_lineage_id": "lineage-1",
-            "bao_kms_provider_metrics_address": f"127.0.0.1:{free_port()}",
-            "bao_kms_provider_health_address": f"127.0.0.1:{free_port()}",
-            "kube_apiserver_kms_readyz_command":
-                f"python3 -c 'import urllib.request; print(urllib.request.urlopen(\"{readyz.url}\").read().decode())'",
-            "kube_apiserver_kms_wait_delay": 1,
-            "kube_apiserver_kms_secret_check_command": "/usr/bin/bao-kms-provider probe --socket /run/openbao-kms/kms.sock",
-            "kube_apiserver_kms_restart_command": "echo restarted >> /var/tmp/apiserver-restarts",
-            "kube_apiserver_kms_container_id_command": CONTAINER_ID,
-            "kube_apiserver_kms_kubectl": "/usr/local/bin/kubectl-standin",
-            "kms_migrate_secrets_kubeconfig": "/etc/kubernetes/admin.conf",
-            "kms_migrate_secrets_chunk_size": 2,
-            "kms_migrate_secrets_verify": "none",
-            "kms_migrate_secrets_quota_check": "off",
-        }}}}
+    def __init__(self, ro: KubeRollout):
+        self.ro = ro
+        self.api, self.etcd = ro.cp.api(0), ro.cp.etcd()
 
-    @staticmethod
-    def connection(container):
-        return {"ansible_connection": "nsenter", "ansible_nsenter_pid": container.pid,
-                "ansible_python_interpreter": "/usr/bin/python3", "ansible_become": False}
+    def create(self, ns: str, name: str, value: str, host: int = 0) -> None:
+        if ns not in ("default", "kube-system"):
+            self.ro.cp.api(host).request("POST", "/api/v1/namespaces",
+                                         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+        status, out = self.ro.cp.api(host).request("POST", f"/api/v1/namespaces/{ns}/secrets", secret(ns, name, value))
+        assert status == 201, out
 
-    def play(self, name, playbook, inventory=None, **kwargs):
-        t0 = time.monotonic()
-        run = run_playbook(playbook, inventory or self.inventory, **kwargs)
-        self.runs[name] = run
-        log_dir = os.environ.get("BAO_ANSIBLE_LOG_DIR")
-        if log_dir:  # keep every run's output for a look afterwards
-            Path(log_dir).mkdir(parents=True, exist_ok=True)
-            (Path(log_dir) / f"{name}.log").write_text(f"# {time.monotonic() - t0:.1f}s\n{run.output}")
-        return run
+    def value(self, ns: str, name: str, host: int = 0) -> str:
+        status, out = self.ro.cp.api(host).request("GET", f"/api/v1/namespaces/{ns}/secrets/{name}")
+        assert status == 200, out
+        return base64.b64decode(out["data"]["value"]).decode()
 
-    def read(self, path):
-        return self.container.read_file(path)
+    def stored(self, ns: str, name: str) -> bytes:
+        return self.etcd.get(f"/registry/secrets/{ns}/{name}") or b""
+
+    def kubeadm_config(self) -> dict:
+        out = self.ro.cp.hosts[0].kubectl("-n", "kube-system", "get", "configmap", "kubeadm-config", "-o", "json")
+        return json.loads(out.stdout)
+
+
+def stat(h: KubeHost, *paths: str) -> list[str]:
+    return h.c.run(["stat", "-c", "%U:%G %a", *paths]).stdout.split("\n")[:len(paths)]
+
+
+def installed(h: KubeHost) -> str:
+    return h.c.run(["dpkg-query", "-W", "-f=${Status}", "bao-kms-provider"], check=False).stdout
+
+
+def touched(h: KubeHost) -> str:
+    return h.c.run("ls /etc/kubernetes/encryption /etc/openbao-kms 2>/dev/null", check=False).stdout
+
+
+def invocation_id(h: KubeHost) -> str:
+    return h.c.run(["systemctl", "show", "-P", "InvocationID", "bao-kms-provider.service"]).stdout.strip()
+
+
+def backups(h: KubeHost) -> list[str]:
+    return sorted(h.c.run(["ls", "/etc/kubernetes/backup"], check=False).stdout.split())
 
 
 @pytest.fixture(scope="module")
-def rollout(request, tmp_path_factory):
+def rollout(request, tmp_path_factory, nspawn_rootfs):
     work = tmp_path_factory.mktemp("rollout")
-    deb = provider_package(request, work)
-    r = subprocess.run([str(REPO_ROOT / "scripts" / "rootfs.sh"), str(ROOTFS)], capture_output=True, text=True,
-                       timeout=1800)
-    assert r.returncode == 0, f"scripts/rootfs.sh failed:\n{r.stderr[-3000:]}"
-    bao = OpenBao(work).start()
-    container = Container(ROOTFS, workdir=Path(os.environ.get("BAO_NSPAWN_WORKDIR", BUILD_DIR / "nspawn")))
-    readyz = api = None
-    try:
-        container.start()
-        # A cluster that already encrypts (aescbc): the rollout stops before installing anything.
-        existing = ORIGINAL_MANIFEST.read_text().replace(
-            "    - --enable-bootstrap-token-auth=true\n",
-            f"    - --enable-bootstrap-token-auth=true\n    - --encryption-provider-config={EXISTING_ENCRYPTION}\n")
-        container.write_file(MANIFEST, existing, mode=0o600)
-        container.write_file("/usr/local/bin/kubectl-standin", KUBECTL_STANDIN, mode=0o755)
-        container.write_file("/var/tmp/kubeadm-config.json", json.dumps(KUBEADM_CONFIG))
-        readyz = ReadyzStandIn(container)
-        api = FakeApiServer(None, None, host="127.0.0.1")
-        for ns, name in (("default", "a"), ("default", "b"), ("kube-system", "c"), ("team", "d"), ("team", "e")):
-            api.add(ns, name)
-        api.conflict_once = {"kube-system/c"}
-        container.write_file("/etc/kubernetes/admin.conf", json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "t",
-            "clusters": [{"name": "t", "cluster": {"server": api.url}}],
-            "contexts": [{"name": "t", "context": {"cluster": "t", "user": "t"}}], "users": [{"name": "t", "user": {}}]}),
-            mode=0o600)
-        ro = Rollout(container, bao, JwtSigner(), deb, readyz, api)
-        ro.play("existing-refused", "playbooks/site.yml")
-        ro.existing_refused_state = {
-            "manifest": ro.read(MANIFEST),
-            "installed": container.run(["dpkg-query", "-W", "-f=${Status}", "bao-kms-provider"], check=False).stdout,
-            "touched": container.run("ls /etc/kubernetes/encryption /etc/openbao-kms 2>/dev/null", check=False).stdout,
-        }
-        container.copy_in(ORIGINAL_MANIFEST, MANIFEST, mode=0o600)
-        # The container has no kubectl: the first play stops before anything is installed.
-        ro.play("no-kubectl", "playbooks/site.yml", extra_vars={"kube_apiserver_kms_kubectl": "kubectl"})
-        ro.no_kubectl_state = {
-            "installed": container.run(["dpkg-query", "-W", "-f=${Status}", "bao-kms-provider"], check=False).stdout,
-            "touched": container.run("ls /etc/kubernetes/encryption /etc/openbao-kms 2>/dev/null", check=False).stdout,
-        }
-        ro.play("site-1", "playbooks/site.yml", diff=True).assert_ok()
-        ro.kubeadm_config_after_site = json.loads(ro.read("/var/tmp/kubeadm-config.json"))
-        ro.play("site-2", "playbooks/site.yml").assert_ok()
+    with kube_rollout(request, work, nspawn_rootfs, hosts=1, joining=1) as ro:
+        k = Cluster(ro)
+        cp1, cp2 = ro.cp.hosts
+        k.original_manifest = cp1.c.read_file(MANIFEST)
+        k.original_cluster_configuration = k.kubeadm_config()["data"]["ClusterConfiguration"]
+        for ns, name in BEFORE:
+            k.create(ns, name, f"{ns}/{name} before the rollout")
+        # kubectl missing on the host: the first play stops before anything is installed.
+        ro.play("no-kubectl", extra_vars={"kube_apiserver_kms_kubectl": MISSING_KUBECTL})
+        k.no_kubectl_state = {"installed": installed(cp1), "touched": touched(cp1)}
+        k.ids = {"start": cp1.pod_file("kube-apiserver", "id")}
+        ro.play("site-1", diff=True).assert_ok()
+        k.kubeadm_config_after_site = k.kubeadm_config()
+        ro.play("site-2").assert_ok()
+        k.kubeadm_config_after_rerun = k.kubeadm_config()
+        k.create("team", "after-site", "written through the provider")
         # kubeadm upgrade rewrites the manifest (here: without our flag, the worst case): --check --diff
         # shows the change, writes nothing; the next real run puts it back.
-        container.copy_in(ORIGINAL_MANIFEST, MANIFEST, mode=0o600)
-        ro.play("site-check", "playbooks/site.yml", check=True, diff=True).assert_ok()
-        ro.manifest_after_check = ro.read(MANIFEST)
-        ro.backups_after_check = container.run(["ls", "/etc/kubernetes/backup"]).stdout.split()
-        refuse_with_provider_down(ro)
-        container.systemctl("start", "bao-kms-provider.socket", "bao-kms-provider.service")
-        # A new JWT for the host: the handler restarts the provider (the socket keeps listening).
-        ro.invocation_before_new_jwt = invocation_id(container)
-        ro.new_jwt = ro.signer.mint(ttl=7200)
-        ro.inventory["all"]["children"]["kube_control_plane"]["hosts"]["cp1"]["bao_kms_provider_jwt"] = ro.new_jwt
-        ro.play("site-3", "playbooks/site.yml").assert_ok()
-        ro.invocation_after_new_jwt = invocation_id(container)
-        ro.manifest_after_site = ro.read(MANIFEST)
+        cp1.c.write_file(MANIFEST, k.original_manifest, mode=0o600)
+        ro.play("site-check", check=True, diff=True).assert_ok()
+        k.manifest_after_check, k.backups_after_check = cp1.c.read_file(MANIFEST), backups(cp1)
+        prepare_join(ro, k, cp2)
+        refuse_with_provider_down(ro, k, cp1, cp2)
+        cp1.c.systemctl("start", "bao-kms-provider.socket", "bao-kms-provider.service")
+        # A new JWT for every host: the handler restarts the provider (the socket keeps listening).
+        k.invocations_before_new_jwt = {h.name: invocation_id(h) for h in (cp1, cp2)}
+        k.new_jwt = ro.signer.mint(ttl=7200)
+        ro.hosts()[cp2.name] = ro.host_vars(cp2)
+        for h in ro.hosts().values():
+            h["bao_kms_provider_jwt"] = k.new_jwt
+        ro.play("site-3").assert_ok()
+        k.invocations_after_new_jwt = {h.name: invocation_id(h) for h in (cp1, cp2)}
+        k.manifest_after_site = cp1.c.read_file(MANIFEST)
         ro.play("migrate-1", "playbooks/migrate_secrets.yml").assert_ok()
-        ro.marker_after_migrate = ro.read("/var/lib/openbao-kms/secrets-migrated")
+        k.marker_after_migrate = cp1.c.read_file(MARKER)
+        k.stored_after_migrate = {f"{ns}/{name}": k.stored(ns, name) for ns, name in BEFORE}
         ro.play("migrate-2", "playbooks/migrate_secrets.yml").assert_ok()
         drop = {"kms_migrate_secrets_remove_identity_fallback": True}
+        k.ids["before drop"] = {h.name: h.pod_file("kube-apiserver", "id") for h in (cp1, cp2)}
         ro.play("drop-identity-1", "playbooks/migrate_secrets.yml", extra_vars=drop).assert_ok()
+        k.ids["after drop"] = {h.name: h.pod_file("kube-apiserver", "id") for h in (cp1, cp2)}
         ro.play("drop-identity-2", "playbooks/migrate_secrets.yml", extra_vars=drop).assert_ok()
-        ro.enc_config_after_drop = ro.read(ENC_CONFIG)
-        ro.restarts_after_drop = ro.read("/var/tmp/apiserver-restarts").splitlines()
-        # Taking the provider out again starts with identity first on every API server.
-        ro.play("rollback", "playbooks/site.yml", extra_vars={"kube_apiserver_kms_stage": "rollback"}).assert_ok()
-        ro.marker_after_rollback = container.run(["ls", "/var/lib/openbao-kms"]).stdout.split()
-        ro.enc_config_after_rollback = ro.read(ENC_CONFIG)
-        ro.restarts_after_rollback = ro.read("/var/tmp/apiserver-restarts").splitlines()
-        ro.play("absent", "playbooks/site.yml", tags="apiserver",
+        k.ids["after drop again"] = {h.name: h.pod_file("kube-apiserver", "id") for h in (cp1, cp2)}
+        k.enc_config_after_drop = cp1.c.read_file(ENC_CONFIG)
+        k.values_after_drop = {f"{ns}/{name}": k.value(ns, name, host=1) for ns, name in BEFORE}
+        # Taking the provider out again: identity first on every API server, every object rewritten
+        # away from the provider, then the flag and mounts removed.
+        ro.play("rollback", extra_vars={"kube_apiserver_kms_stage": "rollback"}).assert_ok()
+        k.marker_after_rollback = cp1.c.run(["ls", "/var/lib/openbao-kms"]).stdout.split()
+        k.enc_config_after_rollback = cp1.c.read_file(ENC_CONFIG)
+        k.create("team", "after-rollback", "written after the rollback")
+        k.stored_after_rollback = k.stored("team", "after-rollback")
+        ro.play("migrate-back", "playbooks/migrate_secrets.yml",
+                extra_vars={"kms_migrate_secrets_rollback": True}).assert_ok()
+        k.stored_after_migrate_back = {key: v for key, v in k.etcd.range("/registry/secrets/").items()}
+        ro.play("absent", tags="apiserver",
                 extra_vars={"kube_apiserver_kms_stage": "rollback", "kube_apiserver_kms_state": "absent"}).assert_ok()
-        ro.manifest_after_absent = ro.read(MANIFEST)
-        ro.kubeadm_config_after_absent = json.loads(ro.read("/var/tmp/kubeadm-config.json"))
-        ro.backups_after_absent = container.run(["ls", "/etc/kubernetes/backup"]).stdout.split()
-        merge_mode(ro)
-        yield ro
-    except BaseException:
-        if container.running:
-            print(container.run(["journalctl", "-b", "--no-pager", "-n", "80"], check=False).stdout)
-        raise
-    finally:
-        if readyz:
-            readyz.close()
-        if api:
-            api.close()
-        container.stop()
-        bao.stop()
+        k.manifest_after_absent = cp1.c.read_file(MANIFEST)
+        k.kubeadm_config_after_absent = k.kubeadm_config()
+        k.backups_after_absent = backups(cp1)
+        cp1.wait_pod("kube-apiserver", timeout=180)
+        k.values_after_absent = {f"{ns}/{name}": k.value(ns, name) for ns, name in [*BEFORE, ("team", "after-site")]}
+        yield k
 
 
-def invocation_id(container) -> str:
-    return container.run(["systemctl", "show", "-P", "InvocationID", "bao-kms-provider.service"]).stdout.strip()
-
-
-def refuse_with_provider_down(ro: Rollout) -> None:
-    """cp1's provider is down and a second host cp2 waits its turn: the API server step stops on cp1
-    without touching its manifest, and the rollout never reaches cp2."""
-    c = ro.container
-    c.systemctl("stop", "bao-kms-provider.socket", "bao-kms-provider.service")
-    second = Container(ROOTFS, workdir=Path(os.environ.get("BAO_NSPAWN_WORKDIR", BUILD_DIR / "nspawn")))
-    try:
-        second.start()
-        second.copy_in(ORIGINAL_MANIFEST, MANIFEST, mode=0o600)
-        inventory = copy.deepcopy(ro.inventory)
-        hosts = inventory["all"]["children"]["kube_control_plane"]["hosts"]
-        hosts["cp2"] = {**hosts["cp1"], **Rollout.connection(second)}
-        ro.play("refused", "playbooks/site.yml", inventory=inventory, tags="apiserver",
-                extra_vars={"kube_apiserver_kms_probe_wait": "2s"})
-        ro.refused_state = {
-            "cp1 manifest": ro.read(MANIFEST),
-            "cp1 backups": c.run(["ls", "/etc/kubernetes/backup"]).stdout.split(),
-            "cp2 manifest": second.read_file(MANIFEST),
-            "cp2 touched": second.run("ls /etc/kubernetes/encryption /etc/openbao-kms 2>/dev/null", check=False).stdout,
-        }
-        prepare_join(ro, second, hosts["cp2"])
-    finally:
-        second.stop()
-
-
-def prepare_join(ro: Rollout, joining: Container, cp2: dict) -> None:
-    """The refused cp2 joins later: prepare_join.yml stages the provider and cp1's EncryptionConfiguration
-    on it before `kubeadm join --control-plane` (not run here: no kubeadm), twice."""
-    inventory = copy.deepcopy(ro.inventory)
-    inventory["all"]["hosts"] = {"cp2": {**cp2, "bao_kms_provider_metrics_address": f"127.0.0.1:{free_port()}",
-                                         "bao_kms_provider_health_address": f"127.0.0.1:{free_port()}"}}
-    join = {"join_hosts": "cp2"}
+def prepare_join(ro: KubeRollout, k: Cluster, cp2: KubeHost) -> None:
+    """cp2 joins the control plane: prepare_join.yml stages the provider and cp1's EncryptionConfiguration
+    (twice: the second run changes nothing), then the real `kubeadm join` phases write its manifest
+    from kubeadm-config, and its kube-apiserver reads and writes through the provider."""
+    inventory = json.loads(json.dumps(ro.inventory))
+    inventory["all"]["hosts"] = {cp2.name: ro.host_vars(cp2)}
+    join = {"join_hosts": cp2.name}
     ro.play("prepare-join-1", "playbooks/prepare_join.yml", inventory=inventory, extra_vars=join, diff=True).assert_ok()
     ro.play("prepare-join-2", "playbooks/prepare_join.yml", inventory=inventory, extra_vars=join).assert_ok()
-    ro.joined = {
-        "config": joining.read_file(ENC_CONFIG),
-        "cp1 config": ro.read(ENC_CONFIG),
-        "stat": joining.run(["stat", "-c", "%U:%G %a", ENC_CONFIG, CONFIG_DIR]).stdout.split("\n"),
-        "installed": joining.run(["dpkg-query", "-W", "-f=${Status}", "bao-kms-provider"], check=False).stdout,
-        "socket": joining.run(["systemctl", "is-active", "bao-kms-provider.socket"], check=False).stdout.strip(),
-        "probe": joining.run(["bao-kms-provider", "probe", "--socket", "/run/openbao-kms/kms.sock"], check=False),
-        "manifest": joining.read_file(MANIFEST),
+    k.joined = {
+        "config": cp2.c.read_file(ENC_CONFIG),
+        "cp1 config": ro.cp.hosts[0].c.read_file(ENC_CONFIG),
+        "stat": stat(cp2, ENC_CONFIG, ENC_DIR),
+        "installed": installed(cp2),
+        "socket": cp2.c.run(["systemctl", "is-active", "bao-kms-provider.socket"], check=False).stdout.strip(),
+        "probe": cp2.c.run(["bao-kms-provider", "probe", "--socket", "/run/openbao-kms/kms.sock"], check=False),
+        "manifest before join": cp2.c.exists(MANIFEST),
+    }
+    ro.cp.join(1)
+    k.joined["manifest"] = cp2.c.read_file(MANIFEST)
+    k.joined["readyz"] = wait_until(lambda: (r := ro.cp.api(1).readyz())[0] == 200 and r, "cp2's /readyz", 120)
+    k.joined["value"] = k.value("team", "after-site", host=1)
+    k.create("team", "through-cp2", "written through the joined host", host=1)
+    k.joined["stored"] = k.stored("team", "through-cp2")
+
+
+def refuse_with_provider_down(ro: KubeRollout, k: Cluster, cp1: KubeHost, cp2: KubeHost) -> None:
+    """cp1's provider is down and cp2 waits its turn: the API server step stops on cp1 without
+    touching its manifest, and the rollout never reaches cp2."""
+    cp1.c.systemctl("stop", "bao-kms-provider.socket", "bao-kms-provider.service")
+    inventory = json.loads(json.dumps(ro.inventory))
+    ro.hosts(inventory)[cp2.name] = ro.host_vars(cp2)
+    cp2_manifest = cp2.c.read_file(MANIFEST)
+    ro.play("refused", inventory=inventory, tags="apiserver", extra_vars={"kube_apiserver_kms_probe_wait": "2s"})
+    k.refused_state = {
+        "cp1 manifest": cp1.c.read_file(MANIFEST),
+        "cp1 backups": backups(cp1),
+        "cp2 manifest unchanged": cp2.c.read_file(MANIFEST) == cp2_manifest,
+        "cp2 backups": backups(cp2),
     }
 
 
-def merge_mode(ro: Rollout) -> None:
-    """A cluster that already encrypts, rolled out with kube_apiserver_kms_existing_config: merge: the
-    read pass keeps aescbc first, the write pass puts our kms first and keeps aescbc (with its keys)
-    after it, the rollback puts aescbc first again and state=absent points the flag back at the old file
-    (a second run changing nothing is shown by the module tests; left out here to keep this test short).
-    Our file from the earlier rollout is removed first (a fresh cluster)."""
-    c = ro.container
-    c.copy_in(MERGE_MANIFEST, MANIFEST, mode=0o600)
-    c.copy_in(MERGE_CONFIG, MERGE_EXISTING, mode=0o600)
-    c.run(["rm", "-f", ENC_CONFIG, PREVIOUS_FILE])
-    merge = {"kube_apiserver_kms_existing_config": "merge"}
-    ro.play("merge-1", "playbooks/site.yml", tags="apiserver", extra_vars=merge).assert_ok()
-    ro.merged = {"config": ro.read(ENC_CONFIG), "manifest": ro.read(MANIFEST), "previous": ro.read(PREVIOUS_FILE),
-                 "existing": ro.read(MERGE_EXISTING)}
-    rollback = {**merge, "kube_apiserver_kms_stage": "rollback"}
-    ro.play("merge-rollback", "playbooks/site.yml", tags="apiserver", extra_vars=rollback).assert_ok()
-    ro.merged["config after rollback"] = ro.read(ENC_CONFIG)
-    ro.play("merge-absent", "playbooks/site.yml", tags="apiserver",
-            extra_vars={**rollback, "kube_apiserver_kms_state": "absent"}).assert_ok()
-    ro.merged["manifest after absent"] = ro.read(MANIFEST)
-
-
-def test_existing_encryption_is_refused_before_anything_is_installed(rollout):
-    run = rollout.runs["existing-refused"]
-    assert run.rc != 0 and f"already uses the EncryptionConfiguration {EXISTING_ENCRYPTION}" in run.output, run.output
-    assert "kube_apiserver_kms_existing_config: merge" in run.output and "Nothing was installed" in run.output
-    state = rollout.existing_refused_state
-    assert EXISTING_ENCRYPTION in state["manifest"] and "ok installed" not in state["installed"]
-    assert state["touched"] == ""
-
-
 def test_a_host_without_kubectl_is_refused_before_anything_is_installed_naming_what_to_install(rollout):
-    run = rollout.runs["no-kubectl"]
-    assert run.rc != 0 and "kubectl (kubectl) does not run on cp1" in run.output, run.output
+    run = rollout.ro.runs["no-kubectl"]
+    assert run.rc != 0 and f"kubectl ({MISSING_KUBECTL}) does not run on cp1" in run.output, run.output
     assert "the kubectl package of your cluster's minor version from pkgs.k8s.io" in run.output, run.output
     assert "Nothing was installed or changed" in run.output
     assert "PLAY [Install bao-kms-provider" not in run.output, run.output
@@ -399,36 +223,40 @@ def test_a_host_without_kubectl_is_refused_before_anything_is_installed_naming_w
 
 
 def test_site_playbook_lets_the_api_server_read_through_the_provider_before_writing_through_it(rollout):
-    out = rollout.runs["site-1"].output
+    out = rollout.ro.runs["site-1"].output
     first_pass = out.index("PLAY [Install bao-kms-provider and let every API server read through it]")
     second_pass = out.index("PLAY [Make every API server write through bao-kms-provider]")
-    # Pass 1 writes identity first, KMS second; pass 2 moves KMS first and restarts the API server.
     assert "EncryptionConfiguration for stage read: secrets = identity, kms:openbao-kms" in out[first_pass:second_pass], out
     assert "EncryptionConfiguration for stage write: secrets = kms:openbao-kms, identity" in out[second_pass:], out
     assert re.search(r"Restart kube-apiserver so it reads the EncryptionConfiguration again\] \*+\nchanged: \[cp1\]",
                      out[second_pass:]), out
-    # Each change waited for a new (stand-in) container before the checks.
+    # Each change waited for a new kube-apiserver (the runner's pod id) before the checks.
     assert out.count("TASK [kube_apiserver_kms : Wait for a new kube-apiserver container]") == 2, out
+    # The real API server kept serving what was stored before, and writes through the provider now.
+    assert rollout.value("team", "after-site") == "written through the provider"
+    assert rollout.joined["value"] == "written through the provider"
 
 
 def test_kubeadm_config_keeps_the_flag_and_mounts_for_kubeadm_upgrade_and_join(rollout):
-    """kubeadm-config via the stand-in kubectl (a file)."""
     cc = yaml.safe_load(rollout.kubeadm_config_after_site["data"]["ClusterConfiguration"])
-    assert {"name": "encryption-provider-config", "value": ENC_CONFIG} in cc["apiServer"]["extraArgs"]
-    assert {"name": "authorization-mode", "value": "Node,RBAC"} in cc["apiServer"]["extraArgs"]
+    args = cc["apiServer"]["extraArgs"]
+    args = {a["name"]: a["value"] for a in args} if isinstance(args, list) else args
+    assert args["encryption-provider-config"] == ENC_CONFIG, cc
     assert [v["name"] for v in cc["apiServer"]["extraVolumes"]] == ["openbao-kms-config", "openbao-kms-socket"]
-    assert rollout.runs["site-2"].output.count("configmap/kubeadm-config replaced") == 0
+    # The second run did not replace it (the ConfigMap's resourceVersion did not move).
+    assert rollout.kubeadm_config_after_rerun["metadata"]["resourceVersion"] == \
+        rollout.kubeadm_config_after_site["metadata"]["resourceVersion"]
 
 
 def test_site_playbook_second_run_changes_nothing(rollout):
-    first, second = rollout.runs["site-1"], rollout.runs["site-2"]
+    first, second = rollout.ro.runs["site-1"], rollout.ro.runs["site-2"]
     assert first.changed("cp1") > 0 and first.changed("localhost") > 0
     assert second.changed("cp1") == 0, second.output
     assert second.changed("localhost") == 0, second.output
 
 
 def test_provider_package_installed_units_active_and_probe_ok(rollout):
-    c = rollout.container
+    c = rollout.ro.cp.hosts[0].c
     # Installed and held (bao_kms_provider_hold defaults to true): only the role upgrades it.
     assert c.run(["dpkg-query", "-W", "-f=${Status}", "bao-kms-provider"]).stdout == "hold ok installed"
     for unit in ("bao-kms-provider.socket", "bao-kms-provider.service"):
@@ -439,17 +267,11 @@ def test_provider_package_installed_units_active_and_probe_ok(rollout):
 
 
 def test_provider_files_have_strict_owners_and_modes(rollout):
-    stat = {p: rollout.container.run(["stat", "-c", "%U:%G %a", p]).stdout.strip() for p in (
-        "/etc/openbao-kms/config.toml", "/etc/openbao-kms/tls/openbao-ca.pem", "/var/lib/openbao-kms/identity.jwt",
-        ENC_CONFIG, CONFIG_DIR)}
-    assert stat == {
-        "/etc/openbao-kms/config.toml": "root:openbao-kms 640",
-        "/etc/openbao-kms/tls/openbao-ca.pem": "root:openbao-kms 640",
-        "/var/lib/openbao-kms/identity.jwt": "openbao-kms:openbao-kms 600",
-        ENC_CONFIG: "root:root 600",
-        CONFIG_DIR: "root:root 700",
-    }
-    check = rollout.container.run(["bao-kms-provider", "check-config", "--config", "/etc/openbao-kms/config.toml"])
+    cp1 = rollout.ro.cp.hosts[0]
+    paths = ("/etc/openbao-kms/config.toml", "/etc/openbao-kms/tls/openbao-ca.pem", "/var/lib/openbao-kms/identity.jwt")
+    assert stat(cp1, *paths) == ["root:openbao-kms 640", "root:openbao-kms 640", "openbao-kms:openbao-kms 600"]
+    assert rollout.joined["stat"] == ["root:root 600", "root:root 700"]
+    check = cp1.c.run(["bao-kms-provider", "check-config", "--config", "/etc/openbao-kms/config.toml"])
     assert "valid" in check.stdout
 
 
@@ -460,79 +282,114 @@ def manifest_problems(original: str, patched: str) -> list[str]:
     if [a for a in c["command"] if a.startswith("--encryption-provider-config=")] != [FLAG]:
         problems.append("not exactly one flag")
     if [m for m in c["volumeMounts"] if m["name"].startswith("openbao-kms")] != [
-            {"mountPath": CONFIG_DIR, "name": "openbao-kms-config", "readOnly": True},
+            {"mountPath": ENC_DIR, "name": "openbao-kms-config", "readOnly": True},
             {"mountPath": "/run/openbao-kms", "name": "openbao-kms-socket"}]:
         problems.append("mounts")
     if [v for v in doc["spec"]["volumes"] if v["name"].startswith("openbao-kms")] != [
-            {"hostPath": {"path": CONFIG_DIR, "type": "Directory"}, "name": "openbao-kms-config"},
+            {"hostPath": {"path": ENC_DIR, "type": "Directory"}, "name": "openbao-kms-config"},
             {"hostPath": {"path": "/run/openbao-kms", "type": "DirectoryOrCreate"}, "name": "openbao-kms-socket"}]:
         problems.append("volumes")
     diff = [d for d in difflib.ndiff(original.splitlines(), patched.splitlines()) if d[:2] in ("- ", "+ ")]
     added = [d[2:].strip() for d in diff if d.startswith("+ ")]
     if any(d.startswith("- ") for d in diff):
         problems.append("original lines removed or changed")
-    if added != [f"- {FLAG}", f"- mountPath: {CONFIG_DIR}", "name: openbao-kms-config", "readOnly: true",
-                 "- mountPath: /run/openbao-kms", "name: openbao-kms-socket", "- hostPath:", f"path: {CONFIG_DIR}",
+    if added != [f"- {FLAG}", f"- mountPath: {ENC_DIR}", "name: openbao-kms-config", "readOnly: true",
+                 "- mountPath: /run/openbao-kms", "name: openbao-kms-socket", "- hostPath:", f"path: {ENC_DIR}",
                  "type: Directory", "name: openbao-kms-config", "- hostPath:", "path: /run/openbao-kms",
                  "type: DirectoryOrCreate", "name: openbao-kms-socket"]:
         problems.append(f"unexpected added lines {added}")
     return problems
 
 
-def test_a_new_jwt_is_staged_and_restarts_the_provider_through_the_handler(rollout):
-    out = rollout.runs["site-3"].output
-    assert "RUNNING HANDLER [bao_kms_provider : Restart bao-kms-provider]" in out, out
-    assert rollout.invocation_before_new_jwt and rollout.invocation_after_new_jwt != rollout.invocation_before_new_jwt
-    assert rollout.read("/var/lib/openbao-kms/identity.jwt") == rollout.new_jwt + "\n"
-    # no_log and no diff for the token, even in --diff runs; nor is OpenBao's admin token shown
-    assert rollout.new_jwt not in out and rollout.first_jwt not in rollout.runs["site-1"].output
-    assert not [name for name, run in rollout.runs.items() if rollout.bao.root_token in run.output]
-
-
 def test_patched_manifest_has_one_flag_two_mounts_and_differs_only_there(rollout):
-    assert manifest_problems(ORIGINAL_MANIFEST.read_text(), rollout.manifest_after_site) == []
+    assert manifest_problems(rollout.original_manifest, rollout.manifest_after_site) == []
+
+
+def test_a_new_jwt_is_staged_and_restarts_the_provider_through_the_handler(rollout):
+    out = rollout.ro.runs["site-3"].output
+    assert "RUNNING HANDLER [bao_kms_provider : Restart bao-kms-provider]" in out, out
+    for host, before in rollout.invocations_before_new_jwt.items():
+        assert before and rollout.invocations_after_new_jwt[host] != before, host
+    assert rollout.ro.cp.hosts[1].c.read_file("/var/lib/openbao-kms/identity.jwt") == rollout.new_jwt + "\n"
+    # no_log and no diff for the token, even in --diff runs; nor is OpenBao's admin token shown
+    assert rollout.new_jwt not in out and rollout.ro.first_jwt not in rollout.ro.runs["site-1"].output
+    assert not [name for name, run in rollout.ro.runs.items() if rollout.ro.bao.root_token in run.output]
 
 
 def test_manifest_backups_are_outside_the_manifests_directory(rollout):
-    c = rollout.container
-    assert c.run(["ls", "-A", "/etc/kubernetes/manifests"]).stdout.split() == ["kube-apiserver.yaml"]
-    backups = sorted(rollout.backups_after_absent)
+    cp1 = rollout.ro.cp.hosts[0]
+    # Only the pods' manifests (etcd is external with two hosts): a backup there would be run as a pod.
+    assert cp1.c.run(["ls", "-A", "/etc/kubernetes/manifests"]).stdout.split() == [
+        "kube-apiserver.yaml", "kube-controller-manager.yaml"]
+    found = rollout.backups_after_absent
     # site-1 and site-3 patched the manifest (site-2 and the --check run changed nothing), absent restored it.
-    assert len(backups) == 3 and all(re.fullmatch(r"kube-apiserver\.yaml\.\d{8}T\d{6}(\.\d+)?", b) for b in backups)
-    for b in backups[:2]:
-        assert rollout.read(f"/etc/kubernetes/backup/{b}") == ORIGINAL_MANIFEST.read_text()
+    assert len(found) == 3 and all(re.fullmatch(r"kube-apiserver\.yaml\.\d{8}T\d{6}(\.\d+)?", b) for b in found)
+    for b in found[:2]:
+        assert cp1.c.read_file(f"/etc/kubernetes/backup/{b}") == rollout.original_manifest
 
 
 def test_check_diff_shows_the_manifest_change_without_making_it(rollout):
-    check = rollout.runs["site-check"]
+    check = rollout.ro.runs["site-check"]
     assert f"+    - {FLAG}" in check.output and "+      name: openbao-kms-config" in check.output, check.output
     assert check.changed("cp1") >= 1
-    assert rollout.manifest_after_check == ORIGINAL_MANIFEST.read_text()
+    assert rollout.manifest_after_check == rollout.original_manifest
     assert len(rollout.backups_after_check) == 1
-    assert rollout.runs["site-3"].changed("cp1") >= 1
+    assert rollout.ro.runs["site-3"].changed("cp1") >= 1
 
 
 def test_rollout_refuses_to_patch_without_a_passing_probe_and_stops_before_the_next_host(rollout):
-    run = rollout.runs["refused"]
+    run = rollout.ro.runs["refused"]
     assert run.rc != 0 and "Refusing to point kube-apiserver at the provider" in run.output, run.output
     # cp2 was only read by the preflight play (nothing changed), then never reached.
     assert run.recap["cp1"]["failed"] == 1 and run.recap.get("cp2", {}).get("changed", 0) == 0, run.recap
     state = rollout.refused_state
-    assert state["cp1 manifest"] == ORIGINAL_MANIFEST.read_text()
+    assert state["cp1 manifest"] == rollout.original_manifest
     assert state["cp1 backups"] == rollout.backups_after_check
-    assert state["cp2 manifest"] == ORIGINAL_MANIFEST.read_text() and state["cp2 touched"] == ""
+    assert state["cp2 manifest unchanged"] and state["cp2 backups"] == []
 
 
-def test_apiserver_wait_against_standin_readyz_sees_the_kms_check(rollout):
-    # site-1 waited through the stand-in's restart (503s) until /readyz listed the KMS check.
-    answers = rollout.readyz.answers
-    assert answers["restarting"] >= ReadyzStandIn.RESTART_ANSWERS and answers["with-kms"] >= 2, answers
-    assert answers["without-kms"] == 0, answers
+def test_prepare_join_stages_the_provider_so_the_joined_host_serves_through_it(rollout):
+    j = rollout.joined
+    first, second = rollout.ro.runs["prepare-join-1"], rollout.ro.runs["prepare-join-2"]
+    assert first.changed("cp2") > 0 and second.changed("cp2") == 0, second.output
+    # Byte for byte cp1's file, root-only; its content (it may hold merged keys) never shown, not even in --diff.
+    assert j["config"] == j["cp1 config"] and '"kms"' in j["config"]
+    assert "unix:///run/openbao-kms/kms.sock" not in first.output and '"providers"' not in first.output, first.output
+    assert j["installed"] == "hold ok installed" and j["socket"] == "active"
+    assert j["probe"].returncode == 0 and "result:   OK" in j["probe"].stdout, j["probe"].stdout + j["probe"].stderr
+    # Only staged: the real kubeadm join wrote the manifest, from kubeadm-config, with the flag and mounts.
+    assert not j["manifest before join"]
+    container = yaml.safe_load(j["manifest"])["spec"]["containers"][0]
+    assert FLAG in container["command"]
+    assert {m["name"] for m in container["volumeMounts"]} >= {"openbao-kms-config", "openbao-kms-socket"}
+    assert "[+]kms-providers ok" in j["readyz"][1], j["readyz"]
+    assert j["stored"].startswith(PREFIX), j["stored"][:40]
+
+
+def test_the_migration_rewrites_through_the_provider_once_then_drops_identity_on_every_host(rollout):
+    runs = rollout.ro.runs
+    assert runs["migrate-1"].changed("cp1") >= 2, runs["migrate-1"].output   # rewrite + marker
+    assert runs["migrate-2"].changed("cp1") == 0, runs["migrate-2"].output
+    out = runs["migrate-1"].output
+    assert "secrets default: 2/2" in out and "secrets team: 4/4" in out, out
+    plain = [key for key, v in rollout.stored_after_migrate.items() if not v.startswith(PREFIX)]
+    assert plain == [], plain
+    marker = json.loads(rollout.marker_after_migrate)
+    assert marker["stage"] == "migrated" and marker["resources"] == ["secrets"]
+    assert sorted(marker["config_sha256"]) == ["cp1", "cp2"]
+    # Dropping identity: a new EncryptionConfiguration and one API server restart per host, then nothing.
+    for host in ("cp1", "cp2"):
+        assert runs["drop-identity-1"].changed(host) == 2, runs["drop-identity-1"].output
+        assert runs["drop-identity-2"].changed(host) == 0, runs["drop-identity-2"].output
+        assert rollout.ids["after drop"][host] != rollout.ids["before drop"][host]
+        assert rollout.ids["after drop again"][host] == rollout.ids["after drop"][host]
+    assert "identity" not in rollout.enc_config_after_drop
+    assert rollout.values_after_drop == {f"{ns}/{name}": f"{ns}/{name} before the rollout" for ns, name in BEFORE}
 
 
 def test_encryption_config_is_the_binary_output_kms_first_identity_last(rollout):
-    c = rollout.container
-    # After drop-identity-1 the file has no identity provider; the data is the binary's.
+    c = rollout.ro.cp.hosts[0].c
+    # The file without identity (after dropping it) is the binary's output.
     expected = c.run(["bao-kms-provider", "encryption-config", "--config", "/etc/openbao-kms/config.toml",
                       "--no-identity"]).stdout
     assert yaml.safe_load(rollout.enc_config_after_drop) == yaml.safe_load(expected)
@@ -541,75 +398,124 @@ def test_encryption_config_is_the_binary_output_kms_first_identity_last(rollout)
     assert list(providers[0]) == ["kms"] and providers[-1] == {"identity": {}}
 
 
-def test_migration_against_standin_api_rewrites_once_with_conflict_retry_then_drops_identity(rollout):
-    runs, api = rollout.runs, rollout.api
-    assert runs["migrate-1"].changed("cp1") >= 2, runs["migrate-1"].output   # rewrite + marker
-    assert runs["migrate-2"].changed("cp1") == 0, runs["migrate-2"].output
-    assert set(api.replaces) == set(api.objects) and all(n == 1 for n in api.replaces.values()), api.replaces
-    assert api.conflicts_sent == 1
-    out = runs["migrate-1"].output
-    assert "secrets default: 2/2" in out and "secrets team: 2/2" in out and "conflicts retried 1" in out, out
-    marker = json.loads(rollout.marker_after_migrate)
-    assert marker["stage"] == "migrated" and marker["resources"] == ["secrets"] and list(marker["config_sha256"]) == ["cp1"]
-    # Dropping identity: new EncryptionConfiguration + one API server restart, then nothing (the
-    # first restart was site.yml's second pass).
-    assert runs["drop-identity-1"].changed("cp1") == 2, runs["drop-identity-1"].output
-    assert runs["drop-identity-2"].changed("cp1") == 0, runs["drop-identity-2"].output
-    assert rollout.restarts_after_drop == ["restarted", "restarted"]
-    assert "identity" not in rollout.enc_config_after_drop
-
-
-def test_rollback_stage_puts_identity_first_keeps_the_provider_readable_and_invalidates_the_marker(rollout):
-    run = rollout.runs["rollback"]
-    # The EncryptionConfiguration, one restart, the marker.
-    assert run.changed("cp1") == 3, run.output
+def test_rollback_stage_writes_plaintext_again_keeps_the_provider_readable_and_invalidates_the_marker(rollout):
+    run = rollout.ro.runs["rollback"]
     assert "Wait for a new kube-apiserver container" in run.output and "Verify kube-apiserver" in run.output
     providers = yaml.safe_load(rollout.enc_config_after_rollback)["resources"][0]["providers"]
     assert providers[0] == {"identity": {}} and providers[1]["kms"]["name"] == "openbao-kms"
     assert "secrets-migrated" not in rollout.marker_after_rollback
-    assert rollout.restarts_after_rollback == ["restarted"] * 3
+    # The real API server now stores new Secrets in plaintext (identity) ...
+    assert rollout.stored_after_rollback.startswith(b"k8s:enc:") is False and b"written after" in \
+        rollout.stored_after_rollback
+    # ... and the rewrite moved everything the provider stored back to it.
+    through_provider = [key for key, v in rollout.stored_after_migrate_back.items() if v.startswith(PREFIX)]
+    assert through_provider == [], through_provider
 
 
-def test_state_absent_restores_the_manifest_and_kubeadm_config(rollout):
-    assert rollout.manifest_after_absent == ORIGINAL_MANIFEST.read_text()
+def test_state_absent_restores_the_manifest_and_kubeadm_config_and_every_secret_still_reads(rollout):
+    assert rollout.manifest_after_absent == rollout.original_manifest
     cc = yaml.safe_load(rollout.kubeadm_config_after_absent["data"]["ClusterConfiguration"])
-    assert cc == yaml.safe_load(CLUSTER_CONFIGURATION)
+    assert cc == yaml.safe_load(rollout.original_cluster_configuration)
+    expected = {f"{ns}/{name}": f"{ns}/{name} before the rollout" for ns, name in BEFORE}
+    assert rollout.values_after_absent == {**expected, "team/after-site": "written through the provider"}
 
 
-def test_prepare_join_stages_the_provider_and_the_encryption_configuration_on_a_joining_host(rollout):
-    j = rollout.joined
-    first, second = rollout.runs["prepare-join-1"], rollout.runs["prepare-join-2"]
-    assert first.changed("cp2") > 0 and second.changed("cp2") == 0, second.output
-    # Byte for byte cp1's file, root-only; its content (it may hold merged keys) never shown, not even in --diff.
-    assert j["config"] == j["cp1 config"] and '"kms"' in j["config"]
-    assert j["stat"][:2] == ["root:root 600", "root:root 700"], j["stat"]
-    assert "unix:///run/openbao-kms/kms.sock" not in first.output and '"providers"' not in first.output, first.output
-    assert j["installed"] == "hold ok installed" and j["socket"] == "active"
-    assert j["probe"].returncode == 0 and "result:   OK" in j["probe"].stdout, j["probe"].stdout + j["probe"].stderr
-    # Only staged: kubeadm join writes the manifest, prepare_join leaves it alone.
-    assert j["manifest"] == ORIGINAL_MANIFEST.read_text()
+# --- a cluster that already encrypts with aescbc ----------------------------------------------------------
 
 
-def test_merge_mode_keeps_the_existing_aescbc_provider_so_old_secrets_stay_readable(rollout):
-    m = rollout.merged
-    existing = yaml.safe_load(MERGE_CONFIG.read_text())["resources"][0]
-    out = rollout.runs["merge-1"].output
-    assert "EncryptionConfiguration for stage read: secrets,configmaps,pandas.awesome.bears.example = aescbc, identity, " \
-           "kms:openbao-kms" in out, out
-    assert "EncryptionConfiguration for stage write: secrets,configmaps,pandas.awesome.bears.example = kms:openbao-kms, " \
-           "aescbc, identity" in out, out
+@pytest.fixture(scope="module")
+def merged(request, tmp_path_factory, nspawn_rootfs):
+    work = tmp_path_factory.mktemp("merged")
+    api_server = {
+        "extraArgs": [{"name": "encryption-provider-config", "value": EXISTING},
+                      {"name": "encryption-provider-config-automatic-reload", "value": "true"}],
+        "extraVolumes": [{"name": "encryption", "hostPath": EXISTING_DIR, "mountPath": EXISTING_DIR,
+                          "readOnly": True, "pathType": "DirectoryOrCreate"}]}
+    with kube_rollout(request, work, nspawn_rootfs, hosts=1, api_server=api_server,
+                      files={EXISTING: aescbc_config()}) as ro:
+        k = Cluster(ro)
+        cp1 = ro.cp.hosts[0]
+        k.original_manifest = cp1.c.read_file(MANIFEST)
+        k.create("team", "old", "stored by aescbc")
+        k.stored_old = k.stored("team", "old")
+        ro.play("existing-refused")
+        k.existing_refused_state = {"manifest": cp1.c.read_file(MANIFEST), "installed": installed(cp1),
+                                    "touched": touched(cp1)}
+        merge = {"kube_apiserver_kms_existing_config": "merge"}
+        ro.play("merge-1", extra_vars=merge).assert_ok()
+        k.merged = {"config": cp1.c.read_file(ENC_CONFIG), "manifest": cp1.c.read_file(MANIFEST),
+                    "previous": cp1.c.read_file(PREVIOUS_FILE), "existing": cp1.c.read_file(EXISTING)}
+        k.reloads_after_merge = reloads(k)
+        k.create("team", "new", "stored through the provider")
+        k.stored_new = k.stored("team", "new")
+        rollback = {**merge, "kube_apiserver_kms_stage": "rollback"}
+        k.id_before_rollback = cp1.pod_file("kube-apiserver", "id")
+        ro.play("merge-rollback", extra_vars=rollback).assert_ok()
+        k.id_after_rollback = cp1.pod_file("kube-apiserver", "id")
+        k.merged["config after rollback"] = cp1.c.read_file(ENC_CONFIG)
+        k.create("team", "after-rollback", "stored by aescbc again")
+        k.stored_after_rollback = k.stored("team", "after-rollback")
+        ro.play("merge-migrate-back", "playbooks/migrate_secrets.yml",
+                extra_vars={**rollback, "kms_migrate_secrets_rollback": True}).assert_ok()
+        k.stored_after_migrate_back = k.etcd.range("/registry/secrets/")
+        ro.play("merge-absent", tags="apiserver", extra_vars={**rollback, "kube_apiserver_kms_state": "absent"}).assert_ok()
+        k.merged["manifest after absent"] = cp1.c.read_file(MANIFEST)
+        cp1.wait_pod("kube-apiserver", timeout=180)
+        k.values_after_absent = {n: k.value("team", n) for n in ("old", "new", "after-rollback")}
+        yield k
+
+
+def reloads(k: Cluster) -> float:
+    """kube-apiserver's successful automatic reloads of its EncryptionConfiguration."""
+    total = 0.0
+    for line in k.api.metrics().splitlines():
+        if line.startswith("apiserver_encryption_config_controller_automatic_reloads_total") and \
+                'status="success"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_existing_encryption_is_refused_before_anything_is_installed(merged):
+    run = merged.ro.runs["existing-refused"]
+    assert run.rc != 0 and f"already uses the EncryptionConfiguration {EXISTING}" in run.output, run.output
+    assert "kube_apiserver_kms_existing_config: merge" in run.output and "Nothing was installed" in run.output
+    state = merged.existing_refused_state
+    assert state["manifest"] == merged.original_manifest and "ok installed" not in state["installed"]
+    assert state["touched"] == ""
+    assert merged.stored_old.startswith(AESCBC_PREFIX), merged.stored_old[:40]
+
+
+def test_merge_mode_keeps_aescbc_readable_and_the_api_server_reloads_the_write_pass_without_a_restart(merged):
+    m = merged.merged
+    existing = yaml.safe_load(aescbc_config())["resources"][0]
+    out = merged.ro.runs["merge-1"].output
+    assert "EncryptionConfiguration for stage read: secrets,configmaps = aescbc, identity, kms:openbao-kms" in out, out
+    assert "EncryptionConfiguration for stage write: secrets,configmaps = kms:openbao-kms, aescbc, identity" in out, out
     # Our file: kms first, then the old providers with their keys, so what aescbc stored still decrypts.
     entries = yaml.safe_load(m["config"])["resources"]
     assert [e["resources"] for e in entries] == [existing["resources"]]
     assert list(entries[0]["providers"][0]) == ["kms"] and entries[0]["providers"][1:] == existing["providers"]
     # The keys never left the host's two files: not in any output.
     key = existing["providers"][0]["aescbc"]["keys"][0]["secret"]
-    assert not [name for name, run in rollout.runs.items() if key in run.output]
+    assert not [name for name, run in merged.ro.runs.items() if key in run.output]
     # The flag repointed in place, the old path kept for state=absent, the old file untouched.
-    assert f"--encryption-provider-config={ENC_CONFIG}" in m["manifest"] and MERGE_EXISTING not in m["manifest"]
-    assert m["previous"].strip() == MERGE_EXISTING and m["existing"] == MERGE_CONFIG.read_text()
-    # Rolling back: aescbc writes again, our kms still reads.
-    back = yaml.safe_load(m["config after rollback"])["resources"][0]["providers"]
+    assert FLAG in m["manifest"] and EXISTING not in m["manifest"]
+    assert m["previous"].strip() == EXISTING and m["existing"] == aescbc_config()
+    # The manifest changed once (read pass); the write pass reached kube-apiserver by automatic reload.
+    assert out.count("TASK [kube_apiserver_kms : Wait for a new kube-apiserver container]") == 1, out
+    assert merged.reloads_after_merge >= 1
+    assert merged.stored_new.startswith(PREFIX) and merged.value("team", "old") == "stored by aescbc"
+
+
+def test_merge_rollback_writes_aescbc_again_and_state_absent_returns_the_published_manifest(merged):
+    existing = yaml.safe_load(aescbc_config())["resources"][0]
+    back = yaml.safe_load(merged.merged["config after rollback"])["resources"][0]["providers"]
     assert back[:2] == existing["providers"] and back[2]["kms"]["name"] == "openbao-kms"
-    # state=absent: the published manifest back byte for byte, pointing at the old file.
-    assert m["manifest after absent"] == MERGE_MANIFEST.read_text()
+    assert merged.id_after_rollback == merged.id_before_rollback   # automatic reload, no restart
+    assert merged.stored_after_rollback.startswith(AESCBC_PREFIX)
+    through_provider = [key for key, v in merged.stored_after_migrate_back.items() if v.startswith(PREFIX)]
+    assert through_provider == [], through_provider
+    # state=absent: kubeadm's manifest back byte for byte, pointing at the old file; everything reads.
+    assert merged.merged["manifest after absent"] == merged.original_manifest
+    assert merged.values_after_absent == {"old": "stored by aescbc", "new": "stored through the provider",
+                                          "after-rollback": "stored by aescbc again"}

@@ -12,28 +12,24 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import functools
 import hashlib
 import importlib
-import os
 import re
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ansible_helpers import OpenBao, JwtSigner, localhost_inventory, run_playbook  # noqa: E402
-from kube_cluster import CONTAINER_ID_COMMAND, RESTART_COMMAND, ControlPlane, kube_bin_dir  # noqa: E402
-from openbao import REPO_ROOT, TcpProxy  # noqa: E402
+from kube_cluster import wait_until  # noqa: E402
+from kube_rollout import ENC_CONFIG, PREFIX, KubeRollout, kube_rollout  # noqa: E402
+from openbao import REPO_ROOT  # noqa: E402
 from provider_host import SOCKET, host_socket  # noqa: E402
 
-PROVIDER = "openbao-kms"
-PREFIX = f"k8s:enc:kms:v2:{PROVIDER}:".encode()
 NS = "kms-test"
 MARKER = "bao-kms-provider-marker-9f3c2a"
 CREATES = 1000
-ENC_CONFIG = "/etc/kubernetes/encryption/openbao-kms/encryption-config.yaml"
 # k8s.io/apiserver pkg/storage/etcd3/watcher.go processEventConcurrency (ConcurrentWatchObjectDecode).
 WATCH_DECODE_CONCURRENCY = 10
 
@@ -49,54 +45,20 @@ def envelope_pb(workdir: Path):
     return importlib.import_module("encrypted_object_pb2")
 
 
-class Cluster:
-    """The control plane, OpenBao, the proxy in front of it and the rollout's playbook runs."""
+class Cluster(KubeRollout):
+    """The rollout (kube_rollout.py) plus what these tests read: Status, metrics, etcd envelopes."""
 
-    def __init__(self, cp: ControlPlane, bao: OpenBao, proxy: TcpProxy, kms_pb, eo_pb, deb: Path):
-        self.cp, self.bao, self.proxy, self.eo_pb = cp, bao, proxy, eo_pb
+    def __init__(self, *args, kms_pb, eo_pb):
+        super().__init__(*args)
+        self.eo_pb = eo_pb
         self.api_pb2, api_grpc = kms_pb
-        self.host = cp.hosts[0]
-        self.api = cp.api(0)
-        self.etcd = cp.etcd()
-        self.runs: dict[str, object] = {}
-        signer = JwtSigner()
-        self.inventory = localhost_inventory()
-        self.inventory["all"]["vars"] = {
-            "openbao_transit_address": bao.addr,
-            "openbao_transit_token": bao.root_token,
-            "openbao_transit_ca_file": str(bao.ca),
-            "openbao_transit_jwt_validation_pubkeys": [signer.public_pem],
-        }
-        self.inventory["all"]["children"] = {"kube_control_plane": {"hosts": {self.host.name: {
-            "ansible_connection": "nsenter", "ansible_nsenter_pid": self.host.c.pid,
-            "ansible_python_interpreter": "/usr/bin/python3", "ansible_become": False,
-            "bao_kms_provider_package_file": str(deb),
-            "bao_kms_provider_openbao_address": f"https://{proxy.listen_host}:{proxy.port}",
-            # OpenBao's dev certificate names localhost; the hosts reach it through the bridge.
-            "bao_kms_provider_openbao_tls_server_name": "localhost",
-            "bao_kms_provider_openbao_instance_id": "openbao-test",
-            "bao_kms_provider_openbao_ca_src": str(bao.ca),
-            "bao_kms_provider_jwt": signer.mint(ttl=3600),
-            "bao_kms_provider_cluster_id": "kube-test",
-            "bao_kms_provider_transit_mount_id": "transit-test",
-            "bao_kms_provider_key_lineage_id": "lineage-1",
-            # Short, documented probe and promotion settings so a rotation is seen in seconds.
-            "bao_kms_provider_settings": {"status": {"probe_interval": "1s"},
-                                          "rotation": {"stable_observations": 2, "activation_delay": "2s"}},
-            "kube_apiserver_kms_container_id_command": CONTAINER_ID_COMMAND,
-            "kube_apiserver_kms_restart_command": RESTART_COMMAND,
-            "kube_apiserver_kms_wait_delay": 1,
-            "kube_apiserver_kms_wait_retries": 180,
-        }}}}
+        self.host = self.cp.hosts[0]
+        self.api = self.cp.api(0)
+        self.etcd = self.cp.etcd()
         import grpc
         # A channel like kube-apiserver's, to read the provider's Status without moving its counters.
         self._stub = api_grpc.KeyManagementServiceStub(grpc.insecure_channel(
             f"unix://{host_socket(self.host.c)}", options=[("grpc.default_authority", "localhost")]))
-
-    def play(self, name: str, playbook: str = "playbooks/site.yml", **kwargs):
-        run = run_playbook(playbook, self.inventory, timeout=900, **kwargs)
-        self.runs[name] = run
-        return run
 
     def status_key_id(self) -> str:
         return self._stub.Status(self.api_pb2.StatusRequest(), timeout=5).key_id
@@ -141,17 +103,6 @@ def sum_samples(text: str, name: str, labels: dict[str, str]) -> float:
     return total
 
 
-def wait_until(cond, what: str, timeout: float, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = cond()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
 def kube_hash(key_id: str) -> str:
     """kube-apiserver's key_id label: sha256: + hex, unsalted."""
     return "sha256:" + hashlib.sha256(key_id.encode()).hexdigest()
@@ -160,17 +111,8 @@ def kube_hash(key_id: str) -> str:
 @pytest.fixture(scope="module")
 def cluster(request, tmp_path_factory, nspawn_rootfs, kms_pb):
     work = tmp_path_factory.mktemp("kube")
-    bins = kube_bin_dir()
-    # The package the project ships; BAO_ANSIBLE_DEB=/path picks another (e.g. a deliberately broken
-    # provider, to see these tests fail).
-    deb = Path(os.environ["BAO_ANSIBLE_DEB"]) if os.environ.get("BAO_ANSIBLE_DEB") \
-        else request.getfixturevalue("built_packages").deb1
-    bao = OpenBao(work).start()
-    cp = proxy = None
-    try:
-        cp = ControlPlane(nspawn_rootfs, bins, work, hosts=1).start()
-        proxy = TcpProxy(bao.port, listen_host=cp.net.gateway)
-        k = Cluster(cp, bao, proxy, kms_pb, envelope_pb(work), deb)
+    make = functools.partial(Cluster, kms_pb=kms_pb, eo_pb=envelope_pb(work))
+    with kube_rollout(request, work, nspawn_rootfs, make=make, hosts=1) as k:
         status, out = k.api.request("POST", "/api/v1/namespaces",
                                     {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
         assert status == 201, out
@@ -179,14 +121,6 @@ def cluster(request, tmp_path_factory, nspawn_rootfs, kms_pb):
         k.play("site-1").assert_ok()
         k.play("site-2").assert_ok()
         yield k
-    finally:
-        for part in (proxy, cp):
-            if part is not None:
-                try:
-                    part.close() if part is proxy else part.stop()
-                except Exception as e:  # noqa: BLE001 - tear everything down
-                    print(f"teardown: {e}", file=sys.stderr)
-        bao.stop()
 
 
 def test_site_playbook_rolls_out_on_the_real_kube_apiserver_and_a_second_run_changes_nothing(cluster):

@@ -92,8 +92,8 @@ def patch(text, args, volumes, state="present", previous_config=None):
         api["extraVolumes"] = vols
     else:
         api.pop("extraVolumes", None)
-    if not api:
-        new.pop("apiServer")
+    if not api and "apiServer" not in doc:
+        new.pop("apiServer")   # a revert gives back what was there, an empty apiServer included
     if not changes:
         return text, []
     return yaml.safe_dump(new, default_flow_style=False, sort_keys=False), changes

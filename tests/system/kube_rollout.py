@@ -1,0 +1,114 @@
+"""The Ansible rollout on a real control plane (kube_cluster.py): a real OpenBao with TLS on this
+machine, reached from the hosts through a proxy on their bridge (which a test can take down), the
+inventory `playbooks/site.yml` runs with, and the playbook runs made so far.
+
+The inventory keeps the roles' defaults except what these hosts differ in: the static-pod
+runner's container-id and restart commands (kube_cluster.py) instead of crictl, OpenBao's address
+through the proxy, and short, documented probe and promotion settings so a rotation is seen in
+seconds. Every host gets the same variables; a test changes one host's by `host_vars()`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from ansible_helpers import JwtSigner, OpenBao, localhost_inventory, run_playbook
+from kube_cluster import CONTAINER_ID_COMMAND, RESTART_COMMAND, ControlPlane, KubeHost, kube_bin_dir
+from openbao import TcpProxy
+
+PROVIDER = "openbao-kms"
+PREFIX = f"k8s:enc:kms:v2:{PROVIDER}:".encode()
+ENC_DIR = "/etc/kubernetes/encryption/openbao-kms"
+ENC_CONFIG = f"{ENC_DIR}/encryption-config.yaml"
+MANIFEST = "/etc/kubernetes/manifests/kube-apiserver.yaml"
+# Provider settings for the tests: Status probes every second, a new key version promoted after two
+# observations and two seconds (production defaults are minutes; docs/key-rotation.md).
+FAST_PROVIDER_SETTINGS = {"status": {"probe_interval": "1s"},
+                          "rotation": {"stable_observations": 2, "activation_delay": "2s"}}
+
+
+def provider_deb(request) -> Path:
+    """The package the project ships (one `make deb rpm` per session); BAO_ANSIBLE_DEB=/path picks
+    another, e.g. a deliberately broken provider, to see the tests fail."""
+    if os.environ.get("BAO_ANSIBLE_DEB"):
+        return Path(os.environ["BAO_ANSIBLE_DEB"])
+    return request.getfixturevalue("built_packages").deb1
+
+
+class KubeRollout:
+    """OpenBao, the proxy, the control plane, the inventory and the playbook runs."""
+
+    def __init__(self, cp: ControlPlane, bao: OpenBao, proxy: TcpProxy, deb: Path, hosts: list[KubeHost]):
+        self.cp, self.bao, self.proxy, self.deb = cp, bao, proxy, deb
+        self.signer = JwtSigner()
+        self.first_jwt = self.signer.mint(ttl=3600)
+        self.runs: dict[str, object] = {}
+        self.inventory = localhost_inventory()
+        self.inventory["all"]["vars"] = {
+            "openbao_transit_address": bao.addr,
+            "openbao_transit_token": bao.root_token,
+            "openbao_transit_ca_file": str(bao.ca),
+            "openbao_transit_jwt_validation_pubkeys": [self.signer.public_pem],
+        }
+        self.inventory["all"]["children"] = {"kube_control_plane": {"hosts": {
+            h.name: self.host_vars(h) for h in hosts}}}
+
+    def host_vars(self, h: KubeHost) -> dict:
+        return {
+            "ansible_connection": "nsenter", "ansible_nsenter_pid": h.c.pid,
+            "ansible_python_interpreter": "/usr/bin/python3", "ansible_become": False,
+            "bao_kms_provider_package_file": str(self.deb),
+            "bao_kms_provider_openbao_address": f"https://{self.proxy.listen_host}:{self.proxy.port}",
+            # OpenBao's dev certificate names localhost; the hosts reach it through the bridge.
+            "bao_kms_provider_openbao_tls_server_name": "localhost",
+            "bao_kms_provider_openbao_instance_id": "openbao-test",
+            "bao_kms_provider_openbao_ca_src": str(self.bao.ca),
+            "bao_kms_provider_jwt": self.first_jwt,
+            "bao_kms_provider_cluster_id": "kube-test",
+            "bao_kms_provider_transit_mount_id": "transit-test",
+            "bao_kms_provider_key_lineage_id": "lineage-1",
+            "bao_kms_provider_settings": FAST_PROVIDER_SETTINGS,
+            "kube_apiserver_kms_container_id_command": CONTAINER_ID_COMMAND,
+            "kube_apiserver_kms_restart_command": RESTART_COMMAND,
+            "kube_apiserver_kms_wait_delay": 1,
+            "kube_apiserver_kms_wait_retries": 180,
+        }
+
+    def hosts(self, inventory: dict | None = None) -> dict:
+        return (inventory or self.inventory)["all"]["children"]["kube_control_plane"]["hosts"]
+
+    def play(self, name: str, playbook: str = "playbooks/site.yml", inventory: dict | None = None, **kwargs):
+        t0 = time.monotonic()
+        run = run_playbook(playbook, inventory or self.inventory, timeout=900, **kwargs)
+        self.runs[name] = run
+        log_dir = os.environ.get("BAO_ANSIBLE_LOG_DIR")
+        if log_dir:  # keep every run's output for a look afterwards
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
+            (Path(log_dir) / f"{name}.log").write_text(f"# {time.monotonic() - t0:.1f}s\n{run.output}")
+        return run
+
+
+@contextmanager
+def kube_rollout(request, workdir: Path, rootfs: Path, make=KubeRollout, **control_plane):
+    """OpenBao, a ControlPlane(**control_plane) and the proxy, torn down afterwards; yields
+    `make(cp, bao, proxy, deb, hosts)` (a KubeRollout) whose inventory holds the hosts kubeadm set
+    up at start."""
+    deb = provider_deb(request)
+    bao = OpenBao(workdir).start()
+    cp = proxy = None
+    try:
+        cp = ControlPlane(rootfs, kube_bin_dir(), workdir, **control_plane).start()
+        proxy = TcpProxy(bao.port, listen_host=cp.net.gateway)
+        yield make(cp, bao, proxy, deb, cp.hosts[:cp.count])
+    finally:
+        for part in (proxy, cp):
+            if part is not None:
+                try:
+                    part.close() if part is proxy else part.stop()
+                except Exception as e:  # noqa: BLE001 - tear everything down
+                    print(f"teardown: {e}", file=sys.stderr)
+        bao.stop()
