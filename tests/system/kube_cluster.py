@@ -243,16 +243,20 @@ class Etcd:
     def get(self, key: str) -> bytes | None:
         return self._range({"key": base64.b64encode(key.encode()).decode()}).get(key)
 
-    def put(self, items: dict[str, bytes]) -> None:
+    def put(self, items: dict[str, bytes]) -> int:
         """Stores each key's value as is (`/v3/kv/put`), over one connection: values written
-        the way kube-apiserver would have written them, without it."""
+        the way kube-apiserver would have written them, without it. Returns the revision of the
+        first put (each object's resourceVersion is at least that from then on)."""
         conn = self._connection()
+        revisions = []
         try:
             for key, value in items.items():
-                self._post(conn, "/v3/kv/put", {"key": base64.b64encode(key.encode()).decode(),
-                                                "value": base64.b64encode(value).decode()})
+                out = self._post(conn, "/v3/kv/put", {"key": base64.b64encode(key.encode()).decode(),
+                                                      "value": base64.b64encode(value).decode()})
+                revisions.append(int(out["header"]["revision"]))
         finally:
             conn.close()
+        return min(revisions)
 
     def _connection(self) -> http.client.HTTPConnection:
         scheme_host = self.url.split("://", 1)[1]
