@@ -62,6 +62,7 @@ test-prometheus: tools
 
 # System tests: systemd in systemd-nspawn, packages, Ansible, etcd, the real kube-apiserver (pytest).
 test-system: tools build
+	$(CARGO) build --locked --example seed_writer
 	kube_bin=$$(scripts/kube.sh) && BAO_KUBE_BIN_DIR="$$kube_bin" $(PYTHON) -m pytest -v tests/system
 
 test: tools lint test-rust fuzz-smoke test-system

@@ -228,7 +228,8 @@ class KubeApi:
 
 
 class Etcd:
-    """etcd's JSON gateway (/v3/kv/range) from this machine: raw values as kube-apiserver stored them."""
+    """etcd's JSON gateway (/v3/kv/range, /v3/kv/put) from this machine: raw values as kube-apiserver
+    stored them."""
 
     def __init__(self, url: str, ctx: ssl.SSLContext | None = None):
         self.url, self.ctx = url, ctx
@@ -242,15 +243,38 @@ class Etcd:
     def get(self, key: str) -> bytes | None:
         return self._range({"key": base64.b64encode(key.encode()).decode()}).get(key)
 
-    def _range(self, body: dict) -> dict[str, bytes]:
-        scheme_host = self.url.split("://", 1)[1]
-        conn = (http.client.HTTPSConnection(scheme_host, context=self.ctx, timeout=30) if self.url.startswith("https")
-                else http.client.HTTPConnection(scheme_host, timeout=30))
+    def put(self, items: dict[str, bytes]) -> int:
+        """Stores each key's value as is (`/v3/kv/put`), over one connection: values written
+        the way kube-apiserver would have written them, without it. Returns the revision of the
+        first put (each object's resourceVersion is at least that from then on)."""
+        conn = self._connection()
+        revisions = []
         try:
-            conn.request("POST", "/v3/kv/range", body=json.dumps(body), headers={"Content-Type": "application/json"})
-            r = conn.getresponse()
-            out = json.loads(r.read())
-            assert r.status == 200, out
+            for key, value in items.items():
+                out = self._post(conn, "/v3/kv/put", {"key": base64.b64encode(key.encode()).decode(),
+                                                      "value": base64.b64encode(value).decode()})
+                revisions.append(int(out["header"]["revision"]))
+        finally:
+            conn.close()
+        return min(revisions)
+
+    def _connection(self) -> http.client.HTTPConnection:
+        scheme_host = self.url.split("://", 1)[1]
+        return (http.client.HTTPSConnection(scheme_host, context=self.ctx, timeout=30) if self.url.startswith("https")
+                else http.client.HTTPConnection(scheme_host, timeout=30))
+
+    @staticmethod
+    def _post(conn: http.client.HTTPConnection, path: str, body: dict) -> dict:
+        conn.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        out = json.loads(r.read())
+        assert r.status == 200, out
+        return out
+
+    def _range(self, body: dict) -> dict[str, bytes]:
+        conn = self._connection()
+        try:
+            out = self._post(conn, "/v3/kv/range", body)
         finally:
             conn.close()
         return {base64.b64decode(kv["key"]).decode(): base64.b64decode(kv.get("value", ""))

@@ -222,7 +222,9 @@ class BaoDevServer:
 class TcpProxy:
     """A TCP proxy to 127.0.0.1:`target_port` the test can take down and up again. While down it
     accepts and closes at once (the client sees a reset), so the target's state survives. It
-    listens on loopback, or on `listen_host` (e.g. the bridge address of the test hosts)."""
+    listens on loopback, or on `listen_host` (e.g. the bridge address of the test hosts).
+    `set_delay(s)` makes the target slow: each answer is held until `s` seconds after the request
+    it follows (see `_Requests`), on open connections too."""
 
     def __init__(self, target_port: int, up: bool = True, listen_host: str = "127.0.0.1"):
         self.target_port = target_port
@@ -238,6 +240,7 @@ class TcpProxy:
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
         self._closed = False
+        self.delay = 0.0
         self._thread = threading.Thread(target=self._accept_loop, daemon=True)
         self._thread.start()
 
@@ -247,6 +250,10 @@ class TcpProxy:
 
     def set_up(self) -> None:
         self._up.set()
+
+    def set_delay(self, seconds: float) -> None:
+        """Holds each answer `seconds` after its request (0: answers pass at once again)."""
+        self.delay = seconds
 
     def set_down(self) -> None:
         self._up.clear()
@@ -285,8 +292,55 @@ class TcpProxy:
             outbound.settimeout(None)
             with self._lock:
                 self._conns += [inbound, outbound]
-            for a, b in ((inbound, outbound), (outbound, inbound)):
-                threading.Thread(target=_pump, args=(a, b), daemon=True).start()
+            requests = _Requests(self)
+            threading.Thread(target=_pump, args=(inbound, outbound, requests.sent, None), daemon=True).start()
+            threading.Thread(target=_pump, args=(outbound, inbound, None, requests.hold), daemon=True).start()
+
+
+class _Requests:
+    """When the client last sent a request on one proxied connection, so its answer can be held.
+    Through TLS the proxy sees only record headers (type and length are plaintext): an
+    application-data record is a request, except the client's first one (its Finished in TLS 1.3),
+    so the handshake itself is never held and a new connection costs no more than `delay`. On a
+    connection that does not start with a TLS handshake every chunk from the client is a request."""
+
+    def __init__(self, proxy: "TcpProxy"):
+        self.proxy = proxy
+        self.at: float | None = None
+        self._tls: bool | None = None
+        self._header = b""
+        self._left = 0  # bytes of the current record still to come
+        self._app_records = 0
+
+    def sent(self, data: bytes) -> None:
+        if self._tls is None:
+            self._tls = data[:1] == b"\x16"
+        if not self._tls:
+            self.at = time.monotonic()
+            return
+        i = 0
+        while i < len(data):
+            if self._left:
+                n = min(self._left, len(data) - i)
+                self._left, i = self._left - n, i + n
+                continue
+            need = 5 - len(self._header)
+            self._header, i = self._header + data[i:i + need], i + need
+            if len(self._header) < 5:
+                return
+            kind, self._left = self._header[0], int.from_bytes(self._header[3:5], "big")
+            self._header = b""
+            if kind == 0x17:
+                self._app_records += 1
+                if self._app_records > 1:
+                    self.at = time.monotonic()
+
+    def hold(self) -> None:
+        delay = self.proxy.delay
+        if delay and self.at is not None:
+            wait = self.at + delay - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
 
 
 def _close(s: socket.socket) -> None:
@@ -300,12 +354,16 @@ def _close(s: socket.socket) -> None:
         pass
 
 
-def _pump(src: socket.socket, dst: socket.socket) -> None:
+def _pump(src: socket.socket, dst: socket.socket, on_data=None, before_send=None) -> None:
     try:
         while True:
             data = src.recv(65536)
             if not data:
                 break
+            if on_data:
+                on_data(data)
+            if before_send:
+                before_send()
             dst.sendall(data)
     except OSError:
         pass

@@ -14,9 +14,13 @@ import base64
 import concurrent.futures
 import functools
 import hashlib
+import http.client
 import importlib
+import os
 import re
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +36,15 @@ MARKER = "bao-kms-provider-marker-9f3c2a"
 CREATES = 1000
 # k8s.io/apiserver pkg/storage/etcd3/watcher.go processEventConcurrency (ConcurrentWatchObjectDecode).
 WATCH_DECODE_CONCURRENCY = 10
+# The restart storm: Secrets under this many DEK seeds, OpenBao answering this slowly and throttled
+# by a real rate-limit quota on transit/.
+STORM_NS, STORM_SEEDS, STORM_PER_SEED = "kms-storm", 150, 2
+STORM_DELAY = 1.0
+# 20/s is more than kube-apiserver asks for at 1 s per answer (6-8 Decrypts in flight); 5/s is less,
+# so the quota answers 429 and the provider's back-off is part of the storm.
+STORM_RATES = [20, 5]
+# Requests the provider counts without sending them to OpenBao (docs/reliability.md).
+NOT_SENT = {"retry_budget_exhausted", "deadline_too_short", "overloaded"}
 
 
 def envelope_pb(workdir: Path):
@@ -63,11 +76,25 @@ class Cluster(KubeRollout):
     def status_key_id(self) -> str:
         return self._stub.Status(self.api_pb2.StatusRequest(), timeout=5).key_id
 
-    def provider_metric(self, name: str, **labels: str) -> float:
-        """Sum of the provider's /metrics samples of `name` matching `labels` (read inside the host)."""
-        text = self.host.c.run(["python3", "-c", "import urllib.request;print(urllib.request.urlopen("
+    def provider_metrics(self) -> str:
+        """The provider's /metrics text (read inside the host)."""
+        return self.host.c.run(["python3", "-c", "import urllib.request;print(urllib.request.urlopen("
                                 "'http://127.0.0.1:8081/metrics', timeout=5).read().decode())"]).stdout
-        return sum_samples(text, name, labels)
+
+    def provider_metric(self, name: str, **labels: str) -> float:
+        """Sum of the provider's /metrics samples of `name` matching `labels`."""
+        return sum_samples(self.provider_metrics(), name, labels)
+
+    def openbao_requests(self, operation: str) -> dict[str, float]:
+        """The provider's `openbao_kms_openbao_requests_total` for `operation`, by status."""
+        out: dict[str, float] = {}
+        for line in self.provider_metrics().splitlines():
+            m = re.match(r"^openbao_kms_openbao_requests_total\{(.*)\} (\S+)$", line)
+            if m:
+                labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(1)))
+                if labels.get("operation") == operation:
+                    out[labels["status"]] = out.get(labels["status"], 0.0) + float(m.group(2))
+        return out
 
     def create(self, name: str, value: str, conn=None) -> dict:
         body = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": NS},
@@ -307,3 +334,97 @@ def test_the_migration_rewrites_every_secret_under_the_current_key_id_then_ident
     cluster.host.wait_pod("kube-apiserver", timeout=180)
     status, out = cluster.api.request("GET", f"/api/v1/namespaces/{NS}/secrets/before-rollout")
     assert status == 200 and base64.b64decode(out["data"]["value"]).decode() == "written before the rollout"
+
+
+def seed_writer() -> Path:
+    """examples/seed_writer.rs, built by `cargo build --example seed_writer` (make test-system)."""
+    p = Path(os.environ.get("CARGO_TARGET_DIR", REPO_ROOT / "target")) / "debug" / "examples" / "seed_writer"
+    if not p.exists():
+        raise AssertionError(f"{p} is missing: run `cargo build --locked --example seed_writer`")
+    return p
+
+
+def storm_values(cluster, since: int = 0) -> dict[str, str]:
+    """Every Secret of STORM_NS kube-apiserver lists, name -> value, of those written at etcd
+    revision `since` or later (an empty dict while the list fails)."""
+    status, out = cluster.api.request("GET", f"/api/v1/namespaces/{STORM_NS}/secrets")
+    if status != 200:
+        return {}
+    return {i["metadata"]["name"]: base64.b64decode(i["data"]["value"]).decode() for i in out["items"]
+            if int(i["metadata"]["resourceVersion"]) >= since}
+
+
+@pytest.mark.parametrize("rate", STORM_RATES, ids=[f"quota-{r}-per-s" for r in STORM_RATES])
+def test_a_restart_under_150_seeds_against_a_slow_throttled_openbao_ends_ready_with_every_secret_read(cluster, rate):
+    """kube-apiserver asks for one Decrypt per uncached seed after a restart (up to 10 at once per
+    seed); with OpenBao answering in 1 s behind a `rate`/s quota it must still become ready and read
+    everything, without the provider multiplying the load on OpenBao. Each case writes the same
+    Secrets under 150 fresh seeds, so the seeds of the case before are gone from etcd."""
+    status, out = cluster.api.request("POST", "/api/v1/namespaces",
+                                      {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": STORM_NS}})
+    assert status in (201, 409), out
+    # Written as kube-apiserver writes them, one writer (seed, Encrypt) per seed, straight into etcd.
+    r = subprocess.run([str(seed_writer()), host_socket(cluster.host.c), STORM_NS, str(STORM_SEEDS),
+                        str(STORM_PER_SEED), "storm"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    stored = {k: base64.b64decode(v) for k, v in (line.split("\t") for line in r.stdout.splitlines())}
+    assert len(stored) == STORM_SEEDS * STORM_PER_SEED
+    revision = cluster.etcd.put(stored)
+    storm = {k: o for k, o in cluster.envelopes().items() if k.startswith(f"/registry/secrets/{STORM_NS}/")}
+    assert len({o.encryptedDEKSource for o in storm.values()}) == STORM_SEEDS
+    expected = {f"storm-{s:03d}-{o:03d}": f"storm value {s}-{o}"
+                for s in range(STORM_SEEDS) for o in range(STORM_PER_SEED)}
+    # The running kube-apiserver reads them (its watch decodes them): the values are valid Secrets.
+    wait_until(lambda: storm_values(cluster, revision) == expected, "kube-apiserver to read the written Secrets", 120,
+               interval=1)
+    seeds = len({o.encryptedDEKSource for o in cluster.envelopes().values()})
+
+    decrypts_before = cluster.provider_metric("openbao_kms_grpc_requests_total", method="Decrypt")
+    requests_before = cluster.openbao_requests("decrypt")
+    quota = f"sys/quotas/rate-limit/kms-restart-storm-{rate}"
+    status, out = cluster.bao.api("POST", quota, body={"rate": rate, "path": "transit/"})
+    assert status in (200, 204), out
+    cluster.proxy.set_delay(STORM_DELAY)
+    try:
+        t0 = time.monotonic()
+        cluster.host.restart_apiserver(timeout=600)
+
+        def ready() -> bool:
+            try:
+                return cluster.api.readyz()[0] == 200
+            except (OSError, http.client.HTTPException):
+                return False
+
+        wait_until(ready, "/readyz after the restart", 600, interval=0.5)
+        t_ready = time.monotonic() - t0
+
+        def all_read() -> bool:
+            try:
+                got = storm_values(cluster)
+                for name in sorted(set(expected) - set(got)):
+                    status, out = cluster.api.request("GET", f"/api/v1/namespaces/{STORM_NS}/secrets/{name}")
+                    if status == 200:
+                        got[name] = base64.b64decode(out["data"]["value"]).decode()
+            except (OSError, http.client.HTTPException):
+                return False
+            return got == expected
+
+        wait_until(all_read, f"all {len(expected)} Secrets to read back", 600, interval=1)
+        t_read = time.monotonic() - t0
+        decrypts = cluster.provider_metric("openbao_kms_grpc_requests_total", method="Decrypt") - decrypts_before
+        after = cluster.openbao_requests("decrypt")
+    finally:
+        cluster.proxy.set_delay(0)
+        cluster.bao.api("DELETE", quota)
+    delta = {k: v - requests_before.get(k, 0.0) for k, v in after.items() if v - requests_before.get(k, 0.0)}
+    sent = sum(v for k, v in delta.items() if k not in NOT_SENT)
+    limited = delta.get("rate_limited", 0.0) + delta.get("retry_after", 0.0)
+    print(f"FIGURES restart storm: {seeds} seeds ({STORM_SEEDS} new, {len(expected)} Secrets), OpenBao {STORM_DELAY}s "
+          f"slow, quota {rate}/s on transit/: /readyz ok after {t_ready:.1f}s, all read after {t_read:.1f}s; "
+          f"{decrypts:.0f} Decrypt calls, {sent:.0f} OpenBao decrypt requests sent ({limited:.0f} answered 429), "
+          f"by status {dict(sorted(delta.items()))}")
+    assert t_ready < 300 and t_read < 300, (t_ready, t_read)
+    assert seeds <= decrypts <= seeds * WATCH_DECODE_CONCURRENCY, (decrypts, seeds)
+    assert sent <= 2 * decrypts, (sent, decrypts, delta)
+    # Fast and unthrottled again: the cluster is as usable as before.
+    wait_until(lambda: cluster.poke_readyz()[0] == 200, "/readyz/kms-providers after the storm", 120, interval=1)
