@@ -128,10 +128,13 @@ impl Provider {
             Some(ttl) => metrics::token_ttl(ttl),
             None => metrics::token_never_expires(),
         }
-        let meta = self.client.read_key().await.map_err(|e| match e.class() {
+        let meta = self.client.read_key().await.map_err(|e| {
             // A refused or impossible login is the reason, whatever request met it.
-            "auth" | "local_setup" => ProbeError::Login(e),
-            _ => ProbeError::ReadKey(e),
+            if e.class().is_login() {
+                ProbeError::Login(e)
+            } else {
+                ProbeError::ReadKey(e)
+            }
         })?;
         if meta.key_type != openbao::contract::KEY_PROFILE.key_type {
             return Err(ProbeError::WrongKeyType {
