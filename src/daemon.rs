@@ -52,7 +52,7 @@ impl HealthSource for Health {
             reasons.push(r);
         }
         if let Err(r) = self.provider.health().verdict() {
-            reasons.push(r);
+            reasons.push(r.to_string());
         }
         if reasons.is_empty() {
             Ok(())
@@ -275,7 +275,13 @@ impl Supervisor {
                 "ready, degraded: serving Status from the key registry while OpenBao does not answer"
             );
         } else {
-            let reason = self.provider.health().verdict().err().unwrap_or_default();
+            let reason = self
+                .provider
+                .health()
+                .verdict()
+                .err()
+                .map(|r| r.to_string())
+                .unwrap_or_default();
             systemd::status(&format!("waiting for OpenBao: {reason}"));
             self.extend_start_timeout();
         }
