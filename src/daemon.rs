@@ -385,16 +385,14 @@ async fn reload(
             "{w}; `check-config` refuses this"
         );
     }
-    let restart = running.restart_needed(&new);
+    let restart = config::ReloadDiff::between(running, &new).fields(config::OnReload::Restart);
     if !restart.is_empty() {
         tracing::warn!(
             fields = restart.join(", "),
             "these settings changed but take effect only after a restart (systemctl restart bao-kms-provider); the running values stay"
         );
     }
-    let mut applied = running.clone();
-    applied.openbao = openbao::reloadable(&running.openbao, &new.openbao);
-    applied.auth = new.auth.clone();
+    let applied = config::reloaded(running, &new);
     client
         .reload(&applied.openbao, &applied.auth)
         .await
