@@ -44,6 +44,15 @@ pub(crate) struct ConfigArg {
     pub(crate) config: PathBuf,
 }
 
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct CheckConfigArgs {
+    #[command(flatten)]
+    pub(crate) config: ConfigArg,
+    /// The configuration the service runs (normally the installed file), to compare with.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) running: Option<PathBuf>,
+}
+
 #[derive(Subcommand, Debug)]
 pub(crate) enum Command {
     /// Serve the KMS v2 API on the unix socket (socket from systemd, or bound from the config).
@@ -57,8 +66,10 @@ pub(crate) enum Command {
     ///
     /// Exit 0 when valid, 64 with a message naming the field when not. Also 64 when the config
     /// file or state directory is group- or world-writable, or the JWT, token or client key file
-    /// is readable by every user (`serve` only warns about these). Does not contact OpenBao.
-    CheckConfig(ConfigArg),
+    /// is readable by every user (`serve` only warns about these). With --running FILE (the
+    /// configuration the service runs), also names the settings that differ: those a reload
+    /// (`systemctl reload`) applies and those that need a restart. Does not contact OpenBao.
+    CheckConfig(CheckConfigArgs),
     /// Act like kube-apiserver against a running provider: Status, Encrypt of 32 random bytes,
     /// Decrypt, compare.
     ///
@@ -187,7 +198,8 @@ fn serve(arg: &ConfigArg) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn check_config(arg: &ConfigArg) -> Result<ExitCode> {
+fn check_config(args: &CheckConfigArgs) -> Result<ExitCode> {
+    let arg = &args.config;
     let text = std::fs::read_to_string(&arg.config).map_err(|source| ConfigError::Read {
         path: arg.config.clone(),
         source,
@@ -224,8 +236,34 @@ fn check_config(arg: &ConfigArg) -> Result<ExitCode> {
             println!("# warning: {line}");
         }
     }
+    if let Some(running) = &args.running {
+        let running_settings = config::load(running, &Environment::from_process())?;
+        for line in reload_lines(&config::ReloadDiff::between(&running_settings, &settings)) {
+            println!("# {line}");
+        }
+    }
     print!("{}", config::render_effective(&raw));
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `check-config --running` says a reload would do with the settings that differ.
+fn reload_lines(diff: &config::ReloadDiff) -> Vec<String> {
+    let apply = diff.fields(config::OnReload::Apply);
+    let restart = diff.fields(config::OnReload::Restart);
+    if apply.is_empty() && restart.is_empty() {
+        return vec!["no setting differs from the running configuration".to_owned()];
+    }
+    let mut out = Vec::new();
+    if !apply.is_empty() {
+        out.push(format!("reload applies: {}", apply.join(", ")));
+    }
+    if !restart.is_empty() {
+        out.push(format!(
+            "restart needed: {} (a reload keeps the running values)",
+            restart.join(", ")
+        ));
+    }
+    out
 }
 
 /// What `check-config` can tell about a PKCS#11 setup without opening the token.
