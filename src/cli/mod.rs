@@ -1,5 +1,6 @@
 //! Command line: the subcommands operators and automation use. `main.rs` only calls `run`.
 mod doctor;
+mod exit;
 mod probe;
 mod render;
 mod state;
@@ -13,14 +14,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, ConfigError, Environment, DEFAULT_CONFIG_PATH};
-
-/// Exit code for configuration errors (EX_USAGE), so units and scripts can tell them apart.
-pub(crate) const EXIT_CONFIG: u8 = 64;
-/// Exit code when a check ran and failed.
-pub(crate) const EXIT_FAILED: u8 = 1;
-/// Exit code when the key registry is damaged, rolled back or missing (EX_DATAERR): restarting
-/// will not help, an operator must restore it.
-pub(crate) const EXIT_STATE: u8 = 65;
+pub use exit::Exit;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -144,23 +138,7 @@ pub fn run() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("bao-kms-provider: {e:#}");
-            if e.downcast_ref::<ConfigError>().is_some()
-                || e.downcast_ref::<crate::hardening::UntrustedFiles>()
-                    .is_some()
-                || matches!(
-                    e.downcast_ref::<crate::openbao::Error>(),
-                    Some(crate::openbao::Error::Pkcs11(p)) if p.needs_operator()
-                )
-            {
-                ExitCode::from(EXIT_CONFIG)
-            } else if e
-                .downcast_ref::<crate::keys::StoreError>()
-                .is_some_and(|s| s.needs_operator())
-            {
-                ExitCode::from(EXIT_STATE)
-            } else {
-                ExitCode::from(EXIT_FAILED)
-            }
+            Exit::of(&e).into()
         }
     }
 }
@@ -218,7 +196,7 @@ fn check_config(args: &CheckConfigArgs) -> Result<ExitCode> {
         for p in &problems {
             eprintln!("bao-kms-provider: {p}");
         }
-        return Ok(ExitCode::from(EXIT_CONFIG));
+        return Ok(Exit::Config.into());
     }
     println!("# {}: valid", arg.config.display());
     println!(
