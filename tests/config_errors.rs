@@ -455,4 +455,16 @@ fn running_names_what_a_reload_applies_and_what_needs_a_restart() {
         stdout.contains("# no setting differs from the running configuration"),
         "{stdout}"
     );
+    // Another PKCS#11 token: the OpenBao client refuses the whole reload.
+    std::fs::write(&running, pkcs11_config(PKCS11_AUTH)).expect("write");
+    let other = PKCS11_AUTH.replace("token_label = \"kms\"", "token_label = \"other\"");
+    std::fs::write(&new, pkcs11_config(&other)).expect("write");
+    let (code, stdout) = run(&running);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(
+        stdout.contains(
+            "# reload refused: auth.cert.token_label (nothing changes until a restart)\n"
+        ) && !stdout.contains("# reload applies"),
+        "{stdout}"
+    );
 }

@@ -62,7 +62,8 @@ pub(crate) enum Command {
     /// file or state directory is group- or world-writable, or the JWT, token or client key file
     /// is readable by every user (`serve` only warns about these). With --running FILE (the
     /// configuration the service runs), also names the settings that differ: those a reload
-    /// (`systemctl reload`) applies and those that need a restart. Does not contact OpenBao.
+    /// (`systemctl reload`) applies, those that need a restart, and those that make a reload
+    /// fail as a whole (another PKCS#11 module or token). Does not contact OpenBao.
     CheckConfig(CheckConfigArgs),
     /// Act like kube-apiserver against a running provider: Status, Encrypt of 32 random bytes,
     /// Decrypt, compare.
@@ -228,11 +229,17 @@ fn check_config(args: &CheckConfigArgs) -> Result<ExitCode> {
 fn reload_lines(diff: &config::ReloadDiff) -> Vec<String> {
     let apply = diff.fields(config::OnReload::Apply);
     let restart = diff.fields(config::OnReload::Restart);
-    if apply.is_empty() && restart.is_empty() {
+    let refuse = diff.fields(config::OnReload::Refuse);
+    if apply.is_empty() && restart.is_empty() && refuse.is_empty() {
         return vec!["no setting differs from the running configuration".to_owned()];
     }
     let mut out = Vec::new();
-    if !apply.is_empty() {
+    if !refuse.is_empty() {
+        out.push(format!(
+            "reload refused: {} (nothing changes until a restart)",
+            refuse.join(", ")
+        ));
+    } else if !apply.is_empty() {
         out.push(format!("reload applies: {}", apply.join(", ")));
     }
     if !restart.is_empty() {

@@ -1,7 +1,7 @@
-//! What a reload (SIGHUP) does with each setting that changed: puts the new value in effect, or
-//! keeps the running one until a restart. One table, so the daemon, the OpenBao client it
-//! rebuilds and `check-config --running` cannot disagree.
-use super::settings::Settings;
+//! What a reload (SIGHUP) does with each setting that changed: puts the new value in effect,
+//! keeps the running one until a restart, or fails as a whole. One table, so the daemon, the
+//! OpenBao client it rebuilds and `check-config --running` cannot disagree.
+use super::settings::{AuthSettings, ClientKey, Pkcs11Settings, Settings};
 
 /// What a reload does with one changed setting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -11,6 +11,10 @@ pub(crate) enum OnReload {
     /// The running value stays until a restart: identity-bearing names (hashed into every
     /// key_id), the socket, the state directory, listeners and limits fixed at start.
     Restart,
+    /// The reload fails as a whole and everything keeps its running value; only a restart
+    /// applies the new configuration. A PKCS#11 module can be initialised once per process,
+    /// so the OpenBao client refuses another module or token.
+    Refuse,
 }
 
 /// One setting (or group of settings, such as `status`) and what a reload does with it.
@@ -28,6 +32,35 @@ const fn restart(field: &'static str, changed: fn(&Settings, &Settings) -> bool)
         on_reload: OnReload::Restart,
         changed,
         take: None,
+    }
+}
+
+const fn refuse(field: &'static str, changed: fn(&Settings, &Settings) -> bool) -> Rule {
+    Rule {
+        field,
+        on_reload: OnReload::Refuse,
+        changed,
+        take: None,
+    }
+}
+
+/// Both configurations keep the client key on a PKCS#11 token, each as `Some`.
+fn pkcs11<'a>(
+    a: &'a Settings,
+    b: &'a Settings,
+) -> Option<(&'a Pkcs11Settings, &'a Pkcs11Settings)> {
+    match (&a.auth, &b.auth) {
+        (
+            AuthSettings::Cert {
+                key: ClientKey::Pkcs11(a),
+                ..
+            },
+            AuthSettings::Cert {
+                key: ClientKey::Pkcs11(b),
+                ..
+            },
+        ) => Some((a, b)),
+        _ => None,
     }
 }
 
@@ -74,6 +107,12 @@ const RULES: &[Rule] = &[
         |a, b| a.auth != b.auth,
         |s, new| s.auth = new.auth.clone(),
     ),
+    refuse("auth.cert.module_path", |a, b| {
+        pkcs11(a, b).is_some_and(|(a, b)| a.module_path != b.module_path)
+    }),
+    refuse("auth.cert.token_label", |a, b| {
+        pkcs11(a, b).is_some_and(|(a, b)| a.token_label != b.token_label)
+    }),
     restart("openbao.instance_id", |a, b| {
         a.openbao.instance_id != b.openbao.instance_id
     }),
@@ -307,5 +346,24 @@ max_connections = 7
             ReloadDiff::between(&a, &b).fields(OnReload::Restart),
             "a second reload names the same fields: their running values stayed"
         );
+    }
+
+    /// Another token or module fails the reload in the OpenBao client; a first one does not.
+    #[test]
+    fn another_pkcs11_token_or_module_is_refused_a_first_one_applies() {
+        let jwt = "[auth]\nmethod = \"jwt\"\n[auth.jwt]\nmount_path = \"jwt\"\nrole = \"a\"\njwt_file = \"/var/lib/a/identity.jwt\"\n";
+        let token = |label: &str| {
+            RUNNING.replace(
+                jwt,
+                &format!("[auth]\nmethod = \"cert\"\n[auth.cert]\ncert_file = \"/etc/a/client.pem\"\nkey_source = \"pkcs11\"\nmodule_path = \"/usr/lib/softhsm/libsofthsm2.so\"\ntoken_label = \"{label}\"\nkey_label = \"client\"\npin_file = \"/etc/a/token.pin\"\n"),
+            )
+        };
+        assert!(RUNNING.contains(jwt));
+        let (a, b) = (settings(&token("kms")), settings(&token("other")));
+        let diff = ReloadDiff::between(&a, &b);
+        assert_eq!(diff.fields(OnReload::Refuse), ["auth.cert.token_label"]);
+        let first = ReloadDiff::between(&settings(RUNNING), &b);
+        assert!(first.fields(OnReload::Refuse).is_empty(), "{first:?}");
+        assert_eq!(first.fields(OnReload::Apply), ["auth"]);
     }
 }
