@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use bao_kms_provider::cli::Cli;
+use bao_kms_provider::cli::{Cli, Exit};
 use clap::CommandFactory;
 use clap_mangen::roff::{bold, italic, roman, Roff};
 use clap_mangen::Man;
@@ -27,7 +27,10 @@ fn extra_sections(roff: &mut Roff) {
         roff.text([roman(what)]);
     }
     roff.control("SH", ["EXIT STATUS"]);
-    roff.text([roman("0 on success, 64 for a configuration error (the file and field are named), 1 when a check ran and failed.")]);
+    roff.text([roman(format!(
+        "{} (verify-etcd-value has its own codes, listed in its page).",
+        Exit::summary()
+    ))]);
     roff.control("SH", ["SEE ALSO"]);
     roff.text([
         bold("systemctl"),

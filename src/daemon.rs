@@ -52,7 +52,7 @@ impl HealthSource for Health {
             reasons.push(r);
         }
         if let Err(r) = self.provider.health().verdict() {
-            reasons.push(r);
+            reasons.push(r.to_string());
         }
         if reasons.is_empty() {
             Ok(())
@@ -275,7 +275,13 @@ impl Supervisor {
                 "ready, degraded: serving Status from the key registry while OpenBao does not answer"
             );
         } else {
-            let reason = self.provider.health().verdict().err().unwrap_or_default();
+            let reason = self
+                .provider
+                .health()
+                .verdict()
+                .err()
+                .map(|r| r.to_string())
+                .unwrap_or_default();
             systemd::status(&format!("waiting for OpenBao: {reason}"));
             self.extend_start_timeout();
         }
@@ -379,16 +385,14 @@ async fn reload(
             "{w}; `check-config` refuses this"
         );
     }
-    let restart = running.restart_needed(&new);
+    let restart = config::ReloadDiff::between(running, &new).fields(config::OnReload::Restart);
     if !restart.is_empty() {
         tracing::warn!(
             fields = restart.join(", "),
             "these settings changed but take effect only after a restart (systemctl restart bao-kms-provider); the running values stay"
         );
     }
-    let mut applied = running.clone();
-    applied.openbao = openbao::reloadable(&running.openbao, &new.openbao);
-    applied.auth = new.auth.clone();
+    let applied = config::reloaded(running, &new);
     client
         .reload(&applied.openbao, &applied.auth)
         .await

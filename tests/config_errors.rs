@@ -1,4 +1,5 @@
-//! Every invalid config field gives a message naming it (exit 64), via the real binary.
+//! `check-config` via the real binary: every invalid config field gives a message naming it
+//! (exit 64), and `--running` names what a reload would apply and what needs a restart.
 pub mod common;
 
 use std::process::Command;
@@ -408,4 +409,62 @@ fn pkcs11_key_source_fields_are_checked_by_name() {
         &PKCS11_AUTH.replace("key_label = \"client\"", "key_object_id = \"a1:B2\""),
     ));
     assert_eq!(code, 0, "CKA_ID as pkcs11-tool prints it: {stderr}");
+}
+
+#[test]
+fn running_names_what_a_reload_applies_and_what_needs_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (running, new) = (dir.path().join("running.toml"), dir.path().join("new.toml"));
+    std::fs::write(&running, VALID).expect("write");
+    let changed = with("openbao", "timeout", "\"1500ms\"")
+        .replace("[status]", "[status]\nunhealthy_after = 5")
+        .replace(
+            "/var/lib/openbao-kms\"\n\n[openbao]",
+            "/var/lib/openbao-kms\"\ndrain_timeout = \"9s\"\n\n[openbao]",
+        );
+    std::fs::write(&new, changed).expect("write");
+    let run = |against: &std::path::Path| {
+        let out = Command::new(common::provider_bin())
+            .args(["check-config", "--config"])
+            .arg(&new)
+            .arg("--running")
+            .arg(against)
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .output()
+            .expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, stdout) = run(&running);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(
+        stdout.contains("# reload applies: openbao.timeout\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "# restart needed: server.drain_timeout, status (a reload keeps the running values)\n"
+        ),
+        "{stdout}"
+    );
+    let (code, stdout) = run(&new);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(
+        stdout.contains("# no setting differs from the running configuration"),
+        "{stdout}"
+    );
+    // Another PKCS#11 token: the OpenBao client refuses the whole reload.
+    std::fs::write(&running, pkcs11_config(PKCS11_AUTH)).expect("write");
+    let other = PKCS11_AUTH.replace("token_label = \"kms\"", "token_label = \"other\"");
+    std::fs::write(&new, pkcs11_config(&other)).expect("write");
+    let (code, stdout) = run(&running);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(
+        stdout.contains(
+            "# reload refused: auth.cert.token_label (nothing changes until a restart)\n"
+        ) && !stdout.contains("# reload applies"),
+        "{stdout}"
+    );
 }

@@ -1,5 +1,6 @@
 //! Command line: the subcommands operators and automation use. `main.rs` only calls `run`.
 mod doctor;
+mod exit;
 mod probe;
 mod render;
 mod state;
@@ -13,14 +14,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, ConfigError, Environment, DEFAULT_CONFIG_PATH};
-
-/// Exit code for configuration errors (EX_USAGE), so units and scripts can tell them apart.
-pub(crate) const EXIT_CONFIG: u8 = 64;
-/// Exit code when a check ran and failed.
-pub(crate) const EXIT_FAILED: u8 = 1;
-/// Exit code when the key registry is damaged, rolled back or missing (EX_DATAERR): restarting
-/// will not help, an operator must restore it.
-pub(crate) const EXIT_STATE: u8 = 65;
+pub use exit::Exit;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -44,6 +38,15 @@ pub(crate) struct ConfigArg {
     pub(crate) config: PathBuf,
 }
 
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct CheckConfigArgs {
+    #[command(flatten)]
+    pub(crate) config: ConfigArg,
+    /// The configuration the service runs (normally the installed file), to compare with.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) running: Option<PathBuf>,
+}
+
 #[derive(Subcommand, Debug)]
 pub(crate) enum Command {
     /// Serve the KMS v2 API on the unix socket (socket from systemd, or bound from the config).
@@ -57,8 +60,11 @@ pub(crate) enum Command {
     ///
     /// Exit 0 when valid, 64 with a message naming the field when not. Also 64 when the config
     /// file or state directory is group- or world-writable, or the JWT, token or client key file
-    /// is readable by every user (`serve` only warns about these). Does not contact OpenBao.
-    CheckConfig(ConfigArg),
+    /// is readable by every user (`serve` only warns about these). With --running FILE (the
+    /// configuration the service runs), also names the settings that differ: those a reload
+    /// (`systemctl reload`) applies, those that need a restart, and those that make a reload
+    /// fail as a whole (another PKCS#11 module or token). Does not contact OpenBao.
+    CheckConfig(CheckConfigArgs),
     /// Act like kube-apiserver against a running provider: Status, Encrypt of 32 random bytes,
     /// Decrypt, compare.
     ///
@@ -133,23 +139,7 @@ pub fn run() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("bao-kms-provider: {e:#}");
-            if e.downcast_ref::<ConfigError>().is_some()
-                || e.downcast_ref::<crate::hardening::UntrustedFiles>()
-                    .is_some()
-                || matches!(
-                    e.downcast_ref::<crate::openbao::Error>(),
-                    Some(crate::openbao::Error::Pkcs11(p)) if p.needs_operator()
-                )
-            {
-                ExitCode::from(EXIT_CONFIG)
-            } else if e
-                .downcast_ref::<crate::keys::StoreError>()
-                .is_some_and(|s| s.needs_operator())
-            {
-                ExitCode::from(EXIT_STATE)
-            } else {
-                ExitCode::from(EXIT_FAILED)
-            }
+            Exit::of(&e).into()
         }
     }
 }
@@ -187,7 +177,8 @@ fn serve(arg: &ConfigArg) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn check_config(arg: &ConfigArg) -> Result<ExitCode> {
+fn check_config(args: &CheckConfigArgs) -> Result<ExitCode> {
+    let arg = &args.config;
     let text = std::fs::read_to_string(&arg.config).map_err(|source| ConfigError::Read {
         path: arg.config.clone(),
         source,
@@ -206,7 +197,7 @@ fn check_config(arg: &ConfigArg) -> Result<ExitCode> {
         for p in &problems {
             eprintln!("bao-kms-provider: {p}");
         }
-        return Ok(ExitCode::from(EXIT_CONFIG));
+        return Ok(Exit::Config.into());
     }
     println!("# {}: valid", arg.config.display());
     println!(
@@ -224,8 +215,40 @@ fn check_config(arg: &ConfigArg) -> Result<ExitCode> {
             println!("# warning: {line}");
         }
     }
+    if let Some(running) = &args.running {
+        let running_settings = config::load(running, &Environment::from_process())?;
+        for line in reload_lines(&config::ReloadDiff::between(&running_settings, &settings)) {
+            println!("# {line}");
+        }
+    }
     print!("{}", config::render_effective(&raw));
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `check-config --running` says a reload would do with the settings that differ.
+fn reload_lines(diff: &config::ReloadDiff) -> Vec<String> {
+    let apply = diff.fields(config::OnReload::Apply);
+    let restart = diff.fields(config::OnReload::Restart);
+    let refuse = diff.fields(config::OnReload::Refuse);
+    if apply.is_empty() && restart.is_empty() && refuse.is_empty() {
+        return vec!["no setting differs from the running configuration".to_owned()];
+    }
+    let mut out = Vec::new();
+    if !refuse.is_empty() {
+        out.push(format!(
+            "reload refused: {} (nothing changes until a restart)",
+            refuse.join(", ")
+        ));
+    } else if !apply.is_empty() {
+        out.push(format!("reload applies: {}", apply.join(", ")));
+    }
+    if !restart.is_empty() {
+        out.push(format!(
+            "restart needed: {} (a reload keeps the running values)",
+            restart.join(", ")
+        ));
+    }
+    out
 }
 
 /// What `check-config` can tell about a PKCS#11 setup without opening the token.

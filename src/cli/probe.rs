@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Result};
 use rand::RngCore;
 
-use super::{parse_duration, EXIT_FAILED};
+use super::{parse_duration, Exit};
 use crate::config::{Environment, DEFAULT_CONFIG_PATH};
 use crate::kms::{self, client};
 use crate::pb;
@@ -68,7 +68,7 @@ pub(crate) fn run(a: ProbeArgs) -> Result<ExitCode> {
             return Ok(if outcome.ok {
                 ExitCode::SUCCESS
             } else {
-                ExitCode::from(EXIT_FAILED)
+                Exit::Failed.into()
             });
         }
         std::thread::sleep(Duration::from_millis(500));

@@ -1,6 +1,8 @@
-//! Configuration: the TOML contract (`raw`), its checks (`validate`) and the typed result (`settings`).
+//! Configuration: the TOML contract (`raw`), its checks (`validate`), the typed result
+//! (`settings`) and what a reload does with each changed setting (`reload`).
 mod error;
 mod raw;
+mod reload;
 mod settings;
 mod validate;
 
@@ -9,6 +11,8 @@ use std::path::Path;
 pub use error::ConfigError;
 pub use raw::RawConfig;
 pub(crate) use raw::*;
+pub(crate) use reload::reloaded;
+pub(crate) use reload::{OnReload, ReloadDiff};
 pub use settings::Settings;
 pub(crate) use settings::*;
 pub use validate::{upgrade_checks, validate, Environment};

@@ -20,108 +20,6 @@ pub struct Settings {
     pub(crate) telemetry: TelemetrySettings,
 }
 
-impl Settings {
-    /// Fields that differ in `new` but only take effect after a restart: identity-bearing
-    /// names (they are hashed into every key_id), the socket, the state directory, listeners
-    /// and limits fixed at start. A reload applies `[openbao]` (but its identity) and `[auth]`.
-    pub fn restart_needed(&self, new: &Settings) -> Vec<&'static str> {
-        let (a, b) = (self, new);
-        let mut out = Vec::new();
-        let mut check = |changed: bool, field: &'static str| {
-            if changed {
-                out.push(field);
-            }
-        };
-        check(
-            a.openbao.instance_id != b.openbao.instance_id,
-            "openbao.instance_id",
-        );
-        check(
-            a.openbao.namespace != b.openbao.namespace,
-            "openbao.namespace",
-        );
-        check(
-            a.openbao.max_connections != b.openbao.max_connections,
-            "openbao.max_connections",
-        );
-        check(
-            a.openbao.retry_budget.percent != b.openbao.retry_budget.percent,
-            "openbao.retry_budget_percent",
-        );
-        check(
-            a.openbao.retry_budget.min_per_second != b.openbao.retry_budget.min_per_second,
-            "openbao.retry_budget_min_per_second",
-        );
-        check(
-            a.transit.mount_path != b.transit.mount_path,
-            "transit.mount_path",
-        );
-        check(a.transit.key_name != b.transit.key_name, "transit.key_name");
-        check(
-            a.transit.key_id_scope != b.transit.key_id_scope,
-            "transit.key_id_scope",
-        );
-        check(
-            a.server.socket_path != b.server.socket_path,
-            "server.socket_path",
-        );
-        check(
-            a.server.socket_mode != b.server.socket_mode,
-            "server.socket_mode",
-        );
-        check(a.server.state_dir != b.server.state_dir, "server.state_dir");
-        check(
-            a.server.kms_timeout != b.server.kms_timeout,
-            "server.kms_timeout",
-        );
-        check(
-            a.server.max_concurrent_streams != b.server.max_concurrent_streams,
-            "server.max_concurrent_streams",
-        );
-        check(
-            a.server.idle_timeout != b.server.idle_timeout,
-            "server.idle_timeout",
-        );
-        check(
-            a.server.drain_timeout != b.server.drain_timeout,
-            "server.drain_timeout",
-        );
-        check(
-            a.telemetry.metrics_address != b.telemetry.metrics_address,
-            "telemetry.metrics_address",
-        );
-        check(
-            a.telemetry.health_address != b.telemetry.health_address,
-            "telemetry.health_address",
-        );
-        check(
-            a.telemetry.max_connections != b.telemetry.max_connections,
-            "telemetry.max_connections",
-        );
-        check(
-            a.status.probe_interval != b.status.probe_interval
-                || a.status.deep_probe_interval != b.status.deep_probe_interval
-                || a.status.max_staleness != b.status.max_staleness
-                || a.status.unhealthy_after != b.status.unhealthy_after,
-            "status",
-        );
-        check(
-            a.rotation.stable_observations != b.rotation.stable_observations
-                || a.rotation.activation_delay != b.rotation.activation_delay,
-            "rotation",
-        );
-        check(
-            a.log.level != b.log.level || a.log.format != b.log.format,
-            "log",
-        );
-        check(
-            a.auth_expiry_warning != b.auth_expiry_warning,
-            "auth.expiry_warning",
-        );
-        out
-    }
-}
-
 #[derive(Debug, Clone)]
 pub(crate) struct ServerSettings {
     pub(crate) socket_path: PathBuf,
@@ -168,7 +66,7 @@ pub(crate) struct OpenBaoNode {
     pub(crate) tls_server_name: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum AuthSettings {
     Jwt {
         mount_path: String,

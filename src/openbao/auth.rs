@@ -318,7 +318,7 @@ impl Auth {
                 Ok(Some(renewed)) => return Ok(renewed),
                 Ok(None) => tracing::info!("token reached its maximum TTL; logging in again"),
                 Err(e) => {
-                    tracing::warn!(error = %e, error_class = e.class(), "token renewal failed; logging in again")
+                    tracing::warn!(error = %e, error_class = e.class().as_str(), "token renewal failed; logging in again")
                 }
             }
         }

@@ -97,25 +97,82 @@ impl Clone for Error {
     }
 }
 
-impl Error {
-    /// A short, bounded-cardinality class for logs and metrics.
-    pub(crate) fn class(&self) -> &'static str {
+/// A short, bounded-cardinality class of an [`Error`]: what callers decide on, and (through
+/// [`ErrorClass::as_str`]) the `error_class` log field and the `status` metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ErrorClass {
+    Unreachable,
+    Timeout,
+    Sealed,
+    RateLimited,
+    PermissionDenied,
+    NotFound,
+    BadRequest,
+    ServerError,
+    Protocol,
+    /// A credential, TLS material or setting on this host is wrong.
+    LocalSetup,
+    /// No token, or the login was refused.
+    Auth,
+    Overloaded,
+    DeadlineTooShort,
+    RedirectRefused,
+    Pkcs11,
+}
+
+impl ErrorClass {
+    /// The label text in logs and metrics.
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
-            Self::Unreachable(_) => "unreachable",
-            Self::Timeout(_) => "timeout",
+            Self::Unreachable => "unreachable",
+            Self::Timeout => "timeout",
             Self::Sealed => "sealed",
             Self::RateLimited => "rate_limited",
-            Self::PermissionDenied(_) => "permission_denied",
-            Self::NotFound(_) => "not_found",
-            Self::BadRequest(_) => "bad_request",
-            Self::Server { .. } => "server_error",
-            Self::ResponseTooLarge(_) | Self::Protocol(_) => "protocol",
-            Self::Credential { .. } | Self::Tls(_) | Self::Setting { .. } => "local_setup",
-            Self::NoToken(_) | Self::LoginRefused(_) => "auth",
-            Self::Overloaded(_) => "overloaded",
-            Self::DeadlineTooShort { .. } => "deadline_too_short",
-            Self::RedirectRefused(_) => "redirect_refused",
-            Self::Pkcs11(_) => "pkcs11",
+            Self::PermissionDenied => "permission_denied",
+            Self::NotFound => "not_found",
+            Self::BadRequest => "bad_request",
+            Self::ServerError => "server_error",
+            Self::Protocol => "protocol",
+            Self::LocalSetup => "local_setup",
+            Self::Auth => "auth",
+            Self::Overloaded => "overloaded",
+            Self::DeadlineTooShort => "deadline_too_short",
+            Self::RedirectRefused => "redirect_refused",
+            Self::Pkcs11 => "pkcs11",
+        }
+    }
+
+    /// A failed login, whatever request met it: the credential or this host's setup.
+    pub(crate) const fn is_login(self) -> bool {
+        matches!(self, Self::Auth | Self::LocalSetup)
+    }
+}
+
+impl std::fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Error {
+    /// The error's class, for callers' decisions, logs and metrics.
+    pub(crate) fn class(&self) -> ErrorClass {
+        match self {
+            Self::Unreachable(_) => ErrorClass::Unreachable,
+            Self::Timeout(_) => ErrorClass::Timeout,
+            Self::Sealed => ErrorClass::Sealed,
+            Self::RateLimited => ErrorClass::RateLimited,
+            Self::PermissionDenied(_) => ErrorClass::PermissionDenied,
+            Self::NotFound(_) => ErrorClass::NotFound,
+            Self::BadRequest(_) => ErrorClass::BadRequest,
+            Self::Server { .. } => ErrorClass::ServerError,
+            Self::ResponseTooLarge(_) | Self::Protocol(_) => ErrorClass::Protocol,
+            Self::Credential { .. } | Self::Tls(_) | Self::Setting { .. } => ErrorClass::LocalSetup,
+            Self::NoToken(_) | Self::LoginRefused(_) => ErrorClass::Auth,
+            Self::Overloaded(_) => ErrorClass::Overloaded,
+            Self::DeadlineTooShort { .. } => ErrorClass::DeadlineTooShort,
+            Self::RedirectRefused(_) => ErrorClass::RedirectRefused,
+            Self::Pkcs11(_) => ErrorClass::Pkcs11,
         }
     }
 

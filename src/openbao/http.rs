@@ -297,7 +297,7 @@ impl Http {
             };
             if let Err(Failure { error, .. }) = &result {
                 if matches!(error, Error::Overloaded(_) | Error::DeadlineTooShort { .. }) {
-                    metrics::openbao_request_not_sent(op.as_str(), error.class());
+                    metrics::openbao_request_not_sent(op.as_str(), error.class().as_str());
                     tracing::debug!(operation = op.as_str(), node = %node.url, error = %error, "OpenBao request not sent");
                 }
             }
@@ -310,7 +310,7 @@ impl Http {
                 Err(f) if hinted && matches!(f.error, Error::RateLimited) => {
                     Cow::Borrowed("retry_after")
                 }
-                Err(f) => Cow::Borrowed(f.error.class()),
+                Err(f) => Cow::Borrowed(f.error.class().as_str()),
             };
             if call.attempts > attempts_before {
                 metrics::openbao_request(op.as_str(), label, attempt_started.elapsed());

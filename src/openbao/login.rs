@@ -74,7 +74,7 @@ pub(super) fn log_login(method: &'static str, result: &Result<Token, Error>) {
             }
         }
         Err(e) => {
-            tracing::warn!(method, error = %e, error_class = e.class(), "OpenBao login failed")
+            tracing::warn!(method, error = %e, error_class = e.class().as_str(), "OpenBao login failed")
         }
     }
 }

@@ -102,17 +102,6 @@ pub(crate) fn fuzz_decoders(body: &[u8]) {
     }
 }
 
-/// The `[openbao]` settings a reload applies: addresses, TLS and the request timeout from `new`;
-/// identity (instance_id, namespace) and the connection cap stay as they run.
-pub(crate) fn reloadable(running: &OpenBaoSettings, new: &OpenBaoSettings) -> OpenBaoSettings {
-    OpenBaoSettings {
-        instance_id: running.instance_id.clone(),
-        namespace: running.namespace.clone(),
-        max_connections: running.max_connections,
-        ..new.clone()
-    }
-}
-
 /// A Transit encryption result: the ciphertext as OpenBao returns it and the version it used.
 #[derive(Debug, Clone)]
 pub(crate) struct Encrypted {
@@ -154,7 +143,8 @@ impl Client {
 
     /// SIGHUP, all or nothing: builds the node clients (CA, client certificate, addresses) and
     /// logs in with the new credentials on the side, and only then swaps both in. On any error
-    /// nothing changed and the previous client and token stay in use.
+    /// nothing changed and the previous client and token stay in use. `openbao` and `auth` are
+    /// the settings `config::reloaded` keeps in effect (identity and connection cap as running).
     pub(crate) async fn reload(
         &self,
         openbao: &OpenBaoSettings,

@@ -142,6 +142,6 @@ mod tests {
         assert!(namespace_header("team-a/child").is_ok());
         let e = namespace_header("team\na").expect_err("a newline is no header value");
         assert!(e.to_string().contains("openbao.namespace"), "{e}");
-        assert_eq!(e.class(), "local_setup");
+        assert_eq!(e.class().as_str(), "local_setup");
     }
 }

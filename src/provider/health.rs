@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::keys::Refusal;
+use crate::keys::{Refusal, StoreError};
 use crate::openbao;
 
 /// Whether a snapshot that is `Degraded` (serving, with warnings) counts as healthy for Status,
@@ -68,30 +68,119 @@ impl fmt::Display for NotOk {
     }
 }
 
+/// A condition that does not stop serving but must be seen: metrics
+/// (`openbao_kms_key_warnings`), the journal and `doctor`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum KeyWarning {
+    /// Transit's `min_decryption_version` (or trimming) blocks versions the registry retains.
+    RetainedVersionsBlocked {
+        min_decryption_version: u32,
+        versions: Vec<u32>,
+    },
+    /// `min_decryption_version` is above 1: data written before this provider adopted the key
+    /// with older versions cannot be read.
+    OlderVersionsUnreadable { min_decryption_version: u32 },
+}
+
+impl fmt::Display for KeyWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::RetainedVersionsBlocked {
+                min_decryption_version,
+                versions,
+            } => {
+                let names: Vec<String> = versions.iter().map(|v| format!("v{v}")).collect();
+                write!(
+                    f,
+                    "Transit min_decryption_version {min_decryption_version} (or trimming) blocks retained key versions {}; data written with them cannot be read",
+                    names.join(", ")
+                )
+            }
+            Self::OlderVersionsUnreadable {
+                min_decryption_version,
+            } => write!(
+                f,
+                "Transit min_decryption_version is {min_decryption_version}: data written with older versions (before this provider adopted the key) cannot be read"
+            ),
+        }
+    }
+}
+
+/// Why the key registry cannot be saved (or locked) on this host, and what serving does meanwhile.
+#[derive(Debug, Clone)]
+pub(crate) enum RegistryFault {
+    /// Nothing was ever saved: the key is adopted in memory only.
+    InMemoryOnly(Arc<StoreError>),
+    /// The registry changed and cannot be saved: Encrypt keeps the saved active key.
+    PromotionsWait(Arc<StoreError>),
+    /// Nothing to save, but the lock cannot be taken.
+    CannotLock(Arc<StoreError>),
+}
+
+impl fmt::Display for RegistryFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InMemoryOnly(e) => {
+                write!(f, "key registry not saved, key adopted in memory only: {e}")
+            }
+            Self::PromotionsWait(e) => write!(
+                f,
+                "key registry not saved, Encrypt keeps the saved active key and promotions wait: {e}"
+            ),
+            Self::CannotLock(e) => write!(
+                f,
+                "key registry cannot be locked, serving from the verified registry: {e}"
+            ),
+        }
+    }
+}
+
+/// The one reason Status (`healthz`), `/readyz` and `systemctl status` give when not ok; its
+/// `Display` is the text they show.
+#[derive(Debug, Clone)]
+pub(crate) enum Reason {
+    Warning(KeyWarning),
+    Registry(RegistryFault),
+    NotOk(NotOk),
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Warning(w) => w.fmt(f),
+            Self::Registry(r) => r.fmt(f),
+            Self::NotOk(n) => n.fmt(f),
+        }
+    }
+}
+
 /// The provider's health as computed from one snapshot.
 #[derive(Debug, Clone)]
 pub(crate) enum Health {
     Ok,
     /// Serving, but something the operator must see (e.g. min_decryption_version blocks
     /// retained versions). Never empty.
-    Degraded(Vec<String>),
+    Degraded(Vec<KeyWarning>),
     /// Serving, but this host has a fault of its own that its Status must name (the key
     /// registry cannot be saved: promotions wait, a restart forgets what was not saved).
     /// Unlike a key warning it is local to one host, so it cannot flip every API server at once.
-    Impaired(String),
+    Impaired(RegistryFault),
     NotOk(NotOk),
 }
 
 impl Health {
-    /// `Ok` when Status may say `ok`; otherwise the one-line reason Status, `/readyz` and
-    /// `systemctl status` show.
-    pub(crate) fn verdict(&self) -> Result<(), String> {
+    /// `Ok` when Status may say `ok`; otherwise the reason Status, `/readyz` and
+    /// `systemctl status` show (its `Display`, one line).
+    pub(crate) fn verdict(&self) -> Result<(), Reason> {
         match self {
             Self::Ok => Ok(()),
             Self::Degraded(_) if DEGRADED_IS_HEALTHY => Ok(()),
-            Self::Degraded(warnings) => Err(warnings.first().cloned().unwrap_or_default()),
-            Self::Impaired(reason) => Err(reason.clone()),
-            Self::NotOk(reason) => Err(reason.to_string()),
+            Self::Degraded(warnings) => match warnings.first() {
+                Some(w) => Err(Reason::Warning(w.clone())),
+                None => Ok(()),
+            },
+            Self::Impaired(fault) => Err(Reason::Registry(fault.clone())),
+            Self::NotOk(reason) => Err(Reason::NotOk(reason.clone())),
         }
     }
 
@@ -106,15 +195,63 @@ mod tests {
 
     #[test]
     fn warnings_do_not_make_status_not_ok() {
-        let h = Health::Degraded(vec!["min_decryption_version blocks v1".into()]);
-        assert_eq!(h.verdict(), Ok(()));
+        let h = Health::Degraded(vec![KeyWarning::RetainedVersionsBlocked {
+            min_decryption_version: 2,
+            versions: vec![1],
+        }]);
+        assert!(h.verdict().is_ok());
         assert!(Health::Ok.is_healthy());
-        let unsaved = Health::Impaired("key registry not saved".into());
-        assert_eq!(unsaved.verdict(), Err("key registry not saved".into()));
+        let unsaved = Health::Impaired(RegistryFault::InMemoryOnly(Arc::new(
+            StoreError::ScopeMismatch {
+                path: "/s/key-registry.json".into(),
+            },
+        )));
+        assert_eq!(
+            unsaved.verdict().map_err(|r| r.to_string()),
+            Err("key registry not saved, key adopted in memory only: key registry /s/key-registry.json belongs to another key scope (config changed provider_name, cluster, instance, mount or key); refusing to mix them".into())
+        );
         let stale = Health::NotOk(NotOk::Stale(Duration::from_secs(7)));
         assert_eq!(
-            stale.verdict(),
+            stale.verdict().map_err(|r| r.to_string()),
             Err("key metadata is stale (7s old)".into())
+        );
+    }
+
+    /// The texts operators see in Status, `/readyz`, the journal and `doctor`.
+    #[test]
+    fn reason_texts_are_the_ones_operators_see() {
+        let blocked = KeyWarning::RetainedVersionsBlocked {
+            min_decryption_version: 3,
+            versions: vec![1, 2],
+        };
+        assert_eq!(
+            blocked.to_string(),
+            "Transit min_decryption_version 3 (or trimming) blocks retained key versions v1, v2; data written with them cannot be read"
+        );
+        let older = KeyWarning::OlderVersionsUnreadable {
+            min_decryption_version: 4,
+        };
+        assert_eq!(
+            older.to_string(),
+            "Transit min_decryption_version is 4: data written with older versions (before this provider adopted the key) cannot be read"
+        );
+        let e = || {
+            Arc::new(StoreError::ScopeMismatch {
+                path: "/s/r".into(),
+            })
+        };
+        let tail = "key registry /s/r belongs to another key scope (config changed provider_name, cluster, instance, mount or key); refusing to mix them";
+        assert_eq!(
+            Reason::Registry(RegistryFault::PromotionsWait(e())).to_string(),
+            format!("key registry not saved, Encrypt keeps the saved active key and promotions wait: {tail}")
+        );
+        assert_eq!(
+            Reason::Registry(RegistryFault::CannotLock(e())).to_string(),
+            format!("key registry cannot be locked, serving from the verified registry: {tail}")
+        );
+        assert_eq!(
+            Reason::NotOk(NotOk::WaitingForDeepProbe).to_string(),
+            "waiting for the first encrypt/decrypt probe"
         );
     }
 }

@@ -124,7 +124,7 @@ impl Provider {
                 snap.health(self.status.max_staleness, self.status.unhealthy_after.get())
                     .verdict()
                     .err()
-                    .unwrap_or_else(|| "waiting for OpenBao".into()),
+                    .map_or_else(|| "waiting for OpenBao".into(), |r| r.to_string()),
             ));
         }
         Ok(())
@@ -185,7 +185,7 @@ impl KeyService for Provider {
                 .verdict()
             {
                 Ok(()) => "ok".to_owned(),
-                Err(reason) => reason,
+                Err(reason) => reason.to_string(),
             },
             key_id: snap.key_id().unwrap_or_default().to_owned(),
         }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::RngCore;
 
-use super::health::ProbeError;
+use super::health::{KeyWarning, ProbeError, RegistryFault};
 use super::{known_keys, Provider, Snapshot};
 use crate::keys::{apiserver_hash, associated_data, short_hash, Change, Sighting};
 use crate::openbao;
@@ -128,10 +128,13 @@ impl Provider {
             Some(ttl) => metrics::token_ttl(ttl),
             None => metrics::token_never_expires(),
         }
-        let meta = self.client.read_key().await.map_err(|e| match e.class() {
+        let meta = self.client.read_key().await.map_err(|e| {
             // A refused or impossible login is the reason, whatever request met it.
-            "auth" | "local_setup" => ProbeError::Login(e),
-            _ => ProbeError::ReadKey(e),
+            if e.class().is_login() {
+                ProbeError::Login(e)
+            } else {
+                ProbeError::ReadKey(e)
+            }
         })?;
         if meta.key_type != openbao::contract::KEY_PROFILE.key_type {
             return Err(ProbeError::WrongKeyType {
@@ -167,19 +170,16 @@ impl Provider {
             (regs.current.clone(), active, changed, unsaved)
         };
         let blocked = registry.blocked_by_min_decryption(&observation);
-        let mut warnings: Vec<String> = Vec::new();
+        let mut warnings: Vec<KeyWarning> = Vec::new();
         if !blocked.is_empty() {
-            let names: Vec<String> = blocked.iter().map(|v| format!("v{v}")).collect();
-            warnings.push(format!(
-                "Transit min_decryption_version {} (or trimming) blocks retained key versions {}; data written with them cannot be read",
-                meta.min_decryption_version,
-                names.join(", ")
-            ));
+            warnings.push(KeyWarning::RetainedVersionsBlocked {
+                min_decryption_version: meta.min_decryption_version,
+                versions: blocked,
+            });
         } else if meta.min_decryption_version > 1 {
-            warnings.push(format!(
-                "Transit min_decryption_version is {}: data written with older versions (before this provider adopted the key) cannot be read",
-                meta.min_decryption_version
-            ));
+            warnings.push(KeyWarning::OlderVersionsUnreadable {
+                min_decryption_version: meta.min_decryption_version,
+            });
         }
         metrics::warnings(warnings.len());
         metrics::registry_unsaved(unsaved.is_some());
@@ -220,7 +220,7 @@ impl Provider {
     /// Saves the registry when it changed (or an earlier save failed), taking the lock first
     /// if the state directory was not writable before. `Some(reason)` while it cannot: the
     /// degradation that health, metrics and logs report.
-    fn persist(&self, regs: &mut super::Registries) -> Option<String> {
+    fn persist(&self, regs: &mut super::Registries) -> Option<RegistryFault> {
         let result = if regs.current != regs.saved {
             self.store.save(&regs.current).map(|()| {
                 regs.saved = regs.current.clone();
@@ -236,14 +236,13 @@ impl Provider {
                 None
             }
             Err(e) => {
+                let e = Arc::new(e);
                 let reason = if regs.saved.is_empty() {
-                    format!("key registry not saved, key adopted in memory only: {e}")
+                    RegistryFault::InMemoryOnly(e.clone())
                 } else if regs.current != regs.saved {
-                    format!("key registry not saved, Encrypt keeps the saved active key and promotions wait: {e}")
+                    RegistryFault::PromotionsWait(e.clone())
                 } else {
-                    format!(
-                        "key registry cannot be locked, serving from the verified registry: {e}"
-                    )
+                    RegistryFault::CannotLock(e.clone())
                 };
                 tracing::warn!(error = %e, "{reason}");
                 regs.degraded = true;

@@ -3,7 +3,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::health::{Health, NotOk, ProbeError};
+use super::health::{Health, KeyWarning, NotOk, ProbeError, RegistryFault};
 
 /// A version this provider can decrypt, looked up by key_id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,10 +24,10 @@ pub(crate) struct Snapshot {
     /// Why the last probe failed or what the registry refused; `None` when all is well.
     pub(crate) problem: Option<Arc<ProbeError>>,
     /// Conditions that do not stop serving but must be seen (e.g. min_decryption_version).
-    pub(crate) warnings: Vec<String>,
+    pub(crate) warnings: Vec<KeyWarning>,
     /// Why the key registry cannot be saved on this host (full or read-only state directory);
     /// Status names it while serving goes on.
-    pub(crate) registry_fault: Option<String>,
+    pub(crate) registry_fault: Option<RegistryFault>,
     /// Consecutive failed probes; Status turns not ok at `status.unhealthy_after`.
     pub(crate) failures: u32,
 }

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use super::{ConfigArg, EXIT_CONFIG, EXIT_FAILED};
+use super::{ConfigArg, Exit};
 use crate::config::{self, Environment};
 
 /// Every check in the order it runs; a check that cannot run is printed as `skip`.
@@ -112,7 +112,7 @@ impl Report {
         if self.fail == 0 {
             ExitCode::SUCCESS
         } else {
-            ExitCode::from(EXIT_FAILED)
+            Exit::Failed.into()
         }
     }
 }
@@ -125,7 +125,7 @@ pub(crate) fn run(arg: &ConfigArg) -> Result<ExitCode> {
             r.fail("config", e);
             r.skip_rest("config");
             r.finish();
-            return Ok(ExitCode::from(EXIT_CONFIG));
+            return Ok(Exit::Config.into());
         }
     };
     let detail = format!(
