@@ -27,7 +27,7 @@ fn extra_sections(roff: &mut Roff) {
         roff.text([roman(what)]);
     }
     roff.control("SH", ["EXIT STATUS"]);
-    roff.text([roman("0 on success, 64 for a configuration error (the file and field are named), 1 when a check ran and failed.")]);
+    roff.text([roman("0 on success; 1 when a check ran and failed, or the command failed otherwise; 2 for a usage error on the command line; 64 for a configuration error (the file and field are named); 65 when the key registry in state_dir is damaged, rolled back, missing after it was written, or of another key scope: restarting does not help, an operator must restore it (systemd does not restart the service on 64 or 65). verify-etcd-value has its own codes, listed in bao-kms-provider-verify-etcd-value(8).")]);
     roff.control("SH", ["SEE ALSO"]);
     roff.text([
         bold("systemctl"),
