@@ -70,7 +70,7 @@ pub(crate) enum Command {
     /// The policy allows reading the key and its mount, encrypt, decrypt and token self-upkeep;
     /// it never allows creating, rotating, exporting, backing up or deleting keys.
     Policy(ConfigArg),
-    /// Print the kube-apiserver EncryptionConfiguration (YAML) for this provider.
+    /// Print the kube-apiserver EncryptionConfiguration for this provider, as JSON (valid YAML).
     ///
     /// KMS v2 first, identity last (so objects written before the rollout stay readable until
     /// they are migrated). Install it where --encryption-provider-config points.

@@ -20,9 +20,11 @@ pub(crate) struct EncryptionConfigArgs {
     /// Resources to encrypt (comma separated).
     #[arg(long, value_delimiter = ',', default_value = "secrets")]
     pub(crate) resources: Vec<String>,
-    /// Per-call deadline kube-apiserver uses for the provider.
-    #[arg(long, value_parser = parse_duration, default_value = "3s")]
-    pub(crate) timeout: Duration,
+    /// Per-call deadline kube-apiserver gives the provider (the kms provider's `timeout`).
+    /// Default: the config's server.kms_timeout, the provider's own budget for a call, so both
+    /// give up at the same time. Written in Go's duration form ("1500ms", "90s"); zero is refused.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub(crate) timeout: Option<Duration>,
     /// Leave out the trailing identity provider. Only after every object was rewritten
     /// (migration), or objects stored in plaintext become unreadable.
     #[arg(long)]
@@ -37,7 +39,7 @@ pub(crate) fn encryption_config(a: &EncryptionConfigArgs) -> Result<ExitCode> {
         &a.resources,
         &s.transit.key_id_scope.provider_name,
         &s.server.socket_path.display().to_string(),
-        a.timeout,
+        a.timeout.unwrap_or(s.server.kms_timeout),
         !a.no_identity,
     )?;
     println!("{}", serde_json::to_string_pretty(&doc)?);
