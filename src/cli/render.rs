@@ -26,8 +26,9 @@ pub(crate) struct EncryptionConfigArgs {
     /// give up at the same time. Written in Go's duration form ("1500ms", "90s"); zero is refused.
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub(crate) timeout: Option<Duration>,
-    /// Leave out the trailing identity provider. Only after every object was rewritten
-    /// (migration), or objects stored in plaintext become unreadable.
+    /// Write stage: leave out the identity provider (the trailing one, and any an
+    /// --existing-config entry has). Only after every object was rewritten (migration), or
+    /// objects stored in plaintext become unreadable. The read and rollback stages keep identity.
     #[arg(long)]
     pub(crate) no_identity: bool,
     /// The rollout stage to print the configuration for.

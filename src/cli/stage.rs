@@ -22,8 +22,9 @@ const KEY_TYPES: [&str; 3] = ["aescbc", "aesgcm", "secretbox"];
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Stage {
     /// the existing providers (identity without --existing-config) first, this provider after
-    /// them: kube-apiserver decrypts what the provider stored but writes as before. A FILE that
-    /// already lists this provider is printed unchanged, so a read pass never undoes a write pass
+    /// them: kube-apiserver decrypts what the provider stored but writes as before. An
+    /// --existing-config that already lists this provider is printed unchanged, so a read pass
+    /// never undoes a write pass
     Read,
     /// this provider first, the existing providers (and identity) after it, so what they stored
     /// stays readable until it is rewritten (migrated)
