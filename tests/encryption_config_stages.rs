@@ -255,7 +255,7 @@ fn each_stage_is_valid_and_what_the_role_writes_for_real_existing_configs() {
     for file in testdata().iter().filter(|p| !is_legacy(p)) {
         let text = std::fs::read_to_string(file).expect("read testdata");
         let existing: Value = serde_json::to_value(
-            serde_yaml::from_str::<serde_yaml::Value>(&text).expect("testdata is YAML"),
+            serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text).expect("testdata is YAML"),
         )
         .expect("as JSON");
         for resources in [&["secrets"][..], &["secrets", "configmaps"]] {

@@ -112,10 +112,11 @@ pub(crate) fn read_existing(path: &Path, name: &str) -> Result<Existing, StageEr
 
 pub(crate) fn parse_existing(text: &str, path: &Path, name: &str) -> Result<Existing, StageError> {
     // The parser's message may quote the offending text, which may be a key: only its line.
-    let yaml: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| StageError::Syntax {
-        path: path.to_owned(),
-        line: e.location().map(|l| l.line()),
-    })?;
+    let yaml: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(text).map_err(|e| StageError::Syntax {
+            path: path.to_owned(),
+            line: e.location().map(|l| l.line()),
+        })?;
     let invalid = |field: &str, problem: &str| StageError::Invalid {
         path: path.to_owned(),
         field: field.to_owned(),
