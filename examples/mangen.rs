@@ -28,7 +28,10 @@ fn extra_sections(roff: &mut Roff) {
     }
     roff.control("SH", ["EXIT STATUS"]);
     roff.text([roman(format!(
-        "{} (verify-etcd-value has its own codes, listed in its page).",
+        "{}. 64 names the file and field to fix; on 65 restarting does not help, an operator \
+         must restore the key registry in state_dir (systemd does not restart the service on 64 \
+         or 65). verify-etcd-value has its own codes, listed in \
+         bao-kms-provider-verify-etcd-value(8).",
         Exit::summary()
     ))]);
     roff.control("SH", ["SEE ALSO"]);

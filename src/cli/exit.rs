@@ -8,12 +8,16 @@ use crate::hardening::UntrustedFiles;
 use crate::keys::StoreError;
 use crate::openbao;
 
+use super::stage::StageError;
+
 /// What the process tells systemd and scripts on exit (`verify-etcd-value` has its own codes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
     Ok,
     /// A check ran and failed, or a failure a restart may fix (OpenBao away, a lock held).
     Failed,
+    /// The command line itself is wrong (clap exits with it before any subcommand runs).
+    Usage,
     /// The configuration, a file it names or a PKCS#11 token setting is wrong (EX_USAGE): an
     /// operator must act; a restart loop would only spend the token's PIN retries.
     Config,
@@ -23,12 +27,19 @@ pub enum Exit {
 }
 
 impl Exit {
-    pub const ALL: [Exit; 4] = [Self::Ok, Self::Failed, Self::Config, Self::State];
+    pub const ALL: [Exit; 5] = [
+        Self::Ok,
+        Self::Failed,
+        Self::Usage,
+        Self::Config,
+        Self::State,
+    ];
 
     pub const fn code(self) -> u8 {
         match self {
             Self::Ok => 0,
             Self::Failed => 1,
+            Self::Usage => 2,
             Self::Config => 64,
             Self::State => 65,
         }
@@ -39,6 +50,7 @@ impl Exit {
         match self {
             Self::Ok => "ok",
             Self::Failed => "check failed",
+            Self::Usage => "usage error",
             Self::Config => "configuration error",
             Self::State => "key registry needs an operator",
         }
@@ -62,6 +74,7 @@ impl Exit {
         );
         if e.downcast_ref::<ConfigError>().is_some()
             || e.downcast_ref::<UntrustedFiles>().is_some()
+            || e.downcast_ref::<StageError>().is_some()
             || pkcs11_needs_operator
         {
             Self::Config

@@ -3,6 +3,7 @@ mod doctor;
 mod exit;
 mod probe;
 mod render;
+mod stage;
 mod state;
 mod verify;
 
@@ -76,10 +77,16 @@ pub(crate) enum Command {
     /// The policy allows reading the key and its mount, encrypt, decrypt and token self-upkeep;
     /// it never allows creating, rotating, exporting, backing up or deleting keys.
     Policy(ConfigArg),
-    /// Print the kube-apiserver EncryptionConfiguration (YAML) for this provider.
+    /// Print the kube-apiserver EncryptionConfiguration for this provider, as JSON (valid YAML).
     ///
-    /// KMS v2 first, identity last (so objects written before the rollout stay readable until
-    /// they are migrated). Install it where --encryption-provider-config points.
+    /// One rollout stage at a time (--stage, each explained below), merged per resource entry with
+    /// the providers kube-apiserver has today (--existing-config FILE). Roll out in two passes: the
+    /// read stage on every API server, each restarted or reloaded with it, before the write stage
+    /// on any; otherwise one server writes values the others cannot read yet.
+    ///
+    /// Install the output where --encryption-provider-config points; print it to a new file and
+    /// move it there (a shell redirection onto FILE itself empties FILE before it is read). A FILE
+    /// that cannot be used is refused with exit 64, naming the file and the field, never a key.
     EncryptionConfig(render::EncryptionConfigArgs),
     /// Check this host's config against the real OpenBao before rollout: one line per check.
     ///

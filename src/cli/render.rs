@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
+use super::stage::{self, Ours, Stage};
 use super::{load, parse_duration, ConfigArg};
 use crate::config::Settings;
 
@@ -20,56 +21,78 @@ pub(crate) struct EncryptionConfigArgs {
     /// Resources to encrypt (comma separated).
     #[arg(long, value_delimiter = ',', default_value = "secrets")]
     pub(crate) resources: Vec<String>,
-    /// Per-call deadline kube-apiserver uses for the provider.
-    #[arg(long, value_parser = parse_duration, default_value = "3s")]
-    pub(crate) timeout: Duration,
-    /// Leave out the trailing identity provider. Only after every object was rewritten
-    /// (migration), or objects stored in plaintext become unreadable.
+    /// Per-call deadline kube-apiserver gives the provider (the kms provider's `timeout`).
+    /// Default: the config's server.kms_timeout, the provider's own budget for a call, so both
+    /// give up at the same time. Written in Go's duration form ("1500ms", "90s"); zero is refused.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub(crate) timeout: Option<Duration>,
+    /// Write stage: leave out the identity provider (the trailing one, and any an
+    /// --existing-config entry has). Only after every object was rewritten (migration), or
+    /// objects stored in plaintext become unreadable. The read and rollback stages keep identity.
     #[arg(long)]
     pub(crate) no_identity: bool,
+    /// The rollout stage to print the configuration for.
+    #[arg(long, value_enum, default_value_t = Stage::Write)]
+    pub(crate) stage: Stage,
+    /// The EncryptionConfiguration kube-apiserver uses today (what --encryption-provider-config
+    /// points at), or the file this command wrote earlier. Its providers are kept per resource
+    /// entry, before or after this provider as --stage says, so what they stored stays readable.
+    /// Without it the cluster stores the resources in plaintext today (identity).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) existing_config: Option<std::path::PathBuf>,
 }
 
 /// The EncryptionConfiguration as JSON (valid YAML, which kube-apiserver reads): a serializer, not
 /// string formatting, so resources such as `*.*` or a provider name such as `true` stay strings.
 pub(crate) fn encryption_config(a: &EncryptionConfigArgs) -> Result<ExitCode> {
     let s = load(&a.config)?;
+    let name = &s.transit.key_id_scope.provider_name;
+    let existing = a
+        .existing_config
+        .as_deref()
+        .map(|path| stage::read_existing(path, name))
+        .transpose()?;
     let doc = encryption_config_document(
         &a.resources,
-        &s.transit.key_id_scope.provider_name,
+        name,
         &s.server.socket_path.display().to_string(),
-        a.timeout,
+        a.timeout.unwrap_or(s.server.kms_timeout),
         !a.no_identity,
+        a.stage,
+        existing.as_ref(),
     )?;
     println!("{}", serde_json::to_string_pretty(&doc)?);
     Ok(ExitCode::SUCCESS)
 }
 
-/// The document `encryption-config` prints; errors name the option that is wrong.
+/// The document `encryption-config` prints; errors name the option or the file and field that
+/// is wrong.
 pub(crate) fn encryption_config_document(
     resources: &[String],
     provider_name: &str,
     socket_path: &str,
     timeout: Duration,
     identity: bool,
+    stage: Stage,
+    existing: Option<&stage::Existing>,
 ) -> Result<serde_json::Value> {
-    let resources: Vec<&str> = resources.iter().map(|r| r.trim()).collect();
+    let resources: Vec<String> = resources.iter().map(|r| r.trim().to_owned()).collect();
     if resources.is_empty() || resources.iter().any(|r| r.is_empty()) {
         anyhow::bail!("--resources: expected a comma-separated list of resources such as \"secrets,configmaps\", got an empty entry");
     }
-    let mut providers = vec![serde_json::json!({"kms": {
+    let kms = serde_json::json!({"kms": {
         "apiVersion": "v2",
         "name": provider_name,
         "endpoint": format!("unix://{socket_path}"),
         "timeout": go_duration(timeout)?,
-    }})];
-    if identity {
-        providers.push(serde_json::json!({"identity": {}}));
-    }
-    Ok(serde_json::json!({
-        "apiVersion": "apiserver.config.k8s.io/v1",
-        "kind": "EncryptionConfiguration",
-        "resources": [{"resources": resources, "providers": providers}],
-    }))
+    }});
+    let ours = Ours {
+        kms,
+        name: provider_name,
+        resources: &resources,
+        identity,
+    };
+    Ok(stage::build(&ours, existing, stage)?)
 }
 
 /// A duration in Go's `time.ParseDuration` grammar (kube-apiserver parses the timeout with it):
@@ -111,9 +134,16 @@ mod tests {
     #[test]
     fn odd_resources_and_names_stay_strings() {
         let r = ["*.*".to_string(), " *.apps".into(), "true".into()];
-        let doc =
-            encryption_config_document(&r, "true", "/run/x.sock", Duration::from_secs(3), true)
-                .unwrap();
+        let doc = encryption_config_document(
+            &r,
+            "true",
+            "/run/x.sock",
+            Duration::from_secs(3),
+            true,
+            Stage::Write,
+            None,
+        )
+        .unwrap();
         assert_eq!(
             doc["resources"][0]["resources"],
             serde_json::json!(["*.*", "*.apps", "true"])
@@ -123,8 +153,15 @@ mod tests {
             doc["resources"][0]["providers"][1],
             serde_json::json!({"identity": {}})
         );
-        let empty =
-            encryption_config_document(&["".into()], "n", "/s", Duration::from_secs(1), false);
+        let empty = encryption_config_document(
+            &["".into()],
+            "n",
+            "/s",
+            Duration::from_secs(1),
+            false,
+            Stage::Write,
+            None,
+        );
         assert!(empty.unwrap_err().to_string().contains("--resources"));
     }
 }
