@@ -43,7 +43,8 @@ PLAIN = b"k8s\x00"   # kube-apiserver's own encoding (protobuf) with identity fi
 # "update_before_put": object paths another client updates (a merge patch) right before the
 # script's first replace of each, so the replace carries a stale resourceVersion;
 # "stop_after_puts" + "stop_command": after that many successful replaces, runs the command (the API
-# server goes away) and waits until its port refuses connections.
+# server goes away) and waits until its port refuses connections;
+# "etcd_absent": etcd keys read as missing, as for a value kept under another key.
 HOOKS = """
 import importlib.util, json, os, socket, subprocess, sys, time, urllib.parse, urllib.request
 spec = importlib.util.spec_from_file_location("kms_migrate", sys.argv[1])
@@ -87,7 +88,16 @@ def request(self, method, path, body=None, query=None):
     return status, out
 
 
+absent = set(hooks.get("etcd_absent", []))
+original_get = m.Etcd.get
+
+
+def get(self, key):
+    return None if key in absent else original_get(self, key)
+
+
 m.Api.request = request
+m.Etcd.get = get
 sys.argv = sys.argv[1:]
 m.main()
 """
@@ -287,6 +297,24 @@ def test_verify_only_rewrites_nothing_and_names_every_value_not_stored_by_the_pr
     assert done.returncode == 0 and f"verified in etcd: {SECRETS} of {SECRETS} checked" in done.stdout, \
         done.stdout + done.stderr
     assert cluster.puts() == puts + SECRETS
+
+
+def test_verify_only_fails_for_an_object_the_api_server_serves_whose_value_is_not_found_in_etcd(cluster, tmp_path):
+    """A value not found under the key the check reads, for an object the API server still serves, was
+    not checked: as the gate before a drop it fails, naming it. The check after a rewrite counts it
+    as deleted meanwhile."""
+    moved = "/registry/secrets/team-a/s02"
+    assert cluster.run(tmp_path).returncode == 0
+    check = ["--verify-only", "--provider-name", "openbao-kms"]
+    gate = cluster.run(tmp_path, *check, hooks={"etcd_absent": [moved]})
+    assert gate.returncode == 1, gate.stdout + gate.stderr
+    assert "1 objects the API server serves were not found in etcd under the key this check reads" in gate.stderr, \
+        gate.stderr
+    assert f"served by the API server but not found in etcd under this key: {moved}" in gate.stdout, gate.stdout
+    assert cluster.run(tmp_path, *check).returncode == 0
+    after = cluster.run(tmp_path, hooks={"etcd_absent": [moved]})
+    assert after.returncode == 0 and "not found in etcd (deleted meanwhile, or under another key): 1" in after.stdout, \
+        after.stdout + after.stderr
 
 
 def test_a_state_directory_another_user_could_steer_is_refused_and_nothing_is_written_through_it(plane, tmp_path):

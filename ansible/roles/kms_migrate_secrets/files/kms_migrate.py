@@ -531,18 +531,23 @@ def migrate(a):
 
 
 def verify(a, api, etcd, plan):
-    keys = []
+    objects = []
     for res in plan.values():
         for items in pages(api, res, a.chunk_size):
-            keys.extend(res.etcd_key(i) for i in items)
+            objects.extend((res.etcd_key(i), res, i) for i in items)
     if a.verify.startswith("sample:"):
         n = int(a.verify.split(":", 1)[1])
-        keys = random.sample(keys, min(n, len(keys)))
-    ok, bad, missing = 0, [], []
-    for key in keys:
+        objects = random.sample(objects, min(n, len(objects)))
+    ok, bad, missing, unverified = 0, [], [], []
+    for key, res, obj in objects:
         value = etcd.get(key)
         if value is None:
-            missing.append(key)  # deleted meanwhile, or kept under a prefix this script does not know
+            # Deleted meanwhile, or kept under a prefix this script does not know. As the gate before
+            # a drop, an object the API server still serves is one whose value was not checked.
+            if a.verify_only and api.request("GET", object_path(res, obj))[0] != 404:
+                unverified.append(key)
+            else:
+                missing.append(key)
             continue
         if value.startswith(a.expect_prefix.encode()) != a.expect_not:
             ok += 1
@@ -555,9 +560,14 @@ def verify(a, api, etcd, plan):
             % (len(missing), ", ".join(missing[:3])))
     for key in bad[:100]:
         log("%s: %s" % ("still stored by the provider" if a.expect_not else "not stored by the provider", key))
+    for key in unverified[:100]:
+        log("served by the API server but not found in etcd under this key: %s" % key)
     if bad:
         raise Failure("%d objects are %s the provider, e.g. %s"
                       % (len(bad), "still stored by" if a.expect_not else "not stored by", ", ".join(bad[:5])))
+    if unverified:
+        raise Failure("%d objects the API server serves were not found in etcd under the key this check reads, so "
+                      "their values were not checked, e.g. %s" % (len(unverified), ", ".join(unverified[:5])))
 
 
 def config_entries(path):
