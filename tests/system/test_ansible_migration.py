@@ -1,8 +1,9 @@
 """kms_migrate_secrets' rewrite (roles/kms_migrate_secrets/files/kms_migrate.py) against the real
 kube-apiserver and its etcd (kubeadm's TLS client certificate): pages, per-object replace, real
 conflicts (409) retried with a fresh read, a run interrupted by the API server going away and resumed
-from its state file, progress per namespace, the final check of every value in etcd, the etcd
-size-versus-quota check, and wildcards expanded by the real server's API discovery.
+from its state file, progress per namespace, the final check of every value in etcd (also alone,
+--verify-only), the etcd size-versus-quota check, wildcards expanded by the real server's API
+discovery, and a state directory another user could steer refused before anything is written.
 
 One control plane for the module (kube_cluster.py), the provider and OpenBao on this machine with
 the socket's directory bound into the host (kube_encryption.py). Each test starts from Secrets
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -35,12 +37,14 @@ SCRIPT = ANSIBLE_DIR / "roles" / "kms_migrate_secrets" / "files" / "kms_migrate.
 KMS = KMS_PREFIX
 NAMESPACES = {"default": 7, "kube-system": 9, "team-a": 5}
 SECRETS = sum(NAMESPACES.values())
+STATE = "state/migration-state.json"   # in Plane.run's state directory
 PLAIN = b"k8s\x00"   # kube-apiserver's own encoding (protobuf) with identity first
 # Runs the script with two test hooks around its API calls (MIGRATE_HOOKS, JSON):
 # "update_before_put": object paths another client updates (a merge patch) right before the
 # script's first replace of each, so the replace carries a stale resourceVersion;
 # "stop_after_puts" + "stop_command": after that many successful replaces, runs the command (the API
-# server goes away) and waits until its port refuses connections.
+# server goes away) and waits until its port refuses connections;
+# "etcd_absent": etcd keys read as missing, as for a value kept under another key.
 HOOKS = """
 import importlib.util, json, os, socket, subprocess, sys, time, urllib.parse, urllib.request
 spec = importlib.util.spec_from_file_location("kms_migrate", sys.argv[1])
@@ -84,7 +88,16 @@ def request(self, method, path, body=None, query=None):
     return status, out
 
 
+absent = set(hooks.get("etcd_absent", []))
+original_get = m.Etcd.get
+
+
+def get(self, key):
+    return None if key in absent else original_get(self, key)
+
+
 m.Api.request = request
+m.Etcd.get = get
 sys.argv = sys.argv[1:]
 m.main()
 """
@@ -155,9 +168,13 @@ class Plane:
     def puts(self, resource: str = "secrets", code: str = "200") -> int:
         return request_count(self.api, "PUT", resource, code)
 
-    def run(self, tmp_path: Path, *extra: str, hooks: dict | None = None) -> subprocess.CompletedProcess:
+    def run(self, tmp_path: Path, *extra: str, hooks: dict | None = None,
+            state_dir: Path | None = None) -> subprocess.CompletedProcess:
+        if state_dir is None:
+            state_dir = tmp_path / "state"
+            state_dir.mkdir(mode=0o700, exist_ok=True)
         args = [str(SCRIPT), "--kubeconfig", str(self.kubeconfig), "--resources", "secrets", "--chunk-size", "4",
-                "--rate", "0", "--state", str(tmp_path / "state.json"), *self.etcd_args,
+                "--rate", "0", "--state-dir", str(state_dir), *self.etcd_args,
                 "--expect-prefix", KMS.decode(), *extra]
         if hooks:
             runner = tmp_path / "migrate_with_hooks.py"
@@ -198,11 +215,11 @@ def test_conflicts_are_retried_with_a_fresh_read_and_every_object_is_verified_in
     """Another client updates three Secrets between the script's list and its replace: the real
     kube-apiserver answers 409, the script reads them again and replaces them once."""
     puts, conflicts = cluster.puts(), cluster.puts(code="409")
-    p = cluster.run(tmp_path, "--progress-file", str(tmp_path / "progress.log"), hooks={"update_before_put": [
+    p = cluster.run(tmp_path, hooks={"update_before_put": [
         "/api/v1/namespaces/default/secrets/s03", "/api/v1/namespaces/kube-system/secrets/s00",
         "/api/v1/namespaces/team-a/secrets/s04"]})
     assert p.returncode == 0, p.stdout + p.stderr
-    assert "secrets team-a: 5/5" in (tmp_path / "progress.log").read_text()
+    assert "secrets team-a: 5/5" in (tmp_path / "state/migration-progress.log").read_text()
     assert cluster.puts(code="409") - conflicts == 3
     assert cluster.puts() - puts == SECRETS   # one successful replace per Secret
     assert all(v.startswith(KMS) for v in cluster.secrets().values())
@@ -210,7 +227,7 @@ def test_conflicts_are_retried_with_a_fresh_read_and_every_object_is_verified_in
     assert "secrets default: 7/7" in out and "secrets kube-system: 9/9" in out and "secrets team-a: 5/5" in out, out
     assert "conflicts retried 3" in out, out
     assert "verified in etcd: 21 of 21 checked objects start with k8s:enc:kms:v2:openbao-kms:" in out, out
-    state = json.loads((tmp_path / "state.json").read_text())
+    state = json.loads((tmp_path / STATE).read_text())
     assert state["secrets"]["complete"] is True
     # A second run has nothing left to do.
     again = cluster.run(tmp_path, "--verify", "sample:5")
@@ -231,7 +248,7 @@ def test_an_interrupted_run_resumes_after_the_last_object_done(cluster, tmp_path
     finally:
         cluster.host.c.run(["mv", away, MANIFEST])
         cluster.host.wait_pod("kube-apiserver", timeout=180, other_than=before)
-    state = json.loads((tmp_path / "state.json").read_text())["secrets"]
+    state = json.loads((tmp_path / STATE).read_text())["secrets"]
     assert state["complete"] is False and sum(state["done"].values()) == 10
     stored = cluster.secrets()
     done = sorted(stored)[:10]
@@ -251,14 +268,94 @@ def test_verification_fails_when_values_are_not_stored_by_the_provider(cluster, 
     assert p.returncode == 1 and "21 objects are not stored by the provider" in p.stderr, p.stdout + p.stderr
     assert all(v.startswith(b"k8s:enc:aescbc:v1:key1:") for v in cluster.secrets().values())
     # Rolling back: the rewrite away from the provider checks that no value carries its prefix.
-    (tmp_path / "state.json").unlink()
+    (tmp_path / STATE).unlink()
     back = cluster.run(tmp_path, "--expect-not")
     assert back.returncode == 0 and "21 of 21 checked objects do not start with" in back.stdout, back.stdout + back.stderr
     cluster.encrypt([kms(cluster.provider.socket)])
     cluster.create("default", "secrets", {"kind": "Secret", "metadata": {"name": "late"}})
-    (tmp_path / "state.json").unlink()
+    (tmp_path / STATE).unlink()
     still = cluster.run(tmp_path, "--expect-not", "--resources", "secrets")
     assert still.returncode == 1 and "22 objects are still stored by the provider" in still.stderr, still.stderr
+
+
+def test_verify_only_rewrites_nothing_and_names_every_value_not_stored_by_the_provider(cluster, tmp_path):
+    """The gate before identity is dropped: with the Secrets still in plaintext a check alone fails
+    and names them, and replaces nothing; after the rewrite it passes. The resources may come from
+    the EncryptionConfiguration file itself (--config-file), as the role passes the host's file."""
+    config = tmp_path / "encryption-config.yaml"
+    config.write_text(json.dumps(encryption_config((["secrets"], [kms(cluster.provider.socket), IDENTITY]))))
+    check = ["--verify-only", "--resources", "", "--config-file", str(config), "--provider-name", "openbao-kms"]
+    puts = cluster.puts()
+    plain = cluster.run(tmp_path, *check)
+    assert plain.returncode == 1 and f"{SECRETS} objects are not stored by the provider" in plain.stderr, \
+        plain.stdout + plain.stderr
+    assert "resources to check: secrets" in plain.stdout, plain.stdout
+    assert "not stored by the provider: /registry/secrets/team-a/s04" in plain.stdout, plain.stdout
+    assert cluster.puts() == puts and not (tmp_path / STATE).exists()
+    assert cluster.run(tmp_path).returncode == 0
+    done = cluster.run(tmp_path, *check)
+    assert done.returncode == 0 and f"verified in etcd: {SECRETS} of {SECRETS} checked" in done.stdout, \
+        done.stdout + done.stderr
+    assert cluster.puts() == puts + SECRETS
+
+
+def test_verify_only_fails_for_an_object_the_api_server_serves_whose_value_is_not_found_in_etcd(cluster, tmp_path):
+    """A value not found under the key the check reads, for an object the API server still serves, was
+    not checked: as the gate before a drop it fails, naming it. The check after a rewrite counts it
+    as deleted meanwhile."""
+    moved = "/registry/secrets/team-a/s02"
+    assert cluster.run(tmp_path).returncode == 0
+    check = ["--verify-only", "--provider-name", "openbao-kms"]
+    gate = cluster.run(tmp_path, *check, hooks={"etcd_absent": [moved]})
+    assert gate.returncode == 1, gate.stdout + gate.stderr
+    assert "1 objects the API server serves were not found in etcd under the key this check reads" in gate.stderr, \
+        gate.stderr
+    assert f"served by the API server but not found in etcd under this key: {moved}" in gate.stdout, gate.stdout
+    assert cluster.run(tmp_path, *check).returncode == 0
+    after = cluster.run(tmp_path, hooks={"etcd_absent": [moved]})
+    assert after.returncode == 0 and "not found in etcd (deleted meanwhile, or under another key): 1" in after.stdout, \
+        after.stdout + after.stderr
+
+
+def test_a_state_directory_another_user_could_steer_is_refused_and_nothing_is_written_through_it(plane, tmp_path):
+    """The script runs as root: a symlink (or hard link) planted for a file it writes, the directory
+    replaced by a symlink, opened to group or other, or owned by another user is refused with a clear
+    message before anything is read, replaced or written, and the file pointed at stays as it was."""
+    victim = tmp_path / "victim"
+    victim.write_text("root's own file\n")
+    victim.chmod(0o644)
+    uid = os.geteuid()
+    cases = {}
+    for name in ("migration-state.json.tmp", "migration-state.json", "migration-progress.log"):
+        d = tmp_path / f"planted-{name}"
+        d.mkdir(mode=0o700)
+        (d / name).symlink_to(victim)
+        cases[f"refusing {d}/{name}: it is a symlink; nothing is written through it"] = d
+    linked = tmp_path / "hard-link"
+    linked.mkdir(mode=0o700)
+    os.link(victim, linked / "migration-progress.log")
+    cases[f"refusing {linked}/migration-progress.log: it is a file with 2 links"] = linked
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    cases[f"refusing the state directory {link}: it is a symlink, not a directory"] = link
+    group = tmp_path / "group-writable"
+    group.mkdir()
+    group.chmod(0o770)
+    cases[f"refusing the state directory {group}: owner uid {uid}, mode 0770; it must be owned by uid {uid}"] = group
+    other = tmp_path / "other-owner"
+    other.mkdir(mode=0o700)
+    os.chown(other, 65534, 65534)
+    cases[f"refusing the state directory {other}: owner uid 65534, mode 0700"] = other
+    puts = plane.puts()
+    for message, d in cases.items():
+        p = plane.run(tmp_path, state_dir=d)
+        assert p.returncode == 1 and message in p.stderr, (message, p.stdout + p.stderr)
+        assert "resources to rewrite" not in p.stdout, p.stdout
+    assert plane.puts() == puts, "nothing may be rewritten after a refusal"
+    assert victim.read_text() == "root's own file\n" and victim.stat().st_mode & 0o777 == 0o644
+    assert list(real.iterdir()) == [] and list(group.iterdir()) == [] and list(other.iterdir()) == []
 
 
 def test_etcd_size_is_compared_with_the_quota_before_starting(cluster, tmp_path):
@@ -425,6 +522,6 @@ def test_rolling_back_rewrites_what_lists_the_provider_and_names_that_are_not_se
     assert cluster.etcd.get("/registry/deployments/default/web").startswith(b"k8s:enc:aescbc:v1:key2:")
     assert cluster.etcd.get("/registry/stable.example.com/crontabs/team-a/nightly").startswith(
         b"k8s:enc:aescbc:v1:key3:")
-    (tmp_path / "state.json").unlink()
+    (tmp_path / STATE).unlink()
     typo = cluster.run(tmp_path, "--resources", "secrets,deployment.apps")
     assert typo.returncode == 1 and "resource 'deployment.apps' is not served by this cluster" in typo.stderr, typo.stderr

@@ -4,12 +4,14 @@ Two clusters of the real-control-plane fixture (kube_cluster.py: real kubeadm, e
 and kubectl; the static-pod runner stands in for kubelet), each with a real OpenBao (kube_rollout.py):
 * `rollout`: a fresh kubeadm cluster and a second host that joins later with the real
   `kubeadm join` phases. The role's refusals, --check --diff after kubeadm rewrote the manifest,
-  the JWT handler, the migration, dropping identity, rollback and `state: absent`, all against
-  the real kube-apiserver, which must keep serving every Secret throughout.
+  the JWT handler, the migration (refused with its directory replaced by a symlink), dropping
+  identity (refused with a forged marker while Secrets are still plaintext in etcd), rollback and
+  `state: absent`, all against the real kube-apiserver, which must keep serving every Secret throughout.
 * `merged`: a cluster that already encrypts with `aescbc`, seeded as an operator would, through the
   ClusterConfiguration's extraArgs and extraVolumes, with automatic reload on. The default rollout
   refuses; `kube_apiserver_kms_existing_config: merge` keeps aescbc readable, kube-apiserver applies
-  the write pass without a restart, and rollback, rewrite and `state: absent` return it to aescbc.
+  the write pass without a restart, dropping the merged providers is refused with a forged marker
+  while aescbc values remain, and rollback, rewrite and `state: absent` return it to aescbc.
 The tests of one fixture read what its runs left; the runs happen once, in the fixture.
 """
 
@@ -32,7 +34,12 @@ from kube_rollout import ENC_CONFIG, ENC_DIR, MANIFEST, PREFIX, KubeRollout, kub
 
 FLAG = f"--encryption-provider-config={ENC_CONFIG}"
 PREVIOUS_FILE = f"{ENC_DIR}/previous-encryption-provider-config"
-MARKER = "/var/lib/openbao-kms/secrets-migrated"
+MIGRATION_DIR = "/var/lib/bao-kms-provider-migration"
+MARKER = f"{MIGRATION_DIR}/secrets-migrated"
+# A marker as the migration writes it, forged by hand while the Secrets are still in plaintext: in the
+# migration's directory and where the service user's directory once held it.
+FORGED = json.dumps({"stage": "migrated", "resources": ["secrets"], "config_sha256": {}})
+SERVICE_DIR = "/var/lib/openbao-kms"
 MISSING_KUBECTL = "/usr/local/bin/kubectl-not-installed"
 # Secrets written before the rollout (stored by identity, i.e. in plaintext).
 BEFORE = [("default", "a"), ("default", "b"), ("kube-system", "c"), ("team", "d"), ("team", "e")]
@@ -139,7 +146,9 @@ def rollout(request, tmp_path_factory, nspawn_rootfs):
         ro.play("site-3").assert_ok()
         k.invocations_after_new_jwt = {h.name: invocation_id(h) for h in (cp1, cp2)}
         k.manifest_after_site = cp1.c.read_file(MANIFEST)
+        forged_marker(ro, k, cp1)
         ro.play("migrate-1", "playbooks/migrate_secrets.yml").assert_ok()
+        k.migration_dir_stat = stat(cp1, MIGRATION_DIR)
         k.marker_after_migrate = cp1.c.read_file(MARKER)
         k.stored_after_migrate = {f"{ns}/{name}": k.stored(ns, name) for ns, name in BEFORE}
         ro.play("migrate-2", "playbooks/migrate_secrets.yml").assert_ok()
@@ -154,7 +163,7 @@ def rollout(request, tmp_path_factory, nspawn_rootfs):
         # Taking the provider out again: identity first on every API server, every object rewritten
         # away from the provider, then the flag and mounts removed.
         ro.play("rollback", extra_vars={"kube_apiserver_kms_stage": "rollback"}).assert_ok()
-        k.marker_after_rollback = cp1.c.run(["ls", "/var/lib/openbao-kms"]).stdout.split()
+        k.marker_after_rollback = cp1.c.run(["ls", MIGRATION_DIR]).stdout.split()
         k.enc_config_after_rollback = cp1.c.read_file(ENC_CONFIG)
         k.create("team", "after-rollback", "written after the rollback")
         k.stored_after_rollback = k.stored("team", "after-rollback")
@@ -169,6 +178,26 @@ def rollout(request, tmp_path_factory, nspawn_rootfs):
         cp1.wait_pod("kube-apiserver", timeout=180)
         k.values_after_absent = {f"{ns}/{name}": k.value(ns, name) for ns, name in [*BEFORE, ("team", "after-site")]}
         yield k
+
+
+def forged_marker(ro: KubeRollout, k: Cluster, cp1: KubeHost) -> None:
+    """Before the migration: a hand-written marker (in the migration's directory and the service
+    user's) does not unlock dropping identity, the check of etcd does not pass; the migration's
+    directory replaced by a symlink to the service user's directory is refused before the rewrite."""
+    drop = {"kms_migrate_secrets_remove_identity_fallback": True}
+    cp1.c.run(["install", "-d", "-o", "root", "-g", "root", "-m", "0700", MIGRATION_DIR])
+    cp1.c.write_file(MARKER, FORGED, mode=0o644)
+    cp1.c.write_file(f"{SERVICE_DIR}/secrets-migrated", FORGED, mode=0o644)
+    k.enc_config_before_forged = cp1.c.read_file(ENC_CONFIG)
+    k.id_before_forged = cp1.pod_file("kube-apiserver", "id")
+    ro.play("drop-forged", "playbooks/migrate_secrets.yml", extra_vars=drop)
+    k.enc_config_after_forged = cp1.c.read_file(ENC_CONFIG)
+    k.id_after_forged = cp1.pod_file("kube-apiserver", "id")
+    cp1.c.run(["rm", "-r", MIGRATION_DIR, f"{SERVICE_DIR}/secrets-migrated"])
+    cp1.c.run(["ln", "-s", SERVICE_DIR, MIGRATION_DIR])
+    ro.play("migrate-symlink", "playbooks/migrate_secrets.yml")
+    k.service_dir_after_symlink = sorted(cp1.c.run(["ls", SERVICE_DIR]).stdout.split())
+    cp1.c.run(["rm", MIGRATION_DIR])
 
 
 def prepare_join(ro: KubeRollout, k: Cluster, cp2: KubeHost) -> None:
@@ -366,6 +395,26 @@ def test_prepare_join_stages_the_provider_so_the_joined_host_serves_through_it(r
     assert j["stored"].startswith(PREFIX), j["stored"][:40]
 
 
+def test_a_forged_marker_does_not_unlock_dropping_identity_while_etcd_holds_plaintext(rollout):
+    run = rollout.ro.runs["drop-forged"]
+    assert run.rc != 0 and "Refusing to drop the identity provider on cp1" in run.output, run.output
+    assert "objects are not stored by the provider" in run.output, run.output
+    for ns, name in BEFORE:
+        assert f"not stored by the provider: /registry/secrets/{ns}/{name}" in run.output, run.output
+    assert rollout.enc_config_after_forged == rollout.enc_config_before_forged
+    assert "identity" in rollout.enc_config_after_forged
+    assert rollout.id_after_forged == rollout.id_before_forged
+
+
+def test_a_migration_directory_that_is_a_symlink_is_refused_before_anything_is_written(rollout):
+    run = rollout.ro.runs["migrate-symlink"]
+    assert run.rc != 0 and f"Refusing {MIGRATION_DIR} on cp1: it is a symlink" in run.output, run.output
+    assert "resources to rewrite" not in run.output, run.output   # the script never ran
+    assert "secrets-migrated" not in rollout.service_dir_after_symlink
+    assert not [f for f in rollout.service_dir_after_symlink if f.startswith("migration-")]
+    assert rollout.migration_dir_stat == ["root:root 700"]
+
+
 def test_the_migration_rewrites_through_the_provider_once_then_drops_identity_on_every_host(rollout):
     runs = rollout.ro.runs
     assert runs["migrate-1"].changed("cp1") >= 2, runs["migrate-1"].output   # rewrite + marker
@@ -448,6 +497,7 @@ def merged(request, tmp_path_factory, nspawn_rootfs):
         k.reloads_after_merge = reloads(k)
         k.create("team", "new", "stored through the provider")
         k.stored_new = k.stored("team", "new")
+        forged_drop_previous(ro, k, cp1, merge)
         rollback = {**merge, "kube_apiserver_kms_stage": "rollback"}
         k.id_before_rollback = cp1.pod_file("kube-apiserver", "id")
         ro.play("merge-rollback", extra_vars=rollback).assert_ok()
@@ -463,6 +513,18 @@ def merged(request, tmp_path_factory, nspawn_rootfs):
         cp1.wait_pod("kube-apiserver", timeout=180)
         k.values_after_absent = {n: k.value("team", n) for n in ("old", "new", "after-rollback")}
         yield k
+
+
+def forged_drop_previous(ro: KubeRollout, k: Cluster, cp1: KubeHost, merge: dict) -> None:
+    """A hand-written marker while `team/old` is still stored by aescbc: the write pass refuses to drop
+    the providers merge carried over, the check of etcd does not pass."""
+    cp1.c.run(["install", "-d", "-o", "root", "-g", "root", "-m", "0700", MIGRATION_DIR])
+    cp1.c.write_file(MARKER, FORGED, mode=0o644)
+    k.config_before_forged = cp1.c.read_file(ENC_CONFIG)
+    ro.play("drop-previous-forged", extra_vars={**merge, "kube_apiserver_kms_drop_previous_providers": True})
+    k.config_after_forged = cp1.c.read_file(ENC_CONFIG)
+    k.old_after_forged = k.value("team", "old")
+    cp1.c.run(["rm", "-r", MIGRATION_DIR])
 
 
 def reloads(k: Cluster) -> float:
@@ -505,6 +567,18 @@ def test_merge_mode_keeps_aescbc_readable_and_the_api_server_reloads_the_write_p
     assert out.count("TASK [kube_apiserver_kms : Wait for a new kube-apiserver container]") == 1, out
     assert merged.reloads_after_merge >= 1
     assert merged.stored_new.startswith(PREFIX) and merged.value("team", "old") == "stored by aescbc"
+
+
+def test_a_forged_marker_does_not_unlock_dropping_the_merged_providers_while_etcd_holds_aescbc_values(merged):
+    run = merged.ro.runs["drop-previous-forged"]
+    assert run.rc != 0, run.output
+    assert "Refusing to drop the previous providers (kube_apiserver_kms_drop_previous_providers) on cp1" in run.output, \
+        run.output
+    assert "not stored by the provider: /registry/secrets/team/old" in run.output, run.output
+    assert "not stored by the provider: /registry/secrets/team/new" not in run.output, run.output
+    assert merged.config_after_forged == merged.config_before_forged
+    assert "aescbc" in merged.config_after_forged
+    assert merged.old_after_forged == "stored by aescbc"
 
 
 def test_merge_rollback_writes_aescbc_again_and_state_absent_returns_the_published_manifest(merged):

@@ -3,8 +3,13 @@
 # Apache License 2.0 (see LICENSE)
 """Rewrite every object of the encrypted resources so kube-apiserver stores it again through the
 provider: page by page (--chunk-size), object by object, a conflict (409) retried with a fresh read,
-at most --rate objects per second, resumable (--state holds the last key done per resource), with
-progress per namespace and a final check of the raw values in etcd.
+at most --rate objects per second, resumable (--state-dir holds the last key done per resource), with
+progress per namespace and a final check of the raw values in etcd. --verify-only rewrites nothing and
+only checks the raw values (the gate before identity or earlier providers are dropped).
+
+The state directory must be owned by the user running this (root), with no group or other access, and
+not be a symlink; every file in it is opened relative to it without following symlinks, so whoever
+else can write near it cannot steer what root writes.
 
 Which resources: --resources (names or wildcards) and every resource the EncryptionConfiguration
 (--config-entries) has the provider first for. Wildcards ('*.*', '*.<group>', '*.' for the core
@@ -17,12 +22,14 @@ Talks to the API server with the kubeconfig's client certificate (or token), sta
 
 import argparse
 import base64
+import errno
 import json
 import os
 import random
 import shutil
 import signal
 import ssl
+import stat
 import sys
 import tempfile
 import time
@@ -38,18 +45,105 @@ class Failure(Exception):
     pass
 
 
-PROGRESS_FILE = None
+STATE_DIR = None
 
 
 def log(msg):
-    """stdout (Ansible shows it at the end) and, while it runs, --progress-file (tail -f it)."""
+    """stdout (Ansible shows it at the end) and, while it runs, the state directory's progress log
+    (tail -f it)."""
     print(msg, flush=True)
-    if PROGRESS_FILE:
+    if STATE_DIR is not None:
+        STATE_DIR.progress("%s %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S"), msg))
+
+
+# ---------------------------------------------------------------------------- the state directory
+
+class StateDir:
+    """The migration's own directory and the files in it, opened relative to the directory's file
+    descriptor without following symlinks. Refuses a directory that is a symlink, is owned by another
+    user or gives group or other any access, and any of its files that is not a plain file of ours."""
+
+    STATE, PROGRESS = "migration-state.json", "migration-progress.log"
+    TMP = STATE + ".tmp"
+
+    def __init__(self, path):
+        self.path, self.uid = path, os.geteuid()
         try:
-            with open(PROGRESS_FILE, "a", encoding="utf-8") as f:
-                f.write("%s %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S"), msg))
-        except OSError:
+            st = os.lstat(path)
+        except OSError as e:
+            raise Failure("state directory %s: %s (the role creates it: owner root, mode 0700)" % (path, e.strerror))
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+            raise Failure("refusing the state directory %s: it is %s, not a directory" % (
+                path, "a symlink" if stat.S_ISLNK(st.st_mode) else "a file"))
+        try:
+            self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as e:
+            raise Failure("refusing the state directory %s: %s" % (path, e.strerror))
+        st = os.fstat(self.fd)
+        if st.st_uid != self.uid or st.st_mode & 0o077:
+            os.close(self.fd)
+            raise Failure("refusing the state directory %s: owner uid %d, mode %04o; it must be owned by uid %d with "
+                          "no group or other access (mode 0700), or another user could steer what is written there"
+                          % (path, st.st_uid, stat.S_IMODE(st.st_mode), self.uid))
+        for name in (self.STATE, self.TMP, self.PROGRESS):
+            self._check(name)
+
+    def _check(self, name, st=None):
+        """An entry that exists must be a plain file of ours with one link."""
+        if st is None:
+            try:
+                st = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != self.uid or st.st_nlink != 1:
+            kind = "a symlink" if stat.S_ISLNK(st.st_mode) else (
+                "not a regular file" if not stat.S_ISREG(st.st_mode) else
+                "owned by uid %d" % st.st_uid if st.st_uid != self.uid else "a file with %d links" % st.st_nlink)
+            raise Failure("refusing %s/%s: it is %s; nothing is written through it (remove it)" % (self.path, name, kind))
+
+    def open(self, name, flags, mode=0o600):
+        try:
+            fd = os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode, dir_fd=self.fd)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise Failure("refusing %s/%s: it is a symlink; nothing is written through it (remove it)"
+                              % (self.path, name))
+            raise
+        try:
+            self._check(name, os.fstat(fd))
+        except Failure:
+            os.close(fd)
+            raise
+        return fd
+
+    def load(self):
+        try:
+            fd = self.open(self.STATE, os.O_RDONLY)
+        except FileNotFoundError:
+            return {}
+        with os.fdopen(fd, encoding="utf-8") as f:
+            return json.load(f)
+
+    def save(self, state):
+        """Atomically: a new temporary file (O_EXCL) in the directory, then renamed over the state."""
+        try:
+            os.unlink(self.TMP, dir_fd=self.fd)   # left by a run killed mid-write; unlink never follows
+        except FileNotFoundError:
             pass
+        fd = self.open(self.TMP, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(state, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(self.TMP, self.STATE, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+
+    def progress(self, line):
+        try:
+            fd = self.open(self.PROGRESS, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        except (OSError, Failure):
+            return
+        with os.fdopen(fd, "a", encoding="utf-8") as f:
+            f.write(line)
 
 
 # ---------------------------------------------------------------------------- kube API
@@ -319,21 +413,9 @@ class Etcd:
 
 # ---------------------------------------------------------------------------- the run
 
-def load_state(path):
-    if path and os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    return {}
-
-
-def save_state(path, state):
-    if not path:
-        return
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(state, f, indent=1, sort_keys=True)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+def save_state(state):
+    if STATE_DIR is not None:
+        STATE_DIR.save(state)
 
 
 def count(api, res, chunk):
@@ -373,12 +455,16 @@ def migrate(a):
     api = Api(a.kubeconfig, a.server)
     needs_etcd = a.etcd_endpoint and (a.quota_check != "off" or a.verify != "none")
     etcd = Etcd(a.etcd_endpoint, a.etcd_cacert, a.etcd_cert, a.etcd_key) if needs_etcd else None
-    state = load_state(a.state)
+    state = STATE_DIR.load() if STATE_DIR is not None else {}
     explicit = [r.strip() for r in a.resources.split(",") if r.strip()]
     interval = 1.0 / a.rate if a.rate > 0 else 0
     try:
         plan = {res.id: res for res in select(api, explicit, a.config_entries, a.expect_not)}
         resources = list(plan)
+        if a.verify_only:
+            log("resources to check: %s" % ", ".join(resources))
+            verify(a, api, etcd, plan)
+            return
         log("resources to rewrite: %s" % ", ".join(resources))
         # Size check first: a full rewrite adds a revision of every object until etcd is compacted.
         todo = {r: state.get(r, {}) for r in resources if not state.get(r, {}).get("complete")}
@@ -388,7 +474,7 @@ def migrate(a):
                 todo[r].update({"totals": totals, "bytes": size, "done": {}, "last": None, "conflicts": 0, "gone": 0,
                                 "complete": False})
                 state[r] = todo[r]
-        save_state(a.state, state)
+        save_state(state)
         if etcd is not None and a.quota_check != "off" and todo:
             db = etcd.db_size()
             quota = a.etcd_quota_bytes or DEFAULT_QUOTA
@@ -407,7 +493,7 @@ def migrate(a):
         for r in resources:
             st = state[r]
             if st.get("complete"):
-                log("%s: already rewritten (resume state %s)" % (r, a.state))
+                log("%s: already rewritten (resume state in %s)" % (r, a.state_dir))
                 continue
             totals = st["totals"]
             log("%s: %d objects in %d namespaces%s" % (r, sum(totals.values()), len(totals),
@@ -428,14 +514,14 @@ def migrate(a):
                         st["gone"] += result == "gone"
                         st["last"] = key_of(obj)
                         touched.add(ns)
-                    save_state(a.state, state)
+                    save_state(state)
                     for ns in sorted(touched):
                         log("  %s %s: %d/%d" % (r, ns or "(cluster)", st["done"][ns], totals.get(ns, st["done"][ns])))
             finally:
                 # Interrupted or not: the next run resumes after the last object done.
-                save_state(a.state, state)
+                save_state(state)
             st["complete"] = True
-            save_state(a.state, state)
+            save_state(state)
             log("%s: rewritten %d, gone meanwhile %d, conflicts retried %d"
                 % (r, sum(st["done"].values()), st["gone"], st["conflicts"]))
         if etcd is not None and a.verify != "none":
@@ -445,18 +531,23 @@ def migrate(a):
 
 
 def verify(a, api, etcd, plan):
-    keys = []
+    objects = []
     for res in plan.values():
         for items in pages(api, res, a.chunk_size):
-            keys.extend(res.etcd_key(i) for i in items)
+            objects.extend((res.etcd_key(i), res, i) for i in items)
     if a.verify.startswith("sample:"):
         n = int(a.verify.split(":", 1)[1])
-        keys = random.sample(keys, min(n, len(keys)))
-    ok, bad, missing = 0, [], []
-    for key in keys:
+        objects = random.sample(objects, min(n, len(objects)))
+    ok, bad, missing, unverified = 0, [], [], []
+    for key, res, obj in objects:
         value = etcd.get(key)
         if value is None:
-            missing.append(key)  # deleted meanwhile, or kept under a prefix this script does not know
+            # Deleted meanwhile, or kept under a prefix this script does not know. As the gate before
+            # a drop, an object the API server still serves is one whose value was not checked.
+            if a.verify_only and api.request("GET", object_path(res, obj))[0] != 404:
+                unverified.append(key)
+            else:
+                missing.append(key)
             continue
         if value.startswith(a.expect_prefix.encode()) != a.expect_not:
             ok += 1
@@ -467,9 +558,38 @@ def verify(a, api, etcd, plan):
     if missing:
         log("not found in etcd (deleted meanwhile, or under another key): %d, e.g. %s"
             % (len(missing), ", ".join(missing[:3])))
+    for key in bad[:100]:
+        log("%s: %s" % ("still stored by the provider" if a.expect_not else "not stored by the provider", key))
+    for key in unverified[:100]:
+        log("served by the API server but not found in etcd under this key: %s" % key)
     if bad:
         raise Failure("%d objects are %s the provider, e.g. %s"
                       % (len(bad), "still stored by" if a.expect_not else "not stored by", ", ".join(bad[:5])))
+    if unverified:
+        raise Failure("%d objects the API server serves were not found in etcd under the key this check reads, so "
+                      "their values were not checked, e.g. %s" % (len(unverified), ", ".join(unverified[:5])))
+
+
+def config_entries(path):
+    """The entries of an EncryptionConfiguration as --config-entries takes them: resources, and each
+    provider's type ('kms:<name>' for a KMS provider)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise Failure("cannot read the EncryptionConfiguration: %s" % e)
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        import yaml  # pylint: disable=import-outside-toplevel
+        doc = yaml.safe_load(text)
+    try:
+        return [{"resources": list(e["resources"]),
+                 "providers": [("kms:" + spec["name"]) if kind == "kms" else kind
+                               for p in e["providers"] for kind, spec in p.items()]}
+                for e in doc["resources"]]
+    except (KeyError, TypeError, AttributeError) as e:
+        raise Failure("%s is not an EncryptionConfiguration: %s" % (path, e))
 
 
 def main():
@@ -486,8 +606,9 @@ def main():
     p.add_argument("--provider-name", default="", help="our KMS provider's name (with --config-entries)")
     p.add_argument("--chunk-size", type=int, default=250)
     p.add_argument("--rate", type=float, default=50, help="objects per second (0: no limit)")
-    p.add_argument("--state", help="resume state file (JSON)")
-    p.add_argument("--progress-file", help="also append progress lines here while running")
+    p.add_argument("--state-dir", help="directory of the resume state (%s) and the progress log (%s): owned by "
+                                       "this user, mode 0700, not a symlink" % (StateDir.STATE, StateDir.PROGRESS))
+    p.add_argument("--config-file", help="the EncryptionConfiguration (YAML or JSON) instead of --config-entries")
     p.add_argument("--etcd-endpoint")
     p.add_argument("--etcd-cacert")
     p.add_argument("--etcd-cert")
@@ -496,6 +617,8 @@ def main():
     p.add_argument("--quota-headroom", type=float, default=0.8, help="refuse/warn above this share of the quota")
     p.add_argument("--quota-check", choices=["refuse", "warn", "off"], default="refuse")
     p.add_argument("--verify", default="all", help="all, sample:N or none")
+    p.add_argument("--verify-only", action="store_true",
+                   help="rewrite nothing: check every value of the selected resources in etcd (needs --etcd-endpoint)")
     p.add_argument("--expect-prefix", default="k8s:enc:kms:v2:")
     p.add_argument("--expect-not", action="store_true",
                    help="rolling back: values must NOT start with --expect-prefix any more")
@@ -504,8 +627,19 @@ def main():
         p.error("--chunk-size must be at least 1 and --rate not negative")
     if not (a.verify in ("all", "none") or (a.verify.startswith("sample:") and a.verify[7:].isdigit())):
         p.error("--verify must be all, none or sample:N")
+    if a.config_file:
+        if a.config_entries:
+            p.error("give --config-entries or --config-file, not both")
+        try:
+            a.config_entries = config_entries(a.config_file)
+        except Failure as e:
+            p.error(str(e))
     if a.config_entries and not a.provider_name:
-        p.error("--config-entries needs --provider-name")
+        p.error("--config-entries and --config-file need --provider-name")
+    if a.verify_only:
+        if not a.etcd_endpoint:
+            p.error("--verify-only needs --etcd-endpoint")
+        a.verify = "all"
     ours = "kms:" + a.provider_name
     try:
         a.config_entries = [{"resources": list(e["resources"]),
@@ -515,11 +649,12 @@ def main():
         p.error('--config-entries must be a list of {"resources": [...], "providers": [...]}')
     if not a.config_entries and not a.resources:
         p.error("give --resources or --config-entries")
-    global PROGRESS_FILE  # pylint: disable=global-statement
-    PROGRESS_FILE = a.progress_file
     # SIGTERM (systemd, a timeout) ends like Ctrl-C: the resume state is saved on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
+        if a.state_dir and not a.verify_only:
+            global STATE_DIR  # pylint: disable=global-statement
+            STATE_DIR = StateDir(a.state_dir)
         migrate(a)
     except Failure as e:
         print("kms_migrate: %s" % e, file=sys.stderr)
