@@ -245,3 +245,58 @@ def test_the_role_refuses_without_a_cluster_name_or_a_key_name(openbao, signer):
     run = run_playbook("playbooks/openbao.yml", localhost_inventory(),
                        role_vars(openbao, signer, openbao_transit_cluster_name="Not_A_Label"))
     assert run.rc != 0 and "DNS label" in run.output, run.output
+
+
+HOST_PLAYBOOK = """\
+- name: Install bao-kms-provider on one host
+  hosts: all
+  gather_facts: true
+  gather_subset: [min]
+  roles:
+    - bao_kms_provider
+"""
+
+
+def provider_package() -> Path:
+    """The .deb the roles install: BAO_ANSIBLE_DEB (as for the rollout tests)."""
+    deb = os.environ.get("BAO_ANSIBLE_DEB")
+    if not deb:
+        raise AssertionError("set BAO_ANSIBLE_DEB to the .deb built by `make deb`")
+    return Path(deb)
+
+
+def test_bao_kms_provider_role_renders_the_cluster_key_and_refuses_to_switch_it(
+        openbao, signer, configured, make_container, tmp_path):
+    """The host role, given only the cluster name, renders the key and JWT role the OpenBao role
+    created (the provider passes its probe with them); pointed at another cluster afterwards, it
+    refuses instead of switching the host to a key that cannot decrypt its seeds."""
+    from openbao import free_port
+    c = make_container()
+    playbook = tmp_path / "host.yml"
+    playbook.write_text(HOST_PLAYBOOK)
+    host = {
+        "ansible_connection": "nsenter", "ansible_nsenter_pid": c.pid,
+        "ansible_python_interpreter": "/usr/bin/python3", "ansible_become": False,
+        "bao_kms_provider_package_file": str(provider_package()),
+        "bao_kms_provider_openbao_address": openbao.addr,
+        "bao_kms_provider_openbao_ca_src": str(openbao.ca),
+        "bao_kms_provider_openbao_instance_id": "openbao-test",
+        "bao_kms_provider_jwt": jwt_for(signer, "alpha"),
+        "bao_kms_provider_cluster_id": "alpha",
+        "bao_kms_provider_transit_mount_id": "transit-test",
+        "bao_kms_provider_key_lineage_id": "lineage-1",
+        "bao_kms_provider_metrics_address": f"127.0.0.1:{free_port()}",
+        "bao_kms_provider_health_address": f"127.0.0.1:{free_port()}",
+    }
+    inventory = {"all": {"vars": {"openbao_transit_cluster_name": "alpha"}, "hosts": {"cp1": host}}}
+    run_playbook(str(playbook), inventory).assert_ok()
+    config = c.read_file("/etc/openbao-kms/config.toml")
+    assert 'key_name = "k8s-etcd-alpha"' in config and 'role = "bao-kms-provider-alpha"' in config, config
+
+    inventory["all"]["vars"]["openbao_transit_cluster_name"] = "beta"
+    host["bao_kms_provider_jwt"] = jwt_for(signer, "beta")
+    run = run_playbook(str(playbook), inventory)
+    assert run.rc != 0
+    assert "uses the Transit key 'k8s-etcd-alpha'" in run.output, run.output
+    assert "bao_kms_provider_transit_key_name" in run.output, run.output
+    assert c.read_file("/etc/openbao-kms/config.toml") == config
