@@ -330,12 +330,17 @@ fn rand_suffix() -> String {
 
 /// Runs the real `doctor`; returns the exit code and its lines.
 fn doctor(config: &Path) -> (i32, Vec<String>) {
-    let out = Command::new(provider_bin())
-        .args(["doctor", "--config"])
-        .arg(config)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run doctor");
+    doctor_with(config, &[])
+}
+
+/// `doctor` with more arguments, e.g. `--other-config FILE`.
+fn doctor_with(config: &Path, args: &[&Path]) -> (i32, Vec<String>) {
+    let mut cmd = Command::new(provider_bin());
+    cmd.args(["doctor", "--config"]).arg(config);
+    for a in args {
+        cmd.arg("--other-config").arg(a);
+    }
+    let out = cmd.stdin(Stdio::null()).output().expect("run doctor");
     let text = String::from_utf8(out.stdout).expect("utf8");
     (
         out.status.code().unwrap_or(-1),
@@ -469,6 +474,119 @@ async fn doctor_passes_least_privilege_and_names_a_wider_policy_and_an_exportabl
     );
     assert!(line(&lines, "least-privilege").starts_with("ok"), "{all}");
     assert!(line(&lines, "round-trip").starts_with("ok"), "{all}");
+}
+
+/// Every `isolation` line of a doctor run.
+fn isolation_lines(lines: &[String]) -> Vec<&str> {
+    lines
+        .iter()
+        .filter(|l| l.get(5..).is_some_and(|r| r.starts_with("isolation:")))
+        .map(String::as_str)
+        .collect()
+}
+
+#[tokio::test]
+async fn doctor_warns_when_the_token_can_decrypt_with_another_clusters_key() {
+    let bao = Bao::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = ProviderOptions::new(&bao);
+    let config = write_config(dir.path(), &o, |t| t);
+    // Another cluster on the same OpenBao with its own key, as its configuration names it.
+    bao.root(
+        Method::POST,
+        "transit/keys/k8s-etcd-beta",
+        Some(json!({ "type": "aes256-gcm96" })),
+    )
+    .await;
+    let beta = write_config(dir.path(), &o, |t| {
+        t.replace(
+            "[transit.key_id_scope]",
+            "[transit]\nkey_name = \"k8s-etcd-beta\"\n[transit.key_id_scope]",
+        )
+    });
+
+    // The lab's least-privilege policy: ok, and it says what it cannot see.
+    let (code, lines) = doctor_with(&config, &[&beta]);
+    let all = lines.join("\n");
+    assert_eq!(code, 0, "{all}");
+    let iso = isolation_lines(&lines);
+    assert_eq!(iso.len(), 1, "{all}");
+    assert!(iso[0].starts_with("ok   isolation:"), "{all}");
+    assert!(iso[0].contains("nor with the 1 key(s)"), "{all}");
+    assert!(
+        iso[0].contains("cannot see other clusters' tokens"),
+        "{all}"
+    );
+    assert!(
+        iso[0].contains("k8s-etcd is the key name every cluster got"),
+        "{all}"
+    );
+
+    // The same policy plus decrypt on the other cluster's key: a warning naming it.
+    let policy = policy_text("transit", "k8s-etcd");
+    let reach = format!(
+        "{policy}path \"transit/decrypt/k8s-etcd-beta\" {{\n  capabilities = [\"update\"]\n}}\n"
+    );
+    bao.root(
+        Method::PUT,
+        "sys/policy/bao-kms-provider",
+        Some(json!({ "policy": reach })),
+    )
+    .await;
+    let (code, lines) = doctor_with(&config, &[&beta]);
+    let all = lines.join("\n");
+    assert_eq!(code, 0, "a warning does not fail doctor:\n{all}");
+    let iso = isolation_lines(&lines);
+    assert_eq!(iso.len(), 1, "{all}");
+    assert!(
+        iso[0].starts_with("warn isolation:")
+            && iso[0].contains("transit/keys/k8s-etcd-beta")
+            && iso[0].contains(&beta.display().to_string()),
+        "{all}"
+    );
+
+    // A glob: every probe name is reachable, and so is the other cluster's key.
+    let glob =
+        format!("{policy}path \"transit/decrypt/*\" {{\n  capabilities = [\"update\"]\n}}\n");
+    bao.root(
+        Method::PUT,
+        "sys/policy/bao-kms-provider",
+        Some(json!({ "policy": glob })),
+    )
+    .await;
+    let (_, lines) = doctor_with(&config, &[&beta]);
+    let all = lines.join("\n");
+    let iso = isolation_lines(&lines);
+    assert_eq!(iso.len(), 2, "{all}");
+    assert!(
+        iso[0].starts_with("warn isolation:") && iso[0].contains("by pattern"),
+        "{all}"
+    );
+
+    // Another configuration naming this very key: shared, whatever the policies.
+    bao.root(
+        Method::PUT,
+        "sys/policy/bao-kms-provider",
+        Some(json!({ "policy": policy })),
+    )
+    .await;
+    let twin = write_config(dir.path(), &o, |t| t);
+    let (_, lines) = doctor_with(&config, &[&twin]);
+    let all = lines.join("\n");
+    let iso = isolation_lines(&lines);
+    assert!(
+        iso.len() == 1 && iso[0].starts_with("warn") && iso[0].contains("names the same key"),
+        "{all}"
+    );
+
+    // An unreadable --other-config fails the check.
+    let (code, lines) = doctor_with(&config, &[&dir.path().join("missing.toml")]);
+    let all = lines.join("\n");
+    assert_eq!(code, 1, "{all}");
+    assert!(
+        line(&lines, "isolation").starts_with("FAIL") && all.contains("missing.toml"),
+        "{all}"
+    );
 }
 
 #[tokio::test]

@@ -48,6 +48,17 @@ pub(crate) struct CheckConfigArgs {
     pub(crate) running: Option<PathBuf>,
 }
 
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct DoctorArgs {
+    #[command(flatten)]
+    pub(crate) config: ConfigArg,
+    /// Another cluster's configuration file (repeatable): warn when this token can decrypt
+    /// with the Transit key it names, or when it names this cluster's key. Only its
+    /// [openbao] instance_id and namespace and its [transit] mount and key are read.
+    #[arg(long = "other-config", value_name = "FILE")]
+    pub(crate) other_config: Vec<PathBuf>,
+}
+
 #[derive(Subcommand, Debug)]
 pub(crate) enum Command {
     /// Serve the KMS v2 API on the unix socket (socket from systemd, or bound from the config).
@@ -96,11 +107,12 @@ pub(crate) enum Command {
     /// derived or convergent), upsert (config/keys disable_upsert=true), mount (sys/mounts
     /// identity), round-trip (encrypt+decrypt of random bytes), least-privilege (the token must
     /// not rotate, export, back up, restore, trim, import, delete or reconfigure the key, change
-    /// the mount or its own policy; each offending path is named) and capabilities (read on the
-    /// key, update on encrypt/decrypt). Lines start with ok, warn, FAIL or skip. Exit 0 when
-    /// nothing failed, 1 on any FAIL, 64 when the config itself is invalid. Changes nothing in
+    /// the mount or its own policy; each offending path is named), capabilities (read on the
+    /// key, update on encrypt/decrypt) and isolation (warns when the token can decrypt with key
+    /// names a glob would grant, or with the key an --other-config file names, or when that
+    /// file names this key). Lines start with ok, warn, FAIL or skip. Exit 0 when nothing failed, 1 on any FAIL, 64 when the config itself is invalid. Changes nothing in
     /// OpenBao beyond one login and one encrypt/decrypt. See docs/operations.md for each failure.
-    Doctor(ConfigArg),
+    Doctor(DoctorArgs),
     /// Inspect the key registry under state_dir (every Transit version and its key_id).
     #[command(subcommand)]
     State(state::StateCommand),

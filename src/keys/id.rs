@@ -56,8 +56,8 @@ impl KeyIdentity {
     }
 }
 
-/// Transit associated data for a key_id: a ciphertext only decrypts under the same key_id
-/// (so the same scope and version), never when copied to another cluster or key.
+/// Transit associated data for a key_id: binds a ciphertext to its key_id (scope and version).
+/// Not a secret (the key_id is stored beside it), so only the policy keeps clusters apart.
 pub fn associated_data(key_id: &str) -> Vec<u8> {
     let mut aad = b"bao-kms-provider/v1/".to_vec();
     aad.extend_from_slice(key_id.as_bytes());

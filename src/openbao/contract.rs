@@ -203,7 +203,7 @@ mod tests {
     fn the_ansible_policy_template_grants_exactly_the_table() {
         let template = include_str!("../../ansible/roles/openbao_transit/templates/policy.hcl.j2")
             .replace("{{ openbao_transit_mount }}", "MOUNT")
-            .replace("{{ openbao_transit_key_name }}", "KEY");
+            .replace("{{ _openbao_transit_name_key }}", "KEY");
         assert!(
             !template.contains("{{"),
             "unknown template variable:\n{template}"

@@ -53,6 +53,9 @@ class KubeRollout:
             "openbao_transit_token": bao.root_token,
             "openbao_transit_ca_file": str(bao.ca),
             "openbao_transit_jwt_validation_pubkeys": [self.signer.public_pem],
+            # The single-cluster names (key k8s-etcd, role bao-kms-provider, the JWT's default sub
+            # and aud), as an install made before per-cluster names keeps them.
+            "openbao_transit_key_name": "k8s-etcd",
         }
         self.inventory["all"]["children"] = {"kube_control_plane": {"hosts": {
             h.name: self.host_vars(h) for h in hosts}}}

@@ -368,6 +368,7 @@ def test_ansible_role_sets_up_the_repository_installs_holds_and_upgrades(role_ho
         "bao_kms_provider_cluster_id": "test-cluster",
         "bao_kms_provider_transit_mount_id": "transit-test",
         "bao_kms_provider_key_lineage_id": "lineage-1",
+        "bao_kms_provider_transit_key_name": "k8s-etcd",  # the lab key (BaoDevServer.setup)
         "bao_kms_provider_metrics_address": f"127.0.0.1:{free_port()}",
         "bao_kms_provider_health_address": f"127.0.0.1:{free_port()}",
     }
@@ -485,6 +486,7 @@ def test_ansible_role_dnf_path_installs_verifies_locks_and_upgrades(dnf_host, re
         "bao_kms_provider_cluster_id": "test-cluster",
         "bao_kms_provider_transit_mount_id": "transit-test",
         "bao_kms_provider_key_lineage_id": "lineage-1",
+        "bao_kms_provider_transit_key_name": "k8s-etcd",  # the lab key (BaoDevServer.setup)
         "bao_kms_provider_metrics_address": f"127.0.0.1:{free_port()}",
         "bao_kms_provider_health_address": f"127.0.0.1:{free_port()}",
     }

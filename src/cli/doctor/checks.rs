@@ -1,17 +1,18 @@
 //! The checks that talk to OpenBao, in rollout order: transport, server, identity, key,
 //! mount, a real round trip, then the token's reach.
+use std::path::PathBuf;
 use std::time::Instant;
 
 use rand::RngCore;
 
-use super::{privilege, profile, Report};
+use super::{isolation, privilege, profile, Report};
 use crate::config::{AuthSettings, ClientKey, Settings};
 use crate::openbao::{self, Client, Error, KeyMetadata, ServerHealth};
 
 /// Associated data of the doctor's probe, so its ciphertext can never pass for a Secret's.
 const PROBE_AAD: &[u8] = b"bao-kms-provider doctor probe";
 
-pub(crate) async fn run(s: &Settings, r: &mut Report) {
+pub(crate) async fn run(s: &Settings, other_configs: &[PathBuf], r: &mut Report) {
     if !pkcs11_key(s, r) {
         return;
     }
@@ -40,6 +41,7 @@ pub(crate) async fn run(s: &Settings, r: &mut Report) {
         ),
     }
     privileges(s, &client, &policies, r).await;
+    isolated(s, &client, other_configs, r).await;
 }
 
 /// For a key on a PKCS#11 token: the module loads, token and key are found, the key cannot
@@ -384,4 +386,82 @@ async fn privileges(s: &Settings, client: &Client, policies: &[String], r: &mut 
             format!("read on {mount}/keys/{key}, update on {mount}/encrypt/{key} and {mount}/decrypt/{key}, token renew/lookup"),
         );
     }
+}
+
+/// Warns when the token reaches another cluster's seeds: the associated data is public (built
+/// from the key_id stored beside the ciphertext), so only the policy keeps clusters apart.
+async fn isolated(s: &Settings, client: &Client, other_configs: &[PathBuf], r: &mut Report) {
+    let own = isolation::OwnKey {
+        instance_id: &s.openbao.instance_id,
+        namespace: s
+            .openbao
+            .namespace
+            .as_deref()
+            .unwrap_or("")
+            .trim_matches('/'),
+        mount: &s.transit.mount_path,
+        key: &s.transit.key_name,
+    };
+    let mut others = Vec::new();
+    for path in other_configs {
+        match isolation::read_other(path) {
+            Ok(o) => others.push(o),
+            Err(e) => {
+                r.fail("isolation", format!("--other-config {e}"));
+                return;
+            }
+        }
+    }
+    let nonce = format!("{:016x}", rand::thread_rng().next_u64());
+    let probes = isolation::probe_keys(own.key, &nonce);
+    let mut paths: Vec<String> = probes
+        .iter()
+        .map(|k| isolation::decrypt_path(own.mount, k))
+        .collect();
+    paths.extend(
+        others
+            .iter()
+            .map(|o| isolation::decrypt_path(&o.mount, &o.key)),
+    );
+    let caps = match client.capabilities(&paths).await {
+        Ok(c) => c,
+        Err(e) => {
+            r.fail("isolation", format!("POST sys/capabilities-self: {e}"));
+            return;
+        }
+    };
+    let findings = isolation::findings(&own, &probes, &others, &caps);
+    if !findings.is_empty() {
+        for f in findings {
+            r.warn("isolation", f);
+        }
+        return;
+    }
+    let mut detail = format!(
+        "the token cannot decrypt with key names a glob would grant ({} probed)",
+        probes.len()
+    );
+    let checked = others.len() - isolation::elsewhere(&own, &others).len();
+    if checked > 0 {
+        detail.push_str(&format!(
+            " nor with the {checked} key(s) the --other-config files name"
+        ));
+    }
+    for o in isolation::elsewhere(&own, &others) {
+        detail.push_str(&format!(
+            "; {} names another OpenBao (instance_id {:?}), not checked",
+            o.file.display(),
+            o.instance_id
+        ));
+    }
+    detail.push_str(
+        "; doctor cannot see other clusters' tokens, so a key they reach through their own policies is invisible here",
+    );
+    if own.key == isolation::SHARED_DEFAULT_KEY {
+        detail.push_str(&format!(
+            "; {} is the key name every cluster got before per-cluster keys: check with --other-config that no other cluster uses it",
+            own.key
+        ));
+    }
+    r.ok("isolation", detail);
 }

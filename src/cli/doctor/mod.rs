@@ -3,6 +3,7 @@
 //! Read-only apart from one encrypt+decrypt of random bytes and a fresh login.
 mod checks;
 mod credential;
+mod isolation;
 mod privilege;
 mod profile;
 
@@ -10,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use super::{ConfigArg, Exit};
+use super::{DoctorArgs, Exit};
 use crate::config::{self, Environment};
 
 /// Every check in the order it runs; a check that cannot run is printed as `skip`.
@@ -28,6 +29,7 @@ pub(crate) const CHECKS: &[&str] = &[
     "round-trip",
     "least-privilege",
     "capabilities",
+    "isolation",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,7 +119,8 @@ impl Report {
     }
 }
 
-pub(crate) fn run(arg: &ConfigArg) -> Result<ExitCode> {
+pub(crate) fn run(args: &DoctorArgs) -> Result<ExitCode> {
+    let arg = &args.config;
     let mut r = Report::default();
     let settings = match config::load(&arg.config, &Environment::from_process()) {
         Ok(s) => s,
@@ -151,6 +154,6 @@ pub(crate) fn run(arg: &ConfigArg) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(checks::run(&settings, &mut r));
+    rt.block_on(checks::run(&settings, &args.other_config, &mut r));
     Ok(r.finish())
 }

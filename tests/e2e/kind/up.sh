@@ -89,6 +89,8 @@ YAML
 cat >"$WORK/vars.yml" <<YAML
 openbao_transit_address: "$BAO_ADDR"
 openbao_transit_token: root
+# The lab's JWT carries the single-cluster sub and aud, so this keeps those names and the key k8s-etcd.
+openbao_transit_key_name: k8s-etcd
 openbao_transit_jwt_validation_pubkeys:
   - "{{ lookup('ansible.builtin.file', '$WORK/jwt/jwt-signing.pub') }}"
 bao_kms_provider_package_file: "$DEB"
