@@ -305,7 +305,9 @@ pub(crate) fn build(
             .partition(|r| entry.resources.iter().any(|p| covers(p, r)));
         remaining = rest;
         let old = &entry.providers;
-        if mine.is_empty() && old.is_empty() {
+        // An entry this provider encrypted is kept even when its resources are no longer
+        // configured: what it stored there must stay readable.
+        if mine.is_empty() && old.is_empty() && !entry.had_ours {
             continue;
         }
         if mine.is_empty() && !entry.had_ours && old.iter().all(|p| *p == identity()) {
@@ -560,6 +562,24 @@ mod tests {
             providers_of(&run(Some(&alone), Stage::Rollback, &["secrets"], true)),
             vec![row(&["secrets"], &["identity", k])]
         );
+    }
+
+    #[test]
+    fn an_entry_the_provider_encrypted_is_never_dropped_with_its_resources() {
+        // Written without identity for configmaps; now configured for secrets only. Dropping the
+        // configmaps entry would leave its stored values unreadable: refused instead.
+        let before =
+            serde_json::to_string(&run(None, Stage::Write, &["configmaps"], false)).unwrap();
+        let existing = parse_existing(&before, Path::new("old.yaml"), NAME).unwrap();
+        let secrets = vec!["secrets".to_owned()];
+        let ours = Ours {
+            kms: kms(),
+            name: NAME,
+            resources: &secrets,
+            identity: false,
+        };
+        let err = build(&ours, Some(&existing), Stage::Write).unwrap_err();
+        assert!(matches!(err, StageError::DuplicateProvider { .. }), "{err}");
     }
 
     fn refused(text: &str) -> String {

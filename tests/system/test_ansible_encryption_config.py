@@ -121,6 +121,16 @@ def test_a_cluster_without_existing_encryption_gets_the_rendered_order_per_stage
     assert ec.decide(ours, ours, None, "rollback")["resources"][0]["providers"] == [IDENTITY, KMS]
 
 
+def test_a_resource_dropped_from_the_provider_keeps_its_entry_so_what_it_stored_stays_readable():
+    """Without the identity fallback our entry holds only kms; dropping its resources from the
+    rendered file must not drop the entry (kube-apiserver would no longer read those values)."""
+    before = rendered(["configmaps"], identity=False)
+    after = rendered(["secrets"], identity=False)
+    with pytest.raises(ec.EncryptionConfigError, match="accepts a KMS v2 provider name only once"):
+        ec.decide(after, before, None, "write")
+    assert ec.decide(after, before, None, "read") == before
+
+
 def test_wildcards_decide_which_entry_our_resources_join():
     existing = load(CONFIGS / "k8s-docs-example-all-providers.yaml")
     ours = rendered(["secrets", "deployments.apps", "widgets.example.com"])

@@ -154,7 +154,7 @@ def build(rendered, previous, stage, drop_previous=False):
         remaining = [r for r in remaining if r not in mine]
         old = [copy.deepcopy(p) for p in entry["providers"]]
         had_kms = entry.get("had_kms", False)
-        if not mine and not old:
+        if not mine and not old and not had_kms:
             continue
         if not mine and not had_kms and all(p == IDENTITY for p in old):
             # An explicit exemption (identity only) for resources we do not encrypt: left as it is.
