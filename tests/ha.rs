@@ -56,6 +56,7 @@ fn load(
                     .map(|s| format!("{:?}: {}", s.code(), s.message()))
                     .unwrap_or_default(),
             });
+            // A steady load, not a flood: calls are spaced, as kube-apiserver's would be.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
@@ -83,7 +84,13 @@ async fn killing_the_node_in_use_fails_over_without_a_login_storm() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let (task, calls) = load(&p, stop.clone());
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let log = &calls;
+    wait_for(
+        "calls answered before the kill",
+        Duration::from_secs(10),
+        || async move { log.lock().expect("lock").iter().any(|c| c.ok) },
+    )
+    .await;
 
     // The provider uses node 1 (first in the list, the active node). Kill it.
     assert_eq!(cluster.active().await, Some(0));
@@ -101,8 +108,17 @@ async fn killing_the_node_in_use_fails_over_without_a_login_storm() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let election = elected.unwrap_or_else(|| panic!("no new leader within 30 s"));
-    // Let the load run on the new leader for a while.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Let the load run on the new leader until a run of calls in a row has succeeded there.
+    wait_for(
+        "20 calls in a row served after the kill",
+        Duration::from_secs(30),
+        || async move {
+            let calls = log.lock().expect("lock");
+            let after: Vec<&Call> = calls.iter().filter(|c| c.at >= killed_at).collect();
+            after.len() >= 20 && after.iter().rev().take(20).all(|c| c.ok)
+        },
+    )
+    .await;
     stop.store(true, Ordering::SeqCst);
     task.await.expect("load task");
 
