@@ -56,6 +56,7 @@ fn load(
                     .map(|s| format!("{:?}: {}", s.code(), s.message()))
                     .unwrap_or_default(),
             });
+            // A steady load, not a flood: calls are spaced, as kube-apiserver's would be.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
@@ -83,7 +84,13 @@ async fn killing_the_node_in_use_fails_over_without_a_login_storm() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let (task, calls) = load(&p, stop.clone());
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let log = &calls;
+    wait_for(
+        "calls answered before the kill",
+        Duration::from_secs(10),
+        || async move { log.lock().expect("lock").iter().any(|c| c.ok) },
+    )
+    .await;
 
     // The provider uses node 1 (first in the list, the active node). Kill it.
     assert_eq!(cluster.active().await, Some(0));
@@ -92,17 +99,29 @@ async fn killing_the_node_in_use_fails_over_without_a_login_storm() {
     // Wait for a new leader among the other two.
     let end = Instant::now() + Duration::from_secs(30);
     let mut elected = None;
+    let mut elected_at = killed_at;
     while Instant::now() < end {
         if let Some(i) = cluster.active().await {
             elected = Some(killed_at.elapsed());
+            elected_at = Instant::now();
             eprintln!("new active node: {}", cluster.nodes[i].name);
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let election = elected.unwrap_or_else(|| panic!("no new leader within 30 s"));
-    // Let the load run on the new leader for a while.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Let the load run on the new leader: 50 calls (about 3 s of this load) made after the
+    // election, the last of them in a row successful.
+    wait_for(
+        "50 calls on the new leader, the last 5 successful",
+        Duration::from_secs(60),
+        || async move {
+            let calls = log.lock().expect("lock");
+            let on_new: Vec<&Call> = calls.iter().filter(|c| c.at >= elected_at).collect();
+            on_new.len() >= 50 && on_new.iter().rev().take(5).all(|c| c.ok)
+        },
+    )
+    .await;
     stop.store(true, Ordering::SeqCst);
     task.await.expect("load task");
 

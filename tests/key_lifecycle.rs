@@ -39,14 +39,18 @@ async fn rotation_is_promoted_only_when_stable_and_old_versions_keep_decrypting(
 
     bao.rotate().await;
     // Pending first: Status (and Encrypt) keep v1 until the new version is stable and the delay passed.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    let config = &p.config;
+    wait_for(
+        "v2 pending in the registry",
+        Duration::from_secs(10),
+        || async move { cli(&["state", "show"], config).1.contains("pending") },
+    )
+    .await;
     assert_eq!(
         p.status().await.key_id,
         v1_id,
         "no promotion before stable_observations and activation_delay"
     );
-    let (_, table, _) = cli(&["state", "show"], &p.config);
-    assert!(table.contains("pending"), "v2 is pending:\n{table}");
 
     // While the switch happens, Encrypt's key_id always equals a Status key_id around it.
     let mut switched = false;
@@ -156,14 +160,15 @@ async fn damaged_truncated_or_rolled_back_registry_stops_start_and_is_left_untou
     let generation_one = std::fs::read(&path).expect("registry");
     bao.rotate().await;
     p.wait_status("v2 active", |s| s.healthz == "ok").await;
-    let mut c = p.client().await;
+    let c = p.client().await;
     let target = p.status().await.key_id;
-    for _ in 0..50 {
-        if encrypt(&mut c, &[1; 32]).await.annotations["key-version.kms.openbao.org"] == b"2" {
-            break;
+    wait_for("Encrypt with v2", Duration::from_secs(10), || {
+        let mut c = c.clone();
+        async move {
+            encrypt(&mut c, &[1; 32]).await.annotations["key-version.kms.openbao.org"] == b"2"
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     assert_ne!(
         std::fs::read(&path).expect("registry"),
         generation_one,
@@ -270,9 +275,10 @@ async fn adopting_an_existing_key_imports_old_versions_as_retired() {
 async fn raised_min_decryption_version_and_a_recreated_key_are_reported_by_name() {
     let bao = Bao::start().await;
     let p = Provider::start(&ProviderOptions::new(&bao)).await;
+    let v1_id = p.status().await.key_id;
     bao.rotate().await;
-    p.wait_status("v2 active", |s| s.healthz == "ok").await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    p.wait_status("v2 active", |s| s.healthz == "ok" && s.key_id != v1_id)
+        .await;
     bao.root(
         Method::POST,
         "transit/keys/k8s-etcd/config",
@@ -311,6 +317,7 @@ async fn raised_min_decryption_version_and_a_recreated_key_are_reported_by_name(
     .await;
     bao.root(Method::DELETE, "transit/keys/k8s-etcd", None)
         .await;
+    // Creation times are kept to the second: the re-created v1 must fall in a later one.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     bao.root(
         Method::POST,

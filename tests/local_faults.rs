@@ -138,7 +138,8 @@ async fn full_then_read_only_state_dir_during_a_rotation_never_stops_encryption(
     })
     .await;
     assert_eq!(metric(&p, "openbao_kms_registry_unsaved").await, Some(1.0));
-    // Past max_staleness (3s) Encrypt still works, with the saved active key (v1).
+    // Past max_staleness (3s) Encrypt still works, with the saved active key (v1): time must
+    // pass, there is no state to wait for.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let status = p.status().await;
     assert_eq!(status.key_id, v1_key_id, "the promotion is held back");
@@ -166,7 +167,10 @@ async fn full_then_read_only_state_dir_during_a_rotation_never_stops_encryption(
 
     // Read-only on top: still serving, still degraded, nothing written.
     fs.bind_read_only();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    p.wait_status("a save refused by the read-only state dir", |s| {
+        s.healthz.contains("Read-only file system")
+    })
+    .await;
     let during_ro = round_trip(&p, &[4u8; 32]).await;
     assert_eq!(during_ro.key_id, v1_key_id);
     assert!(p.status().await.healthz.contains("key registry not saved"));

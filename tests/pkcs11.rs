@@ -875,15 +875,17 @@ async fn a_hung_sign_is_bounded_named_and_never_stalls_status() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Status is answered from the snapshot: a hung token costs it nothing.
+    // Status is answered from the snapshot: a hung token costs it nothing. A Status that
+    // waited for the token would take a handshake's whole budget, openbao.timeout (1 s).
     for _ in 0..10 {
         let asked = Instant::now();
         p.status().await;
         slowest = slowest.max(asked.elapsed());
+        // Samples spread over a second, across several probes.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
-        slowest < Duration::from_millis(500),
+        slowest < Duration::from_secs(1),
         "Status took {slowest:?} while C_Sign hung"
     );
     let (code, body) = p.http_get(p.health_port, "/livez").await;

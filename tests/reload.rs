@@ -70,7 +70,8 @@ async fn a_broken_or_foreign_ca_is_refused_and_the_old_client_keeps_working() {
             p.logs()
         );
     }
-    // The probes keep working too: Status stays ok for longer than max_staleness (3 s).
+    // The probes keep working too: Status stays ok for longer than max_staleness (3 s), so
+    // that much time must pass.
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(p.status().await.healthz, "ok", "{}", p.logs());
 

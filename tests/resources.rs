@@ -49,6 +49,7 @@ async fn idle_kms_connections_are_closed_after_idle_timeout() {
     let mut c = p.client().await;
     for _ in 0..3 {
         encrypt(&mut c, b"still-in-use").await;
+        // Calls spaced under idle_timeout (1s) yet 1.8s in all: time must pass.
         tokio::time::sleep(Duration::from_millis(600)).await;
     }
     eprintln!("FIGURES idle: an idle KMS connection was closed after {took:?} (idle_timeout 1s)");
@@ -82,8 +83,17 @@ async fn out_of_file_descriptors_the_accept_loop_backs_off_and_recovers() {
                 .expect("connect (the backlog takes it)"),
         );
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for(
+        "the accept loop out of descriptors",
+        Duration::from_secs(10),
+        || {
+            let p = &p;
+            async move { p.logs().contains("out of file descriptors") }
+        },
+    )
+    .await;
     let before = cpu_ticks(pid);
+    // A sampling window: CPU time is measured over a fixed span.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let ticks = cpu_ticks(pid) - before;
     // A spinning accept loop burns ~200 ticks (2 s of one core) here.
