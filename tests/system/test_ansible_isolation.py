@@ -12,12 +12,12 @@ from __future__ import annotations
 import base64
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from ansible_helpers import JwtSigner, OpenBao, localhost_inventory, provider_binary, run_playbook
+from kube_cluster import wait_until
 
 CLUSTERS = ("alpha", "beta")
 
@@ -231,8 +231,11 @@ def test_a_provider_of_cluster_b_pointed_at_cluster_a_key_does_not_serve(openbao
         probe = subprocess.run([str(provider_binary()), "probe", "--socket", str(p.socket), "--wait", "8s"],
                                capture_output=True, text=True, timeout=60)
         assert probe.returncode != 0, probe.stdout
-        time.sleep(0.5)
-        assert "permission denied" in p.log.read_text(errors="replace").lower(), p.log.read_text()[-3000:]
+        try:
+            wait_until(lambda: "permission denied" in p.log.read_text(errors="replace").lower(),
+                       "the provider to log OpenBao's 'permission denied'", 30)
+        except AssertionError as e:
+            raise AssertionError(f"{e}; log:\n{p.log.read_text(errors='replace')[-3000:]}") from None
     finally:
         p.stop()
 
