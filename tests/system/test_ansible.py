@@ -146,3 +146,35 @@ def test_openbao_transit_repairs_drift_and_refuses_an_exportable_key(openbao, si
                        transit_vars(openbao, signer, openbao_transit_key_name="leaky"))
     assert run.rc != 0
     assert "exportable=True" in run.output and "use a new key name" in run.output, run.output
+
+
+@pytest.mark.parametrize("overrides", [
+    {"openbao_transit_address": "http://openbao.invalid:8200"},
+    {"openbao_transit_address": "https://openbao.invalid:8200", "openbao_transit_validate_certs": False},
+    {"openbao_transit_address": "http://128.0.0.1:8200"},
+], ids=["http-remote", "no-cert-check-remote", "http-outside-127-8"])
+def test_openbao_transit_refuses_plain_http_or_no_cert_check_to_a_remote_openbao(openbao, signer, overrides):
+    run = run_playbook("playbooks/openbao.yml", localhost_inventory(), transit_vars(openbao, signer, **overrides))
+    assert run.rc != 0
+    assert "openbao_transit_address must be" in run.output and "loopback" in run.output, run.output
+    assert "openbao_transit_allow_insecure" in run.output, run.output
+    assert "Read the secrets engines" not in run.output, run.output
+    assert openbao.root_token not in run.output
+
+
+def test_openbao_transit_allows_no_cert_check_on_loopback(openbao, signer, transit_runs):
+    for host in ("localhost", "127.0.0.1"):
+        run = run_playbook("playbooks/openbao.yml", localhost_inventory(),
+                           transit_vars(openbao, signer, openbao_transit_address=f"https://{host}:{openbao.port}",
+                                        openbao_transit_ca_file="", openbao_transit_validate_certs=False)).assert_ok()
+        assert run.changed("localhost") == 0, run.output
+
+
+def test_openbao_transit_allow_insecure_lets_a_remote_http_address_through_the_check(openbao, signer):
+    run = run_playbook("playbooks/openbao.yml", localhost_inventory(),
+                       transit_vars(openbao, signer, openbao_transit_address="http://openbao.invalid:8200",
+                                    openbao_transit_allow_insecure=True))
+    # Past the check, the role tries the (unresolvable) address and fails there.
+    assert run.rc != 0
+    assert "openbao_transit_address must be" not in run.output, run.output
+    assert "Read the secrets engines" in run.output, run.output

@@ -303,3 +303,33 @@ def test_bao_kms_provider_role_renders_the_cluster_key_and_refuses_to_switch_it(
     assert "uses the Transit key 'k8s-etcd-alpha'" in run.output, run.output
     assert "bao_kms_provider_transit_key_name" in run.output, run.output
     assert c.read_file("/etc/openbao-kms/config.toml") == config
+
+
+def test_bao_kms_provider_role_refuses_a_jwt_file_in_a_root_owned_directory(openbao, signer, make_container, tmp_path):
+    """The role makes the JWT's directory openbao-kms's: a jwt_file in /etc/openbao-kms (or another
+    root-owned directory) is refused before the role touches the host, naming the variable."""
+    c = make_container()
+    playbook = tmp_path / "host.yml"
+    playbook.write_text(HOST_PLAYBOOK)
+    host = {
+        "ansible_connection": "nsenter", "ansible_nsenter_pid": c.pid,
+        "ansible_python_interpreter": "/usr/bin/python3", "ansible_become": False,
+        "bao_kms_provider_package_file": str(provider_package()),
+        "bao_kms_provider_openbao_address": openbao.addr,
+        "bao_kms_provider_openbao_ca_src": str(openbao.ca),
+        "bao_kms_provider_openbao_instance_id": "openbao-test",
+        "bao_kms_provider_jwt": jwt_for(signer, "alpha"),
+        "bao_kms_provider_cluster_id": "alpha",
+        "bao_kms_provider_transit_mount_id": "transit-test",
+        "bao_kms_provider_key_lineage_id": "lineage-1",
+    }
+    inventory = {"all": {"vars": {"openbao_transit_cluster_name": "alpha"}, "hosts": {"cp1": host}}}
+    for jwt_file in ("/etc/openbao-kms/identity.jwt", "/etc/openbao-kms/tls/identity.jwt", "/etc//openbao-kms/x.jwt",
+                     "/etc/identity.jwt", "/var/lib/identity.jwt", "/identity.jwt", "relative/identity.jwt",
+                     "/var/lib/openbao-kms/../../../etc/openbao-kms/identity.jwt"):
+        host["bao_kms_provider_jwt_file"] = jwt_file
+        run = run_playbook(str(playbook), inventory)
+        assert run.rc != 0, run.output
+        assert f"bao_kms_provider_jwt_file '{jwt_file}' is not allowed" in run.output, run.output
+        assert run.changed("cp1") == 0, run.output
+    assert c.run(["test", "!", "-e", "/etc/openbao-kms"]).returncode == 0

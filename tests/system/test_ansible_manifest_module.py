@@ -177,7 +177,7 @@ def test_module_backs_up_outside_the_manifest_dir_and_honours_check_mode(tmp_pat
 
     checked = run_module(args, check=True, diff=True)
     assert checked["changed"] and manifest.read_text() == KUBEADM and not backup.exists()
-    assert str(enc) in checked["diff"]["after"]
+    assert f"add --encryption-provider-config={enc}/encryption-config.yaml" in checked["diff"]["prepared"]
 
     done = run_module(args)
     assert done["changed"] and Path(done["backup_file"]).parent == backup
@@ -186,6 +186,36 @@ def test_module_backs_up_outside_the_manifest_dir_and_honours_check_mode(tmp_pat
     assert sorted(p.name for p in manifests.iterdir()) == ["kube-apiserver.yaml"]
     assert run_module(args)["changed"] is False
     assert len(list(backup.iterdir())) == 1
+
+
+def test_diff_mode_lists_the_changes_without_the_manifest_content(tmp_path):
+    """--diff (with the default output, as an operator sees it) names what changes, never the manifest's
+    other lines: a flag there may carry a secret."""
+    secret = "--oidc-client-secret=s3cr3t-manifest-value-7f1d"
+    manifests, backup, enc = tmp_path / "manifests", tmp_path / "backup", tmp_path / "encryption"
+    manifests.mkdir()
+    enc.mkdir()
+    (enc / "encryption-config.yaml").write_text("kind: EncryptionConfiguration\n")
+    manifest = manifests / "kube-apiserver.yaml"
+    text = KUBEADM.replace("    - --secure-port=6443\n", f"    - --secure-port=6443\n    - {secret}\n")
+    assert secret in text
+    manifest.write_text(text)
+    args = {"path": str(manifest), "encryption_config": str(enc / "encryption-config.yaml"), "backup_dir": str(backup)}
+    playbook = tmp_path / "play.yml"
+    playbook.write_text(yaml.safe_dump([{"name": "Point kube-apiserver at the EncryptionConfiguration",
+                                         "hosts": "localhost", "gather_facts": False,
+                                         "tasks": [{"name": "Edit the manifest", "kube_apiserver_manifest": args}]}]))
+    env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_MODULE_UTILS": str(MODULE_UTILS),
+           "ANSIBLE_LIBRARY": str(LIBRARY), "ANSIBLE_STDOUT_CALLBACK": "default",
+           "ANSIBLE_PYTHON_INTERPRETER": str(VENV_BIN / "python"),
+           "ANSIBLE_LOCALHOST_WARNING": "0", "ANSIBLE_INVENTORY_UNPARSED_WARNING": "0"}
+    p = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-c", "local", "-i", "localhost,", str(playbook), "--diff"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out
+    assert f"add --encryption-provider-config={enc}/encryption-config.yaml" in out, out
+    assert "s3cr3t-manifest-value-7f1d" not in out and "--secure-port" not in out, out
+    assert secret in manifest.read_text()
 
 
 # ---------------------------------------------------------------------------- the corpus

@@ -525,3 +525,65 @@ def test_rolling_back_rewrites_what_lists_the_provider_and_names_that_are_not_se
     (tmp_path / STATE).unlink()
     typo = cluster.run(tmp_path, "--resources", "secrets,deployment.apps")
     assert typo.returncode == 1 and "resource 'deployment.apps' is not served by this cluster" in typo.stderr, typo.stderr
+
+
+def client_kubeconfig(path: Path, server: str, key_pem: bytes | None = None) -> bytes:
+    """A kubeconfig like kubeadm's admin.conf (CA, client certificate and key embedded), written to
+    `path`; `key_pem` replaces the client key (one that does not match the certificate). Returns
+    the key it holds."""
+    import base64
+    import datetime
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def pem_key(k):
+        return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                               serialization.NoEncryption())
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubernetes-admin")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    key_pem = key_pem if key_pem is not None else pem_key(key)
+
+    def b64(b):
+        return base64.b64encode(b).decode()
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "admin",
+        "clusters": [{"name": "k", "cluster": {"server": server, "certificate-authority-data": b64(cert_pem)}}],
+        "users": [{"name": "admin", "user": {"client-certificate-data": b64(cert_pem),
+                                             "client-key-data": b64(key_pem)}}],
+        "contexts": [{"name": "admin", "context": {"cluster": "k", "user": "admin"}}]}))
+    return key_pem
+
+
+@pytest.mark.parametrize("case", ["key-does-not-match", "etcd-unusable", "api-server-unreachable"])
+def test_a_run_that_fails_early_leaves_no_copy_of_the_client_key(tmp_path, case):
+    """The script writes the kubeconfig's embedded client key to a private temporary directory for
+    ssl; a run that fails before the rewrite (a key that does not fit, etcd client settings that
+    cannot be used, an API server that does not answer) removes it on the way out too."""
+    import socket
+    with socket.socket() as s:   # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = f"https://127.0.0.1:{s.getsockname()[1]}"
+    kubeconfig = tmp_path / "admin.conf"
+    other = client_kubeconfig(tmp_path / "other.conf", closed)
+    key = client_kubeconfig(kubeconfig, closed, key_pem=other if case == "key-does-not-match" else None)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    args = [sys.executable, str(SCRIPT), "--kubeconfig", str(kubeconfig), "--resources", "secrets"]
+    if case == "etcd-unusable":
+        args += ["--etcd-endpoint", closed, "--etcd-cacert", str(tmp_path / "missing-ca.pem")]
+    p = subprocess.run(args, capture_output=True, text=True, timeout=120, env={**os.environ, "TMPDIR": str(tmp)})
+    assert p.returncode == 1, p.stdout + p.stderr
+    expected = {"key-does-not-match": "cannot use its certificates", "etcd-unusable": "etcd client certificate",
+                "api-server-unreachable": "kms_migrate:"}[case]
+    assert expected in p.stderr, p.stderr
+    assert list(tmp.iterdir()) == [], sorted(str(f) for f in tmp.rglob("*"))
+    assert key.decode().split("\n")[1] not in p.stdout + p.stderr

@@ -4,7 +4,8 @@ Proves what docs/packaging.md promises: lint-clean packages; an offline `apt ins
 creates the user and directories, enables the socket and starts nothing without a valid config;
 a probe through the socket once configured; an upgrade under a loop of KMS calls that loses no
 call, keeps the config and restarts the provider only if it ran (and only with a valid config);
-`apt remove`/`apt purge` and `rpm -e` that keep the key registry.
+`apt remove`/`apt purge` and `rpm -e` that keep the key registry and the files an operator added
+to /etc/openbao-kms.
 
 The tests of one package share one container and run in file order: each step starts from the
 state the previous one left, like an operator's host.
@@ -350,16 +351,24 @@ def test_deb_remove_stops_and_disables_keeps_config_and_registry(deb_host):
     assert c.run(["getent", "passwd", "openbao-kms"], check=False).returncode == 0
 
 
-def test_deb_purge_removes_config_never_the_registry(deb_host):
+def test_deb_purge_removes_the_config_keeps_operator_files_and_the_registry(deb_host):
     c = deb_host
     registry = c.run(["ls", "/var/lib/openbao-kms"]).stdout.split()
-    c.run(["apt-get", "purge", "-y", "bao-kms-provider"], env=APT_ENV, timeout=180)
-    assert not c.exists("/etc/openbao-kms")
+    operator = {JWT: c.read_file(JWT), "/etc/openbao-kms/tls/site-ca.pem": "operator's CA\n",
+                "/etc/openbao-kms/NOTES": "operator's notes\n"}
+    for path, text in operator.items():
+        c.write_file(path, text, mode=0o640)
+    r = c.run(["apt-get", "purge", "-y", "bao-kms-provider"], env=APT_ENV, timeout=180)
+    assert not c.exists(CONFIG)
+    for path, text in operator.items():
+        assert c.read_file(path) == text, f"purge removed or changed {path}, which the package did not install"
+    assert "kept /etc/openbao-kms" in r.stdout + r.stderr, r.stdout + r.stderr
     assert c.run(["ls", "/var/lib/openbao-kms"]).stdout.split() == registry
     assert c.run(["getent", "passwd", "openbao-kms"], check=False).returncode == 0, \
         "the user is kept: it owns the registry"
     r = c.run(["dpkg-query", "-W", "-f", "${Status}", "bao-kms-provider"], check=False)
     assert "installed" not in r.stdout or "not-installed" in r.stdout, r.stdout
+    c.run(["rm", "-rf", "/etc/openbao-kms"])   # the operator's own clean-up
 
 
 def test_deb_purge_removes_the_registry_only_when_asked(deb_host, built_packages):
@@ -370,7 +379,7 @@ def test_deb_purge_removes_the_registry_only_when_asked(deb_host, built_packages
     c.run(["apt-get", "purge", "-y", "bao-kms-provider"],
           env={**APT_ENV, "BAO_KMS_PURGE_STATE": "yes"}, timeout=180)
     assert not c.exists("/var/lib/openbao-kms")
-    assert not c.exists("/etc/openbao-kms")
+    assert not c.exists("/etc/openbao-kms"), "without operator files purge removes the directories too"
 
 
 # ----------------------------------------------------------------- .rpm
@@ -447,7 +456,9 @@ def test_rpm_erase_stops_disables_and_keeps_registry_unless_asked(rpm_host, buil
     c = rpm_host
     registry = c.run(["ls", "/var/lib/openbao-kms"]).stdout.split()
     assert registry
+    c.write_file("/etc/openbao-kms/NOTES", "operator's notes\n", mode=0o640)
     rpm(c, "-e", "--nodeps", "bao-kms-provider")
+    assert c.read_file("/etc/openbao-kms/NOTES") == "operator's notes\n", "erase removed an operator's file"
     for unit in UNIT_FILES:
         assert not c.exists(f"/usr/lib/systemd/system/{unit}")
         assert is_active(c, unit) == "inactive"

@@ -169,17 +169,23 @@ class Api:
         self.server = (server or cluster["server"]).rstrip("/")
         self.timeout = timeout
         self.headers = {"Accept": "application/json", "Content-Type": "application/json"}
+        # The kubeconfig's embedded certificates and client key are written here for ssl (mode 0700,
+        # removed by close(), and at once when they cannot be used).
         self._dir = tempfile.mkdtemp(prefix="kms-migrate-")
-        os.chmod(self._dir, 0o700)
         self.ctx = None
-        if self.server.startswith("https"):
-            try:
-                self.ctx = ssl.create_default_context(cafile=self._file(cluster, "certificate-authority"))
-                cert, key = self._file(user, "client-certificate"), self._file(user, "client-key")
-                if cert and key:
-                    self.ctx.load_cert_chain(cert, key)
-            except (OSError, ssl.SSLError) as e:
-                raise Failure("%s: cannot use its certificates: %s" % (kubeconfig, e))
+        try:
+            os.chmod(self._dir, 0o700)
+            if self.server.startswith("https"):
+                try:
+                    self.ctx = ssl.create_default_context(cafile=self._file(cluster, "certificate-authority"))
+                    cert, key = self._file(user, "client-certificate"), self._file(user, "client-key")
+                    if cert and key:
+                        self.ctx.load_cert_chain(cert, key)
+                except (OSError, ssl.SSLError) as e:
+                    raise Failure("%s: cannot use its certificates: %s" % (kubeconfig, e))
+        except BaseException:
+            self.close()
+            raise
         if user.get("token"):
             self.headers["Authorization"] = "Bearer " + user["token"]
 
@@ -453,12 +459,12 @@ def rewrite_one(api, res, obj):
 
 def migrate(a):
     api = Api(a.kubeconfig, a.server)
-    needs_etcd = a.etcd_endpoint and (a.quota_check != "off" or a.verify != "none")
-    etcd = Etcd(a.etcd_endpoint, a.etcd_cacert, a.etcd_cert, a.etcd_key) if needs_etcd else None
-    state = STATE_DIR.load() if STATE_DIR is not None else {}
-    explicit = [r.strip() for r in a.resources.split(",") if r.strip()]
-    interval = 1.0 / a.rate if a.rate > 0 else 0
     try:
+        needs_etcd = a.etcd_endpoint and (a.quota_check != "off" or a.verify != "none")
+        etcd = Etcd(a.etcd_endpoint, a.etcd_cacert, a.etcd_cert, a.etcd_key) if needs_etcd else None
+        state = STATE_DIR.load() if STATE_DIR is not None else {}
+        explicit = [r.strip() for r in a.resources.split(",") if r.strip()]
+        interval = 1.0 / a.rate if a.rate > 0 else 0
         plan = {res.id: res for res in select(api, explicit, a.config_entries, a.expect_not)}
         resources = list(plan)
         if a.verify_only:

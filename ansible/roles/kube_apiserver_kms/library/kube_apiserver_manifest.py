@@ -17,7 +17,8 @@ description:
   - The manifest is parsed to find where each line belongs, the new lines are inserted as text at those
     places so every other line stays exactly as it was, and the result is parsed again and compared with
     the intended structural change before anything is written.
-  - Running it again changes nothing. Supports check mode and diff mode.
+  - Running it again changes nothing. Supports check mode and diff mode; the diff lists the changes it makes,
+    never the manifest's content (its other flags may carry secrets).
   - Before writing, the original is copied to O(backup_dir), which must be outside the manifest's
     directory (kubelet runs every manifest it finds there, a backup included).
 options:
@@ -181,7 +182,8 @@ def main():
         module.fail_json(msg="%s: %s" % (path, e))
     result = {"changed": bool(changes), "changes": changes, "path": path, "before": before, "after": after}
     if module._diff:  # pylint: disable=protected-access
-        result["diff"] = {"before": text, "after": new_text, "before_header": path, "after_header": path}
+        # What changes, never the manifest itself: its other flags may carry secrets.
+        result["diff"] = {"prepared": "".join("%s: %s\n" % (path, c) for c in changes)}
     if not changes or module.check_mode:
         module.exit_json(**result)
     if spec.state == "present" and not os.path.isfile(spec.encryption_config):
