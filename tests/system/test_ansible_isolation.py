@@ -18,6 +18,7 @@ import pytest
 
 from ansible_helpers import JwtSigner, OpenBao, localhost_inventory, provider_binary, run_playbook
 from kube_cluster import wait_until
+from kube_rollout import provider_deb
 
 CLUSTERS = ("alpha", "beta")
 
@@ -260,16 +261,8 @@ HOST_PLAYBOOK = """\
 """
 
 
-def provider_package() -> Path:
-    """The .deb the roles install: BAO_ANSIBLE_DEB (as for the rollout tests)."""
-    deb = os.environ.get("BAO_ANSIBLE_DEB")
-    if not deb:
-        raise AssertionError("set BAO_ANSIBLE_DEB to the .deb built by `make deb`")
-    return Path(deb)
-
-
 def test_bao_kms_provider_role_renders_the_cluster_key_and_refuses_to_switch_it(
-        openbao, signer, configured, make_container, tmp_path):
+        openbao, signer, configured, make_container, tmp_path, request):
     """The host role, given only the cluster name, renders the key and JWT role the OpenBao role
     created (the provider passes its probe with them); pointed at another cluster afterwards, it
     refuses instead of switching the host to a key that cannot decrypt its seeds."""
@@ -280,7 +273,7 @@ def test_bao_kms_provider_role_renders_the_cluster_key_and_refuses_to_switch_it(
     host = {
         "ansible_connection": "nsenter", "ansible_nsenter_pid": c.pid,
         "ansible_python_interpreter": "/usr/bin/python3", "ansible_become": False,
-        "bao_kms_provider_package_file": str(provider_package()),
+        "bao_kms_provider_package_file": str(provider_deb(request)),
         "bao_kms_provider_openbao_address": openbao.addr,
         "bao_kms_provider_openbao_ca_src": str(openbao.ca),
         "bao_kms_provider_openbao_instance_id": "openbao-test",
@@ -305,7 +298,8 @@ def test_bao_kms_provider_role_renders_the_cluster_key_and_refuses_to_switch_it(
     assert c.read_file("/etc/openbao-kms/config.toml") == config
 
 
-def test_bao_kms_provider_role_refuses_a_jwt_file_in_a_root_owned_directory(openbao, signer, make_container, tmp_path):
+def test_bao_kms_provider_role_refuses_a_jwt_file_in_a_root_owned_directory(openbao, signer, make_container, tmp_path,
+                                                                           request):
     """The role makes the JWT's directory openbao-kms's: a jwt_file in /etc/openbao-kms (or another
     root-owned directory) is refused before the role touches the host, naming the variable."""
     c = make_container()
@@ -314,7 +308,7 @@ def test_bao_kms_provider_role_refuses_a_jwt_file_in_a_root_owned_directory(open
     host = {
         "ansible_connection": "nsenter", "ansible_nsenter_pid": c.pid,
         "ansible_python_interpreter": "/usr/bin/python3", "ansible_become": False,
-        "bao_kms_provider_package_file": str(provider_package()),
+        "bao_kms_provider_package_file": str(provider_deb(request)),
         "bao_kms_provider_openbao_address": openbao.addr,
         "bao_kms_provider_openbao_ca_src": str(openbao.ca),
         "bao_kms_provider_openbao_instance_id": "openbao-test",
