@@ -48,7 +48,26 @@ COMMON_FILES = [
     "/usr/share/man/man8/bao-kms-provider.8.gz",
     "/usr/share/man/man8/bao-kms-provider-serve.8.gz",
     "/usr/share/man/man8/bao-kms-provider-probe.8.gz",
+    "/usr/share/doc/bao-kms-provider/README.md",
+    "/usr/share/doc/bao-kms-provider/docs/prometheus/bao-kms-provider.rules.yml",
+    "/usr/share/doc/bao-kms-provider/docs/grafana/bao-kms-provider.json",
 ]
+# Every page of docs/ ships under the same relative path as in the source tree, so the README's
+# links resolve on an installed host.
+COMMON_FILES += sorted(f"/usr/share/doc/bao-kms-provider/docs/{p.name}"
+                       for p in (REPO_ROOT / "docs").glob("*.md"))
+
+
+def unit_documentation_files() -> set[str]:
+    """The local files the units' Documentation= lines name (file://...); each must be shipped."""
+    paths = set()
+    for unit in UNIT_FILES:
+        for line in (REPO_ROOT / "systemd" / unit).read_text().splitlines():
+            if line.startswith("Documentation="):
+                paths |= {u.removeprefix("file://") for u in line.split("=", 1)[1].split()
+                          if u.startswith("file://")}
+    assert paths, "the units name no installed documentation"
+    return paths
 
 
 # ----------------------------------------------------------------- helpers
@@ -264,6 +283,7 @@ def test_deb_metadata_files_and_libc_only_dependencies(built_packages, tmp_path)
         "/usr/share/doc/bao-kms-provider/changelog.Debian.gz",
         "/usr/share/doc/bao-kms-provider/changelog.gz"]
     assert set(expected) <= files, set(expected) - files
+    assert unit_documentation_files() <= files, unit_documentation_files() - files
     subprocess.run(["dpkg-deb", "-e", deb, tmp_path / "control"], check=True)
     assert (tmp_path / "control" / "conffiles").read_text().split() == [CONFIG]
     subprocess.run(["dpkg-deb", "-x", deb, tmp_path / "root"], check=True)
@@ -405,6 +425,7 @@ def test_rpm_file_list_config_flags_requires_and_scriptlets(built_packages):
         "/usr/share/licenses/bao-kms-provider/LICENSE",
         "/usr/share/doc/bao-kms-provider/CHANGELOG.md"]
     assert set(expected) <= files, set(expected) - files
+    assert unit_documentation_files() <= files, unit_documentation_files() - files
     assert q("-c").split() == [CONFIG]
     flags = dict(line.split(" ", 1)[::-1] for line in
                  q("--qf", "[%{FILEFLAGS:fflags} %{FILENAMES}\n]").splitlines())
