@@ -13,6 +13,7 @@ state the previous one left, like an operator's host.
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -59,13 +60,18 @@ COMMON_FILES += sorted(f"/usr/share/doc/bao-kms-provider/docs/{p.name}"
 
 
 def unit_documentation_files() -> set[str]:
-    """The local files the units' Documentation= lines name (file://...); each must be shipped."""
+    """The local files the units' Documentation= lines name (file://PATH, man:NAME(SECTION));
+    each must be shipped."""
     paths = set()
     for unit in UNIT_FILES:
         for line in (REPO_ROOT / "systemd" / unit).read_text().splitlines():
-            if line.startswith("Documentation="):
-                paths |= {u.removeprefix("file://") for u in line.split("=", 1)[1].split()
-                          if u.startswith("file://")}
+            if not line.startswith("Documentation="):
+                continue
+            for uri in line.split("=", 1)[1].split():
+                if uri.startswith("file://"):
+                    paths.add(uri.removeprefix("file://"))
+                elif m := re.fullmatch(r"man:([^()]+)\((\d)\)", uri):
+                    paths.add(f"/usr/share/man/man{m[2]}/{m[1]}.{m[2]}.gz")
     assert paths, "the units name no installed documentation"
     return paths
 
