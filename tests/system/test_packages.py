@@ -13,6 +13,7 @@ state the previous one left, like an operator's host.
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -48,7 +49,31 @@ COMMON_FILES = [
     "/usr/share/man/man8/bao-kms-provider.8.gz",
     "/usr/share/man/man8/bao-kms-provider-serve.8.gz",
     "/usr/share/man/man8/bao-kms-provider-probe.8.gz",
+    "/usr/share/doc/bao-kms-provider/README.md",
+    "/usr/share/doc/bao-kms-provider/docs/prometheus/bao-kms-provider.rules.yml",
+    "/usr/share/doc/bao-kms-provider/docs/grafana/bao-kms-provider.json",
 ]
+# Every page of docs/ ships under the same relative path as in the source tree, so the README's
+# links resolve on an installed host.
+COMMON_FILES += sorted(f"/usr/share/doc/bao-kms-provider/docs/{p.name}"
+                       for p in (REPO_ROOT / "docs").glob("*.md"))
+
+
+def unit_documentation_files() -> set[str]:
+    """The local files the units' Documentation= lines name (file://PATH, man:NAME(SECTION));
+    each must be shipped."""
+    paths = set()
+    for unit in UNIT_FILES:
+        for line in (REPO_ROOT / "systemd" / unit).read_text().splitlines():
+            if not line.startswith("Documentation="):
+                continue
+            for uri in line.split("=", 1)[1].split():
+                if uri.startswith("file://"):
+                    paths.add(uri.removeprefix("file://"))
+                elif m := re.fullmatch(r"man:([^()]+)\((\d)\)", uri):
+                    paths.add(f"/usr/share/man/man{m[2]}/{m[1]}.{m[2]}.gz")
+    assert paths, "the units name no installed documentation"
+    return paths
 
 
 # ----------------------------------------------------------------- helpers
@@ -264,6 +289,7 @@ def test_deb_metadata_files_and_libc_only_dependencies(built_packages, tmp_path)
         "/usr/share/doc/bao-kms-provider/changelog.Debian.gz",
         "/usr/share/doc/bao-kms-provider/changelog.gz"]
     assert set(expected) <= files, set(expected) - files
+    assert unit_documentation_files() <= files, unit_documentation_files() - files
     subprocess.run(["dpkg-deb", "-e", deb, tmp_path / "control"], check=True)
     assert (tmp_path / "control" / "conffiles").read_text().split() == [CONFIG]
     subprocess.run(["dpkg-deb", "-x", deb, tmp_path / "root"], check=True)
@@ -405,6 +431,7 @@ def test_rpm_file_list_config_flags_requires_and_scriptlets(built_packages):
         "/usr/share/licenses/bao-kms-provider/LICENSE",
         "/usr/share/doc/bao-kms-provider/CHANGELOG.md"]
     assert set(expected) <= files, set(expected) - files
+    assert unit_documentation_files() <= files, unit_documentation_files() - files
     assert q("-c").split() == [CONFIG]
     flags = dict(line.split(" ", 1)[::-1] for line in
                  q("--qf", "[%{FILEFLAGS:fflags} %{FILENAMES}\n]").splitlines())
