@@ -261,16 +261,9 @@ HOST_PLAYBOOK = """\
 """
 
 
-def test_bao_kms_provider_role_renders_the_cluster_key_and_refuses_to_switch_it(
-        openbao, signer, configured, make_container, tmp_path, request):
-    """The host role, given only the cluster name, renders the key and JWT role the OpenBao role
-    created (the provider passes its probe with them); pointed at another cluster afterwards, it
-    refuses instead of switching the host to a key that cannot decrypt its seeds."""
-    from openbao import free_port
-    c = make_container()
-    playbook = tmp_path / "host.yml"
-    playbook.write_text(HOST_PLAYBOOK)
-    host = {
+def host_vars(c, request, openbao: OpenBao, signer: JwtSigner, **more) -> dict:
+    """cp1's variables for the host role: the container, the session's package, cluster alpha."""
+    return {
         "ansible_connection": "nsenter", "ansible_nsenter_pid": c.pid,
         "ansible_python_interpreter": "/usr/bin/python3", "ansible_become": False,
         "bao_kms_provider_package_file": str(provider_deb(request)),
@@ -281,9 +274,22 @@ def test_bao_kms_provider_role_renders_the_cluster_key_and_refuses_to_switch_it(
         "bao_kms_provider_cluster_id": "alpha",
         "bao_kms_provider_transit_mount_id": "transit-test",
         "bao_kms_provider_key_lineage_id": "lineage-1",
-        "bao_kms_provider_metrics_address": f"127.0.0.1:{free_port()}",
-        "bao_kms_provider_health_address": f"127.0.0.1:{free_port()}",
+        **more,
     }
+
+
+def test_bao_kms_provider_role_renders_the_cluster_key_and_refuses_to_switch_it(
+        openbao, signer, configured, make_container, tmp_path, request):
+    """The host role, given only the cluster name, renders the key and JWT role the OpenBao role
+    created (the provider passes its probe with them); pointed at another cluster afterwards, it
+    refuses instead of switching the host to a key that cannot decrypt its seeds."""
+    from openbao import free_port
+    c = make_container()
+    playbook = tmp_path / "host.yml"
+    playbook.write_text(HOST_PLAYBOOK)
+    host = host_vars(c, request, openbao, signer,
+                     bao_kms_provider_metrics_address=f"127.0.0.1:{free_port()}",
+                     bao_kms_provider_health_address=f"127.0.0.1:{free_port()}")
     inventory = {"all": {"vars": {"openbao_transit_cluster_name": "alpha"}, "hosts": {"cp1": host}}}
     run_playbook(str(playbook), inventory).assert_ok()
     config = c.read_file("/etc/openbao-kms/config.toml")
@@ -305,18 +311,7 @@ def test_bao_kms_provider_role_refuses_a_jwt_file_in_a_root_owned_directory(open
     c = make_container()
     playbook = tmp_path / "host.yml"
     playbook.write_text(HOST_PLAYBOOK)
-    host = {
-        "ansible_connection": "nsenter", "ansible_nsenter_pid": c.pid,
-        "ansible_python_interpreter": "/usr/bin/python3", "ansible_become": False,
-        "bao_kms_provider_package_file": str(provider_deb(request)),
-        "bao_kms_provider_openbao_address": openbao.addr,
-        "bao_kms_provider_openbao_ca_src": str(openbao.ca),
-        "bao_kms_provider_openbao_instance_id": "openbao-test",
-        "bao_kms_provider_jwt": jwt_for(signer, "alpha"),
-        "bao_kms_provider_cluster_id": "alpha",
-        "bao_kms_provider_transit_mount_id": "transit-test",
-        "bao_kms_provider_key_lineage_id": "lineage-1",
-    }
+    host = host_vars(c, request, openbao, signer)
     inventory = {"all": {"vars": {"openbao_transit_cluster_name": "alpha"}, "hosts": {"cp1": host}}}
     for jwt_file in ("/etc/openbao-kms/identity.jwt", "/etc/openbao-kms/tls/identity.jwt", "/etc//openbao-kms/x.jwt",
                      "/etc/identity.jwt", "/var/lib/identity.jwt", "/identity.jwt", "relative/identity.jwt",
