@@ -9,12 +9,17 @@
 //! HPACK state: the client's dynamic table is mirrored by one decoder per connection (every header
 //! block is decoded in order); toward h2 every field is a literal without indexing, so h2's
 //! dynamic table stays empty and cannot drift. Whatever cannot be decoded closes the connection.
+//!
+//! One more frame is changed: during a graceful shutdown, WINDOW_UPDATEs on streams the final
+//! GOAWAY refuses are discarded (`goaway` says why), so the bytes h2 writes are watched too.
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use zeroize::Zeroize;
+
+use super::goaway::{ServerFrames, PING_LEN};
 
 /// What the server advertises as SETTINGS_MAX_FRAME_SIZE (`server::serve` sets it); header
 /// frames are re-emitted at most this large.
@@ -31,10 +36,14 @@ const MAX_HEADER_FRAMES: usize = 16;
 const LOCAL_AUTHORITY: &[u8] = b"localhost";
 
 const PREFACE_LEN: usize = 24;
-const FRAME_HEADER_LEN: usize = 9;
+pub(super) const FRAME_HEADER_LEN: usize = 9;
 const HEADERS: u8 = 0x1;
 const PUSH_PROMISE: u8 = 0x5;
+pub(super) const PING: u8 = 0x6;
+pub(super) const GOAWAY: u8 = 0x7;
+const WINDOW_UPDATE: u8 = 0x8;
 const CONTINUATION: u8 = 0x9;
+const ACK: u8 = 0x1;
 const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 const PADDED: u8 = 0x8;
@@ -91,6 +100,8 @@ impl FrameHead {
 enum Want {
     /// Bytes to copy unchanged: the connection preface, then each non-header frame's payload.
     Passthrough(usize),
+    /// Bytes to drop: the payload of a discarded frame.
+    Discard(usize),
     FrameHeader,
     HeaderPayload(FrameHead),
 }
@@ -110,6 +121,11 @@ pub(crate) struct Rewriter {
     want: Want,
     block: Option<Block>,
     decoder: loona_hpack::Decoder<'static>,
+    server: ServerFrames,
+    /// The highest stream id the client opened.
+    max_opened: u32,
+    /// Set when the client ACKs a shutdown PING: streams above it are refused by the final GOAWAY.
+    refused_above: Option<u32>,
 }
 
 impl Rewriter {
@@ -120,7 +136,15 @@ impl Rewriter {
             want: Want::Passthrough(PREFACE_LEN),
             block: None,
             decoder,
+            server: ServerFrames::new(),
+            max_opened: 0,
+            refused_above: None,
         }
+    }
+
+    /// Bytes h2 wrote to the client, in order.
+    pub(crate) fn observe_written(&mut self, bytes: &[u8]) {
+        self.server.observe(bytes);
     }
 
     pub(crate) fn feed(
@@ -130,7 +154,7 @@ impl Rewriter {
     ) -> Result<(), FrameError> {
         loop {
             match self.want {
-                Want::Passthrough(0) => self.want = Want::FrameHeader,
+                Want::Passthrough(0) | Want::Discard(0) => self.want = Want::FrameHeader,
                 Want::Passthrough(n) => {
                     if input.is_empty() {
                         return Ok(());
@@ -141,6 +165,14 @@ impl Rewriter {
                     input[..take].zeroize();
                     input.advance(take);
                     self.want = Want::Passthrough(n - take);
+                }
+                Want::Discard(n) => {
+                    if input.is_empty() {
+                        return Ok(());
+                    }
+                    let take = n.min(input.len());
+                    input.advance(take);
+                    self.want = Want::Discard(n - take);
                 }
                 Want::FrameHeader => {
                     let Some(raw) = input.first_chunk::<FRAME_HEADER_LEN>() else {
@@ -154,6 +186,28 @@ impl Rewriter {
                         }
                         HEADERS | CONTINUATION => self.want = Want::HeaderPayload(head),
                         kind if self.block.is_some() => return Err(FrameError::Interleaved(kind)),
+                        PING if head.flags & ACK != 0 && head.len == PING_LEN => {
+                            let Some(payload) =
+                                input.get(FRAME_HEADER_LEN..FRAME_HEADER_LEN + PING_LEN)
+                            else {
+                                return Ok(());
+                            };
+                            if self.server.is_shutdown_ping(payload) {
+                                self.refused_above.get_or_insert(self.max_opened);
+                            }
+                            out.extend_from_slice(&input[..FRAME_HEADER_LEN]);
+                            self.want = Want::Passthrough(head.len);
+                        }
+                        WINDOW_UPDATE
+                            if head.stream != 0
+                                && self.refused_above.is_some_and(|last| head.stream > last) =>
+                        {
+                            tracing::debug!(
+                                stream = head.stream,
+                                "discarding a WINDOW_UPDATE on a stream the shutdown refused"
+                            );
+                            self.want = Want::Discard(head.len);
+                        }
                         _ => {
                             out.extend_from_slice(raw);
                             self.want = Want::Passthrough(head.len);
@@ -184,6 +238,7 @@ impl Rewriter {
                 return Err(FrameError::Interleaved(HEADERS));
             }
             let (priority, fragment) = split_headers_payload(head.flags, payload)?;
+            self.max_opened = self.max_opened.max(head.stream);
             self.block = Some(Block {
                 stream: head.stream,
                 flags: head.flags,
@@ -366,8 +421,9 @@ pub(crate) fn fuzz_frames(data: &[u8]) {
 
 const READ_CHUNK: usize = 16 * 1024;
 
-/// A server-side connection whose incoming HTTP/2 frames go through a `Rewriter`; writes are
-/// untouched. A `FrameError` surfaces as an `InvalidData` read error, which closes the connection.
+/// A server-side connection whose incoming HTTP/2 frames go through a `Rewriter`; writes pass
+/// unchanged and are shown to it. A `FrameError` surfaces as an `InvalidData` read error, which
+/// closes the connection.
 pub(crate) struct Rewrite<C> {
     inner: C,
     rewriter: Rewriter,
@@ -438,11 +494,16 @@ impl<C: AsyncRead + Unpin> AsyncRead for Rewrite<C> {
 
 impl<C: AsyncWrite + Unpin> AsyncWrite for Rewrite<C> {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            this.rewriter.observe_written(&buf[..n.min(buf.len())]);
+        }
+        r
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

@@ -295,3 +295,53 @@ fn arbitrary_bytes_never_panic() {
         let _ = run(&wire, (next() % 17 + 1) as usize);
     }
 }
+
+/// Behind the ACK of a PING the server sent after its GOAWAY, a WINDOW_UPDATE on a newly
+/// opened stream is dropped (h2 would answer it with GOAWAY(PROTOCOL_ERROR)); one on a stream
+/// opened before the ACK, and the connection-level one, pass. Any read split.
+#[test]
+fn window_updates_on_streams_refused_by_the_shutdown_are_dropped() {
+    let mut server = frame(GOAWAY, 0, 0, &[0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
+    server.extend(frame(PING, 0, 0, b"shutdown"));
+    let mut enc = loona_hpack::Encoder::new();
+    let mut wire = PREFACE.to_vec();
+    wire.extend(frame(0x4, 0, 0, &[]));
+    wire.extend(frame(
+        HEADERS,
+        END_HEADERS,
+        1,
+        &encode(&mut enc, &request(b"localhost")),
+    ));
+    wire.extend(frame(PING, ACK, 0, b"keepaliv"));
+    wire.extend(frame(PING, ACK, 0, b"shutdown"));
+    wire.extend(frame(
+        HEADERS,
+        END_HEADERS,
+        3,
+        &encode(&mut enc, &request(b"localhost")),
+    ));
+    wire.extend(frame(WINDOW_UPDATE, 0, 3, &[0, 0, 0x10, 0]));
+    wire.extend(frame(WINDOW_UPDATE, 0, 1, &[0, 0, 0x20, 0]));
+    wire.extend(frame(WINDOW_UPDATE, 0, 0, &[0, 0, 0x30, 0]));
+    for step in 1..wire.len() {
+        let mut r = Rewriter::new();
+        r.observe_written(&server);
+        let (mut input, mut out) = (BytesMut::new(), BytesMut::new());
+        for piece in wire.chunks(step) {
+            input.extend_from_slice(piece);
+            r.feed(&mut input, &mut out).expect("feed");
+        }
+        let (blocks, others) = parse(&out);
+        assert_eq!(blocks.len(), 2, "split {step}");
+        let updates: Vec<_> = others
+            .iter()
+            .filter(|(kind, _, _)| *kind == WINDOW_UPDATE)
+            .map(|(_, _, payload)| payload.clone())
+            .collect();
+        assert_eq!(
+            updates,
+            [vec![0, 0, 0x20, 0], vec![0, 0, 0x30, 0]],
+            "split {step}"
+        );
+    }
+}

@@ -5,6 +5,7 @@ mod authority;
 pub mod client;
 mod conn;
 mod error;
+mod goaway;
 mod server;
 mod service;
 mod validate;
