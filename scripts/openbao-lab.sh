@@ -18,8 +18,10 @@ TOKEN_MAX_TTL="${TOKEN_MAX_TTL:-24h}"
 # default, 150 s) and clock skew leeway (0: 60 s); -1 turns either off.
 JWT_EXPIRATION_LEEWAY="${JWT_EXPIRATION_LEEWAY:-0}"
 JWT_CLOCK_SKEW_LEEWAY="${JWT_CLOCK_SKEW_LEEWAY:-0}"
-SUBJECT="system:bao-kms-provider"
-AUDIENCE="bao-kms-provider"
+# The claims `jwt` mints (the role `setup` makes binds the first two).
+SUBJECT="${JWT_SUBJECT:-system:bao-kms-provider}"
+AUDIENCE="${JWT_AUDIENCE:-bao-kms-provider}"
+ISSUER="${JWT_ISSUER:-bao-kms-provider-lab}"
 
 die() { echo "openbao-lab: $*" >&2; exit 1; }
 
@@ -35,7 +37,8 @@ setup       enable Transit at $MOUNT, disable_upsert, key $KEY (aes256-gcm96, no
             role $ROLE (token_ttl=$TOKEN_TTL, token_max_ttl=$TOKEN_MAX_TTL,
             expiration_leeway=$JWT_EXPIRATION_LEEWAY, clock_skew_leeway=$JWT_CLOCK_SKEW_LEEWAY),
             mint DIR/identity.jwt
-jwt         mint DIR/identity.jwt again with the signing key in DIR (default TTL 3600 s)
+jwt         mint DIR/identity.jwt again with the signing key in DIR (default TTL 3600 s;
+            env JWT_SUBJECT, JWT_AUDIENCE, JWT_ISSUER change its claims)
 cert-setup  make a client CA and certificate in DIR and a cert auth role $ROLE trusting it
 USAGE
 }
@@ -63,8 +66,8 @@ mint_jwt() {
   [[ -f "$dir/jwt-signing.pem" ]] || die "no signing key in $dir (run setup first)"
   now=$(date +%s)
   header=$(printf '{"alg":"RS256","typ":"JWT"}' | b64url)
-  payload=$(printf '{"iss":"bao-kms-provider-lab","sub":"%s","aud":"%s","iat":%d,"nbf":%d,"exp":%d,"jti":"%s"}' \
-    "$SUBJECT" "$AUDIENCE" "$now" "$((now - 5))" "$((now + ttl))" "$(openssl rand -hex 8)" | b64url)
+  payload=$(printf '{"iss":"%s","sub":"%s","aud":"%s","iat":%d,"nbf":%d,"exp":%d,"jti":"%s"}' \
+    "$ISSUER" "$SUBJECT" "$AUDIENCE" "$now" "$((now - 5))" "$((now + ttl))" "$(openssl rand -hex 8)" | b64url)
   sig=$(printf '%s.%s' "$header" "$payload" | openssl dgst -sha256 -sign "$dir/jwt-signing.pem" -binary | b64url)
   umask 077
   printf '%s.%s.%s\n' "$header" "$payload" "$sig" > "$dir/identity.jwt.tmp"

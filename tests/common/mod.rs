@@ -170,6 +170,11 @@ impl Bao {
         Self::start_with(&[]).await
     }
 
+    /// A dev server with nothing configured (root token `root`), for tests that set it up.
+    pub async fn start_empty() -> Bao {
+        Self::spawn_retrying(false).await
+    }
+
     /// `env` is passed to scripts/openbao-lab.sh (e.g. TOKEN_TTL, TOKEN_MAX_TTL).
     pub async fn start_with(env: &[(&str, &str)]) -> Bao {
         Self::start_opts(false, env).await
@@ -195,12 +200,16 @@ impl Bao {
     }
 
     async fn start_opts(tls: bool, env: &[(&str, &str)]) -> Bao {
-        // Another process can still take the port between our check and bao's bind; bao then
-        // exits at once, and a fresh port is tried (the log is shown if every try fails).
+        Self::spawn_retrying(tls).await.configure(tls, env)
+    }
+
+    /// Another process can still take the port between our check and bao's bind; bao then
+    /// exits at once, and a fresh port is tried (the log is shown if every try fails).
+    async fn spawn_retrying(tls: bool) -> Bao {
         let mut logs = String::new();
         for _ in 0..4 {
             match Self::spawn(tls).await {
-                Ok(bao) => return bao.configure(tls, env),
+                Ok(bao) => return bao,
                 Err(log) => logs.push_str(&log),
             }
         }
