@@ -111,15 +111,15 @@ RELEASE_RUSTFLAGS := $(RUSTFLAGS) --remap-path-prefix=$(CURDIR)=/usr/src/bao-kms
 RELEASE_ENV := PATH=$(PKG_TOOLS_PATH) SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) RUSTFLAGS="$(RELEASE_RUSTFLAGS)"
 
 # Release binary, a stripped copy (for the .rpm) and man pages generated from the clap
-# definitions (gzipped without timestamps: cargo-deb does not compress files under target/).
+# definitions and docs/configuration.md (gzipped without timestamps: cargo-deb does not compress files under target/).
 package-files: tools
 	$(RELEASE_ENV) $(CARGO) auditable build --release --locked
 	install -d $(TARGET_DIR)/release/stripped
 	strip -o $(TARGET_DIR)/release/stripped/bao-kms-provider $(TARGET_DIR)/release/bao-kms-provider
 	rm -rf $(TARGET_DIR)/release/man
 	$(RELEASE_ENV) $(CARGO) auditable run --release --locked --quiet --example mangen -- $(TARGET_DIR)/release/man $(MAN_DATE) >/dev/null
-	gzip -9nkf $(TARGET_DIR)/release/man/*.8
-	touch -d @$(SOURCE_DATE_EPOCH) $(TARGET_DIR)/release/man/*.8.gz
+	gzip -9nkf $(TARGET_DIR)/release/man/*.8 $(TARGET_DIR)/release/man/*.5
+	touch -d @$(SOURCE_DATE_EPOCH) $(TARGET_DIR)/release/man/*.[58].gz
 
 deb: tools package-files
 	install -d $(PKG_DIR)

@@ -1,5 +1,6 @@
 //! Writes the man pages, generated from the same clap definitions as `--help`, so they never
-//! drift: `bao-kms-provider.8` plus one `bao-kms-provider-<subcommand>.8` page per subcommand.
+//! drift: `bao-kms-provider.8` plus one `bao-kms-provider-<subcommand>.8` page per subcommand,
+//! and `bao-kms-provider.toml.5` from docs/configuration.md (`config_page`).
 //! Used by `make deb` / `make rpm`: `cargo run --release --example mangen -- OUT_DIR [DATE]`.
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,9 @@ use clap::CommandFactory;
 use clap_mangen::roff::{bold, italic, roman, Roff};
 use clap_mangen::Man;
 
+#[path = "mangen/config_page.rs"]
+mod config_page;
+
 const SECTION: &str = "8";
 const MANUAL: &str = "System Administration";
 
@@ -17,7 +21,7 @@ const MANUAL: &str = "System Administration";
 fn extra_sections(roff: &mut Roff) {
     roff.control("SH", ["FILES"]);
     for (path, what) in [
-        ("/etc/openbao-kms/config.toml", "Configuration (TOML). The packaged default is commented out and not valid on its own; see the example below."),
+        ("/etc/openbao-kms/config.toml", "Configuration (TOML), described in bao-kms-provider.toml(5). The packaged default is commented out and not valid on its own; see the example below."),
         ("/usr/share/doc/bao-kms-provider/examples/config.toml", "Every setting with its default and an explanation."),
         ("/run/openbao-kms/kms.sock", "KMS v2 socket for kube-apiserver, held by bao-kms-provider.socket."),
         ("/var/lib/openbao-kms", "Key registry (state_dir). Part of the storage contract: the packages never remove it unless BAO_KMS_PURGE_STATE=yes is set for the purge (docs/packaging.md)."),
@@ -36,6 +40,8 @@ fn extra_sections(roff: &mut Roff) {
     ))]);
     roff.control("SH", ["SEE ALSO"]);
     roff.text([
+        bold("bao-kms-provider.toml"),
+        roman("(5), "),
         bold("systemctl"),
         roman("(1), "),
         bold("systemd.socket"),
@@ -59,6 +65,14 @@ fn write_page(man: &Man, dir: &Path, extra: bool) -> std::io::Result<PathBuf> {
     let mut f = std::fs::File::create(&path)?;
     f.write_all(&out)?;
     Ok(path)
+}
+
+fn write_config_page(dir: &Path, date: &str) -> std::io::Result<()> {
+    let path = dir.join(config_page::FILE_NAME);
+    let mut f = std::fs::File::create(&path)?;
+    config_page::render(date).to_writer(&mut f)?;
+    println!("{}", path.display());
+    Ok(())
 }
 
 fn generate(cmd: &clap::Command, dir: &Path, date: &str, top: bool) -> std::io::Result<()> {
@@ -86,7 +100,9 @@ fn main() -> ExitCode {
         .unwrap_or_default();
     let mut cmd = Cli::command().disable_help_subcommand(true);
     cmd.build();
-    let result = std::fs::create_dir_all(&dir).and_then(|()| generate(&cmd, &dir, &date, true));
+    let result = std::fs::create_dir_all(&dir)
+        .and_then(|()| generate(&cmd, &dir, &date, true))
+        .and_then(|()| write_config_page(&dir, &date));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -49,6 +49,7 @@ COMMON_FILES = [
     "/usr/share/man/man8/bao-kms-provider.8.gz",
     "/usr/share/man/man8/bao-kms-provider-serve.8.gz",
     "/usr/share/man/man8/bao-kms-provider-probe.8.gz",
+    "/usr/share/man/man5/bao-kms-provider.toml.5.gz",
     "/usr/share/doc/bao-kms-provider/README.md",
     "/usr/share/doc/bao-kms-provider/docs/prometheus/bao-kms-provider.rules.yml",
     "/usr/share/doc/bao-kms-provider/docs/grafana/bao-kms-provider.json",
