@@ -1,9 +1,9 @@
 //! `encryption-config --stage read|write|rollback --existing-config FILE` through the real binary,
 //! for the real EncryptionConfiguration files in tests/testdata/kubeadm/encryption-configs: every
 //! output is a valid EncryptionConfiguration with the stage's provider order that keeps every
-//! existing provider and key, the kube_apiserver_kms role's own validator accepts it, and it is
-//! the document the role writes for the same input (its module_utils, run with the test venv's
-//! Python). Bad files are refused with exit 64, naming the file and field, never a key.
+//! existing provider and key, and the kube_apiserver_kms role's own validator accepts it (its
+//! module_utils, run with the test venv's Python; the role writes what this command prints).
+//! Bad files are refused with exit 64, naming the file and field, never a key.
 pub mod common;
 
 use std::path::{Path, PathBuf};
@@ -184,30 +184,16 @@ fn assert_valid(
     }
 }
 
-/// The role's module_utils: the document it writes per stage, and its validator on our output.
+/// The role's module_utils validator (what it checks before showing a summary) on every output.
 const ROLE_SCRIPT: &str = r#"
 import importlib.util, json, sys
 spec = importlib.util.spec_from_file_location("ec", sys.argv[1])
 ec = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(ec)
 
-def attempt(f):
-    try:
-        return {"doc": f()}
-    except ec.EncryptionConfigError as e:
-        return {"error": str(e)}
-
 out = []
 for case in json.load(sys.stdin):
-    r = case["rendered"]
-    existing = ec.parse(open(case["existing"]).read(), case["existing"])
-    res = {s: attempt(lambda s=s: ec.decide(r, None, existing, s)) for s in ("read", "write", "rollback")}
-    if "doc" in res["read"]:
-        res["write_after_read"] = attempt(lambda: ec.decide(r, res["read"]["doc"], None, "write"))
-    if "doc" in res["write"]:
-        for s in ("read", "rollback"):
-            res[s + "_after_write"] = attempt(lambda s=s: ec.decide(r, res["write"]["doc"], None, s))
-    res["invalid"] = []
+    res = {"invalid": []}
     for name, text in sorted(case["outputs"].items()):
         try:
             ec.validate(json.loads(text), name)
@@ -246,7 +232,7 @@ fn role(cases: &Value) -> Vec<Value> {
 }
 
 #[test]
-fn each_stage_is_valid_and_what_the_role_writes_for_real_existing_configs() {
+fn each_stage_is_valid_for_real_existing_configs_and_the_role_accepts_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = config(dir.path(), "3s");
     let mut cases = Vec::new();
@@ -335,36 +321,26 @@ fn each_stage_is_valid_and_what_the_role_writes_for_real_existing_configs() {
             }
         }
     }
-    let expected = role(&Value::Array(cases));
-    assert_eq!(expected.len(), runs.len());
-    let mut compared = 0;
-    for ((what, got), want) in runs.iter().zip(&expected) {
-        assert_eq!(want["invalid"], json!([]), "{what}: the role's validator");
-        for (key, want) in want.as_object().expect("object") {
-            if key == "invalid" {
-                continue;
-            }
-            let run = &got[key];
-            if let Some(doc) = want.get("doc") {
-                assert_eq!(run[0], 0, "{what} {key}: {}", run[2]);
-                let ours: Value =
-                    serde_json::from_str(run[1].as_str().expect("stdout")).expect("JSON");
-                assert_eq!(&ours, doc, "{what} {key}");
-            } else {
-                // The role refuses (the KMS v2 name would be in two entries): so does the binary.
-                assert_eq!(run[0], 64, "{what} {key}: the role says {}", want["error"]);
-                let stderr = run[2].as_str().expect("stderr");
-                assert!(stderr.contains("only once"), "{what} {key}: {stderr}");
-            }
-            compared += 1;
-        }
+    let checked = role(&Value::Array(cases));
+    assert_eq!(checked.len(), runs.len());
+    for ((what, _), res) in runs.iter().zip(&checked) {
+        assert_eq!(res["invalid"], json!([]), "{what}: the role's validator");
     }
-    // Both the accepted and the refused paths were compared.
-    assert!(compared >= 40, "only {compared} comparisons");
-    assert!(expected.iter().any(|e| e["read"].get("error").is_some()));
-    assert!(expected
+    // Both paths were taken: merges that were written, and merges refused because the KMS v2
+    // name would be in two entries (exit 64, "only once").
+    let refused = runs
         .iter()
-        .any(|e| e["write_after_read"].get("doc").is_some()));
+        .flat_map(|(_, got)| got.values())
+        .filter(|r| r[0] == 64 && r[2].as_str().is_some_and(|e| e.contains("only once")))
+        .count();
+    let written = runs
+        .iter()
+        .filter(|(_, got)| got.contains_key("write_after_read"))
+        .count();
+    assert!(
+        refused > 0 && written > 0,
+        "refused {refused}, written {written}"
+    );
 }
 
 #[test]

@@ -5,6 +5,16 @@ use std::time::Duration;
 use anyhow::Result;
 
 use super::stage::{self, Ours, Stage};
+
+/// Where the provider goes in the printed configuration: the stage, the file it merges with,
+/// and whether the providers that file carried over are left out (write stage only).
+#[derive(Clone, Copy)]
+pub(crate) struct Placement<'a> {
+    pub(crate) stage: Stage,
+    pub(crate) existing: Option<&'a stage::Existing>,
+    pub(crate) drop_previous: bool,
+}
+
 use super::{load, parse_duration, ConfigArg};
 use crate::config::Settings;
 
@@ -40,11 +50,20 @@ pub(crate) struct EncryptionConfigArgs {
     /// Without it the cluster stores the resources in plaintext today (identity).
     #[arg(long, value_name = "FILE")]
     pub(crate) existing_config: Option<std::path::PathBuf>,
+    /// Write stage: leave out the providers --existing-config carried over (aescbc, another
+    /// kms, ...), keeping this provider (and identity unless --no-identity). Only after the
+    /// migration rewrote every object they stored: what is still stored under them becomes
+    /// unreadable. Identity-only entries for other resources stay.
+    #[arg(long, requires = "existing_config")]
+    pub(crate) drop_previous: bool,
 }
 
 /// The EncryptionConfiguration as JSON (valid YAML, which kube-apiserver reads): a serializer, not
 /// string formatting, so resources such as `*.*` or a provider name such as `true` stay strings.
 pub(crate) fn encryption_config(a: &EncryptionConfigArgs) -> Result<ExitCode> {
+    if a.drop_previous && a.stage != Stage::Write {
+        anyhow::bail!("--drop-previous: only with --stage write (the read and rollback stages keep every provider)");
+    }
     let s = load(&a.config)?;
     let name = &s.transit.key_id_scope.provider_name;
     let existing = a
@@ -58,8 +77,11 @@ pub(crate) fn encryption_config(a: &EncryptionConfigArgs) -> Result<ExitCode> {
         &s.server.socket_path.display().to_string(),
         a.timeout.unwrap_or(s.server.kms_timeout),
         !a.no_identity,
-        a.stage,
-        existing.as_ref(),
+        Placement {
+            stage: a.stage,
+            existing: existing.as_ref(),
+            drop_previous: a.drop_previous,
+        },
     )?;
     println!("{}", serde_json::to_string_pretty(&doc)?);
     Ok(ExitCode::SUCCESS)
@@ -73,8 +95,7 @@ pub(crate) fn encryption_config_document(
     socket_path: &str,
     timeout: Duration,
     identity: bool,
-    stage: Stage,
-    existing: Option<&stage::Existing>,
+    placement: Placement<'_>,
 ) -> Result<serde_json::Value> {
     let resources: Vec<String> = resources.iter().map(|r| r.trim().to_owned()).collect();
     if resources.is_empty() || resources.iter().any(|r| r.is_empty()) {
@@ -92,7 +113,12 @@ pub(crate) fn encryption_config_document(
         resources: &resources,
         identity,
     };
-    Ok(stage::build(&ours, existing, stage)?)
+    Ok(stage::build(
+        &ours,
+        placement.existing,
+        placement.stage,
+        placement.drop_previous,
+    )?)
 }
 
 /// A duration in Go's `time.ParseDuration` grammar (kube-apiserver parses the timeout with it):
@@ -120,6 +146,13 @@ pub(crate) fn go_duration(d: Duration) -> Result<String> {
 mod tests {
     use super::*;
 
+    /// The write stage without an existing configuration.
+    const WRITE: Placement<'static> = Placement {
+        stage: Stage::Write,
+        existing: None,
+        drop_previous: false,
+    };
+
     #[test]
     fn timeouts_use_go_duration_grammar() {
         let ms = Duration::from_millis;
@@ -140,8 +173,7 @@ mod tests {
             "/run/x.sock",
             Duration::from_secs(3),
             true,
-            Stage::Write,
-            None,
+            WRITE,
         )
         .unwrap();
         assert_eq!(
@@ -159,8 +191,7 @@ mod tests {
             "/s",
             Duration::from_secs(1),
             false,
-            Stage::Write,
-            None,
+            WRITE,
         );
         assert!(empty.unwrap_err().to_string().contains("--resources"));
     }

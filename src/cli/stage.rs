@@ -1,6 +1,6 @@
 //! Where this provider goes among the providers kube-apiserver already has, per rollout stage:
-//! the EncryptionConfiguration `encryption-config --stage` prints, the same order the
-//! kube_apiserver_kms role writes (its `module_utils/kube_apiserver_encryption_config.py`).
+//! the EncryptionConfiguration `encryption-config --stage` prints. The kube_apiserver_kms role
+//! writes exactly this (its module runs the command), so the order is stated here only.
 //!
 //! - read / rollback: the existing providers (or identity) first, this kms provider after them:
 //!   kube-apiserver reads what the provider stored but writes as before.
@@ -286,10 +286,13 @@ pub(crate) fn covers(pattern: &str, resource_name: &str) -> bool {
 
 /// The EncryptionConfiguration for `stage`: this provider alone (with identity) when there is no
 /// existing configuration, otherwise merged into it per resource entry.
+/// `drop_previous` (write stage only): the providers `existing` carried over are left out; identity
+/// stays when `ours.identity`.
 pub(crate) fn build(
     ours: &Ours<'_>,
     existing: Option<&Existing>,
     stage: Stage,
+    drop_previous: bool,
 ) -> Result<Value, StageError> {
     if let Some(e) = existing {
         if stage == Stage::Read && e.lists_ours {
@@ -316,6 +319,9 @@ pub(crate) fn build(
             continue;
         }
         let providers: Vec<Value> = match stage {
+            Stage::Write if drop_previous => std::iter::once(ours.kms.clone())
+                .chain(ours.identity.then(identity))
+                .collect(),
             Stage::Write => std::iter::once(ours.kms.clone())
                 .chain(
                     old.iter()
@@ -420,7 +426,7 @@ mod tests {
             identity,
         };
         let existing = existing.map(|t| parse_existing(t, Path::new("old.yaml"), NAME).unwrap());
-        build(&ours, existing.as_ref(), stage).unwrap()
+        build(&ours, existing.as_ref(), stage, false).unwrap()
     }
 
     fn row(resources: &[&str], providers: &[&str]) -> (Vec<String>, Vec<String>) {
@@ -482,6 +488,39 @@ mod tests {
     }
 
     #[test]
+    fn drop_previous_leaves_out_what_the_existing_config_carried_but_not_exemptions() {
+        let k = "kms:openbao-kms";
+        let text = format!("{AESCBC}- resources: [configmaps]\n  providers:\n  - identity: {{}}\n");
+        let resources: Vec<String> = vec!["secrets".into()];
+        for (identity, want) in [(true, vec![k, "identity"]), (false, vec![k])] {
+            let ours = Ours {
+                kms: kms(),
+                name: NAME,
+                resources: &resources,
+                identity,
+            };
+            let existing = parse_existing(&text, Path::new("old.yaml"), NAME).unwrap();
+            let written = build(&ours, Some(&existing), Stage::Write, false).unwrap();
+            let mine = parse_existing(&written.to_string(), Path::new("ours.yaml"), NAME).unwrap();
+            let dropped = build(&ours, Some(&mine), Stage::Write, true).unwrap();
+            assert_eq!(
+                providers_of(&dropped),
+                vec![
+                    row(&["secrets"], &want),
+                    row(&["configmaps"], &["identity"])
+                ],
+                "identity {identity}"
+            );
+            // Dropping again changes nothing.
+            let again = parse_existing(&dropped.to_string(), Path::new("ours.yaml"), NAME).unwrap();
+            assert_eq!(
+                build(&ours, Some(&again), Stage::Write, true).unwrap(),
+                dropped
+            );
+        }
+    }
+
+    #[test]
     fn resources_no_entry_selects_get_their_own_entry_first_and_exemptions_stay() {
         let events_exempt =
             "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n\
@@ -511,7 +550,7 @@ mod tests {
         };
         let existing = parse_existing(AESCBC, Path::new("old.yaml"), NAME).unwrap();
         for stage in [Stage::Read, Stage::Write, Stage::Rollback] {
-            let err = build(&ours, Some(&existing), stage).unwrap_err();
+            let err = build(&ours, Some(&existing), stage, false).unwrap_err();
             let msg = err.to_string();
             assert!(
                 matches!(err, StageError::DuplicateProvider { count: 2, .. }),
@@ -578,7 +617,7 @@ mod tests {
             resources: &secrets,
             identity: false,
         };
-        let err = build(&ours, Some(&existing), Stage::Write).unwrap_err();
+        let err = build(&ours, Some(&existing), Stage::Write, false).unwrap_err();
         assert!(matches!(err, StageError::DuplicateProvider { .. }), "{err}");
     }
 

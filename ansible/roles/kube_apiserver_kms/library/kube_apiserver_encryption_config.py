@@ -11,9 +11,10 @@ DOCUMENTATION = r"""
 module: kube_apiserver_encryption_config
 short_description: Write kube-apiserver's EncryptionConfiguration for bao-kms-provider, on data
 description:
-  - Computes the EncryptionConfiguration for a rollout stage from what C(bao-kms-provider encryption-config)
-    printed (O(rendered)), the file as it is (O(path)) and, in merge mode on the first run, the cluster's
+  - Has C(bao-kms-provider encryption-config --stage) (O(render_argv)) compute the EncryptionConfiguration
+    for a rollout stage from the file as it is (O(path)) or, in merge mode on the first run, the cluster's
     existing EncryptionConfiguration (O(existing)), and writes it to O(path) (mode 0600) when it differs.
+    The provider order of each stage is the provider's, stated once in its C(--help).
   - Stage C(read) and C(rollback) put the existing providers (or identity) first and the KMS provider after
     them; C(write) puts the KMS provider first and keeps the existing providers after it. A C(read) stage
     keeps a file that already lists the KMS provider.
@@ -28,6 +29,11 @@ options:
   rendered:
     description: The JSON C(bao-kms-provider encryption-config) printed. Required unless O(state=query).
     type: str
+  render_argv:
+    description: The C(bao-kms-provider encryption-config) command that printed O(rendered), without C(--stage),
+      C(--existing-config) and C(--drop-previous), which the module adds. Required unless O(state=query).
+    type: list
+    elements: str
   provider_name:
     description: The KMS provider's name (for O(state=query) without O(rendered)).
     type: str
@@ -66,6 +72,7 @@ EXAMPLES = r"""
   kube_apiserver_encryption_config:
     path: /etc/kubernetes/encryption/openbao-kms/encryption-config.yaml
     rendered: "{{ rendered.stdout }}"
+    render_argv: [bao-kms-provider, encryption-config, --config, /etc/openbao-kms/config.toml]
     stage: write
 """
 
@@ -89,7 +96,7 @@ import os
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.kube_apiserver_encryption_config import (EncryptionConfigError, decide, parse, render,
+from ansible.module_utils.kube_apiserver_encryption_config import (EncryptionConfigError, lists, parse, render,
                                                                    summary, our_parts)
 
 
@@ -98,11 +105,33 @@ def _read(path):
         return f.read()
 
 
+def staged(module, argv, stage, existing_path, drop_previous):
+    """The provider's EncryptionConfiguration for `stage`, merged with the file at existing_path."""
+    cmd = list(argv) + ["--stage", stage]
+    if existing_path:
+        cmd += ["--existing-config", existing_path]
+    if drop_previous and stage == "write":
+        cmd.append("--drop-previous")
+    rc, out, err = module.run_command(cmd)
+    if rc != 0:
+        # The provider names the file and field, never a key.
+        raise EncryptionConfigError("%s (exit %d): %s" % (" ".join(cmd), rc, err.strip()))
+    try:
+        doc = json.loads(out)
+        # Each entry as "resources" then "providers", as files written before have it, so an
+        # unchanged configuration is byte for byte the same file.
+        return {"apiVersion": doc["apiVersion"], "kind": doc["kind"],
+                "resources": [{"resources": e["resources"], "providers": e["providers"]} for e in doc["resources"]]}
+    except (ValueError, KeyError, TypeError) as e:
+        raise EncryptionConfigError("%s printed no EncryptionConfiguration: %s" % (" ".join(cmd), e))
+
+
 def main():
     module = AnsibleModule(
         argument_spec={
             "path": {"type": "path", "required": True},
             "rendered": {"type": "str"},
+            "render_argv": {"type": "list", "elements": "str"},
             "provider_name": {"type": "str"},
             "resources": {"type": "list", "elements": "str"},
             "stage": {"type": "str", "choices": ["read", "write", "rollback"], "default": "write"},
@@ -111,7 +140,7 @@ def main():
             "drop_previous": {"type": "bool", "default": False},
             "state": {"type": "str", "choices": ["present", "query"], "default": "present"},
         },
-        required_if=[("state", "present", ("rendered",))],
+        required_if=[("state", "present", ("rendered", "render_argv"))],
         supports_check_mode=True,
     )
     p = module.params
@@ -136,16 +165,22 @@ def main():
         before = summary(current, name, resources) if current is not None else None
         if p["state"] == "query":
             module.exit_json(changed=False, exists=current is not None, summary=before, before=before)
-        existing = None
+        # Which file the provider merges with: ours once it lists the provider (later runs), else the
+        # cluster's existing configuration (merge mode, first run), else none.
+        merge_with = path if current is not None and lists(current, name) else None
         if p["existing"] and os.path.realpath(p["existing"]) != os.path.realpath(path):
             if p["existing_config"] != "merge":
                 raise EncryptionConfigError(
                     "kube-apiserver already uses the EncryptionConfiguration %s. Replacing it would make every "
                     "object written under it unreadable. Set kube_apiserver_kms_existing_config: merge to carry its "
                     "providers into %s" % (p["existing"], path))
-            if current is None or not summary(current, name, resources)["lists_kms"]:
-                existing = parse(_read(p["existing"]), p["existing"])
-        new = decide(rendered, current, existing, p["stage"], p["drop_previous"])
+            if merge_with is None:
+                if lists(parse(_read(p["existing"]), p["existing"]), name):
+                    raise EncryptionConfigError(
+                        "the existing EncryptionConfiguration %s already has a kms provider named %r; choose another "
+                        "provider_name" % (p["existing"], name))
+                merge_with = p["existing"]
+        new = staged(module, p["render_argv"], p["stage"], merge_with, p["drop_previous"])
     except (OSError, UnicodeDecodeError) as e:
         module.fail_json(msg="cannot read an EncryptionConfiguration: %s" % e)
     except EncryptionConfigError as e:

@@ -1,23 +1,16 @@
 # -*- coding: utf-8 -*-
 # Copyright: bao-kms-provider authors
 # Apache License 2.0 (see LICENSE)
-"""The EncryptionConfiguration the rollout writes, computed on data: pure functions, no I/O.
-
-Inputs are the document `bao-kms-provider encryption-config` prints (our KMS provider for our
-resources), optionally the providers a cluster already had (another EncryptionConfiguration: aescbc,
-aesgcm, secretbox, another kms...), and the stage:
-
-- read / rollback: every API server can read what the provider stored but does not write with it:
-  existing providers (or identity) first, our kms after them.
-- write: our kms first, the existing providers after it, so everything written under them stays
-  readable until the migration rewrote it and drop_previous removes them.
+"""Reading EncryptionConfigurations on data: pure functions, no I/O. The order of the providers
+per rollout stage is not computed here: `bao-kms-provider encryption-config --stage` does that (the
+kube_apiserver_encryption_config module runs it). Here: validating a file, what the provider's own
+render holds, whether a file lists the provider, and a summary that shows provider types, never keys.
 
 Error messages name entries and provider types, never key material: existing files hold keys.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 
@@ -26,7 +19,6 @@ KIND = "EncryptionConfiguration"
 PROVIDER_TYPES = ("aescbc", "aesgcm", "secretbox", "kms", "identity")
 KEY_TYPES = ("aescbc", "aesgcm", "secretbox")
 IDENTITY = {"identity": {}}
-STAGES = ("read", "write", "rollback")
 
 
 class EncryptionConfigError(Exception):
@@ -118,84 +110,6 @@ def our_parts(rendered):
     if len(rendered["resources"]) != 1 or "kms" not in providers[0]:
         raise EncryptionConfigError("the rendered EncryptionConfiguration is not one entry with kms first")
     return providers[0], list(entry["resources"]), IDENTITY in providers[1:]
-
-
-def previous_from_ours(current, name):
-    """The entries as they were before us, from our own file on a later run: each entry without our kms
-    provider. Entries we added ourselves come back as identity-only (or empty) entries for our
-    resources, which build() turns into the same entries again, so a later run changes nothing."""
-    return [{"resources": list(entry["resources"]),
-             "providers": [p for p in entry["providers"] if not _is_ours(p, name)],
-             "had_kms": any(_is_ours(p, name) for p in entry["providers"])}
-            for entry in current["resources"]]
-
-
-def _ours_first(kms, stage, identity):
-    if stage == "write":
-        return [kms] + ([IDENTITY] if identity else [])
-    return [IDENTITY, kms]
-
-
-def build(rendered, previous, stage, drop_previous=False):
-    """The EncryptionConfiguration for `stage`. previous: None (nothing before us) or the list of
-    resource entries that were there before us (without our kms provider)."""
-    if stage not in STAGES:
-        raise EncryptionConfigError("stage %r: expected one of %s" % (stage, ", ".join(STAGES)))
-    kms, resources, identity = our_parts(rendered)
-    name = kms["kms"]["name"]
-    entries = []
-    for n, entry in enumerate(previous or []):
-        if any(_is_ours(p, name) for p in entry["providers"]):
-            raise EncryptionConfigError("the existing EncryptionConfiguration already has a kms provider named %r "
-                                        "(resources[%d]); choose another provider_name" % (name, n))
-    remaining = list(resources)
-    for entry in previous or []:
-        mine = [r for r in remaining if _covered_by(entry, r)]
-        remaining = [r for r in remaining if r not in mine]
-        old = [copy.deepcopy(p) for p in entry["providers"]]
-        had_kms = entry.get("had_kms", False)
-        if not mine and not old and not had_kms:
-            continue
-        if not mine and not had_kms and all(p == IDENTITY for p in old):
-            # An explicit exemption (identity only) for resources we do not encrypt: left as it is.
-            entries.append({"resources": list(entry["resources"]), "providers": old})
-            continue
-        if stage == "write":
-            kept = [] if drop_previous else [p for p in old if identity or p != IDENTITY]
-            if drop_previous and identity:
-                kept = [IDENTITY]
-            providers = [kms] + kept
-        else:
-            providers = (old or [IDENTITY]) + [kms]
-        entries.append({"resources": list(entry["resources"]), "providers": providers})
-    if remaining:
-        # Not selected by any existing entry (so stored in plaintext): an entry of their own, first.
-        entries.insert(0, {"resources": remaining, "providers": _ours_first(kms, stage, identity)})
-    with_ours = [e["resources"] for e in entries if any(_is_ours(p, name) for p in e["providers"])]
-    if len(with_ours) > 1:
-        # kube-apiserver refuses to start with one KMS v2 name in two places ("duplicate KMS provider
-        # name"), so such a file would take the API server down: refused before anything is written.
-        raise EncryptionConfigError(
-            "merging would put the kms provider %r into %d resource entries (%s), and kube-apiserver accepts a KMS v2 "
-            "provider name only once per EncryptionConfiguration; merge supports an existing configuration whose "
-            "encrypted resources and the provider's resources end up in one entry: move them into one entry first"
-            % (name, len(with_ours), "; ".join("[%s]" % ", ".join(r) for r in with_ours)))
-    return {"apiVersion": API_VERSION, "kind": KIND, "resources": entries}
-
-
-def decide(rendered, current, existing, stage, drop_previous=False):
-    """What our file must hold. current: our file as it is (parsed) or None; existing: the host's other
-    EncryptionConfiguration (parsed, merge mode, first run) or None. A read pass keeps a file that
-    already lists our provider, so a later run of the two-pass playbook never undoes the write pass."""
-    kms, _, _ = our_parts(rendered)
-    name = kms["kms"]["name"]
-    if current is not None and lists(current, name):
-        if stage == "read":
-            return current
-        return build(rendered, previous_from_ours(current, name), stage, drop_previous)
-    if existing is not None:
-        return build(rendered, existing["resources"], stage, drop_previous)
-    return build(rendered, None, stage, drop_previous)
 
 
 def lists(doc, name):
