@@ -63,8 +63,9 @@ pub(crate) fn decrypt_path(mount: &str, key: &str) -> String {
 }
 
 fn can_update(caps: &BTreeMap<String, Vec<String>>, path: &str) -> bool {
-    caps.get(path)
-        .is_some_and(|c| c.iter().any(|c| c == "update" || c == "root"))
+    super::privilege::granted(caps, path)
+        .iter()
+        .any(|c| matches!(*c, "update" | "root"))
 }
 
 /// One finding per line: the probe keys the token can decrypt with, then each other

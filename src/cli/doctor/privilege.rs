@@ -77,7 +77,8 @@ pub(crate) fn paths(forbidden: &[Forbidden], needed: &[Needed]) -> Vec<String> {
     out
 }
 
-fn granted<'a>(caps: &'a BTreeMap<String, Vec<String>>, path: &str) -> Vec<&'a str> {
+/// The capabilities `sys/capabilities-self` reported for `path`, without `deny`.
+pub(super) fn granted<'a>(caps: &'a BTreeMap<String, Vec<String>>, path: &str) -> Vec<&'a str> {
     caps.get(path)
         .map(|c| {
             c.iter()
