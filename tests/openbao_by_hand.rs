@@ -46,17 +46,14 @@ fn path_with_tools(dir: &Path) -> String {
 }
 
 fn mint(dir: &Path, cluster: &str) {
-    let out = Command::new(repo_root().join("scripts/openbao-lab.sh"))
-        .args(["jwt", &dir.to_string_lossy(), "3600"])
-        .env("JWT_SUBJECT", format!("system:bao-kms-provider:{cluster}"))
-        .env("JWT_AUDIENCE", format!("bao-kms-provider:{cluster}"))
-        .env("JWT_ISSUER", ISSUER)
-        .output()
-        .expect("mint jwt");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    mint_lab_jwt(
+        dir,
+        3600,
+        &[
+            ("JWT_SUBJECT", format!("system:bao-kms-provider:{cluster}")),
+            ("JWT_AUDIENCE", format!("bao-kms-provider:{cluster}")),
+            ("JWT_ISSUER", ISSUER.to_owned()),
+        ],
     );
 }
 

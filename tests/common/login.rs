@@ -56,15 +56,7 @@ impl Bao {
             dir.join("jwt-signing.pem"),
         )
         .expect("copy key");
-        let out = Command::new(super::repo_root().join("scripts/openbao-lab.sh"))
-            .args(["jwt", &dir.to_string_lossy(), &seconds.to_string()])
-            .output()
-            .expect("mint jwt");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        mint_lab_jwt(dir, seconds, &[]);
     }
 
     pub fn own_jwt(&self) -> OwnJwt {
@@ -73,6 +65,21 @@ impl Bao {
         let path = dir.path().join("identity.jwt");
         OwnJwt { dir, path }
     }
+}
+
+/// `scripts/openbao-lab.sh jwt`: a JWT signed with `dir/jwt-signing.pem`, `exp` `seconds` from
+/// now, into `dir/identity.jwt`; `claims` sets JWT_SUBJECT, JWT_AUDIENCE or JWT_ISSUER.
+pub fn mint_lab_jwt(dir: &Path, seconds: i64, claims: &[(&str, String)]) {
+    let out = Command::new(super::repo_root().join("scripts/openbao-lab.sh"))
+        .args(["jwt", &dir.to_string_lossy(), &seconds.to_string()])
+        .envs(claims.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("mint jwt");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A self-signed CA (EC P-256, valid one day) as `dir/<stem>.key` and `dir/<stem>.pem`, with
