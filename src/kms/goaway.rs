@@ -7,11 +7,10 @@
 //! running on the connection. grpc-core sends exactly that WINDOW_UPDATE right behind a new
 //! stream's HEADERS. `Rewriter` therefore learns here which PINGs belong to a shutdown and
 //! discards such WINDOW_UPDATEs, as RFC 9113 §6.8 allows for streams above the GOAWAY's.
-use super::authority::{FRAME_HEADER_LEN, GOAWAY, PING};
+use super::authority::{ACK, FRAME_HEADER_LEN, GOAWAY, PING};
 
 /// PING payloads are 8 bytes (RFC 9113 §6.7).
 pub(super) const PING_LEN: usize = 8;
-const ACK: u8 = 0x1;
 /// h2 sends one shutdown PING per connection; a few more are kept in case a version sends more.
 const MAX_PINGS: usize = 4;
 
