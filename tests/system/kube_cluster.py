@@ -35,6 +35,7 @@ from pathlib import Path
 import yaml
 
 from nspawn import Container
+from waiting import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN = "/usr/local/bin"
@@ -78,19 +79,6 @@ def kube_bin_dir() -> Path:
     if missing:
         raise AssertionError(f"{d} lacks {missing}: run scripts/kube.sh (make kube)")
     return d
-
-
-def wait_until(cond, what: str, timeout: float, interval: float = 0.2):
-    """Polls `cond` until it returns something true (returned) or `timeout` seconds pass (fails
-    naming `what`)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = cond()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from ansible_helpers import JwtSigner, OpenBao, localhost_inventory, provider_binary, run_playbook
-from kube_cluster import wait_until
+from waiting import wait_until
 from kube_rollout import provider_deb
 
 CLUSTERS = ("alpha", "beta")

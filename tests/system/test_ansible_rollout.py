@@ -29,7 +29,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ansible_helpers import REPO_ROOT  # noqa: E402
-from kube_cluster import KubeHost, wait_until  # noqa: E402
+from kube_cluster import KubeHost  # noqa: E402
+from waiting import wait_until  # noqa: E402
 from kube_rollout import ENC_CONFIG, ENC_DIR, MANIFEST, PREFIX, KubeRollout, kube_rollout  # noqa: E402
 
 FLAG = f"--encryption-provider-config={ENC_CONFIG}"

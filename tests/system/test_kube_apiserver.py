@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kube_cluster import wait_until  # noqa: E402
+from waiting import wait_until  # noqa: E402
 from kube_rollout import ENC_CONFIG, PREFIX, PROVIDER, KubeRollout, kube_rollout  # noqa: E402
 from openbao import REPO_ROOT  # noqa: E402
 from provider_host import SOCKET, host_socket  # noqa: E402

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nspawn import Container  # noqa: E402
 from openbao import (BUILD_DIR, REPO_ROOT, BaoDevServer, provider_config,  # noqa: E402
                      provider_policy)
+from waiting import wait_until  # noqa: E402
 
 SOCKET = "bao-kms-provider.socket"
 SERVICE = "bao-kms-provider.service"
@@ -80,14 +81,6 @@ def unit_documentation_files() -> set[str]:
 # ----------------------------------------------------------------- helpers
 def sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def wait_until(cond, what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def show(c: Container, unit: str, prop: str) -> str:
@@ -174,10 +167,10 @@ def upgrade_under_load(c: Container, stubs, upgrade: list[str], version: str = "
     client = ApiserverLikeClient(stubs, f"/proc/{c.pid}/root{KMS_SOCK}")
     client.start()
     try:
-        wait_until(lambda: client.ok >= 20, "20 KMS round trips before the upgrade")
+        wait_until(lambda: client.ok >= 20, "20 KMS round trips before the upgrade", 60, 0.05)
         c.run(upgrade, env=APT_ENV, timeout=300)
         after_upgrade = client.ok
-        wait_until(lambda: client.ok >= after_upgrade + 50, "50 KMS round trips after the upgrade")
+        wait_until(lambda: client.ok >= after_upgrade + 50, "50 KMS round trips after the upgrade", 60, 0.05)
     finally:
         client.stop.set()
         client.join(30)
