@@ -3,7 +3,8 @@
 //! already queued a new stream sends its HEADERS and a WINDOW_UPDATE for it behind that ACK
 //! (grpc-core does). The stream is refused by the GOAWAY and the client retries it on the next
 //! process; the WINDOW_UPDATE must be discarded, not answered with GOAWAY(PROTOCOL_ERROR), which
-//! fails the client's other calls on that connection.
+//! fails the client's other calls on that connection. Once the server has sent everything it
+//! keeps reading until the client closes, so a late write of the client does not fail.
 pub mod common;
 
 use std::time::Duration;
@@ -142,5 +143,19 @@ async fn a_window_update_behind_the_ping_ack_does_not_end_the_drain_with_protoco
         "GOAWAY error codes after the PING ACK: {codes:?} (1 is PROTOCOL_ERROR)\n{}",
         p.logs()
     );
+
+    // The server has shut its side. A client that queued another call before it read that
+    // still writes it; the write must not fail with EPIPE (grpc-core would fail every call on
+    // the connection), so the server reads on until the client closes.
+    conn.write_all(&frame(HEADERS, END_HEADERS, 3, &request_block()))
+        .await
+        .unwrap_or_else(|e| panic!("a write after the server's GOAWAY and EOF: {e}"));
+    assert_eq!(
+        p.exit_code(),
+        None,
+        "the provider exited before the client closed\n{}",
+        p.logs()
+    );
+    drop(conn);
     assert_eq!(p.stop(), Some(0), "{}", p.logs());
 }

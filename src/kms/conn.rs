@@ -3,10 +3,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
-use tokio::net::UnixStream;
+
+use super::linger::Linger;
 
 pub(crate) enum Conn {
-    Unix(UnixStream),
+    Unix(Linger),
     Memory(DuplexStream),
 }
 

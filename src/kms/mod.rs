@@ -6,6 +6,7 @@ pub mod client;
 mod conn;
 mod error;
 mod goaway;
+mod linger;
 mod server;
 mod service;
 mod validate;

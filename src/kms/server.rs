@@ -12,9 +12,11 @@ use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
+use tokio_util::task::TaskTracker;
 
 use super::authority::{Rewrite, MAX_FRAME_BYTES};
 use super::conn::Conn;
+use super::linger::Linger;
 use super::{KeyService, KmsAdapter};
 use crate::pb::key_management_service_server::KeyManagementServiceServer;
 
@@ -98,7 +100,8 @@ pub(crate) struct Limits {
     pub idle_timeout: Duration,
 }
 
-/// Serves until `shutdown` resolves, then lets in-flight calls finish for at most `limits.drain`.
+/// Serves until `shutdown` resolves, then lets in-flight calls finish, and closed connections
+/// linger (`linger`), for at most `limits.drain`.
 /// `self_check` feeds in-memory connections into the same server, so the watchdog can prove
 /// the server answers without needing permission on the (root-owned) socket file.
 /// Connections on the socket are accepted only once `accept_after` resolves: until then they
@@ -114,6 +117,7 @@ pub(crate) async fn serve<S: KeyService>(
     limits: Limits,
 ) -> Result<(), SocketError> {
     let drain = limits.drain;
+    let lingering = TaskTracker::new();
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
@@ -128,7 +132,13 @@ pub(crate) async fn serve<S: KeyService>(
         .max_frame_size(MAX_FRAME_BYTES as u32)
         .add_service(svc)
         .serve_with_incoming_shutdown(
-            incoming(listener, self_check, accept_after, limits.idle_timeout),
+            incoming(
+                listener,
+                self_check,
+                accept_after,
+                limits.idle_timeout,
+                lingering.clone(),
+            ),
             signal,
         );
     tokio::pin!(server);
@@ -136,8 +146,18 @@ pub(crate) async fn serve<S: KeyService>(
         res = &mut server => return res.map_err(|e| SocketError::Serve(e.to_string())),
         _ = drain_rx => {}
     }
-    match tokio::time::timeout(drain, &mut server).await {
-        Ok(res) => res.map_err(|e| SocketError::Serve(e.to_string())),
+    let deadline = tokio::time::Instant::now() + drain;
+    let drained = async {
+        server
+            .await
+            .map_err(|e| SocketError::Serve(e.to_string()))?;
+        // Closed connections still read what their clients send until those close (`linger`).
+        lingering.close();
+        lingering.wait().await;
+        Ok(())
+    };
+    match tokio::time::timeout_at(deadline, drained).await {
+        Ok(res) => res,
         Err(_) => {
             tracing::warn!(
                 drain_seconds = drain.as_secs_f64(),
@@ -153,6 +173,7 @@ fn incoming(
     self_check: mpsc::Receiver<DuplexStream>,
     accept_after: impl Future<Output = ()> + Send + 'static,
     idle_timeout: Duration,
+    lingering: TaskTracker,
 ) -> impl tokio_stream::Stream<Item = std::io::Result<Idle<Rewrite<Conn>>>> {
     let socket = Gated {
         gate: Some(Box::pin(accept_after)),
@@ -162,7 +183,7 @@ fn incoming(
             backoff: MIN_BACKOFF,
         },
     }
-    .map(|r| r.map(Conn::Unix));
+    .map(move |r| r.map(|s| Conn::Unix(Linger::new(s, lingering.token()))));
     let memory = ReceiverStream::new(self_check).map(|d| Ok(Conn::Memory(d)));
     socket
         .merge(memory)
