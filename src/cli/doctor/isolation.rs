@@ -127,6 +127,7 @@ pub(crate) fn elsewhere<'a>(own: &OwnKey<'_>, others: &'a [OtherKey]) -> Vec<&'a
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::doctor::privilege::caps;
 
     const OWN: OwnKey<'static> = OwnKey {
         instance_id: "bao",
@@ -143,13 +144,6 @@ mod tests {
             mount: "transit".into(),
             key: key.into(),
         }
-    }
-
-    fn caps(pairs: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
-        pairs
-            .iter()
-            .map(|(p, c)| (p.to_string(), c.iter().map(|s| s.to_string()).collect()))
-            .collect()
     }
 
     #[test]

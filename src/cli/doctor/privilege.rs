@@ -125,16 +125,18 @@ pub(crate) fn missing(
     (fatal, advisory)
 }
 
+/// A capabilities map as `sys/capabilities-self` returns it, for the doctor's tests.
+#[cfg(test)]
+pub(super) fn caps(pairs: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
+    pairs
+        .iter()
+        .map(|(p, c)| (p.to_string(), c.iter().map(|s| s.to_string()).collect()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn caps(pairs: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
-        pairs
-            .iter()
-            .map(|(p, c)| (p.to_string(), c.iter().map(|s| s.to_string()).collect()))
-            .collect()
-    }
 
     #[test]
     fn least_privilege_grants_pass_and_rotate_is_named_by_path() {
