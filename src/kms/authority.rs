@@ -97,6 +97,21 @@ impl FrameHead {
     }
 }
 
+/// One whole frame on the wire, for the tests of this module and of `goaway`.
+#[cfg(test)]
+pub(super) fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    FrameHead {
+        len: payload.len(),
+        kind,
+        flags,
+        stream,
+    }
+    .write(&mut out);
+    out.extend_from_slice(payload);
+    out.to_vec()
+}
+
 enum Want {
     /// Bytes to copy unchanged: the connection preface, then each non-header frame's payload.
     Passthrough(usize),

@@ -2,19 +2,6 @@ use super::*;
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let mut out = BytesMut::new();
-    FrameHead {
-        len: payload.len(),
-        kind,
-        flags,
-        stream,
-    }
-    .write(&mut out);
-    out.extend_from_slice(payload);
-    out.to_vec()
-}
-
 type Fields = Vec<(Vec<u8>, Vec<u8>)>;
 type OtherFrame = (u8, u8, Vec<u8>);
 

@@ -104,15 +104,7 @@ impl ServerFrames {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let len = (payload.len() as u32).to_be_bytes();
-        let mut out = len[1..].to_vec();
-        out.extend_from_slice(&[kind, flags]);
-        out.extend_from_slice(&stream.to_be_bytes());
-        out.extend_from_slice(payload);
-        out
-    }
+    use crate::kms::authority::frame;
 
     fn server_bytes() -> Vec<u8> {
         let mut w = frame(0x4, 0, 0, &[0, 3, 0, 0, 0, 100]); // SETTINGS
