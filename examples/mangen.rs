@@ -34,8 +34,8 @@ fn extra_sections(roff: &mut Roff) {
     roff.text([roman(format!(
         "{}. 64 names the file and field to fix; on 65 restarting does not help, an operator \
          must restore the key registry in state_dir (systemd does not restart the service on 64 \
-         or 65). verify-etcd-value has its own codes, listed in \
-         bao-kms-provider-verify-etcd-value(8).",
+         or 65). verify-etcd-value and scan-etcd have their own codes, listed in \
+         bao-kms-provider-verify-etcd-value(8) and bao-kms-provider-scan-etcd(8).",
         Exit::summary()
     ))]);
     roff.control("SH", ["SEE ALSO"]);

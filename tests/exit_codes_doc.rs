@@ -60,32 +60,53 @@ fn readme_and_man_page_list_the_same_general_exit_codes() {
     );
 }
 
-#[test]
-fn verify_etcd_value_help_and_restore_drill_list_the_same_codes() {
+/// The codes in the `Exit codes` table of `subcommand --help`.
+fn help_codes(subcommand: &str) -> BTreeSet<u32> {
     let out = Command::new(common::provider_bin())
-        .args(["verify-etcd-value", "--help"])
+        .args([subcommand, "--help"])
         .output()
         .expect("run");
     let help = String::from_utf8_lossy(&out.stdout).into_owned();
     let table = help
-        .split_once("Exit codes:")
-        .unwrap_or_else(|| panic!("verify-etcd-value --help has no exit codes:\n{help}"))
+        .split_once("Exit codes")
+        .unwrap_or_else(|| panic!("{subcommand} --help has no exit codes:\n{help}"))
         .1;
-    let in_help: BTreeSet<u32> = table
+    table
         .lines()
         .filter_map(|l| l.split_whitespace().next()?.parse().ok())
-        .collect();
+        .collect()
+}
+
+/// The codes in the table of docs/restore-drill.md that starts after `heading`.
+fn drill_codes(heading: &str) -> BTreeSet<u32> {
     let drill = read("docs/restore-drill.md");
-    let section = between(&drill, "## Exit codes", "\n## ", "docs/restore-drill.md");
-    let in_doc: BTreeSet<u32> = section
+    let section = between(&drill, heading, "\n#", "docs/restore-drill.md");
+    section
         .lines()
         .filter_map(|l| l.strip_prefix("| ")?.split(' ').next()?.parse().ok())
-        .collect();
+        .collect()
+}
+
+#[test]
+fn verify_etcd_value_help_and_restore_drill_list_the_same_codes() {
+    let in_help = help_codes("verify-etcd-value");
     assert_eq!(
-        in_help, in_doc,
+        in_help,
+        drill_codes("## Exit codes"),
         "verify-etcd-value --help against docs/restore-drill.md"
     );
     assert_eq!(in_help, (0..=7).chain([64]).collect());
+}
+
+#[test]
+fn scan_etcd_help_and_restore_drill_list_the_same_codes() {
+    let in_help = help_codes("scan-etcd");
+    assert_eq!(
+        in_help,
+        drill_codes("### scan-etcd exit codes"),
+        "scan-etcd --help against docs/restore-drill.md"
+    );
+    assert_eq!(in_help, [0, 1, 2, 3, 4, 5, 7, 8, 64].into());
 }
 
 #[test]

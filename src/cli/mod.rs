@@ -3,6 +3,7 @@ mod doctor;
 mod exit;
 mod probe;
 mod render;
+mod scan;
 mod stage;
 mod state;
 mod verify;
@@ -126,6 +127,16 @@ pub(crate) enum Command {
     /// `decrypts: yes/no`; the plaintext only with --show-plaintext.
     #[command(after_help = verify::EXIT_CODES_HELP)]
     VerifyEtcdValue(verify::VerifyArgs),
+    /// Count every value under an etcd prefix by key_id and by what else encrypts it.
+    ///
+    /// Reads one etcd snapshot (gRPC gateway with the etcd client certificate) page by page and
+    /// sorts each value: this provider's KMS v2 envelope, per key_id with its state in this
+    /// host's key registry (active, pending, retired, unknown); another provider or scheme, by
+    /// its public prefix; unencrypted; or malformed. Decrypts nothing and prints no value: the
+    /// check after a migration or a key rotation that no value is left on a retired key
+    /// version. Text or --output json (counts, the first key of each kind, result, exit_code).
+    #[command(after_help = scan::EXIT_CODES_HELP)]
+    ScanEtcd(scan::ScanArgs),
 }
 
 /// Parses arguments and runs the chosen subcommand; returns the process exit code.
@@ -153,6 +164,7 @@ pub fn run() -> ExitCode {
         Command::State(c) => state::run(c),
         Command::Doctor(a) => doctor::run(&a),
         Command::VerifyEtcdValue(a) => verify::run(a),
+        Command::ScanEtcd(a) => scan::run(a),
     };
     match result {
         Ok(code) => code,

@@ -57,18 +57,8 @@ pub(crate) struct VerifyArgs {
     /// Read the raw value bytes from FILE ("-" for stdin) instead of etcd.
     #[arg(long, value_name = "FILE|-")]
     pub(crate) input: Option<PathBuf>,
-    /// etcd client URL to fetch --key from (gRPC gateway), e.g. https://127.0.0.1:2379.
-    #[arg(long, value_name = "URL")]
-    pub(crate) etcd_endpoint: Option<String>,
-    /// CA bundle for etcd's server certificate (kubeadm: /etc/kubernetes/pki/etcd/ca.crt).
-    #[arg(long, value_name = "FILE", requires = "etcd_endpoint")]
-    pub(crate) etcd_cacert: Option<PathBuf>,
-    /// etcd client certificate (kubeadm: /etc/kubernetes/pki/apiserver-etcd-client.crt).
-    #[arg(long, value_name = "FILE", requires = "etcd_endpoint")]
-    pub(crate) etcd_cert: Option<PathBuf>,
-    /// etcd client key (kubeadm: /etc/kubernetes/pki/apiserver-etcd-client.key).
-    #[arg(long, value_name = "FILE", requires = "etcd_endpoint")]
-    pub(crate) etcd_client_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) etcd: EtcdArgs,
     /// Provider name expected in the prefix. Default: transit.key_id_scope.provider_name from
     /// --config; this flag wins when both are there.
     #[arg(long, value_name = "NAME")]
@@ -80,6 +70,61 @@ pub(crate) struct VerifyArgs {
     /// Per-call deadline for etcd and the provider.
     #[arg(long, value_parser = parse_duration, default_value = "3s")]
     pub(crate) timeout: Duration,
+}
+
+/// How to reach etcd, as etcdctl's `--endpoints`, `--cacert`, `--cert` and `--key`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct EtcdArgs {
+    /// etcd client URL (gRPC gateway), e.g. https://127.0.0.1:2379.
+    #[arg(long, value_name = "URL")]
+    pub(crate) etcd_endpoint: Option<String>,
+    /// CA bundle for etcd's server certificate (kubeadm: /etc/kubernetes/pki/etcd/ca.crt).
+    #[arg(long, value_name = "FILE", requires = "etcd_endpoint")]
+    pub(crate) etcd_cacert: Option<PathBuf>,
+    /// etcd client certificate (kubeadm: /etc/kubernetes/pki/apiserver-etcd-client.crt).
+    #[arg(long, value_name = "FILE", requires = "etcd_endpoint")]
+    pub(crate) etcd_cert: Option<PathBuf>,
+    /// etcd client key (kubeadm: /etc/kubernetes/pki/apiserver-etcd-client.key).
+    #[arg(long, value_name = "FILE", requires = "etcd_endpoint")]
+    pub(crate) etcd_client_key: Option<PathBuf>,
+}
+
+impl EtcdArgs {
+    /// The client and the endpoint it talks to.
+    pub(crate) fn client(&self, timeout: Duration) -> Result<(EtcdClient, &str)> {
+        let endpoint = self
+            .etcd_endpoint
+            .as_deref()
+            .ok_or_else(|| anyhow!("no --etcd-endpoint URL given"))?;
+        let tls = EtcdTls {
+            ca_file: self.etcd_cacert.clone(),
+            cert_file: self.etcd_cert.clone(),
+            key_file: self.etcd_client_key.clone(),
+        };
+        Ok((EtcdClient::new(endpoint, &tls, timeout)?, endpoint))
+    }
+}
+
+/// The provider name (the flag, else the config's) and the config, when it loads.
+pub(crate) fn provider_name(
+    config: &Path,
+    flag: Option<&String>,
+) -> Result<(String, Result<Settings, String>)> {
+    // The config is optional when --provider-name is given (e.g. on a workstation).
+    let settings =
+        match config::load(config, &Environment::from_process()) {
+            Ok(s) => Ok(s),
+            Err(e) if flag.is_none() => return Err(anyhow::Error::new(e).context(
+                "cannot tell the provider name: pass --provider-name NAME or a readable --config",
+            )),
+            Err(e) => Err(e.to_string()),
+        };
+    let name = match (flag, &settings) {
+        (Some(n), _) => n.clone(),
+        (None, Ok(s)) => s.transit.key_id_scope.provider_name.clone(),
+        (None, Err(e)) => return Err(anyhow!("no provider name: {e}")),
+    };
+    Ok((name, settings))
 }
 
 /// The lines printed and the exit code they end in.
@@ -112,20 +157,7 @@ impl Report {
 }
 
 pub(crate) fn run(a: VerifyArgs) -> Result<ExitCode> {
-    // The config is optional when --provider-name and --socket are given (e.g. on a workstation).
-    let settings =
-        match config::load(&a.config, &Environment::from_process()) {
-            Ok(s) => Ok(s),
-            Err(e) if a.provider_name.is_none() => return Err(anyhow::Error::new(e).context(
-                "cannot tell the provider name: pass --provider-name NAME or a readable --config",
-            )),
-            Err(e) => Err(e.to_string()),
-        };
-    let provider_name = match (&a.provider_name, &settings) {
-        (Some(n), _) => n.clone(),
-        (None, Ok(s)) => s.transit.key_id_scope.provider_name.clone(),
-        (None, Err(e)) => return Err(anyhow!("no provider name: {e}")),
-    };
+    let (provider_name, settings) = provider_name(&a.config, a.provider_name.as_ref())?;
     let socket = match (&a.socket, &settings) {
         (Some(s), _) => s.clone(),
         (None, Ok(s)) => s.server.socket_path.clone(),
@@ -156,7 +188,7 @@ pub(crate) fn run(a: VerifyArgs) -> Result<ExitCode> {
     Ok(report.finish(code))
 }
 
-fn load_registry(s: &Settings) -> Result<Registry, String> {
+pub(crate) fn load_registry(s: &Settings) -> Result<Registry, String> {
     let identity = crate::provider::key_identity(s);
     Store::open_readonly(&s.server.state_dir, &identity.fingerprint())
         .verify()
@@ -177,16 +209,7 @@ async fn read_value(a: &VerifyArgs) -> Result<(String, Option<Vec<u8>>)> {
             .with_context(|| format!("reading the value from {}", input.display()))?;
         return Ok((format!("file {}", input.display()), Some(buf)));
     }
-    let endpoint = a
-        .etcd_endpoint
-        .as_deref()
-        .ok_or_else(|| anyhow!("give --input FILE|- or --etcd-endpoint URL"))?;
-    let tls = EtcdTls {
-        ca_file: a.etcd_cacert.clone(),
-        cert_file: a.etcd_cert.clone(),
-        key_file: a.etcd_client_key.clone(),
-    };
-    let etcd = EtcdClient::new(endpoint, &tls, a.timeout)?;
+    let (etcd, endpoint) = a.etcd.client(a.timeout)?;
     let value = etcd.get(a.key.as_bytes()).await?;
     Ok((format!("etcd {endpoint}"), value))
 }

@@ -36,6 +36,8 @@ pub enum EtcdError {
     },
     #[error("etcd {url}: unexpected response: {reason}")]
     Protocol { url: String, reason: String },
+    #[error("etcd {url}: response over {max} bytes")]
+    TooLarge { url: String, max: usize },
 }
 
 /// TLS files, as etcdctl's `--cacert`, `--cert` and `--key`.
@@ -54,13 +56,47 @@ pub struct EtcdClient {
 #[derive(Deserialize)]
 struct RangeResponse {
     #[serde(default)]
+    header: Header,
+    #[serde(default)]
     kvs: Vec<KeyValue>,
+    #[serde(default)]
+    more: bool,
+}
+
+/// grpc-gateway prints int64 fields as JSON strings.
+#[derive(Deserialize, Default)]
+struct Header {
+    #[serde(default)]
+    revision: String,
 }
 
 #[derive(Deserialize)]
 struct KeyValue {
     #[serde(default)]
+    key: String,
+    #[serde(default)]
     value: String,
+}
+
+/// One page of a range read: keys and raw values in key order, all at `revision`.
+pub struct Page {
+    pub revision: i64,
+    pub kvs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// More keys follow the last one in this page.
+    pub more: bool,
+}
+
+/// The `range_end` that makes a range cover every key starting with `prefix` (etcd's rule:
+/// the prefix with its last byte below 0xff incremented; all 0xff means "to the end").
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, EtcdError> {
@@ -139,9 +175,9 @@ impl EtcdClient {
         match read_capped(body, MAX_RESPONSE_BYTES, &mut bytes).await {
             Ok(()) => {}
             Err(ReadError::TooLarge) => {
-                return Err(EtcdError::Protocol {
+                return Err(EtcdError::TooLarge {
                     url: shown,
-                    reason: format!("response over {MAX_RESPONSE_BYTES} bytes"),
+                    max: MAX_RESPONSE_BYTES,
                 })
             }
             Err(ReadError::Transport(e)) => {
@@ -183,6 +219,47 @@ impl EtcdClient {
         }
     }
 
+    /// At most `limit` keys from `start` up to (not including) `end`, at `revision` (0: the
+    /// latest; a scan passes its first page's revision so that all pages show one snapshot).
+    pub async fn range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        revision: i64,
+    ) -> Result<Page, EtcdError> {
+        let url = self.url("v3/kv/range")?;
+        let protocol = |reason: String| EtcdError::Protocol {
+            url: url.to_string(),
+            reason,
+        };
+        let body = json!({
+            "key": STANDARD.encode(start),
+            "range_end": STANDARD.encode(end),
+            "limit": limit,
+            "revision": revision,
+        });
+        let body = self.post(url.clone(), body).await?;
+        let r: RangeResponse = serde_json::from_slice(&body)
+            .map_err(|e| protocol(format!("not a range response: {e}")))?;
+        let revision = r
+            .header
+            .revision
+            .parse()
+            .map_err(|_| protocol(format!("header.revision {:?}", r.header.revision)))?;
+        let kvs = r
+            .kvs
+            .into_iter()
+            .map(|kv| Ok((STANDARD.decode(kv.key)?, STANDARD.decode(kv.value)?)))
+            .collect::<Result<_, base64::DecodeError>>()
+            .map_err(|e| protocol(format!("key or value is not base64: {e}")))?;
+        Ok(Page {
+            revision,
+            kvs,
+            more: r.more,
+        })
+    }
+
     /// Stores `value` at `key` (for tests and drills that write like kube-apiserver).
     pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<(), EtcdError> {
         let body = json!({ "key": STANDARD.encode(key), "value": STANDARD.encode(value) });
@@ -196,6 +273,14 @@ mod tests {
 
     fn new(endpoint: &str, tls: EtcdTls) -> Result<EtcdClient, EtcdError> {
         EtcdClient::new(endpoint, &tls, Duration::from_secs(1))
+    }
+
+    #[test]
+    fn prefix_end_covers_exactly_the_prefix() {
+        assert_eq!(prefix_end(b"/registry/"), b"/registry0");
+        assert_eq!(prefix_end(b"a\xff\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff"), b"\0");
+        assert_eq!(prefix_end(b""), b"\0");
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub use error::EnvelopeError;
 pub(crate) use error::Failure;
 #[cfg(feature = "testkit")]
 pub use error::WriteError;
-pub(crate) use parse::Envelope;
+pub(crate) use parse::{check_provider_name, Envelope};
 pub use parse::{decode, encode};
 /// Writes etcd values as kube-apiserver does; for tests only (feature `testkit`).
 #[cfg(feature = "testkit")]

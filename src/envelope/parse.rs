@@ -67,7 +67,7 @@ impl Envelope {
     }
 }
 
-pub(super) fn check_provider_name(name: &str) -> Result<(), EnvelopeError> {
+pub(crate) fn check_provider_name(name: &str) -> Result<(), EnvelopeError> {
     if name.is_empty() || name.contains(':') {
         return Err(EnvelopeError::ProviderName(name.to_owned()));
     }
