@@ -937,3 +937,50 @@ async fn credential_expiry_of_a_client_certificate_is_its_not_after() {
         p.logs()
     );
 }
+
+#[tokio::test]
+async fn doctor_kube_names_an_unusable_kubeconfig_and_an_unreachable_api_server() {
+    let bao = Bao::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &ProviderOptions::new(&bao), |t| t);
+    let run = |kubeconfig: &Path| {
+        let out = Command::new(provider_bin())
+            .args(["doctor", "--kube", "--config"])
+            .arg(&config)
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run doctor");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.code(), text)
+    };
+    let missing = dir.path().join("missing.conf");
+    let (code, out) = run(&missing);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!(
+            "FAIL kube-readyz: kubeconfig {}",
+            missing.display()
+        )) && out.contains("skip kube-provider")
+            && out.contains("skip kube-key-id"),
+        "{out}"
+    );
+    // A kubeconfig as kubeadm writes it, pointing at a port nothing listens on.
+    let unreachable = dir.path().join("admin.conf");
+    std::fs::write(
+        &unreachable,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: admin@k\ncontexts:\n- name: admin@k\n  context: {{cluster: k, user: admin}}\nclusters:\n- name: k\n  cluster: {{server: 'https://127.0.0.1:{}'}}\nusers:\n- name: admin\n  user: {{token: not-a-real-token}}\n",
+            free_port()
+        ),
+    )
+    .expect("write kubeconfig");
+    let (code, out) = run(&unreachable);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("FAIL kube-readyz: GET https://127.0.0.1:")
+            && !out.contains("not-a-real-token"),
+        "{out}"
+    );
+}

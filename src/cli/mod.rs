@@ -58,6 +58,23 @@ pub(crate) struct DoctorArgs {
     /// [openbao] instance_id and namespace and its [transit] mount and key are read.
     #[arg(long = "other-config", value_name = "FILE")]
     pub(crate) other_config: Vec<PathBuf>,
+    /// Also check this host's kube-apiserver: /readyz/kms-providers, that it polls this
+    /// provider (its envelope metrics name the provider), and that its latest Status has the
+    /// key_id the provider serves now (kube-apiserver's sha256: label).
+    #[arg(long)]
+    pub(crate) kube: bool,
+    /// Kubeconfig for --kube (client certificate or token, the cluster CA).
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/etc/kubernetes/admin.conf",
+        requires = "kube"
+    )]
+    pub(crate) kubeconfig: PathBuf,
+    /// kube-apiserver URL for --kube instead of the kubeconfig's server (which may be a load
+    /// balancer), e.g. https://10.0.0.11:6443 for this host's own.
+    #[arg(long, value_name = "URL", requires = "kube")]
+    pub(crate) kube_server: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -111,7 +128,8 @@ pub(crate) enum Command {
     /// the mount or its own policy; each offending path is named), capabilities (read on the
     /// key, update on encrypt/decrypt) and isolation (warns when the token can decrypt with key
     /// names a glob would grant, or with the key an --other-config file names, or when that
-    /// file names this key). Lines start with ok, warn, FAIL or skip. Exit 0 when nothing failed, 1 on any FAIL, 64 when the config itself is invalid. Changes nothing in
+    /// file names this key); with --kube also kube-readyz, kube-provider and kube-key-id (this
+    /// host's kube-apiserver). Lines start with ok, warn, FAIL or skip. Exit 0 when nothing failed, 1 on any FAIL, 64 when the config itself is invalid. Changes nothing in
     /// OpenBao beyond one login and one encrypt/decrypt. See docs/operations.md for each failure.
     Doctor(DoctorArgs),
     /// Inspect the key registry under state_dir (every Transit version and its key_id).

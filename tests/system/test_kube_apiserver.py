@@ -16,6 +16,7 @@ import functools
 import hashlib
 import http.client
 import importlib
+import json
 import os
 import re
 import subprocess
@@ -112,6 +113,26 @@ class Cluster(KubeRollout):
                 obj.ParseFromString(value[len(PREFIX):])
                 out[key] = obj
         return out
+
+    def scan(self, prefix: str) -> tuple[int, dict]:
+        """`bao-kms-provider scan-etcd --output json` on the host, as an operator runs it there
+        (its config and key registry, kubeadm's etcd client certificate): exit code and report."""
+        pki = "/etc/kubernetes/pki"
+        r = self.host.c.run(["bao-kms-provider", "scan-etcd", "--prefix", prefix, "--output", "json",
+                             "--etcd-endpoint", "https://127.0.0.1:2379", "--etcd-cacert", f"{pki}/etcd/ca.crt",
+                             "--etcd-cert", f"{pki}/apiserver-etcd-client.crt",
+                             "--etcd-client-key", f"{pki}/apiserver-etcd-client.key"], check=False, text=True)
+        assert r.stdout.startswith("{"), f"rc={r.returncode}\n{r.stdout}{r.stderr}"
+        return r.returncode, json.loads(r.stdout)
+
+    def doctor_kube(self, config: str = "/etc/openbao-kms/config.toml") -> tuple[int, dict[str, str]]:
+        """`bao-kms-provider doctor --kube` on the host with admin.conf: exit code, and each
+        kube-* check's line."""
+        r = self.host.c.run(["bao-kms-provider", "doctor", "--config", config, "--kube"], check=False,
+                            text=True, timeout=120)
+        lines = {m.group(2): m.group(0) for m in re.finditer(r"^(\S+)\s+(kube-[a-z-]+): .*$", r.stdout, re.M)}
+        assert set(lines) == {"kube-readyz", "kube-provider", "kube-key-id"}, f"{r.stdout}{r.stderr}"
+        return r.returncode, lines
 
     def poke_readyz(self) -> tuple[int, str]:
         """kube-apiserver's KMS health check; also makes it call Status (instead of waiting a minute)."""
@@ -266,6 +287,24 @@ def test_a_transit_rotation_reaches_kube_apiserver_and_a_no_op_update_rewrites_o
     status, out = cluster.api.request("GET", f"/api/v1/namespaces/{NS}/secrets/bulk-0002")
     assert status == 200 and base64.b64decode(out["data"]["value"]).decode() == "value 2"
     assert cluster.envelopes()[f"/registry/secrets/{NS}/bulk-0002"].keyID == old
+    # scan-etcd on the host: the values not yet rewritten on the retired key_id, the rewritten one on
+    # the active key_id, and the Secret written before the rollout still in plaintext (exit 3 wins).
+    code, report = cluster.scan("/registry/secrets/")
+    by_id = {k["key_id"]: k for k in report["key_ids"]}
+    assert (by_id[old]["state"], by_id[new]["state"]) == ("retired", "active"), report
+    assert by_id[old]["values"] >= CREATES - 1 and by_id[new]["values"] >= 1, report
+    assert code == 3 and report["unencrypted"]["values"] >= 1, report
+    assert report["values"] == len(cluster.etcd.range("/registry/secrets/")), report
+    # doctor --kube: kube-apiserver is ready, polls this provider and is on its key_id.
+    code, lines = cluster.doctor_kube()
+    assert all(line.startswith("ok ") for line in lines.values()), lines
+    assert kube_hash(new) in lines["kube-key-id"], lines
+    # The same host's config under another provider name: kube-apiserver does not poll that one.
+    cluster.host.c.run(["sh", "-c", "sed 's/^provider_name = .*/provider_name = \"other-kms\"/' "
+                        "/etc/openbao-kms/config.toml > /root/other.toml && chmod 0600 /root/other.toml"])
+    code, lines = cluster.doctor_kube("/root/other.toml")
+    assert code == 1 and lines["kube-provider"].startswith("FAIL") and "other-kms" in lines["kube-provider"], lines
+    assert lines["kube-key-id"].startswith("skip"), lines
 
 
 def test_readyz_fails_while_openbao_is_down_with_the_provider_healthz_and_recovers(cluster):
@@ -328,6 +367,9 @@ def test_the_migration_rewrites_every_secret_under_the_current_key_id_then_ident
     assert plain == [], f"not stored through the provider after the migration: {plain}\n{run.output[-3000:]}"
     old = [k for k, o in cluster.envelopes().items() if o.keyID != current]
     assert old == [], f"{len(old)} values still under an older key_id, e.g. {old[:3]}"
+    code, report = cluster.scan("/registry/secrets/")
+    assert code == 0 and report["result"] == "ok", report
+    assert [(k["key_id"], k["state"], k["values"]) for k in report["key_ids"]] == [(current, "active", len(stored))]
     drop = cluster.play("drop-identity", "playbooks/migrate_secrets.yml",
                         extra_vars={"kms_migrate_secrets_remove_identity_fallback": True}).assert_ok()
     assert "identity" not in cluster.host.c.read_file(ENC_CONFIG), drop.output[-3000:]

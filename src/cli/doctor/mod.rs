@@ -4,6 +4,7 @@
 mod checks;
 mod credential;
 mod isolation;
+mod kube;
 mod privilege;
 mod profile;
 
@@ -127,6 +128,11 @@ pub(crate) fn run(args: &DoctorArgs) -> Result<ExitCode> {
         Err(e) => {
             r.fail("config", e);
             r.skip_rest("config");
+            if args.kube {
+                for check in kube::KUBE_CHECKS {
+                    r.line(Level::Skip, check, "not run because config failed");
+                }
+            }
             r.finish();
             return Ok(Exit::Config.into());
         }
@@ -154,6 +160,12 @@ pub(crate) fn run(args: &DoctorArgs) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(checks::run(&settings, &args.other_config, &mut r));
+    rt.block_on(async {
+        checks::run(&settings, &args.other_config, &mut r).await;
+        if args.kube {
+            let server = args.kube_server.as_deref();
+            kube::run(&settings, &args.kubeconfig, server, &mut r).await;
+        }
+    });
     Ok(r.finish())
 }
