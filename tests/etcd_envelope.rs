@@ -84,27 +84,9 @@ fn verify(args: &[&str], stdin: Option<&[u8]>) -> Run {
 /// verify-etcd-value fetching `key` from etcd with the provider's config.
 fn verify_in_etcd(p: &Provider, etcd: &Etcd, key: &str, extra: &[&str]) -> Run {
     let cfg = p.config.to_string_lossy().to_string();
-    let (ca, cert, ck) = (
-        etcd.ca.to_string_lossy(),
-        etcd.client_cert.to_string_lossy(),
-        etcd.client_key.to_string_lossy(),
-    );
-    let mut args = vec![
-        "--config",
-        &cfg,
-        "--key",
-        key,
-        "--etcd-endpoint",
-        &etcd.endpoint,
-    ];
-    args.extend([
-        "--etcd-cacert",
-        &ca,
-        "--etcd-cert",
-        &cert,
-        "--etcd-client-key",
-        &ck,
-    ]);
+    let etcd_args = etcd.cli_args();
+    let mut args = vec!["--config", &cfg, "--key", key];
+    args.extend(etcd_args.iter().map(String::as_str));
     args.extend(extra);
     verify(&args, None)
 }

@@ -30,13 +30,7 @@ fn scan(p: &Provider, etcd: &Etcd, prefix: &str, output: &str) -> Scan {
         .arg("--config")
         .arg(&p.config)
         .args(["--prefix", prefix, "--output", output])
-        .args(["--etcd-endpoint", &etcd.endpoint])
-        .arg("--etcd-cacert")
-        .arg(&etcd.ca)
-        .arg("--etcd-cert")
-        .arg(&etcd.client_cert)
-        .arg("--etcd-client-key")
-        .arg(&etcd.client_key)
+        .args(etcd.cli_args())
         .output()
         .expect("run scan-etcd");
     Scan {
@@ -131,14 +125,13 @@ async fn scan_counts_values_per_key_id_and_kind_and_exits_on_retired_versions() 
 
     // Other schemes and providers by their public prefix, plaintext, then a malformed value.
     let mixed = "/registry/secrets/mixed/";
-    let aescbc = format!("k8s:enc:aescbc:v1:key1:{marker}");
-    c.put(format!("{mixed}a").as_bytes(), aescbc.as_bytes())
-        .await
-        .expect("put");
-    let other = format!("k8s:enc:kms:v2:other-kms:{marker}");
-    c.put(format!("{mixed}b").as_bytes(), other.as_bytes())
-        .await
-        .expect("put");
+    let raw = async |name: &str, value: String| {
+        c.put(format!("{mixed}{name}").as_bytes(), value.as_bytes())
+            .await
+            .expect("put");
+    };
+    raw("a", format!("k8s:enc:aescbc:v1:key1:{marker}")).await;
+    raw("b", format!("k8s:enc:kms:v2:other-kms:{marker}")).await;
     let run = scan(&p, &etcd, mixed, "json");
     assert_eq!(run.code, 4, "{}", run.out);
     let r = run.json();
@@ -148,10 +141,11 @@ async fn scan_counts_values_per_key_id_and_kind_and_exits_on_retired_versions() 
         format!("{mixed}b")
     );
 
-    let plain = format!("{{\"kind\":\"Secret\",\"data\":{{\"m\":\"{marker}\"}}}}");
-    c.put(format!("{mixed}c").as_bytes(), plain.as_bytes())
-        .await
-        .expect("put");
+    raw(
+        "c",
+        format!("{{\"kind\":\"Secret\",\"data\":{{\"m\":\"{marker}\"}}}}"),
+    )
+    .await;
     let run = scan(&p, &etcd, mixed, "text");
     assert_eq!(run.code, 3, "{}", run.out);
     assert!(
@@ -161,12 +155,7 @@ async fn scan_counts_values_per_key_id_and_kind_and_exits_on_retired_versions() 
         run.out
     );
 
-    c.put(
-        format!("{mixed}d").as_bytes(),
-        format!("k8s:enc:kms:v2:{PROVIDER}:not protobuf").as_bytes(),
-    )
-    .await
-    .expect("put");
+    raw("d", format!("k8s:enc:kms:v2:{PROVIDER}:not protobuf")).await;
     for output in ["text", "json"] {
         let run = scan(&p, &etcd, mixed, output);
         assert_eq!(run.code, 7, "{}", run.out);

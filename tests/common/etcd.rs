@@ -135,6 +135,21 @@ impl Etcd {
         }
     }
 
+    /// The `--etcd-*` flags of `verify-etcd-value` and `scan-etcd` for this etcd.
+    pub fn cli_args(&self) -> Vec<String> {
+        let path = |p: &PathBuf| p.to_string_lossy().into_owned();
+        vec![
+            "--etcd-endpoint".into(),
+            self.endpoint.clone(),
+            "--etcd-cacert".into(),
+            path(&self.ca),
+            "--etcd-cert".into(),
+            path(&self.client_cert),
+            "--etcd-client-key".into(),
+            path(&self.client_key),
+        ]
+    }
+
     pub fn client(&self) -> EtcdClient {
         EtcdClient::new(&self.endpoint, &self.tls(), Duration::from_secs(3)).expect("etcd client")
     }
