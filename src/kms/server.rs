@@ -146,7 +146,6 @@ pub(crate) async fn serve<S: KeyService>(
         res = &mut server => return res.map_err(|e| SocketError::Serve(e.to_string())),
         _ = drain_rx => {}
     }
-    let deadline = tokio::time::Instant::now() + drain;
     let drained = async {
         server
             .await
@@ -156,7 +155,7 @@ pub(crate) async fn serve<S: KeyService>(
         lingering.wait().await;
         Ok(())
     };
-    match tokio::time::timeout_at(deadline, drained).await {
+    match tokio::time::timeout(drain, drained).await {
         Ok(res) => res,
         Err(_) => {
             tracing::warn!(

@@ -10,7 +10,9 @@ seconds. Every host gets the same variables; a test changes one host's by `host_
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import sys
 import time
 from contextlib import contextmanager
@@ -29,6 +31,28 @@ MANIFEST = "/etc/kubernetes/manifests/kube-apiserver.yaml"
 # observations and two seconds (production defaults are minutes; docs/key-rotation.md).
 FAST_PROVIDER_SETTINGS = {"status": {"probe_interval": "1s"},
                           "rotation": {"stable_observations": 2, "activation_delay": "2s"}}
+
+
+# kube-apiserver's record of the key_id in each Status answer, per provider name.
+STATUS_METRIC = "apiserver_envelope_encryption_key_id_hash_status_last_timestamp_seconds"
+
+
+def sum_samples(text: str, name: str, labels: dict[str, str]) -> float:
+    """Sum of the Prometheus text samples of `name` whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(rf"^{re.escape(name)}(?:\{{(.*)\}})? (\S+)$", line)
+        if not m:
+            continue
+        have = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(1) or ""))
+        if all(have.get(k) == v for k, v in labels.items()):
+            total += float(m.group(2))
+    return total
+
+
+def kube_hash(key_id: str) -> str:
+    """kube-apiserver's key_id label: sha256: + hex, unsalted."""
+    return "sha256:" + hashlib.sha256(key_id.encode()).hexdigest()
 
 
 def provider_deb(request) -> Path:

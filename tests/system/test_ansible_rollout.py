@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ansible_helpers import REPO_ROOT  # noqa: E402
 from kube_cluster import KubeHost  # noqa: E402
 from waiting import wait_until  # noqa: E402
-from kube_rollout import ENC_CONFIG, ENC_DIR, MANIFEST, PREFIX, KubeRollout, kube_rollout  # noqa: E402
+from kube_rollout import (ENC_CONFIG, ENC_DIR, MANIFEST, PREFIX, STATUS_METRIC, KubeRollout, kube_hash,  # noqa: E402
+                          kube_rollout, sum_samples)
 
 FLAG = f"--encryption-provider-config={ENC_CONFIG}"
 PREVIOUS_FILE = f"{ENC_DIR}/previous-encryption-provider-config"
@@ -107,6 +108,19 @@ def invocation_id(h: KubeHost) -> str:
     return h.c.run(["systemctl", "show", "-P", "InvocationID", "bao-kms-provider.service"]).stdout.strip()
 
 
+def probe_key_id(h: KubeHost) -> str:
+    """The key_id the host's provider serves (`bao-kms-provider probe`)."""
+    out = h.c.run(["bao-kms-provider", "probe"], check=False).stdout
+    m = re.search(r"^key_id:\s+(\S+)", out, re.M)
+    return m.group(1) if m else ""
+
+
+def apiserver_on(api, key_id: str) -> bool:
+    """Whether kube-apiserver's latest Status had `key_id` (its readyz check makes it ask now)."""
+    api.readyz("kms-providers")
+    return sum_samples(api.metrics(), STATUS_METRIC, {"key_id_hash": kube_hash(key_id)}) > 0
+
+
 def backups(h: KubeHost) -> list[str]:
     return sorted(h.c.run(["ls", "/etc/kubernetes/backup"], check=False).stdout.split())
 
@@ -153,6 +167,18 @@ def rollout(request, tmp_path_factory, nspawn_rootfs):
         k.marker_after_migrate = cp1.c.read_file(MARKER)
         k.stored_after_migrate = {f"{ns}/{name}": k.stored(ns, name) for ns, name in BEFORE}
         ro.play("migrate-2", "playbooks/migrate_secrets.yml").assert_ok()
+        # A Transit rotation since the marker: once both kube-apiservers write with the new key_id,
+        # the next run rewrites without kms_migrate_secrets_force and records the new key_id.
+        k.key_id_after_migrate = probe_key_id(cp1)
+        status, out = ro.bao.api("POST", "transit/keys/k8s-etcd/rotate")
+        assert status in (200, 204), out
+        k.key_id_after_rotation = wait_until(
+            lambda: (new := probe_key_id(cp1)) != k.key_id_after_migrate and probe_key_id(cp2) == new and new,
+            "both providers to promote the new Transit version", 60)
+        wait_until(lambda: all(apiserver_on(ro.cp.api(i), k.key_id_after_rotation) for i in (0, 1)),
+                   "both kube-apiservers to use the new key_id", 120, interval=1)
+        ro.play("migrate-3", "playbooks/migrate_secrets.yml").assert_ok()
+        k.marker_after_rotation = cp1.c.read_file(MARKER)
         drop = {"kms_migrate_secrets_remove_identity_fallback": True}
         k.ids["before drop"] = {h.name: h.pod_file("kube-apiserver", "id") for h in (cp1, cp2)}
         ro.play("drop-identity-1", "playbooks/migrate_secrets.yml", extra_vars=drop).assert_ok()
@@ -429,6 +455,13 @@ def test_the_migration_rewrites_through_the_provider_once_then_drops_identity_on
     marker = json.loads(rollout.marker_after_migrate)
     assert marker["stage"] == "migrated" and marker["resources"] == ["secrets"]
     assert sorted(marker["config_sha256"]) == ["cp1", "cp2"]
+    assert marker["key_id"] == rollout.key_id_after_migrate, marker
+    out = runs["migrate-1"].output
+    assert re.search(r"scan-etcd: \d+ Secrets, all on the active key_id " + re.escape(marker["key_id"]), out), out
+    # After a rotation the marker's key_id is no longer served: the rewrite runs again, onto the new one.
+    assert runs["migrate-3"].changed("cp1") >= 2, runs["migrate-3"].output
+    assert "resources to rewrite: secrets" in runs["migrate-3"].output, runs["migrate-3"].output
+    assert json.loads(rollout.marker_after_rotation)["key_id"] == rollout.key_id_after_rotation != marker["key_id"]
     # Dropping identity: a new EncryptionConfiguration and one API server restart per host, then nothing.
     for host in ("cp1", "cp2"):
         assert runs["drop-identity-1"].changed(host) == 2, runs["drop-identity-1"].output

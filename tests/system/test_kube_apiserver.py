@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import functools
-import hashlib
 import http.client
 import importlib
 import json
@@ -28,7 +27,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from waiting import wait_until  # noqa: E402
-from kube_rollout import ENC_CONFIG, PREFIX, PROVIDER, KubeRollout, kube_rollout  # noqa: E402
+from kube_rollout import (ENC_CONFIG, PREFIX, PROVIDER, STATUS_METRIC, KubeRollout, kube_hash,  # noqa: E402
+                          kube_rollout, sum_samples)
 from openbao import REPO_ROOT  # noqa: E402
 from provider_host import SOCKET, host_socket  # noqa: E402
 
@@ -139,23 +139,6 @@ class Cluster(KubeRollout):
         return self.api.readyz("kms-providers")
 
 
-def sum_samples(text: str, name: str, labels: dict[str, str]) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        m = re.match(rf"^{re.escape(name)}(?:\{{(.*)\}})? (\S+)$", line)
-        if not m:
-            continue
-        have = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(1) or ""))
-        if all(have.get(k) == v for k, v in labels.items()):
-            total += float(m.group(2))
-    return total
-
-
-def kube_hash(key_id: str) -> str:
-    """kube-apiserver's key_id label: sha256: + hex, unsalted."""
-    return "sha256:" + hashlib.sha256(key_id.encode()).hexdigest()
-
-
 @pytest.fixture(scope="module")
 def cluster(request, tmp_path_factory, nspawn_rootfs, kms_pb):
     work = tmp_path_factory.mktemp("kube")
@@ -260,7 +243,7 @@ def test_a_transit_rotation_reaches_kube_apiserver_and_a_no_op_update_rewrites_o
     status, out = cluster.bao.api("POST", "transit/keys/k8s-etcd/rotate")
     assert status in (200, 204), out
     new = wait_until(lambda: (k := cluster.status_key_id()) != old and k, "the provider to promote the new version", 60)
-    metric = "apiserver_envelope_encryption_key_id_hash_status_last_timestamp_seconds"
+    metric = STATUS_METRIC
 
     def apiserver_saw_new() -> bool:
         cluster.poke_readyz()
