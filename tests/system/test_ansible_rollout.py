@@ -179,6 +179,11 @@ def rollout(request, tmp_path_factory, nspawn_rootfs):
                    "both kube-apiservers to use the new key_id", 120, interval=1)
         ro.play("migrate-3", "playbooks/migrate_secrets.yml").assert_ok()
         k.marker_after_rotation = cp1.c.read_file(MARKER)
+        # A marker without a key_id (an earlier version's) is not compared: nothing is rewritten.
+        old_format = {f: v for f, v in json.loads(k.marker_after_rotation).items() if f != "key_id"}
+        cp1.c.write_file(MARKER, json.dumps(old_format), mode=0o644)
+        ro.play("migrate-4", "playbooks/migrate_secrets.yml").assert_ok()
+        cp1.c.write_file(MARKER, k.marker_after_rotation, mode=0o644)
         drop = {"kms_migrate_secrets_remove_identity_fallback": True}
         k.ids["before drop"] = {h.name: h.pod_file("kube-apiserver", "id") for h in (cp1, cp2)}
         ro.play("drop-identity-1", "playbooks/migrate_secrets.yml", extra_vars=drop).assert_ok()
@@ -462,6 +467,7 @@ def test_the_migration_rewrites_through_the_provider_once_then_drops_identity_on
     assert runs["migrate-3"].changed("cp1") >= 2, runs["migrate-3"].output
     assert "resources to rewrite: secrets" in runs["migrate-3"].output, runs["migrate-3"].output
     assert json.loads(rollout.marker_after_rotation)["key_id"] == rollout.key_id_after_rotation != marker["key_id"]
+    assert runs["migrate-4"].changed("cp1") == 0, runs["migrate-4"].output
     # Dropping identity: a new EncryptionConfiguration and one API server restart per host, then nothing.
     for host in ("cp1", "cp2"):
         assert runs["drop-identity-1"].changed(host) == 2, runs["drop-identity-1"].output
