@@ -79,16 +79,16 @@ struct KeyValue {
 }
 
 /// One page of a range read: keys and raw values in key order, all at `revision`.
-pub struct Page {
-    pub revision: i64,
-    pub kvs: Vec<(Vec<u8>, Vec<u8>)>,
+pub(crate) struct Page {
+    pub(crate) revision: i64,
+    pub(crate) kvs: Vec<(Vec<u8>, Vec<u8>)>,
     /// More keys follow the last one in this page.
-    pub more: bool,
+    pub(crate) more: bool,
 }
 
 /// The `range_end` that makes a range cover every key starting with `prefix` (etcd's rule:
 /// the prefix with its last byte below 0xff incremented; all 0xff means "to the end").
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {
@@ -221,7 +221,7 @@ impl EtcdClient {
 
     /// At most `limit` keys from `start` up to (not including) `end`, at `revision` (0: the
     /// latest; a scan passes its first page's revision so that all pages show one snapshot).
-    pub async fn range(
+    pub(crate) async fn range(
         &self,
         start: &[u8],
         end: &[u8],
