@@ -56,3 +56,13 @@ pub(crate) fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     Arc::new(rustls::crypto::ring::default_provider())
 }
+
+/// A reqwest client identity from a PEM private key and certificate chain (reqwest wants both
+/// in one PEM buffer); the joined copy holding the key is wiped when dropped.
+pub(crate) fn pem_identity(key: &[u8], cert: &[u8]) -> Result<reqwest::Identity, reqwest::Error> {
+    let mut both = zeroize::Zeroizing::new(Vec::with_capacity(key.len() + 1 + cert.len()));
+    both.extend_from_slice(key);
+    both.push(b'\n');
+    both.extend_from_slice(cert);
+    reqwest::Identity::from_pem(&both)
+}

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::parse_duration;
 use super::verify::{
-    load_registry, provider_name, EtcdArgs, EXIT_COULD_NOT_CHECK, EXIT_MALFORMED,
+    load_registry, provider_name, result_word, EtcdArgs, EXIT_COULD_NOT_CHECK, EXIT_MALFORMED,
     EXIT_NOT_ENCRYPTED, EXIT_OTHER_PROVIDER, EXIT_UNKNOWN_KEY, EXIT_USAGE, EXIT_VERIFIED,
 };
 use crate::config::DEFAULT_CONFIG_PATH;
@@ -219,21 +219,27 @@ fn key_id_count(key_id: String, values: u64, registry: Option<&Registry>) -> Key
 /// The exit code and result word, in the precedence `EXIT_CODES_HELP` states.
 fn verdict(t: &Tally) -> (u8, &'static str) {
     let state = |s: &str| t.key_ids.iter().any(|k| k.state == s);
-    if t.error.is_some() {
-        (EXIT_COULD_NOT_CHECK, "COULD NOT CHECK")
+    let code = if t.error.is_some() {
+        EXIT_COULD_NOT_CHECK
     } else if t.malformed.values > 0 {
-        (EXIT_MALFORMED, "MALFORMED")
+        EXIT_MALFORMED
     } else if t.registry_error.is_none() && state("unknown") {
-        (EXIT_UNKNOWN_KEY, "UNKNOWN KEY")
+        EXIT_UNKNOWN_KEY
     } else if t.unencrypted.values > 0 {
-        (EXIT_NOT_ENCRYPTED, "NOT ENCRYPTED")
+        EXIT_NOT_ENCRYPTED
     } else if !t.other.is_empty() {
-        (EXIT_OTHER_PROVIDER, "ENCRYPTED BY ANOTHER PROVIDER")
+        EXIT_OTHER_PROVIDER
     } else if state("retired") {
-        (EXIT_RETIRED, "RETIRED KEY VERSION")
+        EXIT_RETIRED
     } else {
-        (EXIT_VERIFIED, "ok")
-    }
+        EXIT_VERIFIED
+    };
+    let word = match code {
+        EXIT_VERIFIED => "ok",
+        EXIT_RETIRED => "RETIRED KEY VERSION",
+        other => result_word(other),
+    };
+    (code, word)
 }
 
 fn print_text(t: &Tally) {

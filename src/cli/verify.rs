@@ -127,6 +127,20 @@ pub(crate) fn provider_name(
     Ok((name, settings))
 }
 
+/// The `result:` word of an exit code (`scan-etcd` shares the words of the codes it shares).
+pub(crate) fn result_word(code: u8) -> &'static str {
+    match code {
+        EXIT_VERIFIED => "verified",
+        EXIT_NOT_ENCRYPTED => "NOT ENCRYPTED",
+        EXIT_OTHER_PROVIDER => "ENCRYPTED BY ANOTHER PROVIDER",
+        EXIT_UNKNOWN_KEY => "UNKNOWN KEY",
+        EXIT_DOES_NOT_DECRYPT => "DOES NOT DECRYPT",
+        EXIT_MALFORMED => "MALFORMED",
+        EXIT_USAGE => "USAGE ERROR",
+        _ => "COULD NOT CHECK",
+    }
+}
+
 /// The lines printed and the exit code they end in.
 struct Report {
     lines: Vec<(&'static str, String)>,
@@ -138,17 +152,7 @@ impl Report {
     }
 
     fn finish(mut self, code: u8) -> ExitCode {
-        let result = match code {
-            EXIT_VERIFIED => "verified",
-            EXIT_NOT_ENCRYPTED => "NOT ENCRYPTED",
-            EXIT_OTHER_PROVIDER => "ENCRYPTED BY ANOTHER PROVIDER",
-            EXIT_UNKNOWN_KEY => "UNKNOWN KEY",
-            EXIT_DOES_NOT_DECRYPT => "DOES NOT DECRYPT",
-            EXIT_MALFORMED => "MALFORMED",
-            EXIT_USAGE => "USAGE ERROR",
-            _ => "COULD NOT CHECK",
-        };
-        self.add("result", result);
+        self.add("result", result_word(code));
         for (label, value) in &self.lines {
             println!("{:<11} {value}", format!("{label}:"));
         }

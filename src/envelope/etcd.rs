@@ -9,7 +9,7 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::support::{error_chain, read_capped, ReadError};
+use crate::support::{error_chain, pem_identity, read_capped, ReadError};
 
 /// Values larger than this are refused (etcd's default request limit is 1.5 MiB).
 const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
@@ -129,10 +129,9 @@ impl EtcdClient {
         }
         match (&tls.cert_file, &tls.key_file) {
             (Some(cert), Some(key)) => {
-                let mut pem = zeroize::Zeroizing::new(read("etcd client key", key)?);
-                pem.push(b'\n');
-                pem.extend_from_slice(&read("etcd client certificate", cert)?);
-                let id = reqwest::Identity::from_pem(&pem).map_err(|e| EtcdError::File {
+                let key_pem = zeroize::Zeroizing::new(read("etcd client key", key)?);
+                let cert_pem = read("etcd client certificate", cert)?;
+                let id = pem_identity(&key_pem, &cert_pem).map_err(|e| EtcdError::File {
                     what: "etcd client certificate/key",
                     path: cert.clone(),
                     reason: format!("not a PEM certificate and private key: {e}"),

@@ -140,10 +140,7 @@ impl Api {
             "client-certificate",
         )?;
         if let (Some(key), Some(cert)) = (key, cert) {
-            let mut both = Zeroizing::new(key.to_vec());
-            both.push(b'\n');
-            both.extend_from_slice(&cert);
-            let id = reqwest::Identity::from_pem(&both)
+            let id = crate::support::pem_identity(&key, &cert)
                 .map_err(|e| format!("kubeconfig {shown}: client certificate and key: {e}"))?;
             b = b.identity(id);
         }
