@@ -176,3 +176,58 @@ async fn a_restart_during_an_outage_serves_the_saved_key_id_at_once() {
         up.elapsed()
     );
 }
+
+/// kube-apiserver stops writing only when Status stops returning a valid key_id: OpenBao
+/// answering that the key is denied (or gone) withholds it; an unreachable OpenBao keeps it.
+#[tokio::test]
+async fn a_key_denied_by_openbao_withholds_the_key_id_and_an_unreachable_openbao_keeps_it() {
+    let bao = Bao::start().await;
+    let proxy = FaultProxy::start(bao.port).await;
+    let o = ProviderOptions::with(&proxy.addr(), &bao.jwt_path());
+    let p = Provider::start(&o).await;
+    let key_id = p.status().await.key_id;
+    assert!(!key_id.is_empty());
+
+    // The policy no longer grants the key: 403 on the key read, also after a fresh login.
+    let denied = Instant::now();
+    bao.root(
+        reqwest::Method::PUT,
+        "sys/policies/acl/bao-kms-provider",
+        Some(serde_json::json!({ "policy": "path \"sys/nothing\" { capabilities = [\"read\"] }" })),
+    )
+    .await;
+    p.wait_status("an empty key_id while the key is denied", |s| {
+        s.key_id.is_empty()
+    })
+    .await;
+    let withheld_after = denied.elapsed();
+    let s = p.status().await;
+    assert!(s.healthz.contains("403"), "{}", s.healthz);
+
+    // Access back: the same key_id, healthy.
+    bao.root(
+        reqwest::Method::PUT,
+        "sys/policies/acl/bao-kms-provider",
+        Some(serde_json::json!({ "policy": policy_text("transit", "k8s-etcd") })),
+    )
+    .await;
+    p.wait_status("the key_id back", |s| {
+        s.key_id == key_id && s.healthz == "ok"
+    })
+    .await;
+
+    // Unreachable for longer than it took to withhold the key_id: the key_id stays.
+    proxy.set_down();
+    p.wait_status("healthz not ok", |s| s.healthz != "ok").await;
+    let down = Instant::now();
+    while down.elapsed() < withheld_after * 2 {
+        assert_eq!(p.status().await.key_id, key_id, "{}", p.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proxy.set_up();
+    p.wait_healthy().await;
+    eprintln!(
+        "FIGURES key withdrawn: key_id withheld {withheld_after:?} after the policy denied the key; kept through {:?} of OpenBao unreachable",
+        down.elapsed()
+    );
+}

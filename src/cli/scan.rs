@@ -88,22 +88,23 @@ impl Count {
 }
 
 #[derive(Serialize)]
-struct KeyIdCount {
-    key_id: String,
+pub(crate) struct KeyIdCount {
+    pub(crate) key_id: String,
     /// active, pending, retired, or unknown (not in the registry, or no registry).
-    state: &'static str,
+    pub(crate) state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    transit_version: Option<u32>,
-    values: u64,
+    pub(crate) transit_version: Option<u32>,
+    pub(crate) values: u64,
 }
 
+/// What one scan of a prefix found, and its verdict.
 #[derive(Serialize, Default)]
-struct Tally {
-    prefix: String,
+pub(crate) struct Tally {
+    pub(crate) prefix: String,
     provider_name: String,
-    revision: i64,
-    values: u64,
-    key_ids: Vec<KeyIdCount>,
+    pub(crate) revision: i64,
+    pub(crate) values: u64,
+    pub(crate) key_ids: Vec<KeyIdCount>,
     /// By the public prefix of the other scheme or provider, e.g. `k8s:enc:aescbc:v1:key1:`.
     other: BTreeMap<String, Count>,
     unencrypted: Count,
@@ -112,8 +113,8 @@ struct Tally {
     registry_error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
-    result: &'static str,
-    exit_code: u8,
+    pub(crate) result: &'static str,
+    pub(crate) exit_code: u8,
 }
 
 pub(crate) fn run(a: ScanArgs) -> Result<ExitCode> {
@@ -131,13 +132,30 @@ pub(crate) fn run(a: ScanArgs) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let registry = registry.as_ref().map_err(String::as_str);
+    let t = rt.block_on(tally(&etcd, &a.prefix, &name, registry));
+    match a.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&t)?),
+        Output::Text => print!("{}", text(&t)),
+    }
+    Ok(ExitCode::from(t.exit_code))
+}
+
+/// Counts every value under `prefix` (one etcd revision) by key_id and by kind, and gives the
+/// verdict. `registry` tells the key_ids' states; `Err(why)` when it cannot be read.
+pub(crate) async fn tally(
+    etcd: &EtcdClient,
+    prefix: &str,
+    provider_name: &str,
+    registry: Result<&Registry, &str>,
+) -> Tally {
     let mut t = Tally {
-        prefix: a.prefix.clone(),
-        provider_name: name,
+        prefix: prefix.to_owned(),
+        provider_name: provider_name.to_owned(),
         ..Tally::default()
     };
     let mut by_key_id = BTreeMap::<String, u64>::new();
-    let scanned = rt.block_on(scan(&etcd, a.prefix.as_bytes(), |key, value| {
+    let scanned = scan(etcd, prefix.as_bytes(), |key, value| {
         t.values += 1;
         match crate::envelope::Envelope::parse(value, &t.provider_name) {
             Ok(env) => *by_key_id.entry(env.key_id).or_default() += 1,
@@ -154,24 +172,21 @@ pub(crate) fn run(a: ScanArgs) -> Result<ExitCode> {
                 _ => t.malformed.add(key),
             },
         }
-    }));
+    })
+    .await;
     match scanned {
         Ok(revision) => t.revision = revision,
         Err(e) => t.error = Some(e.to_string()),
     }
-    if let Err(e) = &registry {
-        t.registry_error = Some(e.clone());
+    if let Err(e) = registry {
+        t.registry_error = Some(e.to_owned());
     }
     t.key_ids = by_key_id
         .into_iter()
-        .map(|(key_id, values)| key_id_count(key_id, values, registry.as_ref().ok()))
+        .map(|(key_id, values)| key_id_count(key_id, values, registry.ok()))
         .collect();
     (t.exit_code, t.result) = verdict(&t);
-    match a.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&t)?),
-        Output::Text => print_text(&t),
-    }
-    Ok(ExitCode::from(t.exit_code))
+    t
 }
 
 /// Reads every key under `prefix` at one revision, page by page; returns that revision.
@@ -242,8 +257,12 @@ fn verdict(t: &Tally) -> (u8, &'static str) {
     (code, word)
 }
 
-fn print_text(t: &Tally) {
-    let line = |label: &str, value: String| println!("{:<12} {value}", format!("{label}:"));
+/// The text report: one line per kind and key_id.
+pub(crate) fn text(t: &Tally) -> String {
+    let mut out = String::new();
+    let mut line = |label: &str, value: String| {
+        out.push_str(&format!("{:<12} {value}\n", format!("{label}:")));
+    };
     let first = |c: &Count| match &c.first_key {
         Some(k) => format!("{} (first: {k})", c.values),
         None => c.values.to_string(),
@@ -275,6 +294,7 @@ fn print_text(t: &Tally) {
         );
     }
     line("result", t.result.to_owned());
+    out
 }
 
 #[cfg(test)]

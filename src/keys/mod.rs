@@ -1,4 +1,5 @@
 //! Key identity (key_id, associated data) and the lifecycle of Transit key versions.
+mod atomic;
 mod id;
 mod registry;
 
@@ -12,3 +13,6 @@ pub(crate) use registry::{Observation, Promotion, Sighting};
 mod store;
 
 pub(crate) use store::{Store, StoreError};
+pub(crate) mod trim;
+
+pub(crate) use trim::TrimRecord;

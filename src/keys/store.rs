@@ -3,7 +3,7 @@
 //! writer, and checked on load: a truncated, edited or rolled-back file is reported, never replaced.
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -168,6 +168,11 @@ impl Store {
         Ok(())
     }
 
+    /// The state directory, where the trim record lives beside the registry.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub(crate) fn path(&self) -> PathBuf {
         self.dir.join(REGISTRY_FILE)
     }
@@ -292,33 +297,10 @@ impl Store {
     }
 
     fn write_atomic(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
-        let tmp = self.dir.join(format!(".{name}.tmp"));
-        let written = self.write_via(&tmp, name, data);
-        if written.is_err() {
-            // A partial temp file (full disk) is never read; do not let it hold the space.
-            let _ = std::fs::remove_file(&tmp);
-        }
-        written
-    }
-
-    fn write_via(&self, tmp: &Path, name: &str, data: &[u8]) -> Result<(), StoreError> {
-        let target = self.dir.join(name);
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(tmp)
-            .map_err(io(tmp))?;
-        f.write_all(data).map_err(io(tmp))?;
-        f.sync_all().map_err(io(tmp))?;
-        drop(f);
-        std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o600)).map_err(io(tmp))?;
-        std::fs::rename(tmp, &target).map_err(io(&target))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&self.dir))?;
-        Ok(())
+        super::atomic::write_atomic(&self.dir, name, data, None).map_err(|e| StoreError::Io {
+            path: e.path,
+            source: e.source,
+        })
     }
 }
 

@@ -23,7 +23,7 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 pub(crate) use diagnostics::tls_handshake;
-pub(crate) use error::Error;
+pub(crate) use error::{Error, ErrorClass};
 pub(crate) use expiry::{credential_expiry, Credential};
 pub(crate) use http::Operation;
 pub(crate) use pkcs11::{inspect as inspect_pkcs11_key, Pkcs11Error};

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::keys::{Refusal, StoreError};
+use crate::keys::{Refusal, Registry, StoreError, TrimRecord};
 use crate::openbao;
 
 /// Whether a snapshot that is `Degraded` (serving, with warnings) counts as healthy for Status,
@@ -32,6 +32,20 @@ pub(crate) enum ProbeError {
     ProbeDecrypt(#[source] openbao::Error),
     #[error("probe decrypt returned different bytes than were encrypted")]
     RoundTripMismatch,
+}
+
+impl ProbeError {
+    /// OpenBao itself answered that the key is gone (404) or that this provider may no longer
+    /// use it (403 after a fresh login): a decision about the key, not an outage.
+    pub(crate) fn key_withdrawn(&self) -> bool {
+        match self {
+            Self::ReadKey(e) | Self::ProbeEncrypt(e) | Self::ProbeDecrypt(e) => matches!(
+                e.class(),
+                openbao::ErrorClass::PermissionDenied | openbao::ErrorClass::NotFound
+            ),
+            _ => false,
+        }
+    }
 }
 
 /// Why the provider is not ok.
@@ -103,6 +117,38 @@ impl fmt::Display for KeyWarning {
                 "Transit min_decryption_version is {min_decryption_version}: data written with older versions (before this provider adopted the key) cannot be read"
             ),
         }
+    }
+}
+
+/// The key warnings for this key metadata and registry: the one rule the probe loop and
+/// `doctor` share. A trim record that covers `min_decryption_version` says the versions below
+/// its N were trimmed on purpose after a clean scan, so they are no warning; a higher
+/// `min_decryption_version` is a trim nobody recorded, and warns as if there were no record.
+pub(crate) fn key_warnings(
+    registry: &Registry,
+    meta: &openbao::KeyMetadata,
+    trim: Option<&TrimRecord>,
+) -> Vec<KeyWarning> {
+    let min = meta.min_decryption_version;
+    let trimmed_below = trim
+        .filter(|t| t.covers(min))
+        .map(|t| t.min_decryption_version);
+    let blocked: Vec<u32> = registry
+        .blocked_by_min_decryption(&super::translate::observation(meta))
+        .into_iter()
+        .filter(|v| trimmed_below.is_none_or(|n| *v >= n))
+        .collect();
+    if !blocked.is_empty() {
+        vec![KeyWarning::RetainedVersionsBlocked {
+            min_decryption_version: min,
+            versions: blocked,
+        }]
+    } else if min > 1 && trimmed_below.is_none() {
+        vec![KeyWarning::OlderVersionsUnreadable {
+            min_decryption_version: min,
+        }]
+    } else {
+        Vec::new()
     }
 }
 
@@ -252,6 +298,107 @@ mod tests {
         assert_eq!(
             Reason::NotOk(NotOk::WaitingForDeepProbe).to_string(),
             "waiting for the first encrypt/decrypt probe"
+        );
+    }
+
+    fn registry(versions: &[u32]) -> Registry {
+        let records: serde_json::Map<String, serde_json::Value> = versions
+            .iter()
+            .map(|v| {
+                let state = if Some(v) == versions.last() {
+                    "active"
+                } else {
+                    "retired"
+                };
+                let record = serde_json::json!({
+                    "version": v, "created_unix": 1000 + v, "key_id": format!("k{v}"),
+                    "state": state, "first_seen_unix": 0, "observations": 0,
+                });
+                (v.to_string(), record)
+            })
+            .collect();
+        serde_json::from_value(serde_json::json!({ "records": records })).expect("registry")
+    }
+
+    fn meta(latest: u32, min_decryption_version: u32) -> openbao::KeyMetadata {
+        openbao::KeyMetadata {
+            key_type: "aes256-gcm96".into(),
+            latest_version: latest,
+            min_decryption_version,
+            min_encryption_version: 0,
+            versions: (min_decryption_version..=latest)
+                .map(|v| (v, 1000 + i64::from(v)))
+                .collect(),
+            exportable: false,
+            allow_plaintext_backup: false,
+            deletion_allowed: false,
+            derived: false,
+            convergent_encryption: false,
+            auto_rotate_period_seconds: 0,
+        }
+    }
+
+    fn trimmed_below(n: u32) -> TrimRecord {
+        TrimRecord {
+            min_decryption_version: n,
+            recorded_unix: 0,
+            scope: "s".into(),
+            scans: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_trim_record_covering_min_decryption_version_silences_the_warnings() {
+        let reg = registry(&[1, 2, 3]);
+        assert_eq!(
+            key_warnings(&reg, &meta(3, 3), None),
+            vec![KeyWarning::RetainedVersionsBlocked {
+                min_decryption_version: 3,
+                versions: vec![1, 2],
+            }]
+        );
+        assert_eq!(
+            key_warnings(&reg, &meta(3, 3), Some(&trimmed_below(3))),
+            vec![]
+        );
+        // Recorded ahead of raising it: already covered.
+        assert_eq!(
+            key_warnings(&reg, &meta(3, 2), Some(&trimmed_below(3))),
+            vec![]
+        );
+        // Adopted after versions below were gone: nothing retained, nothing unreadable.
+        let adopted = registry(&[3]);
+        assert_eq!(
+            key_warnings(&adopted, &meta(3, 3), None),
+            vec![KeyWarning::OlderVersionsUnreadable {
+                min_decryption_version: 3
+            }]
+        );
+        assert_eq!(
+            key_warnings(&adopted, &meta(3, 3), Some(&trimmed_below(3))),
+            vec![]
+        );
+        assert_eq!(key_warnings(&reg, &meta(3, 1), None), vec![]);
+    }
+
+    #[test]
+    fn a_trim_above_the_record_warns_as_without_one() {
+        let reg = registry(&[1, 2, 3]);
+        for record in [None, Some(trimmed_below(2))] {
+            assert_eq!(
+                key_warnings(&reg, &meta(3, 3), record.as_ref()),
+                vec![KeyWarning::RetainedVersionsBlocked {
+                    min_decryption_version: 3,
+                    versions: vec![1, 2],
+                }]
+            );
+        }
+        let adopted = registry(&[3]);
+        assert_eq!(
+            key_warnings(&adopted, &meta(3, 3), Some(&trimmed_below(2))),
+            vec![KeyWarning::OlderVersionsUnreadable {
+                min_decryption_version: 3
+            }]
         );
     }
 }

@@ -13,6 +13,7 @@ use tokio::sync::{watch, Mutex};
 use zeroize::Zeroizing;
 
 use health::Health;
+pub(crate) use health::{key_warnings, KeyWarning};
 pub(crate) use snapshot::{KnownKey, Snapshot};
 pub(crate) use translate::key_identity;
 
@@ -35,6 +36,8 @@ pub(crate) struct Provider {
     /// second, so junk key_ids cannot turn into a flood of OpenBao reads).
     refreshed: Mutex<Option<std::time::Instant>>,
     snapshot: watch::Sender<Arc<Snapshot>>,
+    /// The trim record could not be read at the last probe (logged once until it can).
+    trim_unreadable: std::sync::atomic::AtomicBool,
 }
 
 impl Provider {
@@ -75,6 +78,7 @@ impl Provider {
             }),
             store,
             refreshed: Mutex::new(None),
+            trim_unreadable: std::sync::atomic::AtomicBool::new(false),
         };
         Ok(provider)
     }
@@ -187,7 +191,9 @@ impl KeyService for Provider {
                 Ok(()) => "ok".to_owned(),
                 Err(reason) => reason.to_string(),
             },
-            key_id: snap.key_id().unwrap_or_default().to_owned(),
+            key_id: snap
+                .status_key_id(self.status.unhealthy_after.get())
+                .to_owned(),
         }
     }
 

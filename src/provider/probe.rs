@@ -6,9 +6,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::RngCore;
 
-use super::health::{KeyWarning, ProbeError, RegistryFault};
+use super::health::{key_warnings, ProbeError, RegistryFault};
 use super::{known_keys, Provider, Snapshot};
-use crate::keys::{apiserver_hash, associated_data, short_hash, Change, Sighting};
+use crate::keys::{
+    apiserver_hash, associated_data, short_hash, trim, Change, Sighting, TrimRecord,
+};
 use crate::openbao;
 use crate::telemetry::metrics;
 
@@ -169,18 +171,7 @@ impl Provider {
             let changed = before_active != Some(active.0);
             (regs.current.clone(), active, changed, unsaved)
         };
-        let blocked = registry.blocked_by_min_decryption(&observation);
-        let mut warnings: Vec<KeyWarning> = Vec::new();
-        if !blocked.is_empty() {
-            warnings.push(KeyWarning::RetainedVersionsBlocked {
-                min_decryption_version: meta.min_decryption_version,
-                versions: blocked,
-            });
-        } else if meta.min_decryption_version > 1 {
-            warnings.push(KeyWarning::OlderVersionsUnreadable {
-                min_decryption_version: meta.min_decryption_version,
-            });
-        }
+        let warnings = key_warnings(&registry, &meta, self.trim_record().as_ref());
         metrics::warnings(warnings.len());
         metrics::registry_unsaved(unsaved.is_some());
         if warnings != self.snapshot().warnings {
@@ -215,6 +206,24 @@ impl Provider {
             s.registry_fault = unsaved;
         });
         Ok(did_deep)
+    }
+
+    /// The trim record, read on every probe (it is tiny). One that cannot be read is logged
+    /// once and counts as absent: it can only silence warnings, never stop serving.
+    fn trim_record(&self) -> Option<TrimRecord> {
+        use std::sync::atomic::Ordering::Relaxed;
+        match trim::load(self.store.dir(), &self.identity.fingerprint()) {
+            Ok(record) => {
+                self.trim_unreadable.store(false, Relaxed);
+                record
+            }
+            Err(e) => {
+                if !self.trim_unreadable.swap(true, Relaxed) {
+                    tracing::warn!(error = %e, "trim record not readable; key warnings are given as if there were none");
+                }
+                None
+            }
+        }
     }
 
     /// Saves the registry when it changed (or an earlier save failed), taking the lock first

@@ -72,6 +72,18 @@ impl Snapshot {
         self.active.as_ref().map(|(_, id)| id.as_str())
     }
 
+    /// The key_id Status reports. Withheld (empty) once `unhealthy_after` consecutive probes
+    /// found the key gone or denied: kube-apiserver extends its write DEK on every Status with
+    /// an unchanged, valid key_id, so only an empty one stops writes (within its 3-minute DEK
+    /// lifetime), as a key disabled on purpose should. An unreachable, sealed or slow OpenBao
+    /// never withholds it, so writes go on through an outage (docs/reliability.md).
+    pub(crate) fn status_key_id(&self, unhealthy_after: u32) -> &str {
+        match &self.problem {
+            Some(p) if self.failures >= unhealthy_after && p.key_withdrawn() => "",
+            _ => self.key_id().unwrap_or_default(),
+        }
+    }
+
     /// Status is served from the saved key registry, no probe has succeeded yet.
     pub(crate) fn waiting_for_openbao(&self) -> bool {
         self.active.is_some() && self.metadata_ok_at.is_none()

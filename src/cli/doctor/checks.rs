@@ -7,7 +7,10 @@ use rand::RngCore;
 
 use super::{isolation, privilege, profile, Report};
 use crate::config::{AuthSettings, ClientKey, Settings};
+use crate::keys::trim::{self, TrimError};
+use crate::keys::{Registry, Store, TrimRecord};
 use crate::openbao::{self, Client, Error, KeyMetadata, ServerHealth};
+use crate::provider::KeyWarning;
 
 /// Associated data of the doctor's probe, so its ciphertext can never pass for a Secret's.
 const PROBE_AAD: &[u8] = b"bao-kms-provider doctor probe";
@@ -28,8 +31,8 @@ pub(crate) async fn run(s: &Settings, other_configs: &[PathBuf], r: &mut Report)
         return;
     }
     let policies = token(s, &client, r).await;
-    let (mount, key) = (&s.transit.mount_path, &s.transit.key_name);
-    let meta = key_profile(&client, mount, key, r).await;
+    let mount = &s.transit.mount_path;
+    let meta = key_profile(s, &client, r).await;
     upsert(&client, mount, r).await;
     mount_identity(&client, mount, r).await;
     match &meta {
@@ -227,12 +230,8 @@ async fn token(s: &Settings, client: &Client, r: &mut Report) -> Vec<String> {
     info.policies
 }
 
-async fn key_profile(
-    client: &Client,
-    mount: &str,
-    key: &str,
-    r: &mut Report,
-) -> Option<KeyMetadata> {
+async fn key_profile(s: &Settings, client: &Client, r: &mut Report) -> Option<KeyMetadata> {
+    let (mount, key) = (&s.transit.mount_path, &s.transit.key_name);
     let meta = match client.read_key().await {
         Ok(m) => m,
         Err(Error::NotFound(_)) => {
@@ -255,25 +254,55 @@ async fn key_profile(
         }
     };
     let problems = profile::problems(&meta, mount, key);
-    if problems.is_empty() && meta.min_decryption_version > 1 {
-        // Serving works; the operator must still know that older data is unreadable.
-        r.warn(
-            "key-profile",
-            format!(
-                "{}; versions below {} cannot be decrypted: data written with them is unreadable",
-                profile::summary(&meta, mount, key),
-                meta.min_decryption_version
-            ),
-        );
-    } else if problems.is_empty() {
-        r.ok("key-profile", profile::summary(&meta, mount, key));
-    } else {
+    if !problems.is_empty() {
         r.fail(
             "key-profile",
             format!("{mount}/keys/{key}: {}", problems.join("; ")),
         );
+        return Some(meta);
+    }
+    let summary = profile::summary(&meta, mount, key);
+    let (registry, trim) = local_key_state(s);
+    // A record that cannot be read silences nothing, and the warning says why.
+    let unread = trim
+        .as_ref()
+        .err()
+        .map(|e| format!("; {e}"))
+        .unwrap_or_default();
+    let trim = trim.ok().flatten();
+    let min = meta.min_decryption_version;
+    // Serving works either way; the operator must still know when older data is unreadable.
+    match crate::provider::key_warnings(&registry, &meta, trim.as_ref()).first() {
+        Some(KeyWarning::OlderVersionsUnreadable { .. }) => r.warn(
+            "key-profile",
+            format!("{summary}; versions below {min} cannot be decrypted: data written with them is unreadable (after a clean scan: bao-kms-provider state acknowledge-trim --min-decryption-version {min}){unread}"),
+        ),
+        Some(w) => r.warn("key-profile", format!("{summary}; {w}{unread}")),
+        None => match trim.filter(|t| min > 1 && t.covers(min)) {
+            Some(t) => r.ok(
+                "key-profile",
+                format!(
+                    "{summary}; versions below {min} trimmed deliberately (recorded {})",
+                    t.recorded()
+                ),
+            ),
+            None => r.ok("key-profile", summary),
+        },
     }
     Some(meta)
+}
+
+/// This host's key registry and trim record, as the probe loop reads them. A registry that
+/// cannot be read counts as empty: the check then judges min_decryption_version alone
+/// (`state verify` names a damaged registry).
+fn local_key_state(s: &Settings) -> (Registry, Result<Option<TrimRecord>, TrimError>) {
+    let scope = crate::provider::key_identity(s).fingerprint();
+    let dir = &s.server.state_dir;
+    let registry = Store::open_readonly(dir, &scope)
+        .verify()
+        .map(|v| v.registry)
+        .unwrap_or_default();
+    (registry, trim::load(dir, &scope))
 }
 
 async fn upsert(client: &Client, mount: &str, r: &mut Report) {
