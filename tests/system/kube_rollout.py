@@ -10,10 +10,13 @@ seconds. Every host gets the same variables; a test changes one host's by `host_
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import http.client
 import os
 import re
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,6 +56,13 @@ def sum_samples(text: str, name: str, labels: dict[str, str]) -> float:
 def kube_hash(key_id: str) -> str:
     """kube-apiserver's key_id label: sha256: + hex, unsalted."""
     return "sha256:" + hashlib.sha256(key_id.encode()).hexdigest()
+
+
+def probe_key_id(h: KubeHost) -> str:
+    """The key_id the host's provider serves (`bao-kms-provider probe`)."""
+    out = h.c.run(["bao-kms-provider", "probe"], check=False).stdout
+    m = re.search(r"^key_id:\s+(\S+)", out, re.M)
+    return m.group(1) if m else ""
 
 
 def provider_deb(request) -> Path:
@@ -139,3 +149,66 @@ def kube_rollout(request, workdir: Path, rootfs: Path, make=KubeRollout, **contr
                 except Exception as e:  # noqa: BLE001 - tear everything down
                     print(f"teardown: {e}", file=sys.stderr)
         bao.stop()
+
+
+class Traffic:
+    """A background reader and writer per kube-apiserver, as workloads would be: each reader reads
+    one Secret and checks its value, each writer replaces its own Secret, through that host's API
+    server, until stopped. Every answer other than 200 and every wrong value is a failure; a refused
+    or dropped connection and kube-apiserver's 503 "apiserver is shutting down" (that kube-apiserver
+    restarting) are counted apart, with the time."""
+
+    def __init__(self, cp: ControlPlane, namespace: str = "traffic"):
+        self.cp, self.ns = cp, namespace
+        self.failures: list[str] = []
+        self.unreachable: list[str] = []
+        self.counts: dict[str, int] = {}
+        self.last_ok: dict[str, float] = {}  # name -> wall-clock time of the last answer that was right
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self, hosts: int) -> "Traffic":
+        api = self.cp.api(0)
+        api.request("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.ns}})
+        for i in range(hosts):
+            for role in ("read", "write"):
+                name = f"{role}-{self.cp.hosts[i].name}"
+                status, out = api.request("POST", f"/api/v1/namespaces/{self.ns}/secrets", self._secret(name, name))
+                assert status == 201, out
+                t = threading.Thread(target=self._loop, args=(i, role, name), daemon=True)
+                self._threads.append(t)
+                t.start()
+        return self
+
+    def _secret(self, name: str, value: str, version: str | None = None) -> dict:
+        meta = {"name": name, "namespace": self.ns, **({"resourceVersion": version} if version else {})}
+        return {"apiVersion": "v1", "kind": "Secret", "metadata": meta,
+                "data": {"value": base64.b64encode(value.encode()).decode()}}
+
+    def _loop(self, i: int, role: str, name: str) -> None:
+        api, n, path = self.cp.api(i), 0, f"/api/v1/namespaces/{self.ns}/secrets/{name}"
+        while not self._stop.is_set():
+            n += 1
+            stamp = time.strftime("%H:%M:%S")
+            try:
+                if role == "read":
+                    status, out = api.request("GET", path)
+                    ok = status == 200 and base64.b64decode(out["data"]["value"]).decode() == name
+                else:
+                    status, out = api.request("PUT", path, self._secret(name, f"{name} {n}"))
+                    ok = status == 200
+                if ok:
+                    self.last_ok[name] = time.time()
+                elif status == 503 and "apiserver is shutting down" in str(out):
+                    self.unreachable.append(f"{stamp} {role} via {self.cp.hosts[i].name}: 503 shutting down")
+                else:
+                    self.failures.append(f"{stamp} {role} via {self.cp.hosts[i].name}: {status} {str(out)[:300]}")
+            except (OSError, http.client.HTTPException) as e:
+                self.unreachable.append(f"{stamp} {role} via {self.cp.hosts[i].name}: {e}")
+            self.counts[name] = n
+            self._stop.wait(0.2)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=60)

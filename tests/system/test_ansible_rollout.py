@@ -32,7 +32,7 @@ from ansible_helpers import REPO_ROOT  # noqa: E402
 from kube_cluster import KubeHost  # noqa: E402
 from waiting import wait_until  # noqa: E402
 from kube_rollout import (ENC_CONFIG, ENC_DIR, MANIFEST, PREFIX, STATUS_METRIC, KubeRollout, kube_hash,  # noqa: E402
-                          kube_rollout, sum_samples)
+                          kube_rollout, probe_key_id, sum_samples)
 
 FLAG = f"--encryption-provider-config={ENC_CONFIG}"
 PREVIOUS_FILE = f"{ENC_DIR}/previous-encryption-provider-config"
@@ -106,13 +106,6 @@ def touched(h: KubeHost) -> str:
 
 def invocation_id(h: KubeHost) -> str:
     return h.c.run(["systemctl", "show", "-P", "InvocationID", "bao-kms-provider.service"]).stdout.strip()
-
-
-def probe_key_id(h: KubeHost) -> str:
-    """The key_id the host's provider serves (`bao-kms-provider probe`)."""
-    out = h.c.run(["bao-kms-provider", "probe"], check=False).stdout
-    m = re.search(r"^key_id:\s+(\S+)", out, re.M)
-    return m.group(1) if m else ""
 
 
 def apiserver_on(api, key_id: str) -> bool:

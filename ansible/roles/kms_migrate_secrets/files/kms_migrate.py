@@ -471,6 +471,10 @@ def migrate(a):
             log("resources to check: %s" % ", ".join(resources))
             verify(a, api, etcd, plan)
             return
+        if a.quota_only:
+            log("resources a rewrite would take: %s" % ", ".join(resources))
+            check_quota(a, etcd, {r: {"bytes": count(api, plan[r], a.chunk_size)[1]} for r in resources})
+            return
         log("resources to rewrite: %s" % ", ".join(resources))
         # Size check first: a full rewrite adds a revision of every object until etcd is compacted.
         todo = {r: state.get(r, {}) for r in resources if not state.get(r, {}).get("complete")}
@@ -481,20 +485,7 @@ def migrate(a):
                                 "complete": False})
                 state[r] = todo[r]
         save_state(state)
-        if etcd is not None and a.quota_check != "off" and todo:
-            db = etcd.db_size()
-            quota = a.etcd_quota_bytes or DEFAULT_QUOTA
-            grow = int(sum(s.get("bytes", 0) for s in todo.values()) * 1.2)
-            log("etcd: database %d bytes, quota %d bytes, a full rewrite adds about %d bytes" % (db, quota, grow))
-            if db + grow > quota * a.quota_headroom:
-                msg = ("etcd database (%d bytes) plus a full rewrite (about %d bytes) would exceed %d%% of the quota "
-                       "(%d bytes). Compact and defragment etcd first (etcdctl compact <revision>; etcdctl defrag "
-                       "--cluster), or raise --quota-backend-bytes" % (db, grow, int(a.quota_headroom * 100), quota))
-                if a.quota_check == "refuse":
-                    raise Failure(msg)
-                log("WARNING: " + msg)
-            else:
-                log("etcd: enough room; compact and defragment afterwards to return the space of the old revisions")
+        check_quota(a, etcd, todo)
         last_tick = 0.0
         for r in resources:
             st = state[r]
@@ -534,6 +525,26 @@ def migrate(a):
             verify(a, api, etcd, plan)
     finally:
         api.close()
+
+
+def check_quota(a, etcd, todo):
+    """Refuses (or warns) when etcd's database plus a rewrite of `todo` would come near the quota:
+    a full rewrite adds a revision of every object until etcd is compacted."""
+    if etcd is None or a.quota_check == "off" or not todo:
+        return
+    db = etcd.db_size()
+    quota = a.etcd_quota_bytes or DEFAULT_QUOTA
+    grow = int(sum(s.get("bytes", 0) for s in todo.values()) * 1.2)
+    log("etcd: database %d bytes, quota %d bytes, a full rewrite adds about %d bytes" % (db, quota, grow))
+    if db + grow > quota * a.quota_headroom:
+        msg = ("etcd database (%d bytes) plus a full rewrite (about %d bytes) would exceed %d%% of the quota "
+               "(%d bytes). Compact and defragment etcd first (etcdctl compact <revision>; etcdctl defrag "
+               "--cluster), or raise --quota-backend-bytes" % (db, grow, int(a.quota_headroom * 100), quota))
+        if a.quota_check == "refuse":
+            raise Failure(msg)
+        log("WARNING: " + msg)
+    else:
+        log("etcd: enough room; compact and defragment afterwards to return the space of the old revisions")
 
 
 def verify(a, api, etcd, plan):
@@ -625,6 +636,8 @@ def main():
     p.add_argument("--verify", default="all", help="all, sample:N or none")
     p.add_argument("--verify-only", action="store_true",
                    help="rewrite nothing: check every value of the selected resources in etcd (needs --etcd-endpoint)")
+    p.add_argument("--quota-only", action="store_true",
+                   help="rewrite nothing: count the objects and check etcd has room for a rewrite (--quota-check)")
     p.add_argument("--expect-prefix", default="k8s:enc:kms:v2:")
     p.add_argument("--expect-not", action="store_true",
                    help="rolling back: values must NOT start with --expect-prefix any more")
@@ -658,7 +671,7 @@ def main():
     # SIGTERM (systemd, a timeout) ends like Ctrl-C: the resume state is saved on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        if a.state_dir and not a.verify_only:
+        if a.state_dir and not (a.verify_only or a.quota_only):
             global STATE_DIR  # pylint: disable=global-statement
             STATE_DIR = StateDir(a.state_dir)
         migrate(a)
