@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use bao_kms_provider::envelope::{decode, encode, DekSourceType, Writer};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use common::etcd::Etcd;
+use common::etcd::{kube_writer, Etcd};
 use common::*;
 use prost::Message;
 
@@ -104,12 +104,7 @@ async fn secret_written_like_kube_apiserver_is_opaque_in_etcd_and_verifies_acros
     let bao = Bao::start().await;
     let p = Provider::start(&ProviderOptions::new(&bao)).await;
     let etcd = Etcd::start().await;
-    let mut writer = Writer::new(
-        p.client().await,
-        PROVIDER,
-        DekSourceType::HkdfSha256XNonceAesGcmSeed,
-    )
-    .expect("writer");
+    let mut writer = kube_writer(&p, PROVIDER).await;
 
     let (key1, marker1) = (secret_key(), marker());
     let value1 = writer
@@ -246,12 +241,7 @@ async fn each_wrong_value_gets_its_own_exit_code() {
     let bao = Bao::start().await;
     let p = Provider::start(&ProviderOptions::new(&bao)).await;
     let etcd = Etcd::start().await;
-    let mut writer = Writer::new(
-        p.client().await,
-        PROVIDER,
-        DekSourceType::HkdfSha256XNonceAesGcmSeed,
-    )
-    .expect("writer");
+    let mut writer = kube_writer(&p, PROVIDER).await;
     let key = secret_key();
     let mark = marker();
     let good = writer

@@ -6,8 +6,7 @@ pub mod common;
 
 use std::process::Command;
 
-use bao_kms_provider::envelope::{DekSourceType, Writer};
-use common::etcd::Etcd;
+use common::etcd::{kube_writer, Etcd};
 use common::*;
 use serde_json::Value;
 
@@ -66,12 +65,7 @@ async fn scan_counts_values_per_key_id_and_kind_and_exits_on_retired_versions() 
     let p = Provider::start(&ProviderOptions::new(&bao)).await;
     let etcd = Etcd::start().await;
     let c = etcd.client();
-    let mut writer = Writer::new(
-        p.client().await,
-        PROVIDER,
-        DekSourceType::HkdfSha256XNonceAesGcmSeed,
-    )
-    .expect("writer");
+    let mut writer = kube_writer(&p, PROVIDER).await;
     let marker = format!("marker-{:016x}", rand::random::<u64>());
     let mut put = async |key: String, plaintext: &str| {
         let value = writer

@@ -8,8 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use bao_kms_provider::envelope::{DekSourceType, Writer};
-use common::etcd::Etcd;
+use common::etcd::{kube_writer, Etcd};
 use common::*;
 use serde_json::{json, Value};
 
@@ -81,12 +80,7 @@ async fn a_trim_is_recorded_only_after_a_clean_scan_and_then_warns_no_more() {
     let p = Provider::start(&ProviderOptions::new(&bao)).await;
     let etcd = Etcd::start().await;
     let c = etcd.client();
-    let mut writer = Writer::new(
-        p.client().await,
-        PROVIDER,
-        DekSourceType::HkdfSha256XNonceAesGcmSeed,
-    )
-    .expect("writer");
+    let mut writer = kube_writer(&p, PROVIDER).await;
     let mut put = async |key: &str| {
         let value = writer.write(key, b"secret").await.expect("write");
         c.put(key.as_bytes(), &value).await.expect("put");

@@ -24,6 +24,29 @@ pub(crate) struct KeyMetadata {
     pub(crate) auto_rotate_period_seconds: u64,
 }
 
+#[cfg(test)]
+impl KeyMetadata {
+    /// A key as the required profile has it (`contract::KEY_PROFILE`), holding versions
+    /// `min_decryption_version..=latest_version`: the starting point of unit tests.
+    pub(crate) fn profile_key(latest_version: u32, min_decryption_version: u32) -> Self {
+        Self {
+            key_type: super::contract::KEY_PROFILE.key_type.into(),
+            latest_version,
+            min_decryption_version,
+            min_encryption_version: 0,
+            versions: (min_decryption_version..=latest_version)
+                .map(|v| (v, 1000 + i64::from(v)))
+                .collect(),
+            exportable: false,
+            allow_plaintext_backup: false,
+            deletion_allowed: false,
+            derived: false,
+            convergent_encryption: false,
+            auto_rotate_period_seconds: 0,
+        }
+    }
+}
+
 #[derive(Deserialize)]
 pub(crate) struct DataBody<T> {
     pub(crate) data: T,

@@ -321,21 +321,7 @@ mod tests {
     }
 
     fn meta(latest: u32, min_decryption_version: u32) -> openbao::KeyMetadata {
-        openbao::KeyMetadata {
-            key_type: "aes256-gcm96".into(),
-            latest_version: latest,
-            min_decryption_version,
-            min_encryption_version: 0,
-            versions: (min_decryption_version..=latest)
-                .map(|v| (v, 1000 + i64::from(v)))
-                .collect(),
-            exportable: false,
-            allow_plaintext_backup: false,
-            deletion_allowed: false,
-            derived: false,
-            convergent_encryption: false,
-            auto_rotate_period_seconds: 0,
-        }
+        openbao::KeyMetadata::profile_key(latest, min_decryption_version)
     }
 
     fn trimmed_below(n: u32) -> TrimRecord {

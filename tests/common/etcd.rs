@@ -216,3 +216,14 @@ impl Drop for Etcd {
         let _ = self.child.wait();
     }
 }
+
+/// Stores values as kube-apiserver 1.29+ does (an HKDF seed per writer) through the provider
+/// `p`, under the provider name `name`: the values a real cluster leaves in etcd.
+pub async fn kube_writer(p: &super::Provider, name: &str) -> bao_kms_provider::envelope::Writer {
+    bao_kms_provider::envelope::Writer::new(
+        p.client().await,
+        name,
+        bao_kms_provider::envelope::DekSourceType::HkdfSha256XNonceAesGcmSeed,
+    )
+    .expect("writer")
+}

@@ -70,19 +70,7 @@ mod tests {
     use super::*;
 
     fn good() -> KeyMetadata {
-        KeyMetadata {
-            key_type: KEY_TYPE.into(),
-            latest_version: 2,
-            min_decryption_version: 1,
-            min_encryption_version: 0,
-            versions: Default::default(),
-            exportable: false,
-            allow_plaintext_backup: false,
-            deletion_allowed: false,
-            derived: false,
-            convergent_encryption: false,
-            auto_rotate_period_seconds: 0,
-        }
+        KeyMetadata::profile_key(2, 1)
     }
 
     #[test]
