@@ -6,7 +6,8 @@ each host with its packaged provider under systemd, one external etcd and one re
 The fixture runs the site playbook (serially, read pass then write pass) and the migration on 1001
 Secrets, then the rotation with the guarded trim, the same playbook again with nothing to do, a
 rotation refused because one host's provider is stopped, one that stops naming the host whose
-provider is configured with a long activation delay (then resumed), and an OpenBao outage longer than
+provider is configured with a long activation delay (then resumed while no kube-controller-manager
+runs, so the rewrite falls back from StorageVersionMigration to the migration), and an OpenBao outage longer than
 kube-apiserver's write-DEK lifetime. The tests read what the runs left.
 """
 
@@ -31,6 +32,9 @@ SECRETS = 1001  # kleidi's end-to-end bar
 BULK = "bulk"
 ROTATE = "playbooks/rotate_key.yml"
 TRIM = {"kms_rotate_key_trim": True, "kms_rotate_key_trim_ack_backups": True}
+KCM = "/etc/kubernetes/manifests/kube-controller-manager.yaml"
+KCM_OFF = "/etc/kubernetes/kube-controller-manager.yaml.stopped"
+KCM_PID = "/run/static-pods/kube-controller-manager.pid"
 # Longer than kube-apiserver's write-DEK lifetime (3 minutes after the last valid Status).
 OUTAGE = 210
 WARNINGS = re.compile(r"^\w*key_warnings(?:\{[^}]*\})? (\S+)$", re.M)
@@ -78,6 +82,15 @@ def set_activation_delay(h: KubeHost, delay: str) -> None:
     h.c.run(["sed", "-i", f's/^activation_delay = .*/activation_delay = "{delay}"/', "/etc/openbao-kms/config.toml"])
     assert f'activation_delay = "{delay}"' in h.c.read_file("/etc/openbao-kms/config.toml")
     h.c.systemctl("restart", "bao-kms-provider.service")
+
+
+def controller_managers(ro, running: bool) -> None:
+    """Stops (moves its manifest away) or starts kube-controller-manager on every host, as kubelet
+    would for a removed or restored static pod manifest, and waits until it is so."""
+    for h in ro.cp.hosts:
+        h.c.run(["mv", KCM_OFF if running else KCM, KCM if running else KCM_OFF])
+    wait_until(lambda: all(h.c.exists(KCM_PID) == running for h in ro.cp.hosts),
+               f"kube-controller-manager {'running' if running else 'stopped'} on every host", 120, interval=0.5)
 
 
 def apiserver_status_time(ro, i: int, key_id: str) -> float:
@@ -156,8 +169,11 @@ def rotation(request, tmp_path_factory, nspawn_rootfs):
             ro.play("not-converged", ROTATE, extra_vars={"kms_rotate_key_converge_timeout": 30})
             r.key_after_not_converged = transit_key(ro)
             set_activation_delay(cp2, FAST_PROVIDER_SETTINGS["rotation"]["activation_delay"])
+            # No kube-controller-manager runs the StorageVersionMigration: `auto` falls back to the migration.
+            controller_managers(ro, running=False)
             ro.play("resumed", ROTATE, extra_vars={"kms_rotate_key_rotate": False,
-                                                   "kms_rotate_key_rewrite": "migrate_secrets"}).assert_ok()
+                                                   "kms_rotate_key_svm_progress_timeout": 15}).assert_ok()
+            controller_managers(ro, running=True)
             r.scan_resumed = scan(cp1, "--config", "/etc/openbao-kms/config.toml")
             outage(r, traffic)
         finally:
@@ -220,12 +236,14 @@ def test_a_stopped_provider_is_refused_before_anything_is_rotated(rotation):
     assert rotation.key_after_refused["latest_version"] == rotation.key_after["latest_version"]
 
 
-def test_a_host_that_does_not_converge_stops_the_play_with_its_name_and_a_resume_finishes(rotation):
+def test_a_host_that_does_not_converge_stops_the_play_with_its_name_and_a_resume_without_a_migrator_finishes(rotation):
     run = rotation.ro.runs["not-converged"]
     assert run.rc != 0
     assert "cp2 did not converge" in run.output, run.output[-4000:]
     assert rotation.key_after_not_converged["latest_version"] == rotation.key_after["latest_version"] + 1
-    assert "rewrite: kms_migrate_secrets in" in rotation.ro.runs["resumed"].output
+    resumed_run = rotation.ro.runs["resumed"].output
+    assert "StorageVersionMigration bao-kms-secrets-v3 no progress" in resumed_run, resumed_run[-6000:]
+    assert "rewrite: kms_migrate_secrets in" in resumed_run, resumed_run[-6000:]
     resumed = rotation.scan_resumed
     assert resumed["rc"] == 0, resumed
     assert [k["transit_version"] for k in resumed["key_ids"]] == [rotation.key_after_not_converged["latest_version"]]
