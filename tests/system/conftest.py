@@ -229,6 +229,29 @@ def kms_pb(tmp_path_factory):
 # =========================================================================
 
 # =========================================================================
+# BEGIN Ansible section (ansible_helpers.py)
+#   openbao (module) a real OpenBao dev server with TLS (the roles' CA handling needs it), empty:
+#                    the openbao_transit role sets it up
+#   signer  (module) the RSA key standing in for the control-plane hosts' identity issuer
+# =========================================================================
+@pytest.fixture(scope="module")
+def openbao(tmp_path_factory):
+    from openbao import BaoDevServer
+    server = BaoDevServer(workdir=tmp_path_factory.mktemp("openbao"), tls=True).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def signer():
+    from ansible_helpers import JwtSigner
+    return JwtSigner()
+
+# =========================================================================
+# END Ansible section
+# =========================================================================
+
+# =========================================================================
 # BEGIN dnf host section (test_repositories.py)
 #   dnf_rootfs (session) a second cached rootfs: the nspawn one plus Debian's
 #              dnf and dnf-plugins-core (versionlock), for the role's dnf path

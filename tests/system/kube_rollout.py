@@ -21,9 +21,10 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from ansible_helpers import JwtSigner, OpenBao, localhost_inventory, run_playbook
+from ansible_helpers import JwtSigner, localhost_inventory, run_playbook, transit_vars
 from kube_cluster import CONTAINER_ID_COMMAND, RESTART_COMMAND, ControlPlane, KubeHost, kube_bin_dir
-from openbao import TcpProxy
+from openbao import BaoDevServer, TcpProxy
+from provider_host import journal_tail
 
 PROVIDER = "openbao-kms"
 PREFIX = f"k8s:enc:kms:v2:{PROVIDER}:".encode()
@@ -76,21 +77,15 @@ def provider_deb(request) -> Path:
 class KubeRollout:
     """OpenBao, the proxy, the control plane, the inventory and the playbook runs."""
 
-    def __init__(self, cp: ControlPlane, bao: OpenBao, proxy: TcpProxy, deb: Path, hosts: list[KubeHost]):
+    def __init__(self, cp: ControlPlane, bao: BaoDevServer, proxy: TcpProxy, deb: Path, hosts: list[KubeHost]):
         self.cp, self.bao, self.proxy, self.deb = cp, bao, proxy, deb
         self.signer = JwtSigner()
         self.first_jwt = self.signer.mint(ttl=3600)
         self.runs: dict[str, object] = {}
         self.inventory = localhost_inventory()
-        self.inventory["all"]["vars"] = {
-            "openbao_transit_address": bao.addr,
-            "openbao_transit_token": bao.root_token,
-            "openbao_transit_ca_file": str(bao.ca),
-            "openbao_transit_jwt_validation_pubkeys": [self.signer.public_pem],
-            # The single-cluster names (key k8s-etcd, role bao-kms-provider, the JWT's default sub
-            # and aud), as an install made before per-cluster names keeps them.
-            "openbao_transit_key_name": "k8s-etcd",
-        }
+        # The single-cluster names (key k8s-etcd, role bao-kms-provider, the JWT's default sub and
+        # aud), as an install made before per-cluster names keeps them.
+        self.inventory["all"]["vars"] = transit_vars(bao, self.signer, openbao_transit_key_name="k8s-etcd")
         self.inventory["all"]["children"] = {"kube_control_plane": {"hosts": {
             h.name: self.host_vars(h) for h in hosts}}}
 
@@ -115,6 +110,10 @@ class KubeRollout:
             "kube_apiserver_kms_wait_retries": 180,
         }
 
+    def provider_logs(self) -> str:
+        """Every host's provider journal tail: what a wait's failure message shows."""
+        return "\n".join(journal_tail(h.c) for h in self.cp.hosts)
+
     def hosts(self, inventory: dict | None = None) -> dict:
         return (inventory or self.inventory)["all"]["children"]["kube_control_plane"]["hosts"]
 
@@ -135,7 +134,7 @@ def kube_rollout(request, workdir: Path, rootfs: Path, make=KubeRollout, **contr
     `make(cp, bao, proxy, deb, hosts)` (a KubeRollout) whose inventory holds the hosts kubeadm set
     up at start."""
     deb = provider_deb(request)
-    bao = OpenBao(workdir).start()
+    bao = BaoDevServer(workdir=workdir, tls=True).start()
     cp = proxy = None
     try:
         cp = ControlPlane(rootfs, kube_bin_dir(), workdir, **control_plane).start()

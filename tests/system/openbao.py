@@ -1,6 +1,6 @@
 """A real OpenBao dev server and provider configs for the system tests.
 
-Shared by the systemd, package and Ansible tests::
+Shared by the systemd, package, PKCS#11, Ansible and Kubernetes tests::
 
     from openbao import BaoDevServer, TcpProxy, provider_binary, provider_config, provider_policy
 
@@ -9,8 +9,8 @@ Shared by the systemd, package and Ansible tests::
         jwt = bao.mint_jwt()                          # a fresh identity JWT (text)
         cfg = provider_config(bao.addr, jwt_file="/etc/openbao-kms/identity.jwt")
 
-The dev server keeps everything in memory, listens on plain HTTP on loopback (allowed by the
-provider for loopback only) and uses a random root token (`bao.root_token`) so tests can assert
+The dev server keeps everything in memory, listens on loopback, with plain HTTP (allowed by the
+provider for loopback only) or, with `BaoDevServer(tls=True)`, TLS under its generated CA, and uses a random root token (`bao.root_token`) so tests can assert
 it never shows up in logs. A missing `bao` binary fails the test: run `make tools`.
 """
 
@@ -22,6 +22,7 @@ import random
 import secrets
 import shutil
 import socket
+import ssl
 import struct
 import subprocess
 import tempfile
@@ -98,15 +99,20 @@ def provider_binary() -> Path:
 
 
 class BaoDevServer:
-    """`bao server -dev` on 127.0.0.1:PORT (PORT and PORT+1 free), state in memory.
+    """`bao server -dev` on 127.0.0.1:PORT (PORT and PORT+1 free), state in memory; with `tls=True`
+    its `-dev-tls` listener (https, the generated CA in `ca`), for the roles' and the provider's CA
+    handling and for cert auth.
 
     start()/stop() (or use as a context manager), `addr`, `port`, `root_token`,
     `setup(policy_text)` (Transit key k8s-etcd, the policy, JWT auth role bao-kms-provider),
-    `mint_jwt(ttl)` -> JWT text (also written to `jwt_path`), `api(method, path, body)`.
+    `mint_jwt(ttl)` -> JWT text (also written to `jwt_path`), `api(method, path, token, body)`,
+    `cli(*args)` (the bao CLI against this server, as root).
     """
 
-    def __init__(self, root_token: str | None = None, workdir: str | os.PathLike | None = None):
+    def __init__(self, root_token: str | None = None, workdir: str | os.PathLike | None = None,
+                 tls: bool = False):
         self.root_token = root_token or "root-" + secrets.token_hex(12)
+        self.tls = tls
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="bao-dev-")
         self.dir = Path(workdir) if workdir else Path(self._tmp.name)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -118,7 +124,14 @@ class BaoDevServer:
     def addr(self) -> str:
         if self.port is None:
             raise RuntimeError("BaoDevServer is not started")
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def ca(self) -> Path:
+        """The CA of the `-dev-tls` listener's certificate (names localhost and 127.0.0.1)."""
+        if not self.tls:
+            raise RuntimeError("BaoDevServer(tls=False) has no CA")
+        return self.dir / "vault-ca.pem"
 
     @property
     def jwt_path(self) -> Path:
@@ -136,14 +149,16 @@ class BaoDevServer:
 
     def start(self, timeout: float = 30.0) -> "BaoDevServer":
         bao = bao_binary()
+        tls = ["-dev-tls", f"-dev-tls-cert-dir={self.dir}"] if self.tls else []
         for _ in range(5):  # another process may grab the port between the check and bind
             self.port = free_port_pair()
             self._log = open(self.log_path, "ab")
+            # HOME: the dev server writes its token helper file there, not into the caller's home.
             self._proc = subprocess.Popen(
                 [str(bao), "server", "-dev", f"-dev-root-token-id={self.root_token}",
-                 f"-dev-listen-address=127.0.0.1:{self.port}"],
+                 f"-dev-listen-address=127.0.0.1:{self.port}", *tls],
                 stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log,
-                start_new_session=True)
+                env={**os.environ, "HOME": str(self.dir)}, start_new_session=True)
             if self._wait_healthy(timeout):
                 return self
             self.stop()
@@ -154,13 +169,13 @@ class BaoDevServer:
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 return False
-            try:
-                with urllib.request.urlopen(f"{self.addr}/v1/sys/health", timeout=2) as r:
-                    if r.status == 200:
+            if not self.tls or self.ca.exists():
+                try:
+                    if self.api("GET", "sys/health", token=None)[0] == 200:
                         return True
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.1)
+                except (OSError, ssl.SSLError):
+                    pass
+            time.sleep(0.05)
         return False
 
     def _log_tail(self) -> str:
@@ -187,11 +202,17 @@ class BaoDevServer:
         if self._tmp is not None:
             self._tmp.cleanup()
 
+    def _env(self, **more: str) -> dict:
+        """The environment of the bao CLI (and scripts/openbao-lab.sh) as root on this server."""
+        env = dict(os.environ, BAO_ADDR=self.addr, BAO_TOKEN=self.root_token, BAO_BIN=str(bao_binary()),
+                   BUILD_DIR=str(BUILD_DIR), **more)
+        if self.tls:
+            env["BAO_CACERT"] = str(self.ca)
+        return env
+
     def _lab(self, *args: str, env: dict | None = None) -> None:
-        full = dict(os.environ, BAO_TOKEN=self.root_token, BAO_BIN=str(bao_binary()),
-                    BUILD_DIR=str(BUILD_DIR), **(env or {}))
-        r = subprocess.run([str(LAB_SCRIPT), *args], env=full, capture_output=True, text=True,
-                           timeout=120)
+        r = subprocess.run([str(LAB_SCRIPT), *args], env=self._env(**(env or {})), capture_output=True,
+                           text=True, timeout=120)
         if r.returncode != 0:
             raise RuntimeError(f"openbao-lab.sh {' '.join(args)} failed (rc={r.returncode}):\n"
                                f"{r.stdout}{r.stderr}")
@@ -209,14 +230,29 @@ class BaoDevServer:
         self._lab("jwt", str(self.dir), str(ttl))
         return self.jwt_path.read_text().strip()
 
-    def api(self, method: str, path: str, body: dict | None = None) -> dict:
-        """An admin call with the root token; returns the JSON reply ({} when empty)."""
+    def cli(self, *args: str) -> str:
+        """`bao ARGS` as root against this server; its stdout, or AssertionError with its output."""
+        r = subprocess.run([str(bao_binary()), *args], env=self._env(), capture_output=True, text=True,
+                           timeout=120)
+        if r.returncode != 0:
+            raise AssertionError(f"bao {' '.join(args)} failed (rc={r.returncode}): {r.stdout}{r.stderr}")
+        return r.stdout
+
+    def api(self, method: str, path: str, token: str | None = "", body: dict | None = None):
+        """(status, parsed JSON or None) of one API call; token "" = the root token, None = none."""
+        token = self.root_token if token == "" else token
+        ctx = ssl.create_default_context(cafile=str(self.ca)) if self.tls else None
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(f"{self.addr}/v1/{path.lstrip('/')}", data=data, method=method,
-                                     headers={"X-Vault-Token": self.root_token})
-        with urllib.request.urlopen(req, timeout=10) as r:
-            text = r.read()
-        return json.loads(text) if text else {}
+        req = urllib.request.Request(f"{self.addr}/v1/{path.lstrip('/')}", data=data, method=method)
+        if token:
+            req.add_header("X-Vault-Token", token)
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+                raw = r.read()
+                return r.status, (json.loads(raw) if raw else None)
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            return e.code, (json.loads(raw) if raw else None)
 
 
 class TcpProxy:

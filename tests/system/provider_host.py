@@ -72,7 +72,7 @@ def wait_props(c, pred, what: str, timeout: float = 30.0, unit: str = UNIT) -> d
         if pred(p):
             return p
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last {p}")
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last {p}\n{journal_tail(c, unit)}")
         time.sleep(0.1)
 
 
@@ -94,6 +94,13 @@ def journal_messages(c, unit: str = UNIT) -> list[str]:
     return [e.get("MESSAGE", "") for e in c.journal(unit=unit) if isinstance(e.get("MESSAGE"), str)]
 
 
+def journal_tail(c, unit: str | None = UNIT, lines: int = 30, entries: list[dict] | None = None) -> str:
+    """The last `lines` journal messages of `unit` in container `c`, for a failure message."""
+    entries = c.journal(unit=unit) if entries is None else entries
+    shown = "\n".join(f"  {e.get('MESSAGE')}" for e in entries[-lines:])
+    return f"{c.name} journal ({unit or 'all units'}), last {lines}:\n{shown}"
+
+
 def wait_journal(c, pattern: str, unit: str | None = UNIT, timeout: float = 15.0,
                  since_count: int = 0) -> list[dict]:
     """Waits until a journal entry's MESSAGE matches `pattern` (regex); returns the entries."""
@@ -106,8 +113,8 @@ def wait_journal(c, pattern: str, unit: str | None = UNIT, timeout: float = 15.0
         if hits:
             return hits
         if time.monotonic() > deadline:
-            tail = "\n".join(str(e.get("MESSAGE")) for e in entries[-30:])
-            raise AssertionError(f"no journal entry matching {pattern!r} after {timeout}s:\n{tail}")
+            raise AssertionError(f"no journal entry matching {pattern!r} after {timeout}s:\n"
+                                 f"{journal_tail(c, unit, entries=entries)}")
         time.sleep(0.2)
 
 

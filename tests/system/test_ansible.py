@@ -9,8 +9,9 @@ import subprocess
 
 import pytest
 
-from ansible_helpers import (ANSIBLE_DIR, VENV_BIN, JwtSigner, OpenBao, localhost_inventory, provider_binary,
-                             run_playbook)
+from ansible_helpers import (ANSIBLE_DIR, VENV_BIN, JwtSigner, localhost_inventory, provider_binary, run_playbook)
+from ansible_helpers import transit_vars as ansible_transit_vars
+from openbao import BaoDevServer
 
 MOUNT, KEY, POLICY, ROLE = "kms-transit", "cluster-a", "bao-kms-provider", "bao-kms-provider"
 
@@ -22,36 +23,18 @@ def test_ansible_lint_production_profile_passes():
     assert p.returncode == 0, f"ansible-lint failed:\n{p.stdout}\n{p.stderr}"
 
 
-@pytest.fixture(scope="module")
-def openbao(tmp_path_factory):
-    bao = OpenBao(tmp_path_factory.mktemp("openbao")).start()
-    yield bao
-    bao.stop()
-
-
-@pytest.fixture(scope="module")
-def signer():
-    return JwtSigner()
-
-
-def transit_vars(bao: OpenBao, signer: JwtSigner, **overrides) -> dict:
-    v = {
-        "openbao_transit_address": bao.addr,
-        "openbao_transit_token": bao.root_token,
-        "openbao_transit_ca_file": str(bao.ca),
+def transit_vars(bao: BaoDevServer, signer: JwtSigner, **overrides) -> dict:
+    return ansible_transit_vars(bao, signer, **{
         "openbao_transit_mount": MOUNT,
         "openbao_transit_key_name": KEY,
         "openbao_transit_policy_name": POLICY,
         "openbao_transit_jwt_role": ROLE,
-        "openbao_transit_jwt_validation_pubkeys": [signer.public_pem],
         "openbao_transit_token_ttl": 1800,
         "openbao_transit_token_max_ttl": 7200,
-    }
-    v.update(overrides)
-    return v
+        **overrides})
 
 
-def binary_policy(bao: OpenBao, tmp_path) -> str:
+def binary_policy(bao: BaoDevServer, tmp_path) -> str:
     """What `bao-kms-provider policy` prints for the same mount and key."""
     cfg = tmp_path / "config.toml"
     cfg.write_text(f'[openbao]\naddress = "{bao.addr}"\nca_file = "{bao.ca}"\ninstance_id = "test"\n'

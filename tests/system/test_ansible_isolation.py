@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from ansible_helpers import JwtSigner, OpenBao, localhost_inventory, provider_binary, run_playbook
+from ansible_helpers import JwtSigner, localhost_inventory, provider_binary, run_playbook, transit_vars
+from openbao import BaoDevServer
 from waiting import wait_until
 from kube_rollout import provider_deb
 
@@ -24,32 +25,13 @@ CLUSTERS = ("alpha", "beta")
 
 
 @pytest.fixture(scope="module")
-def openbao(tmp_path_factory):
-    bao = OpenBao(tmp_path_factory.mktemp("openbao")).start()
-    yield bao
-    bao.stop()
-
-
-@pytest.fixture(scope="module")
-def signer():
-    return JwtSigner()
-
-
-def role_vars(bao: OpenBao, signer: JwtSigner, **more) -> dict:
-    """Only what the role requires, so every name comes from its defaults."""
-    return {"openbao_transit_address": bao.addr, "openbao_transit_token": bao.root_token,
-            "openbao_transit_ca_file": str(bao.ca),
-            "openbao_transit_jwt_validation_pubkeys": [signer.public_pem], **more}
-
-
-@pytest.fixture(scope="module")
 def configured(openbao, signer):
     """The OpenBao playbook once per cluster, then once more for A (nothing may change)."""
     runs = {c: run_playbook("playbooks/openbao.yml", localhost_inventory(),
-                            role_vars(openbao, signer, openbao_transit_cluster_name=c)).assert_ok()
+                            transit_vars(openbao, signer, openbao_transit_cluster_name=c)).assert_ok()
             for c in CLUSTERS}
     again = run_playbook("playbooks/openbao.yml", localhost_inventory(),
-                         role_vars(openbao, signer, openbao_transit_cluster_name="alpha")).assert_ok()
+                         transit_vars(openbao, signer, openbao_transit_cluster_name="alpha")).assert_ok()
     return runs, again
 
 
@@ -58,7 +40,7 @@ def jwt_for(signer: JwtSigner, cluster: str) -> str:
     return signer.mint(sub=f"system:bao-kms-provider:{cluster}", aud=f"bao-kms-provider:{cluster}")
 
 
-def login(bao: OpenBao, role: str, jwt: str) -> tuple[int, dict | None]:
+def login(bao: BaoDevServer, role: str, jwt: str) -> tuple[int, dict | None]:
     return bao.api("POST", "auth/jwt/login", token=None, body={"role": role, "jwt": jwt})
 
 
@@ -66,7 +48,7 @@ class MachineProvider:
     """`bao-kms-provider serve` on this machine with the config the bao_kms_provider role renders
     for the cluster (key and JWT role derived from the same cluster name)."""
 
-    def __init__(self, directory: Path, bao: OpenBao, cluster: str, jwt: str):
+    def __init__(self, directory: Path, bao: BaoDevServer, cluster: str, jwt: str):
         self.dir, self.cluster = directory, cluster
         self.socket = directory / "kms.sock"
         self.config = directory / "config.toml"
@@ -232,22 +214,20 @@ def test_a_provider_of_cluster_b_pointed_at_cluster_a_key_does_not_serve(openbao
         probe = subprocess.run([str(provider_binary()), "probe", "--socket", str(p.socket), "--wait", "8s"],
                                capture_output=True, text=True, timeout=60)
         assert probe.returncode != 0, probe.stdout
-        try:
-            wait_until(lambda: "permission denied" in p.log.read_text(errors="replace").lower(),
-                       "the provider to log OpenBao's 'permission denied'", 30)
-        except AssertionError as e:
-            raise AssertionError(f"{e}; log:\n{p.log.read_text(errors='replace')[-3000:]}") from None
+        wait_until(lambda: "permission denied" in p.log.read_text(errors="replace").lower(),
+                   "the provider to log OpenBao's 'permission denied'", 30,
+                   context=lambda: f"log:\n{p.log.read_text(errors='replace')[-3000:]}")
     finally:
         p.stop()
 
 
 def test_the_role_refuses_without_a_cluster_name_or_a_key_name(openbao, signer):
-    run = run_playbook("playbooks/openbao.yml", localhost_inventory(), role_vars(openbao, signer))
+    run = run_playbook("playbooks/openbao.yml", localhost_inventory(), transit_vars(openbao, signer))
     assert run.rc != 0
     assert "set openbao_transit_cluster_name" in run.output, run.output
     assert "openbao_transit_key_name: k8s-etcd" in run.output, run.output
     run = run_playbook("playbooks/openbao.yml", localhost_inventory(),
-                       role_vars(openbao, signer, openbao_transit_cluster_name="Not_A_Label"))
+                       transit_vars(openbao, signer, openbao_transit_cluster_name="Not_A_Label"))
     assert run.rc != 0 and "DNS label" in run.output, run.output
 
 
@@ -261,7 +241,7 @@ HOST_PLAYBOOK = """\
 """
 
 
-def host_vars(c, request, openbao: OpenBao, signer: JwtSigner, **more) -> dict:
+def host_vars(c, request, openbao: BaoDevServer, signer: JwtSigner, **more) -> dict:
     """cp1's variables for the host role: the container, the session's package, cluster alpha."""
     return {
         "ansible_connection": "nsenter", "ansible_nsenter_pid": c.pid,

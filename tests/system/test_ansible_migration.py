@@ -124,7 +124,7 @@ class Plane:
         self.etcd_args = ["--etcd-endpoint", f"https://{self.host.address}:2379",
                           "--etcd-cacert", str(root / "pki/etcd/ca.crt"),
                           "--etcd-cert", str(root / "pki/apiserver-etcd-client.crt"),
-                          "--etcd-key", str(root / "pki/apiserver-etcd-client.key")]
+                          "--etcd-client-key", str(root / "pki/apiserver-etcd-client.key")]
 
     def readers(self) -> list[dict]:
         """What Secrets and everything else may be stored with before the wildcard tests, so what an

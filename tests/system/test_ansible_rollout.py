@@ -167,9 +167,9 @@ def rollout(request, tmp_path_factory, nspawn_rootfs):
         assert status in (200, 204), out
         k.key_id_after_rotation = wait_until(
             lambda: (new := probe_key_id(cp1)) != k.key_id_after_migrate and probe_key_id(cp2) == new and new,
-            "both providers to promote the new Transit version", 60)
+            "both providers to promote the new Transit version", 60, context=ro.provider_logs)
         wait_until(lambda: all(apiserver_on(ro.cp.api(i), k.key_id_after_rotation) for i in (0, 1)),
-                   "both kube-apiservers to use the new key_id", 120, interval=1)
+                   "both kube-apiservers to use the new key_id", 120, interval=1, context=ro.provider_logs)
         ro.play("migrate-3", "playbooks/migrate_secrets.yml").assert_ok()
         k.marker_after_rotation = cp1.c.read_file(MARKER)
         # A marker without a key_id (an earlier version's) is not compared: nothing is rewritten.
@@ -245,7 +245,8 @@ def prepare_join(ro: KubeRollout, k: Cluster, cp2: KubeHost) -> None:
     }
     ro.cp.join(1)
     k.joined["manifest"] = cp2.c.read_file(MANIFEST)
-    k.joined["readyz"] = wait_until(lambda: (r := ro.cp.api(1).readyz())[0] == 200 and r, "cp2's /readyz", 120)
+    k.joined["readyz"] = wait_until(lambda: (r := ro.cp.api(1).readyz())[0] == 200 and r, "cp2's /readyz", 120,
+                                    context=ro.provider_logs)
     k.joined["value"] = k.value("team", "after-site", host=1)
     k.create("team", "through-cp2", "written through the joined host", host=1)
     k.joined["stored"] = k.stored("team", "through-cp2")

@@ -242,14 +242,16 @@ def test_a_transit_rotation_reaches_kube_apiserver_and_a_no_op_update_rewrites_o
     old = cluster.status_key_id()
     status, out = cluster.bao.api("POST", "transit/keys/k8s-etcd/rotate")
     assert status in (200, 204), out
-    new = wait_until(lambda: (k := cluster.status_key_id()) != old and k, "the provider to promote the new version", 60)
+    new = wait_until(lambda: (k := cluster.status_key_id()) != old and k, "the provider to promote the new version", 60,
+                     context=cluster.provider_logs)
     metric = STATUS_METRIC
 
     def apiserver_saw_new() -> bool:
         cluster.poke_readyz()
         return sum_samples(cluster.api.metrics(), metric, {"key_id_hash": kube_hash(new)}) > 0
 
-    wait_until(apiserver_saw_new, "kube-apiserver's Status to see the new key_id", 120, interval=1)
+    wait_until(apiserver_saw_new, "kube-apiserver's Status to see the new key_id", 120, interval=1,
+               context=cluster.provider_logs)
     # The join of the alert BaoKmsKeyIdDiffersFromApiserver: kube-apiserver's key_id_hash and
     # provider_name labels are those of the provider's openbao_kms_key_id_info on the same host.
     assert sum_samples(cluster.api.metrics(), metric, {"key_id_hash": kube_hash(new), "provider_name": PROVIDER}) > 0
@@ -297,12 +299,14 @@ def test_readyz_fails_while_openbao_is_down_with_the_provider_healthz_and_recove
             status, body = cluster.poke_readyz()
             return (status, body) if status != 200 else None
 
-        status, body = wait_until(failing, "/readyz/kms-providers to fail with OpenBao down", 120, interval=1)
+        status, body = wait_until(failing, "/readyz/kms-providers to fail with OpenBao down", 120, interval=1,
+                                  context=cluster.provider_logs)
         # kube-apiserver shows the provider's own healthz text: which call failed and why.
         assert "got unexpected healthz status: " in body and "cannot reach OpenBao" in body, body
     finally:
         cluster.proxy.set_up()
-    wait_until(lambda: cluster.poke_readyz()[0] == 200, "/readyz/kms-providers to recover", 120, interval=1)
+    wait_until(lambda: cluster.poke_readyz()[0] == 200, "/readyz/kms-providers to recover", 120, interval=1,
+               context=cluster.provider_logs)
 
 
 def test_readyz_fails_while_the_provider_is_stopped_and_recovers_without_restarting_kube_apiserver(cluster):
@@ -310,11 +314,12 @@ def test_readyz_fails_while_the_provider_is_stopped_and_recovers_without_restart
     cluster.host.c.systemctl("stop", "bao-kms-provider.socket", "bao-kms-provider.service")
     try:
         wait_until(lambda: cluster.poke_readyz()[0] != 200, "/readyz/kms-providers to fail with the provider stopped",
-                   120, interval=1)
+                   120, interval=1, context=cluster.provider_logs)
     finally:
         cluster.host.c.systemctl("start", "bao-kms-provider.socket", "bao-kms-provider.service")
     # grpc-go's reconnect back-off can reach about two minutes.
-    wait_until(lambda: cluster.poke_readyz()[0] == 200, "/readyz/kms-providers to recover", 240, interval=1)
+    wait_until(lambda: cluster.poke_readyz()[0] == 200, "/readyz/kms-providers to recover", 240, interval=1,
+               context=cluster.provider_logs)
     assert cluster.host.pod_file("kube-apiserver", "id") == apiserver
     assert cluster.host.c.exists(SOCKET)
 
@@ -401,7 +406,7 @@ def test_a_restart_under_150_seeds_against_a_slow_throttled_openbao_ends_ready_w
                 for s in range(STORM_SEEDS) for o in range(STORM_PER_SEED)}
     # The running kube-apiserver reads them (its watch decodes them): the values are valid Secrets.
     wait_until(lambda: storm_values(cluster, revision) == expected, "kube-apiserver to read the written Secrets", 120,
-               interval=1)
+               interval=1, context=cluster.provider_logs)
     seeds = len({o.encryptedDEKSource for o in cluster.envelopes().values()})
 
     decrypts_before = cluster.provider_metric("openbao_kms_grpc_requests_total", method="Decrypt")
@@ -420,7 +425,7 @@ def test_a_restart_under_150_seeds_against_a_slow_throttled_openbao_ends_ready_w
             except (OSError, http.client.HTTPException):
                 return False
 
-        wait_until(ready, "/readyz after the restart", 600, interval=0.5)
+        wait_until(ready, "/readyz after the restart", 600, interval=0.5, context=cluster.provider_logs)
         t_ready = time.monotonic() - t0
 
         def all_read() -> bool:
@@ -434,7 +439,8 @@ def test_a_restart_under_150_seeds_against_a_slow_throttled_openbao_ends_ready_w
                 return False
             return got == expected
 
-        wait_until(all_read, f"all {len(expected)} Secrets to read back", 600, interval=1)
+        wait_until(all_read, f"all {len(expected)} Secrets to read back", 600, interval=1,
+                   context=cluster.provider_logs)
         t_read = time.monotonic() - t0
         decrypts = cluster.provider_metric("openbao_kms_grpc_requests_total", method="Decrypt") - decrypts_before
         after = cluster.openbao_requests("decrypt")
@@ -452,4 +458,5 @@ def test_a_restart_under_150_seeds_against_a_slow_throttled_openbao_ends_ready_w
     assert seeds <= decrypts <= seeds * WATCH_DECODE_CONCURRENCY, (decrypts, seeds)
     assert sent <= 2 * decrypts, (sent, decrypts, delta)
     # Fast and unthrottled again: the cluster is as usable as before.
-    wait_until(lambda: cluster.poke_readyz()[0] == 200, "/readyz/kms-providers after the storm", 120, interval=1)
+    wait_until(lambda: cluster.poke_readyz()[0] == 200, "/readyz/kms-providers after the storm", 120, interval=1,
+               context=cluster.provider_logs)

@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from openbao import (REPO_ROOT, BaoDevServer, bao_binary, free_port_pair,  # noqa: E402
-                     provider_config, provider_policy)
+from openbao import REPO_ROOT, BaoDevServer, provider_config, provider_policy  # noqa: E402
 from provider_host import CONFIG, SOCKET, SOCKET_UNIT, UNIT, install_units  # noqa: E402
 
 DROPIN = f"/etc/systemd/system/{UNIT}.d/pkcs11.conf"
@@ -32,48 +31,6 @@ def sh(*args, env=None, cwd=None) -> str:
     if r.returncode != 0:
         raise AssertionError(f"{args[0]} failed (rc={r.returncode}): {r.stdout}{r.stderr}")
     return r.stdout
-
-
-class TlsBaoDevServer(BaoDevServer):
-    """The dev server (admin over HTTP on loopback) plus a TLS listener for the provider."""
-
-    def start(self, timeout: float = 30.0) -> "TlsBaoDevServer":
-        d = self.dir
-        sh("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-           "-nodes", "-days", "1", "-subj", "/CN=test server CA", "-keyout", d / "ca.key",
-           "-out", d / "ca.pem")
-        sh("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-           "-subj", "/CN=localhost", "-keyout", d / "server.key", "-out", d / "server.csr")
-        (d / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n"
-                                      "extendedKeyUsage=serverAuth\n")
-        sh("openssl", "x509", "-req", "-days", "1", "-in", d / "server.csr", "-CA", d / "ca.pem",
-           "-CAkey", d / "ca.key", "-CAcreateserial", "-extfile", d / "server.ext",
-           "-out", d / "server.pem")
-        (d / "ca.key").unlink()
-        self.tls_port = free_port_pair()
-        (d / "tls.hcl").write_text(
-            f'listener "tcp" {{\n  address = "127.0.0.1:{self.tls_port}"\n'
-            f'  tls_cert_file = "{d / "server.pem"}"\n  tls_key_file = "{d / "server.key"}"\n}}\n')
-        for _ in range(5):  # another process may grab a port between the check and bind
-            self.port = free_port_pair()
-            self._log = open(self.log_path, "ab")
-            self._proc = subprocess.Popen(
-                [str(bao_binary()), "server", "-dev", f"-dev-root-token-id={self.root_token}",
-                 f"-dev-listen-address=127.0.0.1:{self.port}", f"-config={d / 'tls.hcl'}"],
-                stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log,
-                start_new_session=True)
-            if self._wait_healthy(timeout):
-                return self
-            self.stop()
-        raise RuntimeError(f"OpenBao dev server did not start; log:\n{self._log_tail()}")
-
-    @property
-    def tls_addr(self) -> str:
-        return f"https://127.0.0.1:{self.tls_port}"
-
-    def cli(self, *args: str) -> str:
-        env = dict(os.environ, BAO_ADDR=self.addr, BAO_TOKEN=self.root_token)
-        return sh(bao_binary(), *args, env=env)
 
 
 class SoftHsmToken:
@@ -133,7 +90,7 @@ def test_pkcs11_key_under_systemd_with_the_shipped_dropin(host):
         work = Path(tmp)
         token = SoftHsmToken(work)
         client_ca, client_cert = token.issue_cert()
-        bao = TlsBaoDevServer().start()
+        bao = BaoDevServer(tls=True).start()
         try:
             bao.setup(provider_policy(provider_config(bao.addr)))
             bao.cli("auth", "enable", "cert")
@@ -144,7 +101,7 @@ def test_pkcs11_key_under_systemd_with_the_shipped_dropin(host):
             bao.cleanup()
 
 
-def run_provider(c, bao: TlsBaoDevServer, token: SoftHsmToken, client_cert: Path) -> None:
+def run_provider(c, bao: BaoDevServer, token: SoftHsmToken, client_cert: Path) -> None:
     install_units(c)
     # SoftHSM2's module and the token store (owned by the service user, in its state dir).
     c.copy_in(MODULE, MODULE, mode=0o644)
@@ -155,18 +112,18 @@ def run_provider(c, bao: TlsBaoDevServer, token: SoftHsmToken, client_cert: Path
                  "directories.tokendir = /var/lib/openbao-kms/softhsm\n"
                  "objectstore.backend = file\nlog.level = ERROR\n")
     c.copy_in(client_cert, "/etc/openbao-kms/tls/client.pem", mode=0o644)
-    c.copy_in(bao.dir / "ca.pem", "/etc/openbao-kms/tls/openbao-ca.pem", mode=0o644)
+    c.copy_in(bao.ca, "/etc/openbao-kms/tls/openbao-ca.pem", mode=0o644)
     # The PIN only root can read; the service gets it as a credential.
     c.write_file("/etc/openbao-kms/token.pin", PIN + "\n", mode=0o600)
-    config = provider_config(bao.tls_addr).replace(
+    config = provider_config(bao.addr).replace(
         '[auth]\nmethod = "jwt"\n[auth.jwt]\njwt_file = "/etc/openbao-kms/identity.jwt"\n',
         '[auth]\nmethod = "cert"\n[auth.cert]\nname = "bao-kms-provider"\n'
         'cert_file = "/etc/openbao-kms/tls/client.pem"\nkey_source = "pkcs11"\n'
         f'module_path = "{MODULE}"\ntoken_label = "bao-kms"\nkey_label = "openbao-client"\n'
         'pin_file = "%d/token.pin"\n')
     assert 'key_source = "pkcs11"' in config
-    config = config.replace(f'address = "{bao.tls_addr}"\n',
-                            f'address = "{bao.tls_addr}"\n'
+    config = config.replace(f'address = "{bao.addr}"\n',
+                            f'address = "{bao.addr}"\n'
                             'ca_file = "/etc/openbao-kms/tls/openbao-ca.pem"\n')
     c.write_file(CONFIG, config, mode=0o640)
     c.run(["chown", "root:openbao-kms", CONFIG])

@@ -90,7 +90,8 @@ def controller_managers(ro, running: bool) -> None:
     for h in ro.cp.hosts:
         h.c.run(["mv", KCM_OFF if running else KCM, KCM if running else KCM_OFF])
     wait_until(lambda: all(h.c.exists(KCM_PID) == running for h in ro.cp.hosts),
-               f"kube-controller-manager {'running' if running else 'stopped'} on every host", 120, interval=0.5)
+               f"kube-controller-manager {'running' if running else 'stopped'} on every host", 120, interval=0.5,
+               context=ro.provider_logs)
 
 
 def apiserver_status_time(ro, i: int, key_id: str) -> float:
@@ -110,19 +111,21 @@ def outage(r, traffic: Traffic) -> None:
     start = time.time()
     ro.proxy.set_down()
     wait_until(lambda: all(h.c.run(["bao-kms-provider", "probe"], check=False).returncode != 0 for h in (cp1, cp2, cp3)),
-               "every provider to report OpenBao unreachable", 60, interval=1)
+               "every provider to report OpenBao unreachable", 60, interval=1, context=ro.provider_logs)
     cp2.c.systemctl("restart", "bao-kms-provider.service")
-    r.restarted_key_id = wait_until(lambda: probe_key_id(cp2), "cp2's provider to answer after its restart", 60)
+    r.restarted_key_id = wait_until(lambda: probe_key_id(cp2), "cp2's provider to answer after its restart", 60,
+                                    context=ro.provider_logs)
     # The outage lasts until every kube-apiserver has had a Status with the key_id after OUTAGE seconds.
     wait_until(lambda: all(apiserver_status_time(ro, i, key_id) > start + OUTAGE for i in range(3)),
-               f"every kube-apiserver to get a Status with the key_id {OUTAGE}s into the outage", OUTAGE + 120, interval=5)
+               f"every kube-apiserver to get a Status with the key_id {OUTAGE}s into the outage", OUTAGE + 120, interval=5,
+               context=ro.provider_logs)
     r.outage = {"seconds": round(time.time() - start), "writes_until": {n: round(t - start) for n, t in traffic.last_ok.items()},
                 "failures": traffic.failures[mark[0]:], "unreachable": traffic.unreachable[mark[1]:],
                 "key_id": key_id, "calls": {n: c - counts.get(n, 0) for n, c in traffic.counts.items()}}
     ended = time.time()
     ro.proxy.set_up()
     wait_until(lambda: all(h.c.run(["bao-kms-provider", "probe"], check=False).returncode == 0 for h in (cp1, cp2, cp3)),
-               "every provider to answer healthy after OpenBao returned", 120, interval=1)
+               "every provider to answer healthy after OpenBao returned", 120, interval=1, context=ro.provider_logs)
     r.outage["recovered_after"] = round(time.time() - ended, 1)
     r.outage["invocations"] = {h.name: h.c.run(["systemctl", "show", "-P", "NRestarts", "bao-kms-provider.service"]).stdout.strip()
                                for h in (cp1, cp2, cp3)}

@@ -629,7 +629,7 @@ def main():
     p.add_argument("--etcd-endpoint")
     p.add_argument("--etcd-cacert")
     p.add_argument("--etcd-cert")
-    p.add_argument("--etcd-key")
+    p.add_argument("--etcd-client-key", dest="etcd_key")
     p.add_argument("--etcd-quota-bytes", type=int, default=0, help="etcd --quota-backend-bytes (0: etcd's default 2 GiB)")
     p.add_argument("--quota-headroom", type=float, default=0.8, help="refuse/warn above this share of the quota")
     p.add_argument("--quota-check", choices=["refuse", "warn", "off"], default="refuse")

@@ -3,7 +3,7 @@
 # Apache License 2.0 (see LICENSE)
 """Checks the kube_apiserver_kms role runs on a control-plane host after each change.
 
-check: write-read, then (with --endpoint) etcd, in one go so a retry writes a fresh canary.
+check: write-read, then (with --etcd-endpoint) etcd, in one go so a retry writes a fresh canary.
 write-read: write the canary Secret through THIS host's API server (kubectl --server, so not the load
   balancer admin.conf may point at) with raw requests (no discovery needed), then read it back.
 etcd: read the canary's raw value from etcd (gRPC gateway, kubeadm's etcd client certificate) and
@@ -112,11 +112,12 @@ def _api_args(p):
 
 
 def _etcd_args(p, required):
-    p.add_argument("--endpoint", required=required)
-    p.add_argument("--cacert")
-    p.add_argument("--cert")
-    p.add_argument("--key")
-    p.add_argument("--etcd-key", default="/registry/secrets/kube-system/bao-kms-provider-canary")
+    # The provider's --etcd-* flag names, so the roles build one argument list for both.
+    p.add_argument("--etcd-endpoint", dest="endpoint", required=required)
+    p.add_argument("--etcd-cacert", dest="cacert")
+    p.add_argument("--etcd-cert", dest="cert")
+    p.add_argument("--etcd-client-key", dest="key")
+    p.add_argument("--etcd-object-key", dest="etcd_key", default="/registry/secrets/kube-system/bao-kms-provider-canary")
     p.add_argument("--expect-first", required=required, help="identity, aescbc, aesgcm, secretbox or kms:NAME")
 
 
