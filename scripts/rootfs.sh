@@ -9,6 +9,9 @@
 #   ROOTFS_MIRROR          debootstrap mirror (default: read from host apt
 #                          sources, fallback http://deb.debian.org/debian)
 #   ROOTFS_EXTRA_PACKAGES  extra comma-separated packages to --include
+#   ROOTFS_BASE            a complete rootfs made by this script: DEST becomes a copy of it with
+#                          ROOTFS_EXTRA_PACKAGES installed by apt-get, instead of a second
+#                          debootstrap (the dnf host of tests/system)
 #   ROOTFS_FORCE=1         rebuild even if the cache is complete
 #
 # Idempotent: DEST/.rootfs-complete holds a fingerprint of the build
@@ -59,6 +62,11 @@ detect_mirror() {
 mirror="${ROOTFS_MIRROR:-$(detect_mirror)}"
 packages="$BASE_PACKAGES${ROOTFS_EXTRA_PACKAGES:+,$ROOTFS_EXTRA_PACKAGES}"
 fingerprint="layout=$ROOTFS_LAYOUT_VERSION suite=$SUITE packages=$packages"
+if [ -n "${ROOTFS_BASE:-}" ]; then
+    [ -f "$ROOTFS_BASE/.rootfs-complete" ] || die "ROOTFS_BASE=$ROOTFS_BASE is not a complete rootfs (run $0 $ROOTFS_BASE first)"
+    [ -n "${ROOTFS_EXTRA_PACKAGES:-}" ] || die "ROOTFS_BASE needs ROOTFS_EXTRA_PACKAGES: the packages to add to the copy"
+    fingerprint="layout=$ROOTFS_LAYOUT_VERSION base=[$(cat "$ROOTFS_BASE/.rootfs-complete")] extra=$ROOTFS_EXTRA_PACKAGES"
+fi
 
 mkdir -p "$(dirname "$dest")"
 exec 9>"$dest.lock"
@@ -89,16 +97,50 @@ tmp="$dest.tmp.$$"
 trap 'cleanup_tree "$tmp"' EXIT
 mkdir -p "$tmp"
 
-log "debootstrap $SUITE from $mirror into $tmp (packages: $packages)"
+in_root() { chroot "$tmp" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 "$@"; }
+
+# Publishes $tmp as $dest, replacing an older $dest only once the new one is complete.
+publish() {
+    echo "$fingerprint" >"$tmp/.rootfs-complete"
+    if [ -e "$dest" ]; then
+        old="$dest.old.$$"
+        mv "$dest" "$old"
+        mv "$tmp" "$dest"
+        cleanup_tree "$old"
+    else
+        mv "$tmp" "$dest"
+    fi
+    trap - EXIT
+    log "rootfs ready: $dest ($(du -sh --one-file-system "$dest" | cut -f1), total $(( $(date +%s) - start ))s)"
+}
+
 start=$(date +%s)
+if [ -n "${ROOTFS_BASE:-}" ]; then
+    # Already customised: the copy only gains the extra packages (apt lists fetched and removed again).
+    log "copying $ROOTFS_BASE and installing ${ROOTFS_EXTRA_PACKAGES//,/ } into it"
+    cp -a --reflink=auto "$ROOTFS_BASE"/. "$tmp"/
+    rm -f "$tmp/.rootfs-complete"
+    mount -t proc proc "$tmp/proc"
+    # shellcheck disable=SC2086 # one word per package
+    if ! { in_root apt-get update && in_root env DEBIAN_FRONTEND=noninteractive apt-get install -y \
+            ${ROOTFS_EXTRA_PACKAGES//,/ }; } >"$dest.apt.log" 2>&1; then
+        tail -n 40 "$dest.apt.log" >&2
+        die "apt-get install into the copy of $ROOTFS_BASE failed (full log: $dest.apt.log)"
+    fi
+    umount "$tmp/proc"
+    in_root apt-get clean
+    rm -rf "$tmp"/var/lib/apt/lists/* "$tmp"/var/cache/apt/*.bin
+    publish
+    exit 0
+fi
+
+log "debootstrap $SUITE from $mirror into $tmp (packages: $packages)"
 debootstrap --variant=minbase --include="$packages" \
     --components=main "$SUITE" "$tmp" "$mirror" >"$dest.debootstrap.log" 2>&1 || {
     tail -n 40 "$dest.debootstrap.log" >&2
     die "debootstrap failed (full log: $dest.debootstrap.log)"
 }
 log "debootstrap took $(( $(date +%s) - start ))s"
-
-in_root() { chroot "$tmp" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 "$@"; }
 
 # --- customisation for fast, quiet boots under systemd-nspawn -------------
 
@@ -173,16 +215,5 @@ rm -rf "$tmp"/var/lib/apt/lists/* "$tmp"/var/cache/apt/*.bin "$tmp"/var/log/jour
 # package install inside the container).
 rm -f "$tmp/usr/sbin/policy-rc.d"
 
-echo "$fingerprint" >"$tmp/.rootfs-complete"
-
 # --- atomically publish ---------------------------------------------------
-if [ -e "$dest" ]; then
-    old="$dest.old.$$"
-    mv "$dest" "$old"
-    mv "$tmp" "$dest"
-    cleanup_tree "$old"
-else
-    mv "$tmp" "$dest"
-fi
-trap - EXIT
-log "rootfs ready: $dest ($(du -sh --one-file-system "$dest" | cut -f1), total $(( $(date +%s) - start ))s)"
+publish

@@ -231,7 +231,8 @@ def kms_pb(tmp_path_factory):
 # =========================================================================
 # BEGIN Ansible section (ansible_helpers.py)
 #   openbao (module) a real OpenBao dev server with TLS (the roles' CA handling needs it), empty:
-#                    the openbao_transit role sets it up
+#                    the openbao_transit role sets it up (test_packages.py and
+#                    test_rotation_hosts.py define their own: plain HTTP, set up for the provider)
 #   signer  (module) the RSA key standing in for the control-plane hosts' identity issuer
 # =========================================================================
 @pytest.fixture(scope="module")
@@ -253,15 +254,16 @@ def signer():
 
 # =========================================================================
 # BEGIN dnf host section (test_repositories.py)
-#   dnf_rootfs (session) a second cached rootfs: the nspawn one plus Debian's
-#              dnf and dnf-plugins-core (versionlock), for the role's dnf path
+#   dnf_rootfs (session) a second cached rootfs: a copy of the nspawn one plus
+#              Debian's dnf and dnf-plugins-core (versionlock), for the role's dnf path
 # =========================================================================
 @pytest.fixture(scope="session")
 def dnf_rootfs(nspawn_rootfs) -> Path:
     rootfs = Path(os.environ.get("BAO_DNF_ROOTFS", BUILD_ROOT / "cache" / "rootfs-bookworm-dnf"))
     r = subprocess.run([str(ROOTFS_SCRIPT), str(rootfs)], capture_output=True, text=True,
                        timeout=ROOTFS_BUILD_TIMEOUT,
-                       env={**os.environ, "ROOTFS_EXTRA_PACKAGES": "dnf,dnf-plugins-core"})
+                       env={**os.environ, "ROOTFS_BASE": str(nspawn_rootfs),
+                            "ROOTFS_EXTRA_PACKAGES": "dnf,dnf-plugins-core"})
     if r.returncode != 0:
         pytest.fail(f"{ROOTFS_SCRIPT} {rootfs} (with dnf) failed with rc={r.returncode}\n"
                     f"--- stdout ---\n{r.stdout}\n--- stderr ---\n{r.stderr}", pytrace=False)

@@ -349,14 +349,10 @@ def role_host(request, nspawn_rootfs, _nspawn_stale_cleanup):
     yield from module_container(request, nspawn_rootfs)
 
 
-def test_ansible_role_sets_up_the_repository_installs_holds_and_upgrades(role_host, repo, served, openbao,
-                                                                         built_packages, keys, tmp_path):
-    c = role_host
-    add_version_2(repo, built_packages, keys)  # both versions published; the role pins one
-    only_our_sources(c)
-    playbook = tmp_path / "repo-role.yml"
-    playbook.write_text(ROLE_PLAYBOOK)
-    host = {
+def role_host_vars(c, repo: Path, served, openbao) -> dict:
+    """The bao_kms_provider role's variables for container `c`: version 0.1.0-1 from the served
+    repository, the lab OpenBao (BaoDevServer.setup's key and JWT role)."""
+    return {
         "ansible_connection": "nsenter", "ansible_nsenter_pid": c.pid,
         "ansible_python_interpreter": "/usr/bin/python3",
         "bao_kms_provider_repo_url": f"{served[1]}/good/",
@@ -368,10 +364,20 @@ def test_ansible_role_sets_up_the_repository_installs_holds_and_upgrades(role_ho
         "bao_kms_provider_cluster_id": "test-cluster",
         "bao_kms_provider_transit_mount_id": "transit-test",
         "bao_kms_provider_key_lineage_id": "lineage-1",
-        "bao_kms_provider_transit_key_name": "k8s-etcd",  # the lab key (BaoDevServer.setup)
+        "bao_kms_provider_transit_key_name": "k8s-etcd",
         "bao_kms_provider_metrics_address": f"127.0.0.1:{free_port()}",
         "bao_kms_provider_health_address": f"127.0.0.1:{free_port()}",
     }
+
+
+def test_ansible_role_sets_up_the_repository_installs_holds_and_upgrades(role_host, repo, served, openbao,
+                                                                         built_packages, keys, tmp_path):
+    c = role_host
+    add_version_2(repo, built_packages, keys)  # both versions published; the role pins one
+    only_our_sources(c)
+    playbook = tmp_path / "repo-role.yml"
+    playbook.write_text(ROLE_PLAYBOOK)
+    host = role_host_vars(c, repo, served, openbao)
     inventory = {"all": {"hosts": {"cp1": host}}}
 
     first = run_playbook(str(playbook), inventory).assert_ok()
@@ -474,22 +480,7 @@ def test_ansible_role_dnf_path_installs_verifies_locks_and_upgrades(dnf_host, re
     assert c.run(["rpm", "-qa", "gpg-pubkey*"]).stdout.strip() == "", "no key trusted before the role"
     playbook = tmp_path / "dnf-role.yml"
     playbook.write_text(DNF_ROLE_PLAYBOOK)
-    host = {
-        "ansible_connection": "nsenter", "ansible_nsenter_pid": c.pid,
-        "ansible_python_interpreter": "/usr/bin/python3",
-        "bao_kms_provider_repo_url": f"{served[1]}/good/",
-        "bao_kms_provider_repo_key": (repo / "bao-kms-provider.asc").read_text(),
-        "bao_kms_provider_version": "0.1.0-1",
-        "bao_kms_provider_openbao_address": openbao.addr,
-        "bao_kms_provider_openbao_instance_id": "openbao-test",
-        "bao_kms_provider_jwt": openbao.mint_jwt(),
-        "bao_kms_provider_cluster_id": "test-cluster",
-        "bao_kms_provider_transit_mount_id": "transit-test",
-        "bao_kms_provider_key_lineage_id": "lineage-1",
-        "bao_kms_provider_transit_key_name": "k8s-etcd",  # the lab key (BaoDevServer.setup)
-        "bao_kms_provider_metrics_address": f"127.0.0.1:{free_port()}",
-        "bao_kms_provider_health_address": f"127.0.0.1:{free_port()}",
-    }
+    host = role_host_vars(c, repo, served, openbao)
     inventory = {"all": {"hosts": {"cp1": host}}}
 
     first = run_playbook(str(playbook), inventory).assert_ok()
