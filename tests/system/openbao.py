@@ -425,10 +425,12 @@ def provider_config(openbao_address: str, *,
                     log_format: str = "auto",
                     metrics_address: str = "",
                     health_address: str = "",
+                    ca_file: str = "",
                     extra: str = "") -> str:
     """A provider config (TOML) for JWT auth against `openbao_address`. Paths are as seen by the
     provider (inside a container, or "%d/NAME" for a systemd credential). Telemetry listeners
-    are off by default because containers share the host's network (and ports). Rotation is
+    are off by default because containers share the host's network (and ports). An https://
+    address needs `ca_file` (the provider trusts nothing else). Rotation is
     fast (stable_observations = 1, activation_delay two probe intervals, the shortest
     `check-config` accepts) so tests see a rotated key within seconds."""
     return f"""\
@@ -440,6 +442,7 @@ start_timeout = "{start_timeout}"
 
 [openbao]
 address = "{openbao_address}"
+{f'ca_file = "{ca_file}"' if ca_file else ""}
 instance_id = "{instance_id}"
 timeout = "{timeout}"
 

@@ -92,7 +92,7 @@ def test_pkcs11_key_under_systemd_with_the_shipped_dropin(host):
         client_ca, client_cert = token.issue_cert()
         bao = BaoDevServer(tls=True).start()
         try:
-            bao.setup(provider_policy(provider_config(bao.addr)))
+            bao.setup(provider_policy(provider_config(bao.addr, ca_file=str(bao.ca))))
             bao.cli("auth", "enable", "cert")
             bao.cli("write", "auth/cert/certs/bao-kms-provider", "token_policies=bao-kms-provider",
                     f"certificate=@{client_ca}")
@@ -115,16 +115,13 @@ def run_provider(c, bao: BaoDevServer, token: SoftHsmToken, client_cert: Path) -
     c.copy_in(bao.ca, "/etc/openbao-kms/tls/openbao-ca.pem", mode=0o644)
     # The PIN only root can read; the service gets it as a credential.
     c.write_file("/etc/openbao-kms/token.pin", PIN + "\n", mode=0o600)
-    config = provider_config(bao.addr).replace(
+    config = provider_config(bao.addr, ca_file="/etc/openbao-kms/tls/openbao-ca.pem").replace(
         '[auth]\nmethod = "jwt"\n[auth.jwt]\njwt_file = "/etc/openbao-kms/identity.jwt"\n',
         '[auth]\nmethod = "cert"\n[auth.cert]\nname = "bao-kms-provider"\n'
         'cert_file = "/etc/openbao-kms/tls/client.pem"\nkey_source = "pkcs11"\n'
         f'module_path = "{MODULE}"\ntoken_label = "bao-kms"\nkey_label = "openbao-client"\n'
         'pin_file = "%d/token.pin"\n')
     assert 'key_source = "pkcs11"' in config
-    config = config.replace(f'address = "{bao.addr}"\n',
-                            f'address = "{bao.addr}"\n'
-                            'ca_file = "/etc/openbao-kms/tls/openbao-ca.pem"\n')
     c.write_file(CONFIG, config, mode=0o640)
     c.run(["chown", "root:openbao-kms", CONFIG])
     dropin = dropin_for_softhsm(SHIPPED_DROPIN.read_text())
