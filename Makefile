@@ -8,7 +8,7 @@ export BUILD_DIR
 PROMTOOL ?= $(BUILD_DIR)/tools/prometheus/promtool
 export PROMTOOL
 
-.PHONY: all build tools tools-openbao kube lint unit test test-rust test-prometheus test-system demo bench clean help
+.PHONY: all build tools tools-openbao kube lint unit test test-rust test-prometheus test-system demo bench bench-kube clean help
 .PHONY: deb rpm package-files
 
 all: build
@@ -18,6 +18,7 @@ help:
 	@echo "make test   - install what the tests need, then lint and run every test"
 	@echo "make test-prometheus - promtool check and unit tests of docs/prometheus/bao-kms-provider.rules.yml"
 	@echo "make bench  - the provider vs direct Transit calls on a real OpenBao (QUICK=1: short run)"
+	@echo "make bench-kube - Secrets through a real kube-apiserver: this provider vs aesgcm vs identity (QUICK=1: short)"
 	@echo "make fuzz   - run every fuzz target for FUZZ_SECONDS (default 60) each (nightly, cargo-fuzz)"
 	@echo "make kube   - build the real kube-apiserver, kubeadm, kubectl and etcd for the tests (KUBE_VERSION)"
 	@echo "make build  - cargo build"
@@ -82,6 +83,12 @@ demo: tools-openbao build
 # docs/performance.md: QUICK=1 for a short run; BENCH_ROUNDS, BENCH_SECONDS override.
 bench: tools-openbao
 	QUICK="$(QUICK)" $(CARGO) bench --locked --bench kms_latency
+
+# docs/performance.md, "Through kube-apiserver": Secrets through the real kube-apiserver with this
+# provider, aesgcm and identity side by side (QUICK=1: a short run; BENCH_KUBE_* override).
+bench-kube: tools-openbao
+	$(CARGO) build --release --locked
+	kube_bin=$$(scripts/kube.sh) && BAO_KUBE_BIN_DIR="$$kube_bin" QUICK="$(QUICK)" $(PYTHON) benches/kube/bench_kube.py
 
 clean:
 	$(CARGO) clean
