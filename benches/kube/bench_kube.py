@@ -82,7 +82,11 @@ class Bench:
         d = self.work / name
         d.mkdir(parents=True, exist_ok=True)
         etcd = Etcd(self.bin_dir, d / "etcd", d / "etcd.log")
-        return d, etcd, self.apiserver(d, etcd, kind, first_key)
+        try:
+            return d, etcd, self.apiserver(d, etcd, kind, first_key)
+        except BaseException:
+            etcd.stop()
+            raise
 
     def apiserver(self, d: Path, etcd: Etcd, kind: str, first_key: int = 0) -> ApiServer:
         enc = encryption_config(d / f"encryption-{first_key}.json", kind,

@@ -106,6 +106,15 @@ class Process:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def wait(self, cond, what: str, timeout: float, interval: float = 0.2) -> None:
+        """Waits for `cond` (showing this process's log when it times out); a process that does
+        not get there is stopped, so a failed bench leaves nothing running."""
+        try:
+            wait_until(cond, what, timeout, interval, context=log_tail(self.log))
+        except BaseException:
+            self.stop(grace=5)
+            raise
+
     def stop(self, grace: float = 30) -> None:
         if self.alive():
             self.proc.send_signal(signal.SIGTERM)
@@ -114,7 +123,8 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
-        self._log.close()
+        if not self._log.closed:
+            self._log.close()
 
 
 class Etcd(Process):
@@ -129,7 +139,7 @@ class Etcd(Process):
                           "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
                           "--initial-cluster", f"bench=http://127.0.0.1:{peer}",
                           "--quota-backend-bytes", str(8 << 30), "--log-level", "error"], log)
-        wait_until(self._healthy, "etcd /health", 60, context=log_tail(log))
+        self.wait(self._healthy, "etcd /health", 60)
 
     def _healthy(self) -> bool:
         if not self.alive():
@@ -176,7 +186,7 @@ class ApiServer(Process):
             "--endpoint-reconciler-type=none", f"--encryption-provider-config={enc}"], log)
         self._ctx = ssl.create_default_context(cafile=str(pki["ca"]))
         self._ctx.load_cert_chain(str(pki["admin"]), str(pki["admin-key"]))
-        wait_until(self._ready, "kube-apiserver /readyz", 300, interval=0.02, context=log_tail(log))
+        self.wait(self._ready, "kube-apiserver /readyz", 300, interval=0.02)
         self.ready_s = time.monotonic() - self.started
 
     def request(self, method: str, path: str, body: dict | None = None, timeout: float = 30) -> tuple[int, str]:
@@ -232,8 +242,7 @@ class Provider(Process):
             f'[telemetry]\nmetrics_address = "127.0.0.1:{self.metrics_port}"\nhealth_address = "127.0.0.1:{free_port()}"\n')
         if start:
             super().__init__([str(binary), "serve", "--config", str(self.config)], workdir / "provider.log")
-            wait_until(lambda: self.key_id(), "the provider to answer a probe", 60, interval=0.2,
-                       context=log_tail(self.log))
+            self.wait(lambda: self.key_id(), "the provider to answer a probe", 60)
 
     def policy(self) -> str:
         """`bao-kms-provider policy` for this config: the least-privilege policy OpenBao gets."""
