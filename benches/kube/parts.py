@@ -212,10 +212,13 @@ class ApiServer(Process):
         if status not in (201, 409):
             raise BenchError(f"creating namespace {name}: {status} {out[:300]}")
 
-    def kubeconfig(self, path: Path, pki: dict[str, Path]) -> Path:
+    @staticmethod
+    def kubeconfig_file(path: Path, port: int, pki: dict[str, Path]) -> Path:
+        """A kubeconfig for the admin client of the kube-apiserver on `port` (JSON, which YAML reads)."""
         path.write_text(json.dumps({
             "apiVersion": "v1", "kind": "Config", "current-context": "bench",
-            "clusters": [{"name": "bench", "cluster": {"server": self.url, "certificate-authority": str(pki["ca"])}}],
+            "clusters": [{"name": "bench", "cluster": {"server": f"https://127.0.0.1:{port}",
+                                                       "certificate-authority": str(pki["ca"])}}],
             "users": [{"name": "admin", "user": {"client-certificate": str(pki["admin"]),
                                                  "client-key": str(pki["admin-key"])}}],
             "contexts": [{"name": "bench", "context": {"cluster": "bench", "user": "admin"}}]}))
