@@ -3,9 +3,11 @@
 # inside systemd-nspawn. Used by tests/system (see docs/testing-systemd.md).
 #
 # Usage: scripts/rootfs.sh [DEST]
-#   DEST defaults to <repo>/build/cache/rootfs-bookworm
+#   DEST defaults to $ROOTFS_CACHE_DIR/rootfs-bookworm
 #
 # Environment:
+#   ROOTFS_CACHE_DIR       where the default DEST lives (default ~/.cache/bao-kms-provider/rootfs):
+#                          outside the clone, so a fresh clone on the same machine reuses it
 #   ROOTFS_MIRROR          debootstrap mirror (default: read from host apt
 #                          sources, fallback http://deb.debian.org/debian)
 #   ROOTFS_EXTRA_PACKAGES  extra comma-separated packages to --include
@@ -28,9 +30,7 @@ ROOTFS_LAYOUT_VERSION=2
 # rpm: the .rpm install test; python3-apt, python3-yaml: Ansible's apt module and the manifest edit.
 BASE_PACKAGES="systemd,systemd-sysv,dbus,iproute2,python3,ca-certificates,procps,rpm,python3-apt,python3-yaml"
 
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-repo="$(cd "$here/.." && pwd)"
-dest="${1:-$repo/build/cache/rootfs-$SUITE}"
+dest="${1:-${ROOTFS_CACHE_DIR:-$HOME/.cache/bao-kms-provider/rootfs}/rootfs-$SUITE}"
 dest="$(realpath -m "$dest")"
 marker="$dest/.rootfs-complete"
 

@@ -11,7 +11,8 @@ clearly marked section.
 #   container       (function) a booted nspawn.Container, stopped afterwards
 #   make_container  (function) factory: make_container(**Container kwargs)
 # Environment knobs:
-#   BAO_ROOTFS=/path       use this rootfs dir (default build/cache/rootfs-bookworm)
+#   BAO_ROOTFS=/path       use this rootfs dir (default $ROOTFS_CACHE_DIR/rootfs-bookworm, where
+#                          scripts/rootfs.sh puts it: ~/.cache/bao-kms-provider/rootfs, outside the clone)
 #   BAO_NSPAWN_WORKDIR=/p  where per-test container dirs go (default build/nspawn)
 #   BAO_NSPAWN_KEEP=1      keep per-test container dirs (upper layer + nspawn.log)
 # Missing host prerequisites FAIL the tests (never skip).
@@ -31,6 +32,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # The shared build folder (worktrees point BUILD_DIR at the main checkout's build/).
 BUILD_ROOT = Path(os.environ.get("BUILD_DIR", REPO_ROOT / "build"))
 ROOTFS_SCRIPT = REPO_ROOT / "scripts" / "rootfs.sh"
+# Outside the clone (as the Kubernetes binaries are), so a fresh clone reuses the debootstrap.
+ROOTFS_CACHE = Path(os.environ.get("ROOTFS_CACHE_DIR", Path.home() / ".cache" / "bao-kms-provider" / "rootfs"))
 ROOTFS_BUILD_TIMEOUT = 1800  # first debootstrap takes ~1.5 min here
 
 
@@ -46,7 +49,7 @@ def nspawn_rootfs() -> Path:
     if problems:
         pytest.fail("systemd-nspawn harness cannot run on this host:\n  - "
                     + "\n  - ".join(problems), pytrace=False)
-    rootfs = Path(os.environ.get("BAO_ROOTFS", BUILD_ROOT / "cache" / "rootfs-bookworm"))
+    rootfs = Path(os.environ.get("BAO_ROOTFS", ROOTFS_CACHE / "rootfs-bookworm"))
     t0 = time.monotonic()
     try:
         r = subprocess.run([str(ROOTFS_SCRIPT), str(rootfs)], capture_output=True, text=True,
@@ -259,7 +262,7 @@ def signer():
 # =========================================================================
 @pytest.fixture(scope="session")
 def dnf_rootfs(nspawn_rootfs) -> Path:
-    rootfs = Path(os.environ.get("BAO_DNF_ROOTFS", BUILD_ROOT / "cache" / "rootfs-bookworm-dnf"))
+    rootfs = Path(os.environ.get("BAO_DNF_ROOTFS", ROOTFS_CACHE / "rootfs-bookworm-dnf"))
     r = subprocess.run([str(ROOTFS_SCRIPT), str(rootfs)], capture_output=True, text=True,
                        timeout=ROOTFS_BUILD_TIMEOUT,
                        env={**os.environ, "ROOTFS_BASE": str(nspawn_rootfs),
