@@ -16,6 +16,8 @@
 #                          debootstrap (the dnf host of tests/system)
 #   ROOTFS_FORCE=1         rebuild even if the cache is complete
 #
+# Prints the rootfs's path as the last line of its output.
+#
 # Idempotent: DEST/.rootfs-complete holds a fingerprint of the build
 # configuration; if it matches, nothing is done. The build happens in a
 # temp dir next to DEST which is renamed into place only at the very end,
@@ -74,6 +76,7 @@ flock -w 1800 9 || die "timed out waiting for lock $dest.lock"
 
 if [ "${ROOTFS_FORCE:-0}" != 1 ] && [ -f "$marker" ] && [ "$(cat "$marker")" = "$fingerprint" ]; then
     log "cached rootfs is complete: $dest"
+    echo "$dest"
     exit 0
 fi
 
@@ -112,6 +115,7 @@ publish() {
     fi
     trap - EXIT
     log "rootfs ready: $dest ($(du -sh --one-file-system "$dest" | cut -f1), total $(( $(date +%s) - start ))s)"
+    echo "$dest"
 }
 
 start=$(date +%s)

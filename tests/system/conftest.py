@@ -11,8 +11,7 @@ clearly marked section.
 #   container       (function) a booted nspawn.Container, stopped afterwards
 #   make_container  (function) factory: make_container(**Container kwargs)
 # Environment knobs:
-#   BAO_ROOTFS=/path       use this rootfs dir (default $ROOTFS_CACHE_DIR/rootfs-bookworm, where
-#                          scripts/rootfs.sh puts it: ~/.cache/bao-kms-provider/rootfs, outside the clone)
+#   BAO_ROOTFS=/path       use this rootfs dir (default: where scripts/rootfs.sh puts it, outside the clone)
 #   BAO_NSPAWN_WORKDIR=/p  where per-test container dirs go (default build/nspawn)
 #   BAO_NSPAWN_KEEP=1      keep per-test container dirs (upper layer + nspawn.log)
 # Missing host prerequisites FAIL the tests (never skip).
@@ -32,8 +31,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # The shared build folder (worktrees point BUILD_DIR at the main checkout's build/).
 BUILD_ROOT = Path(os.environ.get("BUILD_DIR", REPO_ROOT / "build"))
 ROOTFS_SCRIPT = REPO_ROOT / "scripts" / "rootfs.sh"
-# Outside the clone (as the Kubernetes binaries are), so a fresh clone reuses the debootstrap.
-ROOTFS_CACHE = Path(os.environ.get("ROOTFS_CACHE_DIR", Path.home() / ".cache" / "bao-kms-provider" / "rootfs"))
 ROOTFS_BUILD_TIMEOUT = 1800  # first debootstrap takes ~1.5 min here
 
 
@@ -49,17 +46,18 @@ def nspawn_rootfs() -> Path:
     if problems:
         pytest.fail("systemd-nspawn harness cannot run on this host:\n  - "
                     + "\n  - ".join(problems), pytrace=False)
-    rootfs = Path(os.environ.get("BAO_ROOTFS", ROOTFS_CACHE / "rootfs-bookworm"))
+    dest = [os.environ["BAO_ROOTFS"]] if os.environ.get("BAO_ROOTFS") else []
     t0 = time.monotonic()
     try:
-        r = subprocess.run([str(ROOTFS_SCRIPT), str(rootfs)], capture_output=True, text=True,
+        r = subprocess.run([str(ROOTFS_SCRIPT), *dest], capture_output=True, text=True,
                            timeout=ROOTFS_BUILD_TIMEOUT)
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"{ROOTFS_SCRIPT} timed out after {ROOTFS_BUILD_TIMEOUT}s\n{e.stderr or ''}",
                     pytrace=False)
     if r.returncode != 0:
-        pytest.fail(f"{ROOTFS_SCRIPT} {rootfs} failed with rc={r.returncode}\n"
+        pytest.fail(f"{ROOTFS_SCRIPT} {' '.join(dest)} failed with rc={r.returncode}\n"
                     f"--- stdout ---\n{r.stdout}\n--- stderr ---\n{r.stderr}", pytrace=False)
+    rootfs = Path(r.stdout.splitlines()[-1])  # the script prints where the rootfs is last
     elapsed = time.monotonic() - t0
     if elapsed > 5:
         print(f"[nspawn] built rootfs {rootfs} in {elapsed:.1f}s", file=sys.stderr)
@@ -262,7 +260,7 @@ def signer():
 # =========================================================================
 @pytest.fixture(scope="session")
 def dnf_rootfs(nspawn_rootfs) -> Path:
-    rootfs = Path(os.environ.get("BAO_DNF_ROOTFS", ROOTFS_CACHE / "rootfs-bookworm-dnf"))
+    rootfs = Path(os.environ.get("BAO_DNF_ROOTFS", nspawn_rootfs.parent / f"{nspawn_rootfs.name}-dnf"))
     r = subprocess.run([str(ROOTFS_SCRIPT), str(rootfs)], capture_output=True, text=True,
                        timeout=ROOTFS_BUILD_TIMEOUT,
                        env={**os.environ, "ROOTFS_BASE": str(nspawn_rootfs),
